@@ -1,0 +1,229 @@
+//! Cues: timed lines of text, the common currency between subtitles, transcription and selection.
+
+use serde::{Deserialize, Serialize};
+
+/// One timed line of text. Times are seconds from the start of the media.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cue {
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+}
+
+impl Cue {
+    pub fn new(start: f64, end: f64, text: impl Into<String>) -> Self {
+        Cue { start, end, text: text.into() }
+    }
+
+    /// Duration in seconds.
+    pub fn duration(&self) -> f64 {
+        self.end - self.start
+    }
+
+    /// Whether the text ends a sentence (., !, ?, … and their closing quotes/brackets).
+    pub fn ends_sentence(&self) -> bool {
+        let t = self.text.trim_end_matches(|c: char| {
+            c.is_whitespace() || matches!(c, '"' | '\'' | '»' | '”' | ')' | ']')
+        });
+        t.ends_with(['.', '!', '?', '…', '。', '！', '？'])
+    }
+}
+
+/// What was fixed while turning raw cues into a clean, ordered transcript.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repairs {
+    /// Cues that were out of order and were sorted into place.
+    pub reordered: usize,
+    /// Cues whose end came before their start (the two were swapped).
+    pub reversed: usize,
+    /// Cues that overlapped the next one and were trimmed to end where it starts.
+    pub overlaps_trimmed: usize,
+    /// Cues dropped because they had no text, or no duration after trimming.
+    pub empty_dropped: usize,
+    /// Whisper segments dropped as hallucinations (credits, repeats on silence).
+    pub hallucinations_dropped: usize,
+}
+
+/// Where the cues came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum CueSource {
+    /// A subtitle file next to the video (or alone).
+    SubtitleFile { format: String, encoding: String },
+    /// A text subtitle stream inside the container.
+    EmbeddedStream { index: usize, codec: String },
+    /// Whisper transcription.
+    Whisper { model: String, language: String },
+}
+
+/// Ordered, non-overlapping cues with a record of what was repaired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    pub cues: Vec<Cue>,
+    pub repairs: Repairs,
+    pub source: CueSource,
+}
+
+impl Transcript {
+    /// Build a transcript from raw cues: strips markup, drops empty ones, sorts, un-reverses and
+    /// trims overlaps, counting each repair.
+    pub fn repair(raw: Vec<Cue>, source: CueSource) -> Self {
+        let mut repairs = Repairs::default();
+        let mut cues: Vec<Cue> = Vec::with_capacity(raw.len());
+        for mut cue in raw {
+            cue.text = clean_text(&cue.text);
+            if cue.text.is_empty() || !cue.start.is_finite() || !cue.end.is_finite() {
+                repairs.empty_dropped += 1;
+                continue;
+            }
+            if cue.end < cue.start {
+                std::mem::swap(&mut cue.start, &mut cue.end);
+                repairs.reversed += 1;
+            }
+            cue.start = cue.start.max(0.0);
+            cues.push(cue);
+        }
+        // Count cues that are not where a stable sort by start puts them.
+        for w in cues.windows(2) {
+            if w[1].start < w[0].start {
+                repairs.reordered += 1;
+            }
+        }
+        cues.sort_by(|a, b| a.start.total_cmp(&b.start).then(a.end.total_cmp(&b.end)));
+        let mut out: Vec<Cue> = Vec::with_capacity(cues.len());
+        for cue in cues {
+            if let Some(prev) = out.last_mut() {
+                if cue.start < prev.end {
+                    prev.end = cue.start;
+                    repairs.overlaps_trimmed += 1;
+                    if prev.end - prev.start <= 1e-3 {
+                        // The earlier cue vanished: keep its words by prefixing them to this one.
+                        let prev = out.pop().expect("checked above");
+                        let mut cue = cue;
+                        cue.start = prev.start;
+                        cue.text = format!("{} {}", prev.text, cue.text);
+                        repairs.empty_dropped += 1;
+                        out.push(cue);
+                        continue;
+                    }
+                }
+            }
+            if cue.end - cue.start <= 1e-3 {
+                repairs.empty_dropped += 1;
+                continue;
+            }
+            out.push(cue);
+        }
+        Transcript { cues: out, repairs, source }
+    }
+
+    /// Time from the first cue's start to the last cue's end.
+    pub fn span(&self) -> f64 {
+        match (self.cues.first(), self.cues.last()) {
+            (Some(a), Some(b)) => b.end - a.start,
+            _ => 0.0,
+        }
+    }
+
+    /// Number of words in all cues.
+    pub fn words(&self) -> usize {
+        self.cues.iter().map(|c| c.text.split_whitespace().count()).sum()
+    }
+}
+
+/// Removes markup (`<i>`, `{\an8}`, ASS `\N`), joins lines and collapses whitespace.
+pub fn clean_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '<' => {
+                // Drop an HTML-like tag only if it closes on this line.
+                let rest: String = chars.clone().take(64).collect();
+                if let Some(end) = rest.find('>') {
+                    for _ in 0..=rest[..end].chars().count() {
+                        chars.next();
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            '{' => {
+                let rest: String = chars.clone().take(256).collect();
+                if rest.starts_with('\\') {
+                    if let Some(end) = rest.find('}') {
+                        for _ in 0..=rest[..end].chars().count() {
+                            chars.next();
+                        }
+                        continue;
+                    }
+                }
+                out.push(c);
+            }
+            '\\' if matches!(chars.peek(), Some('N') | Some('n') | Some('h')) => {
+                chars.next();
+                out.push(' ');
+            }
+            _ => out.push(c),
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Formats seconds as `H:MM:SS.s` or `M:SS.s`.
+pub fn format_time(secs: f64) -> String {
+    let secs = secs.max(0.0);
+    let tenths = (secs * 10.0).round() as u64;
+    let (h, m, s, t) = (tenths / 36000, tenths / 600 % 60, tenths / 10 % 60, tenths % 10);
+    if h > 0 {
+        format!("{h}:{m:02}:{s:02}.{t}")
+    } else {
+        format!("{m}:{s:02}.{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src() -> CueSource {
+        CueSource::SubtitleFile { format: "srt".into(), encoding: "utf-8".into() }
+    }
+
+    #[test]
+    fn markup_is_stripped() {
+        assert_eq!(clean_text("<i>Привет</i>,\n  {\\an8}мир\\Nи всё"), "Привет, мир и всё");
+        assert_eq!(clean_text("a < b and {c}"), "a < b and {c}");
+    }
+
+    #[test]
+    fn repairs_are_counted() {
+        let raw = vec![
+            Cue::new(5.0, 7.0, "third"),
+            Cue::new(0.0, 2.5, "first"),
+            Cue::new(4.0, 2.0, "second reversed"),
+            Cue::new(8.0, 9.0, "  <b></b> "),
+        ];
+        let t = Transcript::repair(raw, src());
+        let texts: Vec<_> = t.cues.iter().map(|c| c.text.as_str()).collect();
+        assert_eq!(texts, ["first", "second reversed", "third"]);
+        assert_eq!(t.repairs.reversed, 1);
+        assert_eq!(t.repairs.reordered, 1);
+        assert_eq!(t.repairs.empty_dropped, 1);
+        assert_eq!(t.repairs.overlaps_trimmed, 1); // 0-2.5 overlaps 2-4
+        assert_eq!(t.cues[0].end, 2.0);
+    }
+
+    #[test]
+    fn sentence_ends() {
+        assert!(Cue::new(0., 1., "Вот так!»").ends_sentence());
+        assert!(Cue::new(0., 1., "Really?").ends_sentence());
+        assert!(!Cue::new(0., 1., "and then,").ends_sentence());
+    }
+
+    #[test]
+    fn times_format() {
+        assert_eq!(format_time(83.46), "1:23.5");
+        assert_eq!(format_time(3725.0), "1:02:05.0");
+    }
+}

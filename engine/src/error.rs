@@ -1,0 +1,72 @@
+//! The engine's one error type. Every message here is written for the person who ran the command:
+//! it names the file, the line or the limit that was hit.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong between an input file and clips on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input path does not exist.
+    #[error("{}: no such file", .0.display())]
+    NotFound(PathBuf),
+    /// Reading or writing a file failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A subtitle file could not be read; `line` is 1-based in the decoded text.
+    #[error("subtitles, line {line}: {message}")]
+    Subtitle { line: usize, message: String },
+    /// Subtitles (or a transcript) with no usable cue.
+    #[error("no usable subtitle cues: {0}")]
+    EmptyTranscript(String),
+    /// The input is not a media file we accept.
+    #[error("{}: not a video we can read ({reason})", path.display())]
+    NotAVideo { path: PathBuf, reason: String },
+    /// Transcription was needed but the input has no audio.
+    #[error("{}: has no audio stream to transcribe (give subtitles with --subs)", .0.display())]
+    NoAudio(PathBuf),
+    /// The input breaks a configured bound (duration, resolution, size).
+    #[error("{}: {limit}", path.display())]
+    TooLarge { path: PathBuf, limit: String },
+    /// FFmpeg failed while decoding or encoding.
+    #[error("media: {0}")]
+    Media(String),
+    /// The model directory, manifest or weights are missing or inconsistent.
+    #[error("model: {0}")]
+    Model(String),
+    /// A tensor operation failed.
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    /// The tokenizer failed to load or to encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// Whisper failed to load or to transcribe.
+    #[error("transcription: {0}")]
+    Transcription(String),
+    /// A request that makes no sense (min > max, count 0, ...).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A feature this build lacks.
+    #[error("this build has no {0} support (rebuild with --features {0})")]
+    Unsupported(&'static str),
+    /// The caller asked to stop.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        let path = path.into();
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::NotFound(path)
+        } else {
+            Error::Io { path, source }
+        }
+    }
+}
+
+/// The engine's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

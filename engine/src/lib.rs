@@ -1,0 +1,27 @@
+//! viralclip's engine: everything between a video or subtitle file on disk and clips of its best
+//! moments on disk.
+//!
+//! # Layout
+//! - Pure, IO-free, millisecond-testable: [`cue`] (cues and their repair), [`subtitle`] (bytes →
+//!   cues), [`score`] (virality), [`select`] (windows, candidates, moments), [`transcribe::filter`].
+//! - The model, written once for inference and training: [`model`] (BERT + the seed's heads, the
+//!   artifact format), [`scorer`] (tokenise, length-sorted batches, dynamic padding).
+//! - Native pieces behind traits and features: [`transcribe`] (whisper-rs, feature `whisper`),
+//!   [`media`] (ffmpeg-next, feature `media`).
+//! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
+
+pub mod cue;
+pub mod device;
+pub mod error;
+#[cfg(feature = "media")]
+pub mod media;
+pub mod model;
+pub mod pipeline;
+pub mod report;
+pub mod score;
+pub mod scorer;
+pub mod select;
+pub mod subtitle;
+pub mod transcribe;
+
+pub use error::{Error, Result};

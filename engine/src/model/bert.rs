@@ -1,0 +1,331 @@
+//! A BERT encoder written once for both inference and training.
+//!
+//! candle-nn's fused `layer_norm` and `softmax_last_dim` are fast but have no backward pass, so a
+//! model built on them silently trains nothing below them. Every layer here takes a [`Mode`]:
+//! `Inference` uses the fused kernels, `Training` the same maths from differentiable ops (and
+//! dropout). Parameter names mirror Hugging Face checkpoints, so `vb.pp(..)` reads them directly.
+
+use candle_core::{DType, Module, Result, Tensor, D};
+use candle_nn::{Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// Whether a forward pass is for scoring (fused kernels, no dropout) or for training
+/// (differentiable kernels, dropout on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Inference,
+    Training,
+}
+
+/// The fields of a Hugging Face BERT `config.json` that the encoder needs.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f32,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f32,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: usize,
+    #[serde(default)]
+    pub model_type: Option<String>,
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_dropout() -> f32 {
+    0.1
+}
+fn default_type_vocab() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    /// The ai-forever/ruBert-base shape (12 layers, hidden 768, vocab 120,138).
+    pub fn rubert_base() -> Self {
+        BertConfig {
+            vocab_size: 120_138,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: default_act(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            pad_token_id: 0,
+            model_type: Some("bert".into()),
+            position_embedding_type: Some("absolute".into()),
+        }
+    }
+
+    /// Checks what this implementation supports.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if let Some(p) = &self.position_embedding_type {
+            if p != "absolute" {
+                return Err(format!("position_embedding_type {p:?} is not supported (only absolute)"));
+            }
+        }
+        match self.hidden_act.as_str() {
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu" => Ok(()),
+            a => Err(format!("hidden_act {a:?} is not supported")),
+        }
+    }
+}
+
+/// Layer normalisation with weights named `weight`/`bias` (or the old `gamma`/`beta`).
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
+        let (w, b) = if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(size, w, candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, b, candle_nn::Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match mode {
+            Mode::Inference => {
+                candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+            }
+            Mode::Training => {
+                let dtype = x.dtype();
+                let x = x.to_dtype(DType::F32)?;
+                let mean = x.mean_keepdim(D::Minus1)?;
+                let xc = x.broadcast_sub(&mean)?;
+                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+                let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+                xn.to_dtype(dtype)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+            }
+        }
+    }
+}
+
+/// Softmax over the last dimension: fused for inference, differentiable for training.
+pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
+        Mode::Training => {
+            let max = x.max_keepdim(D::Minus1)?.detach();
+            let e = x.broadcast_sub(&max)?.exp()?;
+            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+        }
+    }
+}
+
+fn dropout(x: &Tensor, p: f32, mode: Mode) -> Result<Tensor> {
+    if mode == Mode::Training && p > 0.0 {
+        candle_nn::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    candle_nn::linear(in_dim, out_dim, vb)
+}
+
+#[derive(Debug, Clone)]
+struct Embeddings {
+    word: Embedding,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+    dropout: f32,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let word = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?;
+        let position =
+            vb.pp("position_embeddings").get((c.max_position_embeddings, c.hidden_size), "weight")?;
+        let token_type =
+            vb.pp("token_type_embeddings").get((c.type_vocab_size, c.hidden_size), "weight")?;
+        Ok(Embeddings {
+            word,
+            position,
+            token_type,
+            norm: LayerNorm::load(vb.pp("LayerNorm"), c.hidden_size, c.layer_norm_eps)?,
+            dropout: c.hidden_dropout_prob,
+        })
+    }
+
+    fn forward(&self, ids: &Tensor, mode: Mode) -> Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let x = self.word.forward(ids)?;
+        // Absolute positions 0..t and token type 0 for every token (single-segment input).
+        let pos = self.position.narrow(0, 0, t)?;
+        let typ = self.token_type.narrow(0, 0, 1)?;
+        let x = x.broadcast_add(&(pos.broadcast_add(&typ)?))?;
+        dropout(&self.norm.forward(&x, mode)?, self.dropout, mode)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+    heads: usize,
+    head_dim: usize,
+    act: Activation,
+    dropout: f32,
+    attn_dropout: f32,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    GeluErf,
+    GeluTanh,
+    Relu,
+}
+
+impl Layer {
+    fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
+        let h = c.hidden_size;
+        let att = vb.pp("attention");
+        let act = match c.hidden_act.as_str() {
+            "gelu" => Activation::GeluErf,
+            "relu" => Activation::Relu,
+            _ => Activation::GeluTanh,
+        };
+        Ok(Layer {
+            query: linear(h, h, att.pp("self").pp("query"))?,
+            key: linear(h, h, att.pp("self").pp("key"))?,
+            value: linear(h, h, att.pp("self").pp("value"))?,
+            attn_out: linear(h, h, att.pp("output").pp("dense"))?,
+            attn_norm: LayerNorm::load(att.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            intermediate: linear(h, c.intermediate_size, vb.pp("intermediate").pp("dense"))?,
+            output: linear(c.intermediate_size, h, vb.pp("output").pp("dense"))?,
+            out_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, c.layer_norm_eps)?,
+            heads: c.num_attention_heads,
+            head_dim: h / c.num_attention_heads,
+            act,
+            dropout: c.hidden_dropout_prob,
+            attn_dropout: c.attention_probs_dropout_prob,
+        })
+    }
+
+    /// `x`: (b, t, h); `mask`: additive (b, 1, 1, t). With `cls_only`, only the first token's
+    /// output is computed (queries from it alone), which is all the heads read from the last layer.
+    fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode, cls_only: bool) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let split = |y: Tensor, len: usize| -> Result<Tensor> {
+            y.reshape((b, len, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let xq = if cls_only { x.narrow(1, 0, 1)? } else { x.clone() };
+        let tq = xq.dim(1)?;
+        let q = split(self.query.forward(&xq)?, tq)?;
+        let k = split(self.key.forward(x)?, t)?;
+        let v = split(self.value.forward(x)?, t)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = dropout(&softmax_last_dim(&scores, mode)?, self.attn_dropout, mode)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, h))?;
+        let attn = dropout(&self.attn_out.forward(&ctx)?, self.dropout, mode)?;
+        let attn = self.attn_norm.forward(&(attn + &xq)?, mode)?;
+        let inner = self.intermediate.forward(&attn)?;
+        let inner = match self.act {
+            Activation::GeluErf => inner.gelu_erf()?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        let out = dropout(&self.output.forward(&inner)?, self.dropout, mode)?;
+        self.out_norm.forward(&(out + attn)?, mode)
+    }
+}
+
+/// The encoder: embeddings and `num_hidden_layers` transformer layers.
+#[derive(Debug, Clone)]
+pub struct Bert {
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    config: BertConfig,
+}
+
+impl Bert {
+    /// Loads from `vb` whose root holds `embeddings.*` and `encoder.layer.N.*`.
+    pub fn load(vb: VarBuilder, config: &BertConfig) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::msg)?;
+        let embeddings = Embeddings::load(vb.pp("embeddings"), config)?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Bert { embeddings, layers, config: config.clone() })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Additive attention mask (b, 1, 1, t) from a 0/1 mask (b, t).
+    pub fn additive_mask(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+        let (b, t) = mask.dims2()?;
+        let m = mask.to_dtype(DType::F32)?;
+        let add = ((m - 1.0)? * 1e9)?; // 0 where attended, -1e9 where padded
+        add.reshape((b, 1, 1, t))?.to_dtype(dtype)
+    }
+
+    /// Hidden states of every token: (b, t, hidden).
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(ids, mode)?;
+        let add = Self::additive_mask(mask, x.dtype())?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &add, mode, false)?;
+        }
+        Ok(x)
+    }
+
+    /// The first ([CLS]) token's final hidden state: (b, hidden). The last layer computes only
+    /// that row.
+    pub fn cls(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(ids, mode)?;
+        let add = Self::additive_mask(mask, x.dtype())?;
+        let n = self.layers.len();
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &add, mode, i + 1 == n)?;
+        }
+        if n == 0 {
+            x = x.narrow(1, 0, 1)?;
+        }
+        x.squeeze(1)
+    }
+}

@@ -1,0 +1,104 @@
+//! The seed's two heads on the [CLS] vector, with its parameter names (`nn.Sequential` indices),
+//! and the multitask model that joins them to the encoder.
+
+use super::bert::{Bert, BertConfig, Mode};
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+fn dropout(x: Tensor, p: f32, mode: Mode) -> Result<Tensor> {
+    if mode == Mode::Training {
+        candle_nn::ops::dropout(&x, p)
+    } else {
+        Ok(x)
+    }
+}
+
+/// hidden → 256 → ReLU → Dropout(0.3) → 128 → ReLU → Dropout(0.2) → 1 (a logit).
+#[derive(Debug, Clone)]
+pub struct PopularityHead {
+    l0: Linear,
+    l3: Linear,
+    l6: Linear,
+}
+
+impl PopularityHead {
+    pub fn load(vb: VarBuilder, hidden: usize) -> Result<Self> {
+        Ok(PopularityHead {
+            l0: candle_nn::linear(hidden, 256, vb.pp("0"))?,
+            l3: candle_nn::linear(256, 128, vb.pp("3"))?,
+            l6: candle_nn::linear(128, 1, vb.pp("6"))?,
+        })
+    }
+
+    /// (b, hidden) → (b,) logits.
+    pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = dropout(self.l0.forward(cls)?.relu()?, 0.3, mode)?;
+        let x = dropout(self.l3.forward(&x)?.relu()?, 0.2, mode)?;
+        self.l6.forward(&x)?.squeeze(1)
+    }
+}
+
+/// hidden → 256 → ReLU → Dropout(0.3) → labels (logits).
+#[derive(Debug, Clone)]
+pub struct EmotionHead {
+    l0: Linear,
+    l3: Linear,
+}
+
+impl EmotionHead {
+    pub fn load(vb: VarBuilder, hidden: usize, labels: usize) -> Result<Self> {
+        Ok(EmotionHead {
+            l0: candle_nn::linear(hidden, 256, vb.pp("0"))?,
+            l3: candle_nn::linear(256, labels, vb.pp("3"))?,
+        })
+    }
+
+    /// (b, hidden) → (b, labels) logits.
+    pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
+        let x = dropout(self.l0.forward(cls)?.relu()?, 0.3, mode)?;
+        self.l3.forward(&x)
+    }
+}
+
+/// Logits of both tasks for a batch.
+#[derive(Debug, Clone)]
+pub struct Logits {
+    /// (b,)
+    pub popularity: Tensor,
+    /// (b, labels)
+    pub emotions: Tensor,
+}
+
+/// Encoder + popularity head + emotion head. Parameter prefixes: `bert.`, `popularity_head.`,
+/// `emotion_head.` (the seed's `MultiTaskClassifier`).
+#[derive(Debug, Clone)]
+pub struct MultiTask {
+    pub bert: Bert,
+    pub popularity: PopularityHead,
+    pub emotion: EmotionHead,
+}
+
+impl MultiTask {
+    pub fn load(vb: VarBuilder, config: &BertConfig, labels: usize) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(MultiTask {
+            bert: Bert::load(vb.pp("bert"), config)?,
+            popularity: PopularityHead::load(vb.pp("popularity_head"), h)?,
+            emotion: EmotionHead::load(vb.pp("emotion_head"), h, labels)?,
+        })
+    }
+
+    /// `ids`: (b, t) u32; `mask`: (b, t) 0/1.
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Logits> {
+        let cls = self.bert.cls(ids, mask, mode)?;
+        self.heads(&cls, mode)
+    }
+
+    /// The heads alone, on precomputed [CLS] vectors (b, hidden).
+    pub fn heads(&self, cls: &Tensor, mode: Mode) -> Result<Logits> {
+        Ok(Logits {
+            popularity: self.popularity.forward(cls, mode)?,
+            emotions: self.emotion.forward(cls, mode)?,
+        })
+    }
+}

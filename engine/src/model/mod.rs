@@ -1,0 +1,10 @@
+//! The multitask model: one definition ([`bert`], [`heads`]) for scoring and for training, and the
+//! artifact format that ships it ([`artifact`]).
+
+pub mod artifact;
+pub mod bert;
+pub mod heads;
+
+pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
+pub use bert::{Bert, BertConfig, Mode};
+pub use heads::{EmotionHead, Logits, MultiTask, PopularityHead};

@@ -1,0 +1,429 @@
+//! The whole job: input → cues (subtitles, an embedded stream, or Whisper) → scored windows →
+//! moments → clips and thumbnails → `report.json`.
+
+use crate::cue::{format_time, CueSource, Transcript};
+use crate::error::{Error, Result};
+use crate::report::*;
+use crate::score::TextScore;
+use crate::scorer::TextScorer;
+use crate::select::{self, Moment, SelectConfig, Window};
+use crate::subtitle;
+use crate::transcribe::Transcriber;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[cfg(feature = "media")]
+pub use crate::media::{CutMode, Limits};
+
+/// A stage of the job, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Probe,
+    DecodeAudio,
+    Transcribe,
+    Score,
+    Select,
+    Cut,
+    Done,
+}
+
+impl Stage {
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Probe => "reading the input",
+            Stage::DecodeAudio => "decoding audio",
+            Stage::Transcribe => "transcribing",
+            Stage::Score => "scoring",
+            Stage::Select => "choosing moments",
+            Stage::Cut => "cutting clips",
+            Stage::Done => "done",
+        }
+    }
+}
+
+/// Progress callback: a stage and how far through it (0..=1).
+pub type Progress = Arc<dyn Fn(Stage, f32) + Send + Sync>;
+
+/// A progress callback that ignores everything.
+pub fn no_progress() -> Progress {
+    Arc::new(|_, _| {})
+}
+
+/// What to clip and how.
+#[derive(Debug, Clone)]
+pub struct ClipRequest {
+    /// A video, or a subtitle file alone (then: moments, no clips).
+    pub input: PathBuf,
+    /// Subtitles for the video, used instead of transcribing.
+    pub subs: Option<PathBuf>,
+    /// Where `clips/` and `report.json` go.
+    pub out_dir: PathBuf,
+    pub select: SelectConfig,
+    #[cfg(feature = "media")]
+    pub mode: CutMode,
+    #[cfg(feature = "media")]
+    pub limits: Limits,
+    /// Whisper language code, `None` to detect.
+    pub language: Option<String>,
+}
+
+impl ClipRequest {
+    pub fn new(input: impl Into<PathBuf>, out_dir: impl Into<PathBuf>) -> Self {
+        ClipRequest {
+            input: input.into(),
+            subs: None,
+            out_dir: out_dir.into(),
+            select: SelectConfig::default(),
+            #[cfg(feature = "media")]
+            mode: CutMode::Precise,
+            #[cfg(feature = "media")]
+            limits: Limits::default(),
+            language: None,
+        }
+    }
+}
+
+/// Whether `path` is a subtitle file (by extension, or by its first bytes).
+pub fn is_subtitle_file(path: &Path) -> bool {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if matches!(ext.as_str(), "srt" | "vtt" | "webvtt") {
+        return true;
+    }
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let mut head = vec![0u8; 4096];
+    let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
+    head.truncate(n);
+    let (text, _) = subtitle::decode(&head);
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match lines.next() {
+        Some(l) if l.starts_with("WEBVTT") => true,
+        Some(l) if l.chars().all(|c| c.is_ascii_digit()) => lines.next().is_some_and(|l| l.contains("-->")),
+        _ => false,
+    }
+}
+
+/// Scored windows and the moments chosen from them: the part of the job that needs no media.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    pub windows: Vec<Window>,
+    pub scores: Vec<TextScore>,
+    pub virality: Vec<f32>,
+    pub moments: Vec<Moment>,
+}
+
+/// The clip pipeline with its models.
+pub struct Engine {
+    scorer: Box<dyn TextScorer>,
+    transcriber: Option<Box<dyn Transcriber>>,
+    whisper_path: Option<PathBuf>,
+    /// Seconds it took to load the model, copied into reports.
+    pub model_load_secs: f64,
+}
+
+impl Engine {
+    pub fn new(scorer: Box<dyn TextScorer>) -> Self {
+        Engine { scorer, transcriber: None, whisper_path: None, model_load_secs: 0.0 }
+    }
+
+    /// Transcribe with this Whisper model file, loaded the first time it is needed.
+    pub fn with_whisper_path(mut self, path: Option<PathBuf>) -> Self {
+        self.whisper_path = path;
+        self
+    }
+
+    /// Transcribe with this transcriber.
+    pub fn with_transcriber(mut self, t: Box<dyn Transcriber>) -> Self {
+        self.transcriber = Some(t);
+        self
+    }
+
+    pub fn scorer(&mut self) -> &mut dyn TextScorer {
+        self.scorer.as_mut()
+    }
+
+    fn transcriber(&mut self) -> Result<&mut Box<dyn Transcriber>> {
+        if self.transcriber.is_none() {
+            let Some(path) = &self.whisper_path else {
+                return Err(Error::Transcription(
+                    "the video has no subtitles and no Whisper model was given (--whisper FILE)".into(),
+                ));
+            };
+            #[cfg(feature = "whisper")]
+            {
+                self.transcriber = Some(Box::new(crate::transcribe::Whisper::load(path)?));
+            }
+            #[cfg(not(feature = "whisper"))]
+            {
+                let _ = path;
+                return Err(Error::Unsupported("whisper"));
+            }
+        }
+        Ok(self.transcriber.as_mut().expect("set above"))
+    }
+
+    /// Scores windows of `transcript` and picks moments; `media_end` bounds them.
+    pub fn analyse(&mut self, transcript: &Transcript, media_end: Option<f64>, cfg: &SelectConfig, progress: &Progress) -> Result<Analysis> {
+        cfg.validate()?;
+        let windows = select::windows(&transcript.cues, cfg.window_secs);
+        let texts: Vec<String> = windows.iter().map(|w| w.text.clone()).collect();
+        let p = progress.clone();
+        let scores = self.scorer.score(&texts, &mut |done, total| p(Stage::Score, done as f32 / total.max(1) as f32))?;
+        let (w, neutral) = (self.scorer.weights(), self.scorer.neutral());
+        let virality: Vec<f32> = scores.iter().map(|s| s.virality(w, neutral)).collect();
+        progress(Stage::Select, 0.0);
+        let moments = select::select(&transcript.cues, &windows, &virality, media_end, cfg);
+        progress(Stage::Select, 1.0);
+        Ok(Analysis { windows, scores, virality, moments })
+    }
+
+    /// Runs the whole job. Writes `clips/clip-NN.mp4`, `clips/clip-NN.jpg` and `report.json` in
+    /// `req.out_dir`.
+    pub fn run(&mut self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> Result<Report> {
+        let t_all = Instant::now();
+        let mut timings = Timings { model_load: self.model_load_secs, ..Default::default() };
+        req.select.validate()?;
+        let meta = std::fs::metadata(&req.input).map_err(|e| Error::io(&req.input, e))?;
+        if let Some(s) = &req.subs {
+            std::fs::metadata(s).map_err(|e| Error::io(s, e))?;
+        }
+        progress(Stage::Probe, 0.0);
+        let subtitle_only = is_subtitle_file(&req.input);
+        let t = Instant::now();
+        #[cfg(feature = "media")]
+        let info = if subtitle_only { None } else { Some(crate::media::probe(&req.input, &req.limits)?) };
+        #[cfg(not(feature = "media"))]
+        let info: Option<()> = if subtitle_only { None } else { return Err(Error::Unsupported("media")) };
+        timings.probe = t.elapsed().as_secs_f64();
+        #[cfg(feature = "media")]
+        if let Some(i) = &info {
+            if i.video.is_none() {
+                return Err(Error::NotAVideo { path: req.input.clone(), reason: "it has no video stream".into() });
+            }
+        }
+        progress(Stage::Probe, 1.0);
+
+        let transcript = if subtitle_only {
+            subtitle::read_file(&req.input)?
+        } else if let Some(s) = &req.subs {
+            subtitle::read_file(s)?
+        } else {
+            #[cfg(feature = "media")]
+            {
+                let info = info.as_ref().expect("probed");
+                self.media_transcript(req, info, &mut timings, &progress, &cancel)?
+            }
+            #[cfg(not(feature = "media"))]
+            unreachable!()
+        };
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+
+        #[cfg(feature = "media")]
+        let media_end = info.as_ref().map(|i| i.duration).filter(|d| *d > 0.0);
+        #[cfg(not(feature = "media"))]
+        let media_end: Option<f64> = None;
+        let t = Instant::now();
+        let analysis = self.analyse(&transcript, media_end, &req.select, &progress)?;
+        timings.score = t.elapsed().as_secs_f64();
+        timings.windows_scored = analysis.windows.len();
+
+        std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
+        let mut moments: Vec<MomentReport> =
+            analysis.moments.iter().map(|m| self.moment_report(m, &transcript, &analysis)).collect();
+
+        #[cfg(feature = "media")]
+        if !subtitle_only {
+            let t = Instant::now();
+            let clips_dir = req.out_dir.join("clips");
+            std::fs::create_dir_all(&clips_dir).map_err(|e| Error::io(&clips_dir, e))?;
+            let n = moments.len();
+            for (i, m) in moments.iter_mut().enumerate() {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Err(Error::Cancelled);
+                }
+                progress(Stage::Cut, i as f32 / n as f32);
+                let name = format!("clip-{:02}", m.rank);
+                let clip_path = clips_dir.join(format!("{name}.mp4"));
+                let clip = crate::media::cut(&req.input, m.start, m.end, req.mode, &clip_path)?;
+                let thumb_path = clips_dir.join(format!("{name}.jpg"));
+                let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
+                m.clip = Some(ClipFacts {
+                    path: PathBuf::from("clips").join(format!("{name}.mp4")),
+                    thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),
+                    width: clip.width,
+                    height: clip.height,
+                    duration: clip.duration,
+                    size_bytes: clip.size_bytes,
+                    thumbnail_bytes: thumb.size_bytes,
+                    mode: match clip.mode {
+                        CutMode::Precise => "precise".into(),
+                        CutMode::Fast => "fast".into(),
+                    },
+                    source_start: clip.source_start,
+                });
+            }
+            progress(Stage::Cut, 1.0);
+            timings.cut = t.elapsed().as_secs_f64();
+        }
+
+        timings.total = t_all.elapsed().as_secs_f64() + self.model_load_secs;
+        let report = Report {
+            viralclip_version: env!("CARGO_PKG_VERSION").into(),
+            input: InputFacts {
+                path: req.input.clone(),
+                kind: if subtitle_only { "subtitles".into() } else { "video".into() },
+                size_bytes: meta.len(),
+                #[cfg(feature = "media")]
+                media: info.as_ref().map(|i| serde_json::to_value(i).expect("serialises")),
+                #[cfg(not(feature = "media"))]
+                media: None,
+                subtitles: req.subs.clone(),
+            },
+            transcript: TranscriptFacts {
+                source: transcript.source.clone(),
+                cues: transcript.cues.len(),
+                words: transcript.words(),
+                span_secs: transcript.span(),
+                repairs: transcript.repairs,
+            },
+            model: self.scorer.describe(),
+            settings: self.settings(req),
+            moments,
+            timeline: analysis
+                .windows
+                .iter()
+                .zip(&analysis.virality)
+                .map(|(w, v)| TimelinePoint { start: w.start, end: w.end, virality: *v })
+                .collect(),
+            timings,
+        };
+        let path = req.out_dir.join("report.json");
+        let text = serde_json::to_string_pretty(&report).expect("report serialises");
+        std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))?;
+        progress(Stage::Done, 1.0);
+        Ok(report)
+    }
+
+    fn settings(&self, req: &ClipRequest) -> serde_json::Value {
+        #[allow(unused_mut)]
+        let mut s = serde_json::json!({ "select": req.select, "language": req.language });
+        #[cfg(feature = "media")]
+        {
+            s["mode"] = serde_json::to_value(req.mode).expect("serialises");
+        }
+        s
+    }
+
+    #[cfg(feature = "media")]
+    fn media_transcript(
+        &mut self,
+        req: &ClipRequest,
+        info: &crate::media::MediaInfo,
+        timings: &mut Timings,
+        progress: &Progress,
+        cancel: &Arc<AtomicBool>,
+    ) -> Result<Transcript> {
+        // A text subtitle stream in the container beats transcribing: prefer the asked language.
+        let mut streams: Vec<_> = info.subtitles.iter().filter(|s| s.is_text).collect();
+        streams.sort_by_key(|s| (s.language.as_deref() != req.language.as_deref(), s.index));
+        for s in streams {
+            let cues = crate::media::read_subtitle_stream(&req.input, s.index)?;
+            let t = Transcript::repair(cues, CueSource::EmbeddedStream { index: s.index, codec: s.codec.clone() });
+            if !t.cues.is_empty() {
+                return Ok(t);
+            }
+        }
+        if info.audio.is_none() {
+            return Err(Error::NoAudio(req.input.clone()));
+        }
+        // Load Whisper before decoding so a missing model fails fast.
+        self.transcriber()?;
+        let t = Instant::now();
+        let p = progress.clone();
+        let samples = crate::media::decode_audio_16k(&req.input, &move |f| p(Stage::DecodeAudio, f), cancel)?;
+        timings.audio_decode = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let p = progress.clone();
+        let tr = self.transcriber()?;
+        let model = tr.name();
+        let speech = tr.transcribe(&samples, req.language.as_deref(), Arc::new(move |f| p(Stage::Transcribe, f)), cancel.clone())?;
+        timings.transcribe = t.elapsed().as_secs_f64();
+        let mut transcript = Transcript::repair(speech.cues, CueSource::Whisper { model, language: speech.language });
+        transcript.repairs.hallucinations_dropped = speech.dropped;
+        if transcript.cues.is_empty() {
+            return Err(Error::EmptyTranscript("Whisper heard no speech in the audio".into()));
+        }
+        Ok(transcript)
+    }
+
+    fn moment_report(&self, m: &Moment, t: &Transcript, a: &Analysis) -> MomentReport {
+        let labels = self.scorer.labels();
+        let peak = &a.scores[m.peak_window];
+        let quote = a.windows[m.peak_window].text.clone();
+        let neutral = self.scorer.neutral();
+        let emotions: Vec<EmotionProb> = peak
+            .top_emotions(labels, 3)
+            .into_iter()
+            .map(|(l, p)| EmotionProb { label: l.to_string(), p })
+            .collect();
+        let strongest = peak
+            .emotions
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != neutral)
+            .max_by(|x, y| x.1.total_cmp(y.1))
+            .map(|(i, p)| (labels.get(i).cloned().unwrap_or_default(), *p));
+        let text = t.cues[m.first..=m.last].iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" ");
+        let mut reasons = vec![format!(
+            "peak virality {:.2} at {}: «{}»",
+            m.peak,
+            format_time(a.windows[m.peak_window].start),
+            short(&quote, 90)
+        )];
+        let mut why = format!("popularity {:.2}", peak.popularity);
+        if let Some((label, p)) = strongest {
+            why.push_str(&format!(", strongest emotion {label} {p:.2}"));
+        }
+        reasons.push(why);
+        reasons.push(format!("mean virality {:.2} across the clip", m.mean));
+        reasons.push(match (m.starts_sentence, m.ends_sentence) {
+            (true, true) => "starts and ends on sentence boundaries".into(),
+            (true, false) => "starts on a sentence boundary".into(),
+            (false, true) => "ends on a sentence boundary".into(),
+            (false, false) => "no sentence boundary fitted the length limits".into(),
+        });
+        if m.shorter_than_min {
+            reasons.push("the whole transcript is shorter than --min-secs, so all of it is one clip".into());
+        }
+        reasons.push(format!("best {} of {} candidate clips without overlap", m.rank, m.candidates));
+        MomentReport {
+            rank: m.rank,
+            start: m.start,
+            end: m.end,
+            duration: m.duration(),
+            virality: 0.6 * m.peak + 0.4 * m.mean,
+            popularity: peak.popularity,
+            emotions,
+            text,
+            quote,
+            reasons,
+            clip: None,
+        }
+    }
+}
+
+/// At most `n` characters, with an ellipsis when cut.
+pub fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
+        out.push('…');
+        out
+    }
+}

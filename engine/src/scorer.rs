@@ -1,0 +1,194 @@
+//! Scoring texts with the multitask model: tokenise once, sort by length, cut into batches by a
+//! token budget, pad each batch only to its own longest text, run, and put the scores back in the
+//! caller's order.
+
+use crate::error::{Error, Result};
+use crate::model::{LoadedModel, Manifest, Mode};
+use crate::score::{ScoreWeights, TextScore};
+use candle_core::{DType, Tensor};
+
+/// Anything that turns texts into popularity and emotion probabilities.
+pub trait TextScorer: Send {
+    /// Emotion labels, in output order.
+    fn labels(&self) -> &[String];
+    /// Index of the label that never boosts virality.
+    fn neutral(&self) -> Option<usize>;
+    /// How popularity and emotion combine.
+    fn weights(&self) -> ScoreWeights;
+    /// A one-line description for reports.
+    fn describe(&self) -> serde_json::Value;
+    /// Scores `texts`; `progress(done, total)` is called after each batch.
+    fn score(&mut self, texts: &[String], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>>;
+}
+
+/// Batch shape limits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Texts per batch at most.
+    pub max_batch: usize,
+    /// Padded tokens per batch at most (batch × longest text).
+    pub max_tokens: usize,
+}
+
+impl BatchLimits {
+    /// Small batches suit a CPU's caches; a GPU wants thousands of tokens at once.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cuda() {
+            BatchLimits { max_batch: 1024, max_tokens: 256 * 128 }
+        } else {
+            BatchLimits { max_batch: 32, max_tokens: 32 * 64 }
+        }
+    }
+}
+
+/// Token ids of one text.
+pub type Ids = Vec<u32>;
+
+/// Groups indices of `lens` (sorted by length) into batches within `limits`.
+pub fn plan_batches(lens: &[usize], limits: BatchLimits) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| (lens[i], i));
+    let mut batches = Vec::new();
+    let mut cur: Vec<usize> = Vec::new();
+    for i in order {
+        let longest = lens[i].max(1); // sorted ascending: the newcomer is the longest
+        if !cur.is_empty() && ((cur.len() + 1) * longest > limits.max_tokens || cur.len() == limits.max_batch) {
+            batches.push(std::mem::take(&mut cur));
+        }
+        cur.push(i);
+    }
+    if !cur.is_empty() {
+        batches.push(cur);
+    }
+    batches
+}
+
+/// The candle multitask BERT behind [`TextScorer`].
+pub struct BertScorer {
+    pub loaded: LoadedModel,
+    pub limits: BatchLimits,
+    pad_id: u32,
+}
+
+impl BertScorer {
+    pub fn new(loaded: LoadedModel) -> Self {
+        let limits = BatchLimits::for_device(&loaded.device);
+        let pad_id = loaded
+            .tokenizer
+            .get_padding()
+            .map(|p| p.pad_id)
+            .unwrap_or(loaded.encoder.config.pad_token_id as u32);
+        BertScorer { loaded, limits, pad_id }
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.loaded.manifest
+    }
+
+    /// Tokenises texts (with the manifest's prefix), truncated to the manifest's max length.
+    pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Ids>> {
+        let prefix = &self.loaded.manifest.text_prefix;
+        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+        let enc = self
+            .loaded
+            .tokenizer
+            .encode_batch(inputs, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+    }
+
+    /// Pads `batch` to its longest member: ids (b, t) and a 0/1 mask (b, t).
+    pub fn pad(&self, batch: &[&Ids]) -> Result<(Tensor, Tensor)> {
+        let t = batch.iter().map(|x| x.len()).max().unwrap_or(1).max(1);
+        let mut ids = Vec::with_capacity(batch.len() * t);
+        let mut mask = Vec::with_capacity(batch.len() * t);
+        for x in batch {
+            ids.extend_from_slice(x);
+            ids.extend(std::iter::repeat_n(self.pad_id, t - x.len()));
+            mask.extend(std::iter::repeat_n(1u32, x.len()));
+            mask.extend(std::iter::repeat_n(0u32, t - x.len()));
+        }
+        let dev = &self.loaded.device;
+        Ok((
+            Tensor::from_vec(ids, (batch.len(), t), dev)?,
+            Tensor::from_vec(mask, (batch.len(), t), dev)?,
+        ))
+    }
+
+    /// Runs one padded batch; returns (popularity probs, emotion probs) on the CPU.
+    pub fn run(&self, ids: &Tensor, mask: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let logits = self.loaded.model.forward(ids, mask, Mode::Inference)?;
+        let pop = candle_nn::ops::sigmoid(&logits.popularity.to_dtype(DType::F32)?)?.to_vec1::<f32>()?;
+        let emo = candle_nn::ops::sigmoid(&logits.emotions.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        Ok((pop, emo))
+    }
+
+    /// Scores pre-tokenised texts.
+    pub fn score_ids(&self, ids: &[Ids], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
+        let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut out: Vec<Option<TextScore>> = vec![None; ids.len()];
+        let mut done = 0;
+        for batch in plan_batches(&lens, self.limits) {
+            let members: Vec<&Ids> = batch.iter().map(|&i| &ids[i]).collect();
+            let (t_ids, t_mask) = self.pad(&members)?;
+            let (pop, emo) = self.run(&t_ids, &t_mask)?;
+            for ((&i, p), e) in batch.iter().zip(pop).zip(emo) {
+                out[i] = Some(TextScore { popularity: p, emotions: e });
+            }
+            done += batch.len();
+            progress(done, ids.len());
+        }
+        Ok(out.into_iter().map(|s| s.expect("every index is in one batch")).collect())
+    }
+}
+
+impl TextScorer for BertScorer {
+    fn labels(&self) -> &[String] {
+        &self.loaded.manifest.labels
+    }
+    fn neutral(&self) -> Option<usize> {
+        self.loaded.manifest.neutral()
+    }
+    fn weights(&self) -> ScoreWeights {
+        self.loaded.manifest.score_weights
+    }
+    fn describe(&self) -> serde_json::Value {
+        let m = &self.loaded.manifest;
+        serde_json::json!({
+            "name": m.name,
+            "base_encoder": m.base_encoder.repo,
+            "encoder_dir": self.loaded.encoder.dir,
+            "layers": self.loaded.encoder.config.num_hidden_layers,
+            "hidden_size": self.loaded.encoder.config.hidden_size,
+            "device": crate::device::name(&self.loaded.device),
+            "dtype": format!("{:?}", self.loaded.dtype).to_lowercase(),
+            "max_length": m.max_length,
+            "notes": m.notes,
+        })
+    }
+    fn score(&mut self, texts: &[String], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
+        let ids = self.tokenize(texts)?;
+        self.score_ids(&ids, progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_limits_and_cover_everything() {
+        let lens = [5, 120, 7, 7, 64, 3, 128, 10];
+        let limits = BatchLimits { max_batch: 3, max_tokens: 256 };
+        let b = plan_batches(&lens, limits);
+        let mut seen: Vec<usize> = b.iter().flatten().copied().collect();
+        seen.sort();
+        assert_eq!(seen, (0..lens.len()).collect::<Vec<_>>());
+        for batch in &b {
+            let longest = batch.iter().map(|&i| lens[i]).max().unwrap();
+            assert!(batch.len() <= 3 && batch.len() * longest <= 256, "{batch:?}");
+        }
+        // Sorted by length: short texts are never padded to the long ones.
+        assert_eq!(b[0], [5, 0, 2]);
+    }
+}

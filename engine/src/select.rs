@@ -1,0 +1,369 @@
+//! Moment selection: windows of cues to score, candidate clips built from consecutive cues, and
+//! the best non-overlapping ones with their edges snapped and padded. Pure and deterministic:
+//! same cues and scores in, same moments out.
+
+use crate::cue::Cue;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// How clips are chosen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectConfig {
+    /// Shortest clip, seconds.
+    pub min_secs: f64,
+    /// Longest clip, seconds.
+    pub max_secs: f64,
+    /// How many clips at most.
+    pub count: usize,
+    /// Silence added before and after the cues of a clip when there is room, seconds.
+    pub pad_secs: f64,
+    /// Each scored window spans at least this many seconds of consecutive cues (or all that is left).
+    pub window_secs: f64,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        SelectConfig { min_secs: 15.0, max_secs: 60.0, count: 5, pad_secs: 0.3, window_secs: 8.0 }
+    }
+}
+
+impl SelectConfig {
+    /// Rejects settings that cannot produce a clip.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(Error::Invalid(m.into()));
+        if !(self.min_secs.is_finite() && self.max_secs.is_finite()) || self.min_secs < 1.0 {
+            return bad("--min-secs must be at least 1");
+        }
+        if self.max_secs < self.min_secs {
+            return bad("--max-secs must not be less than --min-secs");
+        }
+        if self.max_secs > 600.0 {
+            return bad("--max-secs must be at most 600");
+        }
+        if self.count == 0 || self.count > 50 {
+            return bad("--count must be between 1 and 50");
+        }
+        if !(0.0..=5.0).contains(&self.pad_secs) || !(1.0..=60.0).contains(&self.window_secs) {
+            return bad("padding must be 0-5 s and windows 1-60 s");
+        }
+        Ok(())
+    }
+}
+
+/// A run of consecutive cues scored as one text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Window {
+    pub first: usize,
+    pub last: usize,
+    pub start: f64,
+    pub end: f64,
+    pub text: String,
+}
+
+/// One window per cue: the cue and those after it until the window spans `window_secs`.
+pub fn windows(cues: &[Cue], window_secs: f64) -> Vec<Window> {
+    (0..cues.len())
+        .map(|first| {
+            let mut last = first;
+            while last + 1 < cues.len() && cues[last].end - cues[first].start < window_secs {
+                last += 1;
+            }
+            let text = cues[first..=last].iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" ");
+            Window { first, last, start: cues[first].start, end: cues[last].end, text }
+        })
+        .collect()
+}
+
+/// A chosen clip.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Moment {
+    /// 1 = best.
+    pub rank: usize,
+    /// First and last cue (inclusive).
+    pub first: usize,
+    pub last: usize,
+    /// Clip edges in the source, seconds, padding included.
+    pub start: f64,
+    pub end: f64,
+    /// The candidate's score: 0.6·peak + 0.4·mean window virality, plus 0.02 for each edge on a
+    /// sentence boundary.
+    pub score: f32,
+    /// Highest and mean virality of the windows inside the clip.
+    pub peak: f32,
+    pub mean: f32,
+    /// The window with the highest virality.
+    pub peak_window: usize,
+    pub starts_sentence: bool,
+    pub ends_sentence: bool,
+    /// Set when the transcript was too short for `min_secs` and the whole of it was taken.
+    pub shorter_than_min: bool,
+    /// How many candidates competed.
+    pub candidates: usize,
+}
+
+impl Moment {
+    pub fn duration(&self) -> f64 {
+        self.end - self.start
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Candidate {
+    first: usize,
+    last: usize,
+    score: f32,
+    peak: f32,
+    mean: f32,
+    peak_window: usize,
+    starts_sentence: bool,
+    ends_sentence: bool,
+}
+
+/// Picks up to `cfg.count` non-overlapping moments. `windows` must come from [`windows`] over the
+/// same cues and `virality[i]` score `windows[i]`. `media_end`, when known, bounds every clip.
+pub fn select(
+    cues: &[Cue],
+    windows: &[Window],
+    virality: &[f32],
+    media_end: Option<f64>,
+    cfg: &SelectConfig,
+) -> Vec<Moment> {
+    assert_eq!(windows.len(), virality.len(), "one score per window");
+    let end_limit = media_end.unwrap_or(f64::INFINITY);
+    let usable = cues.iter().take_while(|c| c.start < end_limit).count();
+    let cues = &cues[..usable];
+    if cues.is_empty() {
+        return Vec::new();
+    }
+    let mut prefix = vec![0.0f64; virality.len() + 1];
+    for (i, v) in virality.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + *v as f64;
+    }
+    let span = |f: usize, l: usize| cues[l].end.min(end_limit) - cues[f].start;
+    let mut shorter_than_min = false;
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for f in 0..cues.len() {
+        for l in f..cues.len() {
+            let s = span(f, l);
+            if s > cfg.max_secs {
+                break;
+            }
+            if s >= cfg.min_secs {
+                spans.push((f, l));
+            }
+        }
+    }
+    if spans.is_empty() {
+        // Nothing fits: a transcript shorter than min_secs becomes one clip of all of it; cues
+        // longer than max_secs on their own become clips cut at max_secs.
+        shorter_than_min = span(0, cues.len() - 1) < cfg.min_secs;
+        if shorter_than_min {
+            spans.push((0, cues.len() - 1));
+        } else {
+            spans.extend((0..cues.len()).map(|i| (i, i)));
+        }
+    }
+    let mut candidates: Vec<Candidate> = spans
+        .into_iter()
+        .map(|(f, l)| {
+            // Windows inside [f, l]: window i starts at cue i and their ends never decrease.
+            let mut hi = f;
+            while hi + 1 <= l && hi + 1 < windows.len() && windows[hi + 1].last <= l {
+                hi += 1;
+            }
+            let hi = hi.min(windows.len() - 1);
+            let lo = f.min(hi);
+            let (mut peak, mut peak_window) = (f32::MIN, lo);
+            for (i, v) in virality.iter().enumerate().take(hi + 1).skip(lo) {
+                if *v > peak {
+                    peak = *v;
+                    peak_window = i;
+                }
+            }
+            let mean = ((prefix[hi + 1] - prefix[lo]) / (hi + 1 - lo) as f64) as f32;
+            let starts_sentence = f == 0 || cues[f - 1].ends_sentence();
+            let ends_sentence = cues[l].ends_sentence();
+            let bonus = 0.02 * (starts_sentence as u8 + ends_sentence as u8) as f32;
+            Candidate {
+                first: f,
+                last: l,
+                score: 0.6 * peak + 0.4 * mean + bonus,
+                peak,
+                mean,
+                peak_window,
+                starts_sentence,
+                ends_sentence,
+            }
+        })
+        .collect();
+    let total = candidates.len();
+    candidates.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.first.cmp(&b.first))
+            .then(a.last.cmp(&b.last))
+    });
+    let mut chosen: Vec<Moment> = Vec::new();
+    for c in candidates {
+        if chosen.len() == cfg.count {
+            break;
+        }
+        let (start, end) = padded_edges(cues, c.first, c.last, end_limit, cfg);
+        if end - start <= 0.0 || chosen.iter().any(|m| start < m.end && m.start < end) {
+            continue;
+        }
+        chosen.push(Moment {
+            rank: 0,
+            first: c.first,
+            last: c.last,
+            start,
+            end,
+            score: c.score,
+            peak: c.peak,
+            mean: c.mean,
+            peak_window: c.peak_window,
+            starts_sentence: c.starts_sentence,
+            ends_sentence: c.ends_sentence,
+            shorter_than_min,
+            candidates: total,
+        });
+    }
+    for (i, m) in chosen.iter_mut().enumerate() {
+        m.rank = i + 1;
+    }
+    chosen
+}
+
+/// Clip edges: the cues' own edges, widened by up to `pad_secs` into the silence around them
+/// (never into a neighbouring cue, before 0 or past the media's end), and cut to `max_secs`.
+fn padded_edges(cues: &[Cue], f: usize, l: usize, end_limit: f64, cfg: &SelectConfig) -> (f64, f64) {
+    let floor = if f == 0 { 0.0 } else { cues[f - 1].end.min(cues[f].start) };
+    let ceil = cues.get(l + 1).map_or(end_limit, |n| n.start.max(cues[l].end)).min(end_limit);
+    let core_start = cues[f].start;
+    let core_end = cues[l].end.min(end_limit).min(core_start + cfg.max_secs);
+    let room = (cfg.max_secs - (core_end - core_start)).max(0.0) / 2.0;
+    let pad = cfg.pad_secs.min(room);
+    let start = (core_start - pad).max(floor).max(0.0);
+    let end = (core_end + pad).min(ceil.max(core_end));
+    (start, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cues of `len` seconds with `gap` between them; `text(i)` names them.
+    fn cues(n: usize, len: f64, gap: f64) -> Vec<Cue> {
+        (0..n)
+            .map(|i| {
+                let s = i as f64 * (len + gap);
+                Cue::new(s, s + len, format!("Line {i}."))
+            })
+            .collect()
+    }
+
+    fn cfg(min: f64, max: f64, count: usize) -> SelectConfig {
+        SelectConfig { min_secs: min, max_secs: max, count, ..SelectConfig::default() }
+    }
+
+    #[test]
+    fn windows_cover_window_secs() {
+        let c = cues(10, 3.0, 1.0);
+        let w = windows(&c, 8.0);
+        assert_eq!(w.len(), 10);
+        assert_eq!((w[0].first, w[0].last), (0, 2)); // 0..3, 4..7, 8..11 → 11 s ≥ 8
+        assert_eq!(w[0].text, "Line 0. Line 1. Line 2.");
+        assert_eq!((w[9].first, w[9].last), (9, 9));
+    }
+
+    #[test]
+    fn the_hot_spot_wins_and_clips_respect_bounds() {
+        let c = cues(40, 3.0, 1.0); // 160 s
+        let w = windows(&c, 8.0);
+        let mut v = vec![0.1f32; w.len()];
+        v[20] = 0.95; // cue 20 starts at 80 s
+        let m = select(&c, &w, &v, Some(160.0), &cfg(15.0, 30.0, 3));
+        assert_eq!(m.len(), 3);
+        assert!(m[0].start <= 80.0 && m[0].end >= 91.0, "{:?}", m[0]);
+        for x in &m {
+            assert!(x.duration() >= 15.0 && x.duration() <= 30.0 + 1e-9, "{x:?}");
+        }
+        for (i, a) in m.iter().enumerate() {
+            for b in &m[i + 1..] {
+                assert!(a.end <= b.start || b.end <= a.start, "overlap {a:?} {b:?}");
+            }
+        }
+        assert_eq!(m.iter().map(|x| x.rank).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn deterministic() {
+        let c = cues(30, 2.5, 0.5);
+        let w = windows(&c, 8.0);
+        let v: Vec<f32> = (0..w.len()).map(|i| ((i * 7919) % 13) as f32 / 13.0).collect();
+        let a = select(&c, &w, &v, None, &cfg(10.0, 20.0, 4));
+        let b = select(&c, &w, &v, None, &cfg(10.0, 20.0, 4));
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn padding_stays_in_silence_and_in_the_media() {
+        let c = vec![
+            Cue::new(0.1, 5.0, "Один."),
+            Cue::new(5.1, 12.0, "Два три."),
+            Cue::new(14.0, 19.9, "Четыре."),
+        ];
+        let w = windows(&c, 8.0);
+        let v = vec![0.5; w.len()];
+        let m = select(&c, &w, &v, Some(20.0), &cfg(5.0, 10.0, 5));
+        for x in &m {
+            assert!(x.start >= 0.0 && x.end <= 20.0, "{x:?}");
+        }
+        let last = m.iter().find(|x| x.first == 2).expect("cue 2 is a clip");
+        assert!((last.start - 13.7).abs() < 1e-9, "{last:?}");
+        assert!((last.end - 20.0).abs() < 1e-9, "{last:?}");
+    }
+
+    #[test]
+    fn sentence_edges_are_preferred() {
+        let c = vec![
+            Cue::new(0.0, 4.0, "Intro words."),
+            Cue::new(4.0, 8.0, "We start"),
+            Cue::new(8.0, 12.0, "right here."),
+            Cue::new(12.0, 16.0, "and then"),
+            Cue::new(16.0, 20.0, "more"),
+        ];
+        let w = windows(&c, 1.0);
+        let v = vec![0.5; 5];
+        let m = select(&c, &w, &v, None, &cfg(8.0, 8.0, 1));
+        // 0-8 ends mid-sentence, 8-16 starts and ends mid-sentence, 4-12 is a whole sentence.
+        assert_eq!((m[0].first, m[0].last), (1, 2));
+        assert!(m[0].starts_sentence && m[0].ends_sentence);
+    }
+
+    #[test]
+    fn short_transcript_becomes_one_clip() {
+        let c = cues(2, 3.0, 1.0);
+        let w = windows(&c, 8.0);
+        let m = select(&c, &w, &[0.3, 0.4], Some(9.0), &cfg(15.0, 60.0, 5));
+        assert_eq!(m.len(), 1);
+        assert!(m[0].shorter_than_min);
+        assert_eq!((m[0].first, m[0].last), (0, 1));
+    }
+
+    #[test]
+    fn cues_past_the_media_end_are_ignored() {
+        let c = cues(10, 3.0, 1.0);
+        let w = windows(&c, 8.0);
+        let m = select(&c, &w, &vec![0.5; 10], Some(20.0), &cfg(5.0, 10.0, 5));
+        assert!(m.iter().all(|x| x.end <= 20.0));
+        assert!(m.iter().all(|x| x.last <= 4));
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        assert!(cfg(30.0, 20.0, 1).validate().is_err());
+        assert!(cfg(10.0, 20.0, 0).validate().is_err());
+        assert!(SelectConfig::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,224 @@
+//! Speech to cues. [`Transcriber`] is the seam; [`Whisper`] (feature `whisper`) implements it with
+//! whisper-rs. [`filter`] drops what Whisper invents on silence, and is pure.
+
+use crate::cue::Cue;
+use crate::error::Result;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Audio sample rate every transcriber takes.
+pub const SAMPLE_RATE: u32 = 16_000;
+
+/// A transcript from speech: cues and the language spoken.
+#[derive(Debug, Clone)]
+pub struct Speech {
+    pub cues: Vec<Cue>,
+    pub language: String,
+    /// Segments dropped by [`filter`].
+    pub dropped: usize,
+}
+
+/// Turns 16 kHz mono samples into cues.
+pub trait Transcriber: Send {
+    /// `language`: a Whisper code (`ru`, `en`...) or `None` to detect it. `progress` gets 0..=1.
+    fn transcribe(
+        &mut self,
+        samples: &[f32],
+        language: Option<&str>,
+        progress: Arc<dyn Fn(f32) + Send + Sync>,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Speech>;
+    /// The model's name, for reports.
+    fn name(&self) -> String;
+}
+
+/// Whisper's hallucinations on silence and noise: credits, sign-offs, music tags, and the same line
+/// repeated. Pure.
+pub mod filter {
+    use crate::cue::Cue;
+
+    /// Text found in credits, never in speech.
+    const CREDIT_MARKERS: &[&str] = &[
+        "субтитры создавал", "субтитры сделал", "субтитры подогнал", "субтитры делал",
+        "субтитры подготовил", "редактор субтитров", "корректор а.", "dimatorzok", "amara.org",
+        "subtitles by", "субтитры: ", "transcription by", "transcribed by",
+    ];
+    /// Whole-segment phrases Whisper emits at the end of silence.
+    const SIGN_OFFS: &[&str] = &[
+        "продолжение следует", "спасибо за просмотр", "спасибо за внимание",
+        "подписывайтесь на канал", "ставьте лайки", "thanks for watching",
+        "thank you for watching", "thank you so much for watching", "please subscribe",
+        "до новых встреч",
+    ];
+
+    fn normalize(text: &str) -> String {
+        text.to_lowercase()
+            .chars()
+            .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
+            .collect::<String>()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether one segment's text is a known hallucination.
+    pub fn is_hallucination(text: &str) -> bool {
+        let lower = text.to_lowercase();
+        if CREDIT_MARKERS.iter().any(|m| lower.contains(m)) {
+            return true;
+        }
+        let n = normalize(text);
+        if n.is_empty() {
+            return true; // only punctuation or ♪
+        }
+        let bracketed = {
+            let t = text.trim();
+            (t.starts_with('[') && t.ends_with(']')) || (t.starts_with('(') && t.ends_with(')'))
+        };
+        if bracketed {
+            return true; // [музыка], (Music), [APPLAUSE]
+        }
+        SIGN_OFFS.iter().any(|s| n == *s || (n.starts_with(s) && n.len() <= s.len() + 12))
+    }
+
+    /// Drops hallucinated segments and immediate repeats; returns the kept cues and how many
+    /// were dropped.
+    pub fn apply(cues: Vec<Cue>) -> (Vec<Cue>, usize) {
+        let total = cues.len();
+        let mut out: Vec<Cue> = Vec::with_capacity(total);
+        let mut last_norm = String::new();
+        for cue in cues {
+            if is_hallucination(&cue.text) {
+                continue;
+            }
+            let n = normalize(&cue.text);
+            if n == last_norm {
+                continue; // the same line again: Whisper looping
+            }
+            last_norm = n;
+            out.push(cue);
+        }
+        let dropped = total - out.len();
+        (out, dropped)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn credits_sign_offs_and_repeats_go() {
+            let cues = vec![
+                Cue::new(0.0, 2.0, "Привет всем, сегодня поговорим о погоде."),
+                Cue::new(2.0, 4.0, "Сегодня тепло."),
+                Cue::new(4.0, 6.0, "Сегодня тепло."),
+                Cue::new(6.0, 8.0, "[музыка]"),
+                Cue::new(8.0, 9.0, "Субтитры создавал DimaTorzok"),
+                Cue::new(9.0, 10.0, "Продолжение следует..."),
+                Cue::new(10.0, 11.0, "♪ ♪"),
+                Cue::new(11.0, 12.0, "Thanks for watching!"),
+                Cue::new(12.0, 14.0, "Продолжение следует завтра в девять утра, а сейчас новости спорта."),
+            ];
+            let (kept, dropped) = apply(cues);
+            let texts: Vec<&str> = kept.iter().map(|c| c.text.as_str()).collect();
+            assert_eq!(
+                texts,
+                [
+                    "Привет всем, сегодня поговорим о погоде.",
+                    "Сегодня тепло.",
+                    "Продолжение следует завтра в девять утра, а сейчас новости спорта."
+                ]
+            );
+            assert_eq!(dropped, 6);
+        }
+    }
+}
+
+#[cfg(feature = "whisper")]
+pub use whisper_impl::Whisper;
+
+#[cfg(feature = "whisper")]
+mod whisper_impl {
+    use super::*;
+    use crate::error::Error;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::Ordering;
+    use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+
+    /// whisper.cpp through whisper-rs.
+    pub struct Whisper {
+        ctx: WhisperContext,
+        path: PathBuf,
+        threads: i32,
+    }
+
+    impl Whisper {
+        /// Loads a ggml model file (e.g. `ggml-base.bin`).
+        pub fn load(path: &Path) -> Result<Self> {
+            if !path.is_file() {
+                return Err(Error::Transcription(format!(
+                    "{}: Whisper model file not found (pass --whisper FILE, a ggml .bin)",
+                    path.display()
+                )));
+            }
+            whisper_rs::install_logging_hooks();
+            let mut params = WhisperContextParameters::default();
+            params.use_gpu(cfg!(feature = "cuda"));
+            let ctx = WhisperContext::new_with_params(path, params)
+                .map_err(|e| Error::Transcription(format!("{}: not a Whisper model: {e}", path.display())))?;
+            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8) as i32;
+            Ok(Whisper { ctx, path: path.to_path_buf(), threads })
+        }
+    }
+
+    impl Transcriber for Whisper {
+        fn name(&self) -> String {
+            self.path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+        }
+
+        fn transcribe(
+            &mut self,
+            samples: &[f32],
+            language: Option<&str>,
+            progress: Arc<dyn Fn(f32) + Send + Sync>,
+            cancel: Arc<AtomicBool>,
+        ) -> Result<Speech> {
+            let mut state = self.ctx.create_state().map_err(|e| Error::Transcription(e.to_string()))?;
+            let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
+            params.set_n_threads(self.threads);
+            params.set_language(Some(language.unwrap_or("auto")));
+            params.set_print_progress(false);
+            params.set_print_realtime(false);
+            params.set_print_special(false);
+            params.set_print_timestamps(false);
+            params.set_suppress_blank(true);
+            params.set_no_speech_thold(0.6);
+            let p = progress.clone();
+            params.set_progress_callback_safe(move |pct: i32| p(pct as f32 / 100.0));
+            let c = cancel.clone();
+            params.set_abort_callback_safe(move || c.load(Ordering::Relaxed));
+            let res = state.full(params, samples);
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            res.map_err(|e| Error::Transcription(e.to_string()))?;
+            let mut cues = Vec::new();
+            for seg in state.as_iter() {
+                let text = seg.to_str_lossy().map_err(|e| Error::Transcription(e.to_string()))?;
+                if seg.no_speech_probability() > 0.8 && text.split_whitespace().count() < 4 {
+                    continue;
+                }
+                let (s, e) = (seg.start_timestamp() as f64 / 100.0, seg.end_timestamp() as f64 / 100.0);
+                cues.push(Cue::new(s, e, text.trim()));
+            }
+            let detected = whisper_rs::get_lang_str(state.full_lang_id_from_state())
+                .unwrap_or(language.unwrap_or("unknown"))
+                .to_string();
+            let before = cues.len();
+            let (cues, dropped) = filter::apply(cues);
+            tracing::debug!(before, kept = cues.len(), "whisper segments filtered");
+            progress(1.0);
+            Ok(Speech { cues, language: detected, dropped })
+        }
+    }
+}
