@@ -1,1 +1,231 @@
-fn main(){}
+//! `viralclip`: the command line. `clip` turns a video (or subtitles) into clips of its best
+//! moments; `score` prints the model's probabilities for texts; `model` creates or imports model
+//! artifacts. Errors are one line on stderr with a non-zero exit code, never a panic.
+
+mod args;
+
+use anyhow::{Context, Result};
+use args::{Cli, ClipArgs, Command, ModelArgs, ModelCommand, ModelOpts, ScoreArgs};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Instant;
+use viralclip_engine::pipeline::{ClipRequest, Engine, Progress, Stage};
+use viralclip_engine::scorer::{BertScorer, TextScorer};
+use viralclip_engine::{device, model, Error};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match cli.command {
+        Command::Clip(a) => clip(a),
+        Command::Score(a) => score(a),
+        Command::Model(a) => model_cmd(a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("viralclip: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// 2: the input is bad; 3: the model or Whisper is missing or broken; 1: anything else.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    match e.downcast_ref::<Error>() {
+        Some(
+            Error::NotFound(_)
+            | Error::Subtitle { .. }
+            | Error::EmptyTranscript(_)
+            | Error::NotAVideo { .. }
+            | Error::NoAudio(_)
+            | Error::TooLarge { .. }
+            | Error::Invalid(_),
+        ) => 2,
+        Some(Error::Model(_) | Error::Tokenizer(_) | Error::Transcription(_)) => 3,
+        _ => 1,
+    }
+}
+
+/// Where the default model lives: $VIRALCLIP_MODEL, ./assets/model, or assets/model of the
+/// checkout the binary was built in.
+fn default_model() -> Option<PathBuf> {
+    let mut candidates = vec![PathBuf::from("assets/model")];
+    if let Ok(exe) = std::env::current_exe() {
+        // target/{debug,release}/viralclip → the checkout's assets/model
+        if let Some(root) = exe.parent().and_then(Path::parent).and_then(Path::parent) {
+            candidates.push(root.join("assets/model"));
+        }
+    }
+    candidates.into_iter().find(|p| p.join(model::artifact::MANIFEST_FILE).is_file())
+}
+
+fn load_scorer(opts: &ModelOpts) -> Result<(BertScorer, f64)> {
+    let dir = match &opts.model {
+        Some(d) => d.clone(),
+        None => default_model().ok_or_else(|| {
+            Error::Model(
+                "no model given and no default model in assets/model: pass --model DIR (or set VIRALCLIP_MODEL)".into(),
+            )
+        })?,
+    };
+    let (dev, note) = device::open(opts.device)?;
+    if let Some(n) = note {
+        eprintln!("viralclip: {n}");
+    }
+    let dtype = opts.precision.dtype(&dev);
+    let t = Instant::now();
+    let loaded = model::artifact::load(&dir, opts.encoder.as_deref(), &dev, dtype)?;
+    Ok((BertScorer::new(loaded), t.elapsed().as_secs_f64()))
+}
+
+fn progress_bar(quiet: bool) -> (ProgressBar, Progress) {
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(1000) };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg:20} [{bar:30}] {percent:>3}% {elapsed}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let progress: Progress = Arc::new(move |stage: Stage, f: f32| {
+        b.set_message(stage.label());
+        b.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
+    });
+    (bar, progress)
+}
+
+fn clip(a: ClipArgs) -> Result<()> {
+    if !a.input.exists() {
+        return Err(Error::NotFound(a.input.clone()).into());
+    }
+    let mut req = ClipRequest::new(&a.input, &a.out);
+    req.subs = a.subs.clone();
+    req.select.count = a.count;
+    req.select.min_secs = a.min_secs;
+    req.select.max_secs = a.max_secs;
+    req.select.validate()?;
+    req.mode = if a.fast { viralclip_engine::media::CutMode::Fast } else { viralclip_engine::media::CutMode::Precise };
+    req.language = a.lang.clone().filter(|l| l != "auto");
+    req.limits.max_duration_secs = a.max_duration_mins * 60.0;
+    let (scorer, load_secs) = load_scorer(&a.model)?;
+    let mut engine = Engine::new(Box::new(scorer)).with_whisper_path(a.whisper.clone());
+    engine.model_load_secs = load_secs;
+    let (bar, progress) = progress_bar(a.quiet);
+    let report = engine.run(&req, progress, Arc::new(AtomicBool::new(false)));
+    bar.finish_and_clear();
+    let report = report?;
+    let mut out = std::io::stdout().lock();
+    let t = &report.transcript;
+    writeln!(
+        out,
+        "{} cues, {} words ({}); {} windows scored in {:.1} s",
+        t.cues,
+        t.words,
+        serde_json::to_string(&t.source)?,
+        report.timings.windows_scored,
+        report.timings.score
+    )?;
+    for m in &report.moments {
+        let emos: Vec<String> = m.emotions.iter().map(|e| format!("{} {:.2}", e.label, e.p)).collect();
+        writeln!(
+            out,
+            "#{} {}–{} ({:.1} s) virality {:.2} popularity {:.2} [{}]",
+            m.rank,
+            viralclip_engine::cue::format_time(m.start),
+            viralclip_engine::cue::format_time(m.end),
+            m.duration,
+            m.virality,
+            m.popularity,
+            emos.join(", ")
+        )?;
+        writeln!(out, "   «{}»", viralclip_engine::pipeline::short(&m.quote, 100))?;
+        if let Some(c) = &m.clip {
+            writeln!(out, "   {} ({}x{}, {:.2} s, {} kB)", a.out.join(&c.path).display(), c.width, c.height, c.duration, c.size_bytes / 1024)?;
+        }
+    }
+    writeln!(out, "report: {}", a.out.join("report.json").display())?;
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let texts: Vec<String> = match &a.csv {
+        Some(path) => {
+            let mut rd = csv::ReaderBuilder::new()
+                .flexible(true)
+                .from_path(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let headers = rd.headers().with_context(|| format!("{}: no header row", path.display()))?.clone();
+            let col = headers.iter().position(|h| h == a.column).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no column {:?} (columns: {})",
+                    path.display(),
+                    a.column,
+                    headers.iter().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let mut v = Vec::new();
+            for (i, r) in rd.records().enumerate() {
+                let r = r.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+                v.push(r.get(col).unwrap_or("").to_string());
+            }
+            v
+        }
+        None => std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>()?,
+    };
+    let texts: Vec<String> = texts.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    if texts.is_empty() {
+        return Err(Error::Invalid("no texts to score (give lines on stdin or --csv FILE)".into()).into());
+    }
+    let (mut scorer, _) = load_scorer(&a.model)?;
+    let bar = if a.quiet || texts.len() < 64 { ProgressBar::hidden() } else { ProgressBar::new(texts.len() as u64) };
+    let scores = scorer.score(&texts, &mut |done, _| bar.set_position(done as u64))?;
+    bar.finish_and_clear();
+    let (labels, w, neutral) = (scorer.labels().to_vec(), scorer.weights(), scorer.neutral());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (text, s) in texts.iter().zip(&scores) {
+        let emotions: serde_json::Map<String, serde_json::Value> =
+            labels.iter().zip(&s.emotions).map(|(l, p)| (l.clone(), serde_json::json!(round(*p)))).collect();
+        let line = serde_json::json!({
+            "text": text,
+            "virality": round(s.virality(w, neutral)),
+            "popularity": round(s.popularity),
+            "top_emotions": s.top_emotions(&labels, 3).into_iter().map(|(l, _)| l).collect::<Vec<_>>(),
+            "emotions": emotions,
+        });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn round(x: f32) -> f64 {
+    (x as f64 * 10_000.0).round() / 10_000.0
+}
+
+fn model_cmd(a: ModelArgs) -> Result<()> {
+    match a.command {
+        ModelCommand::Init { encoder, repo, out, seed } => {
+            let m = model::artifact::init(&encoder, &repo, &out, seed)?;
+            println!("{}: {} ({} labels)", out.display(), m.name, m.labels.len());
+        }
+        ModelCommand::ImportPth { pth, base_repo, base_dir, out } => {
+            let base = model::BaseEncoder {
+                repo: base_repo,
+                revision: None,
+                path: base_dir.map(|d| std::path::absolute(&d)).transpose()?,
+            };
+            let m = model::artifact::import_pth(&pth, base, &out)?;
+            println!("{}: {} (encoder layers {:?})", out.display(), m.name, m.fine_tuned_layers);
+        }
+    }
+    Ok(())
+}

@@ -196,7 +196,10 @@ mod whisper_impl {
             let p = progress.clone();
             params.set_progress_callback_safe(move |pct: i32| p(pct as f32 / 100.0));
             let c = cancel.clone();
-            params.set_abort_callback_safe(move || c.load(Ordering::Relaxed));
+            // whisper-rs 0.16's abort trampoline casts its user data to `*mut F` although it
+            // stored a `Box<dyn FnMut>`; with F = Box<dyn FnMut> the two agree.
+            let abort: Box<dyn FnMut() -> bool> = Box::new(move || c.load(Ordering::Relaxed));
+            params.set_abort_callback_safe(abort);
             let res = state.full(params, samples);
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);

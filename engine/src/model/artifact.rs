@@ -372,3 +372,20 @@ pub fn import_pth(pth: &Path, base: BaseEncoder, out: &Path) -> Result<Manifest>
     save(out, &manifest, &tensors)?;
     Ok(manifest)
 }
+
+/// Creates an artifact with freshly initialised heads over the encoder in `encoder_dir`: the
+/// starting point for training, and a model for testing the pipeline (its scores mean nothing).
+pub fn init(encoder_dir: &Path, repo: &str, out: &Path, seed: u64) -> Result<Manifest> {
+    let enc = EncoderFiles::open(encoder_dir)?;
+    let mut manifest = Manifest::new(
+        &format!("untrained heads on {repo}"),
+        BaseEncoder { repo: repo.into(), revision: None, path: Some(std::path::absolute(encoder_dir).map_err(|e| Error::io(encoder_dir, e))?) },
+    );
+    if repo.contains("e5") {
+        manifest.text_prefix = "query: ".into();
+    }
+    manifest.notes = "untrained: heads are randomly initialised; scores are not meaningful".into();
+    let tensors = super::heads::init_heads(enc.config.hidden_size, manifest.labels.len(), seed)?;
+    save(out, &manifest, &tensors)?;
+    Ok(manifest)
+}

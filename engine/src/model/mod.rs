@@ -7,4 +7,4 @@ pub mod heads;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
 pub use bert::{Bert, BertConfig, Mode};
-pub use heads::{EmotionHead, Logits, MultiTask, PopularityHead};
+pub use heads::{init_heads, EmotionHead, Logits, MultiTask, PopularityHead};

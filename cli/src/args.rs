@@ -1,0 +1,128 @@
+//! Command-line flags (clap), each with an environment variable.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use viralclip_engine::device::{DeviceChoice, Precision};
+
+#[derive(Debug, Parser)]
+#[command(name = "viralclip", version, about = "Finds the most viral moments of a video and cuts them into clips")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Clip a video (or list the moments of a subtitle file).
+    Clip(ClipArgs),
+    /// Score texts (lines on stdin, or a CSV column): one JSON line per text.
+    Score(ScoreArgs),
+    /// Create or import model artifacts.
+    Model(ModelArgs),
+}
+
+/// Which model, on which device.
+#[derive(Debug, Args)]
+pub struct ModelOpts {
+    /// Model directory (model.json + weights). Default: assets/model.
+    #[arg(long, env = "VIRALCLIP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Base encoder directory (config.json, tokenizer.json, model.safetensors); overrides the
+    /// model's own and the Hugging Face hub.
+    #[arg(long, env = "VIRALCLIP_ENCODER")]
+    pub encoder: Option<PathBuf>,
+    /// cpu, cuda or auto.
+    #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    /// f32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
+    #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
+    pub precision: Precision,
+}
+
+#[derive(Debug, Args)]
+pub struct ClipArgs {
+    /// A video (mp4, mkv, webm, mov) or a subtitle file (srt, vtt).
+    pub input: PathBuf,
+    /// Subtitles for the video (used instead of transcribing).
+    #[arg(long)]
+    pub subs: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Whisper model (ggml .bin), needed when the video has no subtitles.
+    #[arg(long, env = "VIRALCLIP_WHISPER")]
+    pub whisper: Option<PathBuf>,
+    /// Spoken language (ru, en, ...) or auto.
+    #[arg(long, env = "VIRALCLIP_LANG")]
+    pub lang: Option<String>,
+    /// How many clips at most.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    /// Shortest clip, seconds.
+    #[arg(long, default_value_t = 15.0)]
+    pub min_secs: f64,
+    /// Longest clip, seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub max_secs: f64,
+    /// Copy streams from keyframes instead of re-encoding (fast, edges on keyframes).
+    #[arg(long)]
+    pub fast: bool,
+    /// Output directory (clips/ and report.json).
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Longest input accepted, minutes.
+    #[arg(long, env = "VIRALCLIP_MAX_DURATION_MINS", default_value_t = 240.0)]
+    pub max_duration_mins: f64,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[command(flatten)]
+    pub model: ModelOpts,
+    /// Read texts from this CSV file instead of stdin.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// The CSV column holding the texts.
+    #[arg(long, default_value = "text")]
+    pub column: String,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    #[command(subcommand)]
+    pub command: ModelCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// A model with untrained heads over a base encoder (a training start; its scores mean nothing).
+    Init {
+        /// Base encoder directory.
+        #[arg(long)]
+        encoder: PathBuf,
+        /// The encoder's Hugging Face name, recorded in the manifest.
+        #[arg(long, default_value = "intfloat/multilingual-e5-small")]
+        repo: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Import the original ViralBERT v2 PyTorch checkpoint (multitask_best.pth).
+    ImportPth {
+        pth: PathBuf,
+        /// The base encoder it was trained on (tokenizer and config come from it).
+        #[arg(long, default_value = "ai-forever/ruBert-base")]
+        base_repo: String,
+        /// A local copy of that encoder.
+        #[arg(long)]
+        base_dir: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
