@@ -9,12 +9,22 @@ use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-/// Whether a forward pass is for scoring (fused kernels, no dropout) or for training
-/// (differentiable kernels, dropout on).
+/// Which kernels a forward pass uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Scoring: fused layer norm and softmax (no backward), no dropout.
     Inference,
+    /// Training: differentiable kernels, dropout on.
     Training,
+    /// Differentiable kernels without dropout: deterministic gradients (tests, gradient checks).
+    Autograd,
+}
+
+impl Mode {
+    /// Whether this mode must be differentiable.
+    pub fn differentiable(self) -> bool {
+        self != Mode::Inference
+    }
 }
 
 /// The fields of a Hugging Face BERT `config.json` that the encoder needs.
@@ -121,7 +131,7 @@ impl LayerNorm {
             Mode::Inference => {
                 candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
             }
-            Mode::Training => {
+            Mode::Training | Mode::Autograd => {
                 let dtype = x.dtype();
                 let x = x.to_dtype(DType::F32)?;
                 let mean = x.mean_keepdim(D::Minus1)?;
@@ -138,7 +148,7 @@ impl LayerNorm {
 pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
     match mode {
         Mode::Inference => candle_nn::ops::softmax_last_dim(x),
-        Mode::Training => {
+        Mode::Training | Mode::Autograd => {
             let max = x.max_keepdim(D::Minus1)?.detach();
             let e = x.broadcast_sub(&max)?.exp()?;
             e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
