@@ -290,6 +290,7 @@ impl Engine {
                 words: transcript.words(),
                 span_secs: transcript.span(),
                 repairs: transcript.repairs,
+                lines: transcript.cues.clone(),
             },
             model: self.scorer.describe(),
             settings: self.settings(req),

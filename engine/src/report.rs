@@ -39,6 +39,8 @@ pub struct TranscriptFacts {
     pub words: usize,
     pub span_secs: f64,
     pub repairs: Repairs,
+    /// Every cue, in order.
+    pub lines: Vec<crate::cue::Cue>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -235,10 +235,14 @@ pub fn select(
 }
 
 /// Clip edges: the cues' own edges, widened by up to `pad_secs` into the silence around them
-/// (never into a neighbouring cue, before 0 or past the media's end), and cut to `max_secs`.
+/// (at most half of it, never before 0 or past the media's end), and cut to `max_secs`.
 fn padded_edges(cues: &[Cue], f: usize, l: usize, end_limit: f64, cfg: &SelectConfig) -> (f64, f64) {
-    let floor = if f == 0 { 0.0 } else { cues[f - 1].end.min(cues[f].start) };
-    let ceil = cues.get(l + 1).map_or(end_limit, |n| n.start.max(cues[l].end)).min(end_limit);
+    // Each side may take half the silence to its neighbour, so neighbouring clips never overlap.
+    let floor = if f == 0 { 0.0 } else { (cues[f - 1].end.min(cues[f].start) + cues[f].start) / 2.0 };
+    let ceil = cues
+        .get(l + 1)
+        .map_or(end_limit, |n| (n.start.max(cues[l].end) + cues[l].end) / 2.0)
+        .min(end_limit);
     let core_start = cues[f].start;
     let core_end = cues[l].end.min(end_limit).min(core_start + cfg.max_secs);
     let room = (cfg.max_secs - (core_end - core_start)).max(0.0) / 2.0;
@@ -322,6 +326,17 @@ mod tests {
         let last = m.iter().find(|x| x.first == 2).expect("cue 2 is a clip");
         assert!((last.start - 13.7).abs() < 1e-9, "{last:?}");
         assert!((last.end - 20.0).abs() < 1e-9, "{last:?}");
+    }
+
+    #[test]
+    fn neighbours_share_the_silence_between_them() {
+        let c = vec![Cue::new(1.0, 9.0, "A."), Cue::new(10.0, 19.5, "B."), Cue::new(20.0, 30.0, "C.")];
+        let w = windows(&c, 1.0);
+        let m = select(&c, &w, &[0.5, 0.6, 0.7], None, &cfg(8.0, 12.0, 3));
+        assert_eq!(m.len(), 3);
+        let mut spans: Vec<(f64, f64)> = m.iter().map(|x| (x.start, x.end)).collect();
+        spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert_eq!(spans, [(0.7, 9.3), (9.7, 19.75), (19.75, 30.3)]);
     }
 
     #[test]

@@ -1,0 +1,252 @@
+//! The whole pipeline on real media: festival Russian speech over a test pattern, transcribed
+//! by the fixture Whisper base, scored with the fixture multilingual-e5-small encoder, cut with
+//! ffmpeg-next. Also: embedded subtitle streams, subtitle-only input, fast cuts, bad inputs.
+
+mod common;
+
+use candle_core::{DType, Device};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, OnceLock};
+use viralclip_engine::cue::CueSource;
+use viralclip_engine::media::{self, CutMode, Limits};
+use viralclip_engine::model::artifact;
+use viralclip_engine::pipeline::{no_progress, ClipRequest, Engine};
+use viralclip_engine::scorer::BertScorer;
+use viralclip_engine::Error;
+
+/// The demo script spoken by festival over testsrc (1280x720, 25 fps, keyframe every 2 s),
+/// built once per test run.
+fn speech_video() -> &'static Path {
+    static V: OnceLock<PathBuf> = OnceLock::new();
+    V.get_or_init(|| {
+        common::require_tool("ffmpeg");
+        common::require_tool("text2wave");
+        let dir = tempfile::tempdir().unwrap().keep();
+        let out = dir.join("speech.mp4");
+        let st = Command::new(common::repo().join("assets/demo/make-demo.sh"))
+            .arg(common::repo().join("assets/demo/script.ru.txt"))
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "make-demo.sh failed");
+        out
+    })
+}
+
+fn engine(encoder: &Path) -> Engine {
+    let dir = tempfile::tempdir().unwrap().keep();
+    artifact::init(encoder, "intfloat/multilingual-e5-small", &dir, 1).unwrap();
+    let loaded = artifact::load(&dir, None, &Device::Cpu, DType::F32).unwrap();
+    Engine::new(Box::new(BertScorer::new(loaded)))
+}
+
+fn ffmpeg(args: &[&str]) {
+    let st = Command::new("ffmpeg").args(["-loglevel", "error", "-y"]).args(args).status().unwrap();
+    assert!(st.success(), "ffmpeg {args:?}");
+}
+
+/// A 48x27 grey picture of the frame at `t` seconds.
+fn frame_at(path: &Path, t: f64) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-ss", &format!("{t:.3}"), "-i"])
+        .arg(path)
+        .args(["-frames:v", "1", "-s", "48x27", "-pix_fmt", "gray", "-f", "rawvideo", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout.len(), 48 * 27, "no frame at {t} in {}", path.display());
+    out.stdout
+}
+
+fn diff(a: &[u8], b: &[u8]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len() as f64
+}
+
+#[test]
+fn russian_speech_end_to_end() {
+    let (Some(e5), Some(whisper)) = (common::e5(), common::whisper_base()) else { return };
+    let video = speech_video();
+    let info = media::probe(video, &Limits::default()).unwrap();
+    assert!((60.0..=90.0).contains(&info.duration), "video is {} s", info.duration);
+    let out = tempfile::tempdir().unwrap();
+    let mut req = ClipRequest::new(video, out.path());
+    req.language = Some("ru".into());
+    req.select.count = 3;
+    req.select.min_secs = 10.0;
+    req.select.max_secs = 25.0;
+    let mut eng = engine(&e5).with_whisper_path(Some(whisper));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let progress = Arc::new(move |stage, f: f32| s.lock().unwrap().push((stage, f)));
+    let report = eng.run(&req, progress, Arc::new(AtomicBool::new(false))).unwrap();
+
+    // Whisper heard the Russian words.
+    match &report.transcript.source {
+        CueSource::Whisper { language, .. } => assert_eq!(language, "ru"),
+        other => panic!("transcribed by {other:?}"),
+    }
+    let text: String = report.transcript.lines.iter().map(|c| c.text.to_lowercase()).collect::<Vec<_>>().join(" ");
+    let all: String = std::fs::read_to_string(out.path().join("report.json")).unwrap().to_lowercase();
+    let stems = ["понедельн", "вторник", "сред", "четверг", "пятниц", "суббот", "воскресен", "погод", "температур", "сокровищ", "невероятн", "облачн"];
+    let found = stems.iter().filter(|s| text.contains(*s)).count();
+    assert!(found >= 9, "only {found} of {} words came back: {text}", stems.len());
+    assert!(report.transcript.cues >= 8, "{} cues", report.transcript.cues);
+
+    // Progress went through the stages in order and reached the end.
+    let stages: Vec<_> = seen.lock().unwrap().iter().map(|(s, _)| *s).collect();
+    use viralclip_engine::pipeline::Stage::*;
+    for st in [Probe, DecodeAudio, Transcribe, Score, Select, Cut, Done] {
+        assert!(stages.contains(&st), "no {st:?} progress");
+    }
+
+    // Three clips of the right length, inside the video, not overlapping, frame-exact.
+    assert_eq!(report.moments.len(), 3);
+    for (i, m) in report.moments.iter().enumerate() {
+        assert!(m.start >= 0.0 && m.end <= info.duration + 1e-6, "{m:?}");
+        assert!(m.duration >= 10.0 && m.duration <= 25.0 + 1e-6, "{}", m.duration);
+        for o in &report.moments[i + 1..] {
+            assert!(m.end <= o.start || o.end <= m.start, "overlap");
+        }
+        let c = m.clip.as_ref().expect("a clip");
+        let path = out.path().join(&c.path);
+        let probed = media::probe(&path, &Limits::default()).unwrap();
+        let v = probed.video.as_ref().unwrap();
+        assert_eq!((v.codec.as_str(), v.width, v.height), ("h264", 1280, 720));
+        assert_eq!(probed.audio.as_ref().unwrap().codec, "aac");
+        assert!((probed.duration - m.duration).abs() <= 0.05, "clip {} s for {} s", probed.duration, m.duration);
+        // +faststart: the moov box comes before the media data.
+        let head = std::fs::read(&path).unwrap();
+        let moov = head.windows(4).position(|w| w == b"moov").unwrap();
+        let mdat = head.windows(4).position(|w| w == b"mdat").unwrap();
+        assert!(moov < mdat, "moov after mdat");
+        // The first frame is the source's frame at the start, not one a frame away.
+        let first = frame_at(&path, 0.0);
+        let d0 = diff(&first, &frame_at(video, m.start));
+        let d1 = diff(&first, &frame_at(video, m.start + 0.08));
+        assert!(d0 < d1, "clip {} starts at the wrong frame ({d0} vs {d1})", m.rank);
+        // Thumbnail as Telegram wants it.
+        let thumb = std::fs::read(out.path().join(&c.thumbnail)).unwrap();
+        assert_eq!(&thumb[..2], &[0xFF, 0xD8], "not a JPEG");
+        assert!(thumb.len() < 200_000);
+        assert!(c.width == 1280 && c.height == 720);
+    }
+    let rep: serde_json::Value = serde_json::from_str(&all).unwrap();
+    assert!(rep["timings"]["transcribe"].as_f64().unwrap() > 0.0);
+    assert_eq!(rep["moments"][0]["emotions"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn fast_cut_starts_on_the_keyframe_before() {
+    let video = speech_video();
+    let out = tempfile::tempdir().unwrap();
+    let clip = media::cut(video, 13.3, 27.0, CutMode::Fast, &out.path().join("f.mp4")).unwrap();
+    assert_eq!(clip.mode, CutMode::Fast);
+    assert!(clip.source_start <= 13.3 + 1e-6 && clip.source_start >= 13.3 - 2.0 - 1e-6, "{}", clip.source_start);
+    assert!((clip.duration - (27.0 - clip.source_start)).abs() < 0.15, "{clip:?}");
+    let precise = media::cut(video, 13.3, 27.0, CutMode::Precise, &out.path().join("p.mp4")).unwrap();
+    assert!((precise.duration - 13.7).abs() <= 0.05, "{precise:?}");
+}
+
+const SRT: &str = "1\n00:00:01,000 --> 00:00:09,000\nДобрый день, сегодня мы поговорим о погоде.\n\n2\n00:00:10,000 --> 00:00:19,500\nНе может быть! Это просто невероятно!\n\n3\n00:00:20,000 --> 00:00:30,000\nСпасибо, что были с нами.\n";
+
+#[test]
+fn embedded_subtitle_streams_replace_transcription() {
+    let Some(e5) = common::e5() else { return };
+    common::require_tool("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let srt = dir.path().join("s.srt");
+    std::fs::write(&srt, SRT).unwrap();
+    let src = common::repo().join("assets/demo/demo.mp4");
+    let mkv = dir.path().join("with-subs.mkv");
+    let mp4 = dir.path().join("with-subs.mp4");
+    let (s, k, m) = (src.to_str().unwrap(), srt.to_str().unwrap(), mkv.to_str().unwrap());
+    ffmpeg(&["-i", s, "-i", k, "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", "-t", "35", m]);
+    ffmpeg(&["-i", s, "-i", k, "-map", "0", "-map", "1", "-c", "copy", "-c:s", "mov_text", "-t", "35", mp4.to_str().unwrap()]);
+    for (input, codec) in [(&mkv, "subrip"), (&mp4, "mov_text")] {
+        let out = dir.path().join(codec);
+        let mut req = ClipRequest::new(input, &out);
+        req.select.min_secs = 8.0;
+        req.select.max_secs = 12.0;
+        // No Whisper: the embedded stream must be enough.
+        let report = engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).unwrap();
+        match &report.transcript.source {
+            CueSource::EmbeddedStream { codec: c, .. } => assert_eq!(c, codec),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(report.transcript.cues, 3, "{codec}");
+        let m = &report.moments[0];
+        assert!(m.clip.is_some());
+        let starts: Vec<f64> = report.moments.iter().map(|m| m.start).collect();
+        assert!(starts.iter().all(|s| [0.7, 9.7, 19.75].iter().any(|x| (x - s).abs() < 0.05)), "{codec}: {starts:?}");
+    }
+}
+
+#[test]
+fn subtitle_file_alone_gives_moments_without_clips() {
+    let Some(e5) = common::e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srt = dir.path().join("talk.srt");
+    // Windows-1251 with CRLF, as Russian SRT files often come.
+    let crlf = SRT.replace('\n', "\r\n");
+    let (bytes, _, _) = encoding_rs::WINDOWS_1251.encode(&crlf);
+    std::fs::write(&srt, &bytes).unwrap();
+    let mut req = ClipRequest::new(&srt, dir.path().join("out"));
+    req.select.min_secs = 8.0;
+    req.select.max_secs = 12.0;
+    req.select.count = 5;
+    let report = engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).unwrap();
+    assert_eq!(report.input.kind, "subtitles");
+    assert_eq!(report.moments.len(), 3);
+    assert!(report.moments.iter().all(|m| m.clip.is_none()));
+    assert!(report.moments.iter().any(|m| m.text.contains("невероятно")));
+    assert!(!dir.path().join("out/clips").exists());
+    assert_eq!(report.timeline.len(), 3);
+}
+
+#[test]
+fn bad_inputs_get_clear_errors() {
+    let Some(e5) = common::e5() else { return };
+    common::require_tool("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |input: &Path, subs: Option<&Path>| {
+        let mut req = ClipRequest::new(input, dir.path().join("out"));
+        req.subs = subs.map(Path::to_path_buf);
+        engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).err().expect("an error")
+    };
+    let missing = run(&dir.path().join("nope.mp4"), None);
+    assert!(matches!(missing, Error::NotFound(_)), "{missing}");
+
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, "just some text, not a video\n".repeat(50)).unwrap();
+    let e = run(&text, None);
+    assert!(matches!(e, Error::NotAVideo { .. }), "{e}");
+
+    let playlist = dir.path().join("list.m3u8");
+    std::fs::write(&playlist, format!("#EXTM3U\n#EXTINF:10,\nfile://{}\n", common::repo().join("assets/demo/demo.mp4").display())).unwrap();
+    let e = run(&playlist, None);
+    assert!(matches!(e, Error::NotAVideo { .. }), "playlists are refused: {e}");
+    let concat = dir.path().join("list.txt");
+    std::fs::write(&concat, format!("ffconcat version 1.0\nfile '{}'\n", common::repo().join("assets/demo/demo.mp4").display())).unwrap();
+    let e = run(&concat, None);
+    assert!(matches!(e, Error::NotAVideo { .. }), "concat lists are refused: {e}");
+
+    let silent = dir.path().join("silent.mp4");
+    ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-t", "3", "-pix_fmt", "yuv420p", silent.to_str().unwrap()]);
+    let e = run(&silent, None);
+    assert!(matches!(e, Error::NoAudio(_)), "{e}");
+
+    let empty = dir.path().join("empty.srt");
+    std::fs::write(&empty, "").unwrap();
+    let e = run(&silent, Some(&empty));
+    assert!(matches!(e, Error::EmptyTranscript(_)), "{e}");
+    let garbage = dir.path().join("garbage.srt");
+    std::fs::write(&garbage, "1\n00:00:01,000 --> 00:00:02,000\nhello\n\nwhat is this\nnot srt\n").unwrap();
+    let e = run(&silent, Some(&garbage));
+    assert!(matches!(e, Error::Subtitle { line: 5, .. }), "{e}");
+
+    let mut limits = Limits::default();
+    limits.max_duration_secs = 10.0;
+    let e = media::probe(&common::repo().join("assets/demo/demo.mp4"), &limits).err().unwrap();
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+}
