@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use viralclip_engine::device::{DeviceChoice, Precision};
 
 #[derive(Debug, Parser)]
-#[command(name = "viralclip", version, about = "Finds the most viral moments of a video and cuts them into clips")]
+#[command(
+    name = "viralclip",
+    version,
+    about = "Finds the most viral moments of a video and cuts them into clips"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -19,6 +23,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Create or import model artifacts.
     Model(ModelArgs),
+    /// Measure scoring throughput (and cutting and Whisper speed): one JSON line per case.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Which model, on which device.

@@ -3,6 +3,7 @@
 //! artifacts. Errors are one line on stderr with a non-zero exit code, never a panic.
 
 mod args;
+mod bench;
 
 use anyhow::{Context, Result};
 use args::{Cli, ClipArgs, Command, ModelArgs, ModelCommand, ModelOpts, ScoreArgs};
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         Command::Clip(a) => clip(a),
         Command::Score(a) => score(a),
         Command::Model(a) => model_cmd(a),
+        Command::Bench(a) => bench::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,7 +69,9 @@ fn default_model() -> Option<PathBuf> {
             candidates.push(root.join("assets/model"));
         }
     }
-    candidates.into_iter().find(|p| p.join(model::artifact::MANIFEST_FILE).is_file())
+    candidates
+        .into_iter()
+        .find(|p| p.join(model::artifact::MANIFEST_FILE).is_file())
 }
 
 fn load_scorer(opts: &ModelOpts) -> Result<(BertScorer, f64)> {
@@ -90,7 +94,11 @@ fn load_scorer(opts: &ModelOpts) -> Result<(BertScorer, f64)> {
 }
 
 fn progress_bar(quiet: bool) -> (ProgressBar, Progress) {
-    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(1000) };
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1000)
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:20} [{bar:30}] {percent:>3}% {elapsed}")
             .expect("valid template")
@@ -114,7 +122,11 @@ fn clip(a: ClipArgs) -> Result<()> {
     req.select.min_secs = a.min_secs;
     req.select.max_secs = a.max_secs;
     req.select.validate()?;
-    req.mode = if a.fast { viralclip_engine::media::CutMode::Fast } else { viralclip_engine::media::CutMode::Precise };
+    req.mode = if a.fast {
+        viralclip_engine::media::CutMode::Fast
+    } else {
+        viralclip_engine::media::CutMode::Precise
+    };
     req.language = a.lang.clone().filter(|l| l != "auto");
     req.limits.max_duration_secs = a.max_duration_mins * 60.0;
     let (scorer, load_secs) = load_scorer(&a.model)?;
@@ -136,7 +148,11 @@ fn clip(a: ClipArgs) -> Result<()> {
         report.timings.score
     )?;
     for m in &report.moments {
-        let emos: Vec<String> = m.emotions.iter().map(|e| format!("{} {:.2}", e.label, e.p)).collect();
+        let emos: Vec<String> = m
+            .emotions
+            .iter()
+            .map(|e| format!("{} {:.2}", e.label, e.p))
+            .collect();
         writeln!(
             out,
             "#{} {}–{} ({:.1} s) virality {:.2} popularity {:.2} [{}]",
@@ -150,7 +166,15 @@ fn clip(a: ClipArgs) -> Result<()> {
         )?;
         writeln!(out, "   «{}»", viralclip_engine::pipeline::short(&m.quote, 100))?;
         if let Some(c) = &m.clip {
-            writeln!(out, "   {} ({}x{}, {:.2} s, {} kB)", a.out.join(&c.path).display(), c.width, c.height, c.duration, c.size_bytes / 1024)?;
+            writeln!(
+                out,
+                "   {} ({}x{}, {:.2} s, {} kB)",
+                a.out.join(&c.path).display(),
+                c.width,
+                c.height,
+                c.duration,
+                c.size_bytes / 1024
+            )?;
         }
     }
     writeln!(out, "report: {}", a.out.join("report.json").display())?;
@@ -164,7 +188,10 @@ fn score(a: ScoreArgs) -> Result<()> {
                 .flexible(true)
                 .from_path(path)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            let headers = rd.headers().with_context(|| format!("{}: no header row", path.display()))?.clone();
+            let headers = rd
+                .headers()
+                .with_context(|| format!("{}: no header row", path.display()))?
+                .clone();
             let col = headers.iter().position(|h| h == a.column).ok_or_else(|| {
                 Error::Invalid(format!(
                     "{}: no column {:?} (columns: {})",
@@ -180,21 +207,35 @@ fn score(a: ScoreArgs) -> Result<()> {
             }
             v
         }
-        None => std::io::stdin().lock().lines().collect::<std::io::Result<Vec<_>>>()?,
+        None => std::io::stdin()
+            .lock()
+            .lines()
+            .collect::<std::io::Result<Vec<_>>>()?,
     };
-    let texts: Vec<String> = texts.into_iter().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect();
+    let texts: Vec<String> = texts
+        .into_iter()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .collect();
     if texts.is_empty() {
         return Err(Error::Invalid("no texts to score (give lines on stdin or --csv FILE)".into()).into());
     }
     let (mut scorer, _) = load_scorer(&a.model)?;
-    let bar = if a.quiet || texts.len() < 64 { ProgressBar::hidden() } else { ProgressBar::new(texts.len() as u64) };
+    let bar = if a.quiet || texts.len() < 64 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(texts.len() as u64)
+    };
     let scores = scorer.score(&texts, &mut |done, _| bar.set_position(done as u64))?;
     bar.finish_and_clear();
     let (labels, w, neutral) = (scorer.labels().to_vec(), scorer.weights(), scorer.neutral());
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for (text, s) in texts.iter().zip(&scores) {
-        let emotions: serde_json::Map<String, serde_json::Value> =
-            labels.iter().zip(&s.emotions).map(|(l, p)| (l.clone(), serde_json::json!(round(*p)))).collect();
+        let emotions: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .zip(&s.emotions)
+            .map(|(l, p)| (l.clone(), serde_json::json!(round(*p))))
+            .collect();
         let line = serde_json::json!({
             "text": text,
             "virality": round(s.virality(w, neutral)),
@@ -213,18 +254,33 @@ fn round(x: f32) -> f64 {
 
 fn model_cmd(a: ModelArgs) -> Result<()> {
     match a.command {
-        ModelCommand::Init { encoder, repo, out, seed } => {
+        ModelCommand::Init {
+            encoder,
+            repo,
+            out,
+            seed,
+        } => {
             let m = model::artifact::init(&encoder, &repo, &out, seed)?;
             println!("{}: {} ({} labels)", out.display(), m.name, m.labels.len());
         }
-        ModelCommand::ImportPth { pth, base_repo, base_dir, out } => {
+        ModelCommand::ImportPth {
+            pth,
+            base_repo,
+            base_dir,
+            out,
+        } => {
             let base = model::BaseEncoder {
                 repo: base_repo,
                 revision: None,
                 path: base_dir.map(|d| std::path::absolute(&d)).transpose()?,
             };
             let m = model::artifact::import_pth(&pth, base, &out)?;
-            println!("{}: {} (encoder layers {:?})", out.display(), m.name, m.fine_tuned_layers);
+            println!(
+                "{}: {} (encoder layers {:?})",
+                out.display(),
+                m.name,
+                m.fine_tuned_layers
+            );
         }
     }
     Ok(())

@@ -12,7 +12,11 @@ pub struct Cue {
 
 impl Cue {
     pub fn new(start: f64, end: f64, text: impl Into<String>) -> Self {
-        Cue { start, end, text: text.into() }
+        Cue {
+            start,
+            end,
+            text: text.into(),
+        }
     }
 
     /// Duration in seconds.
@@ -22,9 +26,9 @@ impl Cue {
 
     /// Whether the text ends a sentence (., !, ?, … and their closing quotes/brackets).
     pub fn ends_sentence(&self) -> bool {
-        let t = self.text.trim_end_matches(|c: char| {
-            c.is_whitespace() || matches!(c, '"' | '\'' | '»' | '”' | ')' | ']')
-        });
+        let t = self
+            .text
+            .trim_end_matches(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '»' | '”' | ')' | ']'));
         t.ends_with(['.', '!', '?', '…', '。', '！', '？'])
     }
 }
@@ -114,7 +118,11 @@ impl Transcript {
             }
             out.push(cue);
         }
-        Transcript { cues: out, repairs, source }
+        Transcript {
+            cues: out,
+            repairs,
+            source,
+        }
     }
 
     /// Time from the first cue's start to the last cue's end.
@@ -187,12 +195,18 @@ mod tests {
     use super::*;
 
     fn src() -> CueSource {
-        CueSource::SubtitleFile { format: "srt".into(), encoding: "utf-8".into() }
+        CueSource::SubtitleFile {
+            format: "srt".into(),
+            encoding: "utf-8".into(),
+        }
     }
 
     #[test]
     fn markup_is_stripped() {
-        assert_eq!(clean_text("<i>Привет</i>,\n  {\\an8}мир\\Nи всё"), "Привет, мир и всё");
+        assert_eq!(
+            clean_text("<i>Привет</i>,\n  {\\an8}мир\\Nи всё"),
+            "Привет, мир и всё"
+        );
         assert_eq!(clean_text("a < b and {c}"), "a < b and {c}");
     }
 

@@ -77,7 +77,10 @@ pub fn open(choice: DeviceChoice) -> Result<(Device, Option<String>)> {
             }
             match Device::new_cuda(0) {
                 Ok(d) => Ok((d, None)),
-                Err(e) => Ok((Device::Cpu, Some(format!("no usable CUDA device ({e}); running on the CPU")))),
+                Err(e) => Ok((
+                    Device::Cpu,
+                    Some(format!("no usable CUDA device ({e}); running on the CPU")),
+                )),
             }
         }
     }

@@ -6,15 +6,16 @@
 
 use crate::cue::Cue;
 use crate::error::{Error, Result};
-use ffmpeg_next as ff;
 use ff::{codec, filter, format, frame, media, Dictionary, Packet, Rational};
+use ffmpeg_next as ff;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 /// Demuxers an input may be read with: real containers only.
-pub const DEMUXERS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,ogg,wav,mp3,flac,aac,asf,srt,webvtt,ass";
+pub const DEMUXERS: &str =
+    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,ogg,wav,mp3,flac,aac,asf,srt,webvtt,ass";
 
 /// Bounds on what an input may be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,7 +28,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_duration_secs: 4.0 * 3600.0, max_width: 7680, max_height: 4320, max_bytes: 4 << 30 }
+        Limits {
+            max_duration_secs: 4.0 * 3600.0,
+            max_width: 7680,
+            max_height: 4320,
+            max_bytes: 4 << 30,
+        }
     }
 }
 
@@ -116,7 +122,10 @@ pub fn open_input(path: &Path) -> Result<format::context::Input> {
     init();
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if !meta.is_file() {
-        return Err(Error::NotAVideo { path: path.into(), reason: "not a regular file".into() });
+        return Err(Error::NotAVideo {
+            path: path.into(),
+            reason: "not a regular file".into(),
+        });
     }
     let mut opts = Dictionary::new();
     opts.set("protocol_whitelist", "file");
@@ -155,7 +164,11 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
     if size_bytes > limits.max_bytes {
         return Err(Error::TooLarge {
             path: path.into(),
-            limit: format!("{} MB is over the {} MB limit", size_bytes >> 20, limits.max_bytes >> 20),
+            limit: format!(
+                "{} MB is over the {} MB limit",
+                size_bytes >> 20,
+                limits.max_bytes >> 20
+            ),
         });
     }
     let ictx = open_input(path)?;
@@ -169,25 +182,51 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
         let p = v.parameters();
         let (w, h) = unsafe { ((*p.as_ptr()).width as u32, (*p.as_ptr()).height as u32) };
         let r = v.avg_frame_rate();
-        let r = if r.denominator() != 0 && r.numerator() > 0 { r } else { v.rate() };
+        let r = if r.denominator() != 0 && r.numerator() > 0 {
+            r
+        } else {
+            v.rate()
+        };
         let fps = if r.denominator() != 0 { f64::from(r) } else { 0.0 };
         // Cover art in an audio file is a "video" stream of one picture: not a video.
-        let attached = v.disposition().contains(format::stream::Disposition::ATTACHED_PIC);
+        let attached = v
+            .disposition()
+            .contains(format::stream::Disposition::ATTACHED_PIC);
         if !attached && w > 0 && h > 0 {
-            info.video = Some(VideoInfo { codec: codec_name(p.id()), width: w, height: h, fps });
+            info.video = Some(VideoInfo {
+                codec: codec_name(p.id()),
+                width: w,
+                height: h,
+                fps,
+            });
         }
     }
     if let Some(a) = ictx.streams().best(media::Type::Audio) {
         let p = a.parameters();
-        let (rate, ch) = unsafe { ((*p.as_ptr()).sample_rate as u32, (*p.as_ptr()).ch_layout.nb_channels as u16) };
-        info.audio = Some(AudioInfo { codec: codec_name(p.id()), sample_rate: rate, channels: ch });
+        let (rate, ch) = unsafe {
+            (
+                (*p.as_ptr()).sample_rate as u32,
+                (*p.as_ptr()).ch_layout.nb_channels as u16,
+            )
+        };
+        info.audio = Some(AudioInfo {
+            codec: codec_name(p.id()),
+            sample_rate: rate,
+            channels: ch,
+        });
     }
     for s in ictx.streams() {
         if s.parameters().medium() == media::Type::Subtitle {
             let id = s.parameters().id();
             let is_text = matches!(
                 id,
-                codec::Id::SUBRIP | codec::Id::SRT | codec::Id::MOV_TEXT | codec::Id::WEBVTT | codec::Id::ASS | codec::Id::SSA | codec::Id::TEXT
+                codec::Id::SUBRIP
+                    | codec::Id::SRT
+                    | codec::Id::MOV_TEXT
+                    | codec::Id::WEBVTT
+                    | codec::Id::ASS
+                    | codec::Id::SSA
+                    | codec::Id::TEXT
             );
             info.subtitles.push(SubtitleStream {
                 index: s.index(),
@@ -229,11 +268,23 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
 }
 
 fn threading(ctx: &mut codec::context::Context) {
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
-    ctx.set_threading(codec::threading::Config { kind: codec::threading::Type::Frame, count: n, ..Default::default() });
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
+    ctx.set_threading(codec::threading::Config {
+        kind: codec::threading::Type::Frame,
+        count: n,
+        ..Default::default()
+    });
 }
 
-fn audio_graph(dec: &codec::decoder::Audio, tb: Rational, spec: &str, frame_size: Option<u32>) -> Result<filter::Graph> {
+fn audio_graph(
+    dec: &codec::decoder::Audio,
+    tb: Rational,
+    spec: &str,
+    frame_size: Option<u32>,
+) -> Result<filter::Graph> {
     let mut g = filter::Graph::new();
     let layout = if dec.channel_layout().is_empty() {
         ff::ChannelLayout::default(dec.channels() as i32)
@@ -249,9 +300,14 @@ fn audio_graph(dec: &codec::decoder::Audio, tb: Rational, spec: &str, frame_size
         layout.bits()
     );
     let err = media_err("audio filter");
-    g.add(&filter::find("abuffer").expect("abuffer"), "in", &args).map_err(&err)?;
-    g.add(&filter::find("abuffersink").expect("abuffersink"), "out", "").map_err(&err)?;
-    g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(spec)).map_err(&err)?;
+    g.add(&filter::find("abuffer").expect("abuffer"), "in", &args)
+        .map_err(&err)?;
+    g.add(&filter::find("abuffersink").expect("abuffersink"), "out", "")
+        .map_err(&err)?;
+    g.output("in", 0)
+        .and_then(|p| p.input("out", 0))
+        .and_then(|p| p.parse(spec))
+        .map_err(&err)?;
     g.validate().map_err(&err)?;
     if let Some(n) = frame_size {
         g.get("out").expect("out").sink().set_frame_size(n);
@@ -262,7 +318,11 @@ fn audio_graph(dec: &codec::decoder::Audio, tb: Rational, spec: &str, frame_size
 fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<filter::Graph> {
     let mut g = filter::Graph::new();
     let sar = dec.aspect_ratio();
-    let sar = if sar.numerator() <= 0 || sar.denominator() <= 0 { Rational(1, 1) } else { sar };
+    let sar = if sar.numerator() <= 0 || sar.denominator() <= 0 {
+        Rational(1, 1)
+    } else {
+        sar
+    };
     let args = format!(
         "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
         dec.width(),
@@ -274,9 +334,14 @@ fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<
         sar.denominator()
     );
     let err = media_err("video filter");
-    g.add(&filter::find("buffer").expect("buffer"), "in", &args).map_err(&err)?;
-    g.add(&filter::find("buffersink").expect("buffersink"), "out", "").map_err(&err)?;
-    g.output("in", 0).and_then(|p| p.input("out", 0)).and_then(|p| p.parse(spec)).map_err(&err)?;
+    g.add(&filter::find("buffer").expect("buffer"), "in", &args)
+        .map_err(&err)?;
+    g.add(&filter::find("buffersink").expect("buffersink"), "out", "")
+        .map_err(&err)?;
+    g.output("in", 0)
+        .and_then(|p| p.input("out", 0))
+        .and_then(|p| p.parse(spec))
+        .map_err(&err)?;
     g.validate().map_err(&err)?;
     Ok(g)
 }
@@ -285,13 +350,22 @@ fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<
 pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool) -> Result<Vec<f32>> {
     let mut ictx = open_input(path)?;
     let duration = (ictx.duration().max(1) as f64) / f64::from(ff::ffi::AV_TIME_BASE);
-    let st = ictx.streams().best(media::Type::Audio).ok_or_else(|| Error::NoAudio(path.into()))?;
+    let st = ictx
+        .streams()
+        .best(media::Type::Audio)
+        .ok_or_else(|| Error::NoAudio(path.into()))?;
     let idx = st.index();
     let tb = st.time_base();
-    let mut cctx = codec::context::Context::from_parameters(st.parameters()).map_err(media_err("audio decoder"))?;
+    let mut cctx =
+        codec::context::Context::from_parameters(st.parameters()).map_err(media_err("audio decoder"))?;
     threading(&mut cctx);
     let mut dec = cctx.decoder().audio().map_err(media_err("audio decoder"))?;
-    let mut graph = audio_graph(&dec, tb, "aresample=16000,aformat=sample_fmts=flt:channel_layouts=mono", None)?;
+    let mut graph = audio_graph(
+        &dec,
+        tb,
+        "aresample=16000,aformat=sample_fmts=flt:channel_layouts=mono",
+        None,
+    )?;
     let mut out: Vec<f32> = Vec::with_capacity((duration * 16000.0) as usize + 16000);
     let mut decoded = frame::Audio::empty();
     let mut filtered = frame::Audio::empty();
@@ -313,7 +387,12 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
             continue; // a damaged packet: skip it, as players do
         }
         while dec.receive_frame(&mut decoded).is_ok() {
-            graph.get("in").expect("in").source().add(&decoded).map_err(media_err("audio filter"))?;
+            graph
+                .get("in")
+                .expect("in")
+                .source()
+                .add(&decoded)
+                .map_err(media_err("audio filter"))?;
             drain(&mut graph, &mut out);
         }
         let done = out.len() as f64 / 16000.0 / duration;
@@ -324,7 +403,12 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
     }
     let _ = dec.send_eof();
     while dec.receive_frame(&mut decoded).is_ok() {
-        graph.get("in").expect("in").source().add(&decoded).map_err(media_err("audio filter"))?;
+        graph
+            .get("in")
+            .expect("in")
+            .source()
+            .add(&decoded)
+            .map_err(media_err("audio filter"))?;
         drain(&mut graph, &mut out);
     }
     let _ = graph.get("in").expect("in").source().flush();
@@ -340,9 +424,12 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
 pub fn read_subtitle_stream(path: &Path, index: usize) -> Result<Vec<Cue>> {
     let mut ictx = open_input(path)?;
     let start0 = container_start(&ictx);
-    let st = ictx.stream(index).ok_or_else(|| Error::Media(format!("no stream {index}")))?;
+    let st = ictx
+        .stream(index)
+        .ok_or_else(|| Error::Media(format!("no stream {index}")))?;
     let tb = st.time_base();
-    let cctx = codec::context::Context::from_parameters(st.parameters()).map_err(media_err("subtitle decoder"))?;
+    let cctx =
+        codec::context::Context::from_parameters(st.parameters()).map_err(media_err("subtitle decoder"))?;
     let mut dec = cctx.decoder().subtitle().map_err(media_err("subtitle decoder"))?;
     let mut cues = Vec::new();
     for (s, packet) in ictx.packets() {
@@ -401,7 +488,7 @@ fn output_size(w: u32, h: u32, max_edge: u32) -> (u32, u32) {
 /// Cuts `[start, end)` seconds of `src` into an MP4 at `out` (`+faststart`).
 /// Fast mode falls back to precise when the streams cannot be copied into MP4.
 pub fn cut(src: &Path, start: f64, end: f64, mode: CutMode, out: &Path) -> Result<ClipFile> {
-    if !(end > start) || start < 0.0 {
+    if end <= start || start < 0.0 || end.is_nan() {
         return Err(Error::Invalid(format!("cannot cut {start:.3}-{end:.3} s")));
     }
     let res = match mode {
@@ -428,7 +515,9 @@ fn mp4_output(out: &Path) -> Result<format::context::Output> {
 fn write_header_faststart(octx: &mut format::context::Output) -> Result<()> {
     let mut opts = Dictionary::new();
     opts.set("movflags", "+faststart");
-    octx.write_header_with(opts).map(|_| ()).map_err(media_err("mp4 header"))
+    octx.write_header_with(opts)
+        .map(|_| ())
+        .map_err(media_err("mp4 header"))
 }
 
 struct VideoPath {
@@ -460,14 +549,22 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
     let vst = ictx
         .streams()
         .best(media::Type::Video)
-        .ok_or_else(|| Error::NotAVideo { path: src.into(), reason: "no video stream".into() })?;
+        .ok_or_else(|| Error::NotAVideo {
+            path: src.into(),
+            reason: "no video stream".into(),
+        })?;
     let vidx = vst.index();
     let vtb = vst.time_base();
     let rate = {
         let r = vst.avg_frame_rate();
-        if r.numerator() > 0 && r.denominator() > 0 { r } else { Rational(25, 1) }
+        if r.numerator() > 0 && r.denominator() > 0 {
+            r
+        } else {
+            Rational(25, 1)
+        }
     };
-    let mut vctx = codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
+    let mut vctx =
+        codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
     threading(&mut vctx);
     let vdec = vctx.decoder().video().map_err(media_err("video decoder"))?;
     let (w, h) = output_size(vdec.width(), vdec.height(), 1920);
@@ -480,7 +577,10 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
         .ok_or_else(|| Error::Media("no H.264 encoder in this FFmpeg".into()))?;
     let mut ost = octx.add_stream(h264).map_err(media_err("mp4 stream"))?;
     let vost = ost.index();
-    let mut ectx = codec::context::Context::new_with_codec(h264).encoder().video().map_err(media_err("H.264 encoder"))?;
+    let mut ectx = codec::context::Context::new_with_codec(h264)
+        .encoder()
+        .video()
+        .map_err(media_err("H.264 encoder"))?;
     ectx.set_width(w);
     ectx.set_height(h);
     ectx.set_format(format::Pixel::YUV420P);
@@ -493,23 +593,39 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
     let mut x264 = Dictionary::new();
     x264.set("preset", "veryfast");
     x264.set("crf", "23");
-    let venc = ectx.open_as_with(h264, x264).map_err(media_err("H.264 encoder"))?;
+    let venc = ectx
+        .open_as_with(h264, x264)
+        .map_err(media_err("H.264 encoder"))?;
     ost.set_parameters(&venc);
     ost.set_time_base(vtb);
-    let mut video = VideoPath { ist: vidx, ist_tb: vtb, dec: vdec, graph: vgraph, enc: venc, ost: vost, width: w, height: h };
+    let mut video = VideoPath {
+        ist: vidx,
+        ist_tb: vtb,
+        dec: vdec,
+        graph: vgraph,
+        enc: venc,
+        ost: vost,
+        width: w,
+        height: h,
+    };
 
     let mut audio = match ictx.streams().best(media::Type::Audio) {
         None => None,
         Some(ast) => {
             let aidx = ast.index();
             let atb = ast.time_base();
-            let mut actx = codec::context::Context::from_parameters(ast.parameters()).map_err(media_err("audio decoder"))?;
+            let mut actx = codec::context::Context::from_parameters(ast.parameters())
+                .map_err(media_err("audio decoder"))?;
             threading(&mut actx);
             let adec = actx.decoder().audio().map_err(media_err("audio decoder"))?;
-            let aac = codec::encoder::find(codec::Id::AAC).ok_or_else(|| Error::Media("no AAC encoder".into()))?;
+            let aac =
+                codec::encoder::find(codec::Id::AAC).ok_or_else(|| Error::Media("no AAC encoder".into()))?;
             let mut ost = octx.add_stream(aac).map_err(media_err("mp4 stream"))?;
             let aost = ost.index();
-            let mut ectx = codec::context::Context::new_with_codec(aac).encoder().audio().map_err(media_err("AAC encoder"))?;
+            let mut ectx = codec::context::Context::new_with_codec(aac)
+                .encoder()
+                .audio()
+                .map_err(media_err("AAC encoder"))?;
             ectx.set_rate(48000);
             ectx.set_channel_layout(ff::ChannelLayout::STEREO);
             ectx.set_format(format::Sample::F32(format::sample::Type::Planar));
@@ -525,13 +641,21 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
                 "atrim=start={abs_s:.6}:end={abs_e:.6},asetpts=PTS-STARTPTS,aresample=48000,aformat=sample_fmts=fltp:channel_layouts=stereo"
             );
             let graph = audio_graph(&adec, atb, &aspec, Some(aenc.frame_size()))?;
-            Some(AudioPath { ist: aidx, dec: adec, graph, enc: aenc, ost: aost })
+            Some(AudioPath {
+                ist: aidx,
+                dec: adec,
+                graph,
+                enc: aenc,
+                ost: aost,
+            })
         }
     };
 
     write_header_faststart(&mut octx)?;
     let vost_tb = octx.stream(video.ost).expect("added").time_base();
-    let aost_tb = audio.as_ref().map(|a| octx.stream(a.ost).expect("added").time_base());
+    let aost_tb = audio
+        .as_ref()
+        .map(|a| octx.stream(a.ost).expect("added").time_base());
 
     // Seek a little before the start: the decoder lands on the keyframe before it.
     let seek_to = ((abs_s - 2.0).max(0.0) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
@@ -544,7 +668,10 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
     let mut audio_done = audio.is_none();
     for (s, packet) in ictx.packets() {
         let idx = s.index();
-        let secs = packet.pts().or(packet.dts()).map(|t| stream_secs(t, s.time_base()));
+        let secs = packet
+            .pts()
+            .or(packet.dts())
+            .map(|t| stream_secs(t, s.time_base()));
         if idx == video.ist && !video_done {
             if video.dec.send_packet(&packet).is_ok() {
                 pump_video(&mut video, &mut vframe, &mut octx, vost_tb)?;
@@ -577,18 +704,34 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
         let _ = a.graph.get("in").expect("in").source().flush();
         drain_audio(a, &mut octx, aost_tb.expect("audio"))?;
         let _ = a.enc.send_eof();
-        write_packets(&mut a.enc, a.ost, Rational(1, 48000), aost_tb.expect("audio"), &mut octx)?;
+        write_packets(
+            &mut a.enc,
+            a.ost,
+            Rational(1, 48000),
+            aost_tb.expect("audio"),
+            &mut octx,
+        )?;
     }
     octx.write_trailer().map_err(media_err("mp4 trailer"))?;
     drop(octx);
     finish_clip(out, start, CutMode::Precise, Some((video.width, video.height)))
 }
 
-fn pump_video(v: &mut VideoPath, f: &mut frame::Video, octx: &mut format::context::Output, ost_tb: Rational) -> Result<()> {
+fn pump_video(
+    v: &mut VideoPath,
+    f: &mut frame::Video,
+    octx: &mut format::context::Output,
+    ost_tb: Rational,
+) -> Result<()> {
     while v.dec.receive_frame(f).is_ok() {
         let ts = f.timestamp();
         f.set_pts(ts);
-        v.graph.get("in").expect("in").source().add(f).map_err(media_err("video filter"))?;
+        v.graph
+            .get("in")
+            .expect("in")
+            .source()
+            .add(f)
+            .map_err(media_err("video filter"))?;
         drain_video(v, octx, ost_tb)?;
     }
     Ok(())
@@ -596,7 +739,14 @@ fn pump_video(v: &mut VideoPath, f: &mut frame::Video, octx: &mut format::contex
 
 fn drain_video(v: &mut VideoPath, octx: &mut format::context::Output, ost_tb: Rational) -> Result<()> {
     let mut filtered = frame::Video::empty();
-    while v.graph.get("out").expect("out").sink().frame(&mut filtered).is_ok() {
+    while v
+        .graph
+        .get("out")
+        .expect("out")
+        .sink()
+        .frame(&mut filtered)
+        .is_ok()
+    {
         filtered.set_kind(ff::picture::Type::None);
         v.enc.send_frame(&filtered).map_err(media_err("H.264 encoder"))?;
         write_packets(&mut v.enc, v.ost, v.ist_tb, ost_tb, octx)?;
@@ -604,11 +754,21 @@ fn drain_video(v: &mut VideoPath, octx: &mut format::context::Output, ost_tb: Ra
     Ok(())
 }
 
-fn pump_audio(a: &mut AudioPath, f: &mut frame::Audio, octx: &mut format::context::Output, ost_tb: Rational) -> Result<()> {
+fn pump_audio(
+    a: &mut AudioPath,
+    f: &mut frame::Audio,
+    octx: &mut format::context::Output,
+    ost_tb: Rational,
+) -> Result<()> {
     while a.dec.receive_frame(f).is_ok() {
         let ts = f.timestamp();
         f.set_pts(ts);
-        a.graph.get("in").expect("in").source().add(f).map_err(media_err("audio filter"))?;
+        a.graph
+            .get("in")
+            .expect("in")
+            .source()
+            .add(f)
+            .map_err(media_err("audio filter"))?;
         drain_audio(a, octx, ost_tb)?;
     }
     Ok(())
@@ -616,7 +776,14 @@ fn pump_audio(a: &mut AudioPath, f: &mut frame::Audio, octx: &mut format::contex
 
 fn drain_audio(a: &mut AudioPath, octx: &mut format::context::Output, ost_tb: Rational) -> Result<()> {
     let mut filtered = frame::Audio::empty();
-    while a.graph.get("out").expect("out").sink().frame(&mut filtered).is_ok() {
+    while a
+        .graph
+        .get("out")
+        .expect("out")
+        .sink()
+        .frame(&mut filtered)
+        .is_ok()
+    {
         a.enc.send_frame(&filtered).map_err(media_err("AAC encoder"))?;
         write_packets(&mut a.enc, a.ost, Rational(1, 48000), ost_tb, octx)?;
     }
@@ -646,7 +813,10 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
     let vst = ictx
         .streams()
         .best(media::Type::Video)
-        .ok_or_else(|| Error::NotAVideo { path: src.into(), reason: "no video stream".into() })?;
+        .ok_or_else(|| Error::NotAVideo {
+            path: src.into(),
+            reason: "no video stream".into(),
+        })?;
     let vidx = vst.index();
     let aidx = ictx.streams().best(media::Type::Audio).map(|s| s.index());
     let mut octx = mp4_output(out)?;
@@ -656,7 +826,9 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
         if s.index() != vidx && Some(s.index()) != aidx {
             continue;
         }
-        let mut ost = octx.add_stream(codec::encoder::find(codec::Id::None)).map_err(media_err("mp4 stream"))?;
+        let mut ost = octx
+            .add_stream(codec::encoder::find(codec::Id::None))
+            .map_err(media_err("mp4 stream"))?;
         ost.set_parameters(s.parameters());
         unsafe {
             (*ost.parameters().as_mut_ptr()).codec_tag = 0;
@@ -669,7 +841,9 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
         unsafe { ((*p.as_ptr()).width as u32, (*p.as_ptr()).height as u32) }
     };
     write_header_faststart(&mut octx)?;
-    let out_tbs: Vec<Rational> = (0..octx.nb_streams()).map(|i| octx.stream(i as usize).expect("stream").time_base()).collect();
+    let out_tbs: Vec<Rational> = (0..octx.nb_streams())
+        .map(|i| octx.stream(i as usize).expect("stream").time_base())
+        .collect();
     let seek_to = (abs_s.max(0.0) * f64::from(ff::ffi::AV_TIME_BASE)) as i64;
     if seek_to > 0 {
         ictx.seek(seek_to, ..seek_to).map_err(media_err("seek"))?;
@@ -681,7 +855,9 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
         let i = s.index();
         let Some(o) = map[i] else { continue };
         let tb = in_tbs[i];
-        let Some(ts) = packet.dts().or(packet.pts()) else { continue };
+        let Some(ts) = packet.dts().or(packet.pts()) else {
+            continue;
+        };
         let secs = stream_secs(ts, tb);
         if base.is_none() {
             if i != vidx || !packet.is_key() {
@@ -711,7 +887,9 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
         packet.rescale_ts(tb, out_tbs[o]);
         packet.set_position(-1);
         packet.set_stream(o);
-        packet.write_interleaved(&mut octx).map_err(media_err("mp4 write"))?;
+        packet
+            .write_interleaved(&mut octx)
+            .map_err(media_err("mp4 write"))?;
     }
     let Some(b) = base else {
         return Err(Error::Media("no keyframe before the clip's end".into()));
@@ -723,7 +901,12 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
 
 fn finish_clip(out: &Path, source_start: f64, mode: CutMode, size: Option<(u32, u32)>) -> Result<ClipFile> {
     let info = probe(out, &Limits::default())?;
-    let (width, height) = info.video.as_ref().map(|v| (v.width, v.height)).or(size).unwrap_or((0, 0));
+    let (width, height) = info
+        .video
+        .as_ref()
+        .map(|v| (v.width, v.height))
+        .or(size)
+        .unwrap_or((0, 0));
     Ok(ClipFile {
         path: out.to_path_buf(),
         width,
@@ -743,10 +926,14 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
     let vst = ictx
         .streams()
         .best(media::Type::Video)
-        .ok_or_else(|| Error::NotAVideo { path: src.into(), reason: "no video stream".into() })?;
+        .ok_or_else(|| Error::NotAVideo {
+            path: src.into(),
+            reason: "no video stream".into(),
+        })?;
     let vidx = vst.index();
     let vtb = vst.time_base();
-    let cctx = codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
+    let cctx =
+        codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
     let mut dec = cctx.decoder().video().map_err(media_err("video decoder"))?;
     let (w, h) = output_size(dec.width(), dec.height(), max_edge);
     let mut graph = video_graph(&dec, vtb, &format!("scale={w}:{h},format=yuvj420p"))?;
@@ -778,13 +965,32 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
             picked = Some(decoded.clone());
         }
     }
-    let mut f = picked.ok_or_else(|| Error::Media(format!("{}: no video frame to take a thumbnail from", src.display())))?;
+    let mut f = picked.ok_or_else(|| {
+        Error::Media(format!(
+            "{}: no video frame to take a thumbnail from",
+            src.display()
+        ))
+    })?;
     f.set_pts(Some(0));
-    graph.get("in").expect("in").source().add(&f).map_err(media_err("thumbnail filter"))?;
+    graph
+        .get("in")
+        .expect("in")
+        .source()
+        .add(&f)
+        .map_err(media_err("thumbnail filter"))?;
     let mut scaled = frame::Video::empty();
-    graph.get("out").expect("out").sink().frame(&mut scaled).map_err(media_err("thumbnail filter"))?;
-    let mjpeg = codec::encoder::find(codec::Id::MJPEG).ok_or_else(|| Error::Media("no MJPEG encoder".into()))?;
-    let mut ectx = codec::context::Context::new_with_codec(mjpeg).encoder().video().map_err(media_err("JPEG encoder"))?;
+    graph
+        .get("out")
+        .expect("out")
+        .sink()
+        .frame(&mut scaled)
+        .map_err(media_err("thumbnail filter"))?;
+    let mjpeg =
+        codec::encoder::find(codec::Id::MJPEG).ok_or_else(|| Error::Media("no MJPEG encoder".into()))?;
+    let mut ectx = codec::context::Context::new_with_codec(mjpeg)
+        .encoder()
+        .video()
+        .map_err(media_err("JPEG encoder"))?;
     ectx.set_width(w);
     ectx.set_height(h);
     ectx.set_format(format::Pixel::YUVJ420P);
@@ -792,7 +998,9 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
     let mut opts = Dictionary::new();
     opts.set("flags", "+qscale");
     opts.set("global_quality", &(4 * 118).to_string());
-    let mut enc = ectx.open_as_with(mjpeg, opts).map_err(media_err("JPEG encoder"))?;
+    let mut enc = ectx
+        .open_as_with(mjpeg, opts)
+        .map_err(media_err("JPEG encoder"))?;
     scaled.set_pts(Some(0));
     enc.send_frame(&scaled).map_err(media_err("JPEG encoder"))?;
     let _ = enc.send_eof();
@@ -800,7 +1008,12 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
     enc.receive_packet(&mut p).map_err(media_err("JPEG encoder"))?;
     let data = p.data().ok_or_else(|| Error::Media("empty JPEG".into()))?;
     std::fs::write(out, data).map_err(|e| Error::io(out, e))?;
-    Ok(Thumbnail { path: out.to_path_buf(), width: w, height: h, size_bytes: data.len() as u64 })
+    Ok(Thumbnail {
+        path: out.to_path_buf(),
+        width: w,
+        height: h,
+        size_bytes: data.len() as u64,
+    })
 }
 
 #[cfg(test)]
@@ -809,7 +1022,10 @@ mod tests {
 
     #[test]
     fn ass_events_give_their_text() {
-        assert_eq!(ass_dialogue_text("0,0,Default,,0,0,0,,Привет, мир"), "Привет, мир");
+        assert_eq!(
+            ass_dialogue_text("0,0,Default,,0,0,0,,Привет, мир"),
+            "Привет, мир"
+        );
         assert_eq!(
             ass_dialogue_text("Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,,{\\i1}Hi{\\i0}, there"),
             "{\\i1}Hi{\\i0}, there"

@@ -89,11 +89,17 @@ impl ClipRequest {
 
 /// Whether `path` is a subtitle file (by extension, or by its first bytes).
 pub fn is_subtitle_file(path: &Path) -> bool {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if matches!(ext.as_str(), "srt" | "vtt" | "webvtt") {
         return true;
     }
-    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
     let mut head = vec![0u8; 4096];
     let n = std::io::Read::read(&mut f, &mut head).unwrap_or(0);
     head.truncate(n);
@@ -126,7 +132,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(scorer: Box<dyn TextScorer>) -> Self {
-        Engine { scorer, transcriber: None, whisper_path: None, model_load_secs: 0.0 }
+        Engine {
+            scorer,
+            transcriber: None,
+            whisper_path: None,
+            model_load_secs: 0.0,
+        }
     }
 
     /// Transcribe with this Whisper model file, loaded the first time it is needed.
@@ -166,25 +177,41 @@ impl Engine {
     }
 
     /// Scores windows of `transcript` and picks moments; `media_end` bounds them.
-    pub fn analyse(&mut self, transcript: &Transcript, media_end: Option<f64>, cfg: &SelectConfig, progress: &Progress) -> Result<Analysis> {
+    pub fn analyse(
+        &mut self,
+        transcript: &Transcript,
+        media_end: Option<f64>,
+        cfg: &SelectConfig,
+        progress: &Progress,
+    ) -> Result<Analysis> {
         cfg.validate()?;
         let windows = select::windows(&transcript.cues, cfg.window_secs);
         let texts: Vec<String> = windows.iter().map(|w| w.text.clone()).collect();
         let p = progress.clone();
-        let scores = self.scorer.score(&texts, &mut |done, total| p(Stage::Score, done as f32 / total.max(1) as f32))?;
+        let scores = self.scorer.score(&texts, &mut |done, total| {
+            p(Stage::Score, done as f32 / total.max(1) as f32)
+        })?;
         let (w, neutral) = (self.scorer.weights(), self.scorer.neutral());
         let virality: Vec<f32> = scores.iter().map(|s| s.virality(w, neutral)).collect();
         progress(Stage::Select, 0.0);
         let moments = select::select(&transcript.cues, &windows, &virality, media_end, cfg);
         progress(Stage::Select, 1.0);
-        Ok(Analysis { windows, scores, virality, moments })
+        Ok(Analysis {
+            windows,
+            scores,
+            virality,
+            moments,
+        })
     }
 
     /// Runs the whole job. Writes `clips/clip-NN.mp4`, `clips/clip-NN.jpg` and `report.json` in
     /// `req.out_dir`.
     pub fn run(&mut self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> Result<Report> {
         let t_all = Instant::now();
-        let mut timings = Timings { model_load: self.model_load_secs, ..Default::default() };
+        let mut timings = Timings {
+            model_load: self.model_load_secs,
+            ..Default::default()
+        };
         req.select.validate()?;
         let meta = std::fs::metadata(&req.input).map_err(|e| Error::io(&req.input, e))?;
         if let Some(s) = &req.subs {
@@ -194,14 +221,25 @@ impl Engine {
         let subtitle_only = is_subtitle_file(&req.input);
         let t = Instant::now();
         #[cfg(feature = "media")]
-        let info = if subtitle_only { None } else { Some(crate::media::probe(&req.input, &req.limits)?) };
+        let info = if subtitle_only {
+            None
+        } else {
+            Some(crate::media::probe(&req.input, &req.limits)?)
+        };
         #[cfg(not(feature = "media"))]
-        let info: Option<()> = if subtitle_only { None } else { return Err(Error::Unsupported("media")) };
+        let info: Option<()> = if subtitle_only {
+            None
+        } else {
+            return Err(Error::Unsupported("media"));
+        };
         timings.probe = t.elapsed().as_secs_f64();
         #[cfg(feature = "media")]
         if let Some(i) = &info {
             if i.video.is_none() {
-                return Err(Error::NotAVideo { path: req.input.clone(), reason: "it has no video stream".into() });
+                return Err(Error::NotAVideo {
+                    path: req.input.clone(),
+                    reason: "it has no video stream".into(),
+                });
             }
         }
         progress(Stage::Probe, 1.0);
@@ -233,8 +271,11 @@ impl Engine {
         timings.windows_scored = analysis.windows.len();
 
         std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
-        let mut moments: Vec<MomentReport> =
-            analysis.moments.iter().map(|m| self.moment_report(m, &transcript, &analysis)).collect();
+        let mut moments: Vec<MomentReport> = analysis
+            .moments
+            .iter()
+            .map(|m| self.moment_report(m, &transcript, &analysis))
+            .collect();
 
         #[cfg(feature = "media")]
         if !subtitle_only {
@@ -251,7 +292,8 @@ impl Engine {
                 let clip_path = clips_dir.join(format!("{name}.mp4"));
                 let clip = crate::media::cut(&req.input, m.start, m.end, req.mode, &clip_path)?;
                 let thumb_path = clips_dir.join(format!("{name}.jpg"));
-                let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
+                let thumb =
+                    crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
                 m.clip = Some(ClipFacts {
                     path: PathBuf::from("clips").join(format!("{name}.mp4")),
                     thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),
@@ -276,10 +318,16 @@ impl Engine {
             viralclip_version: env!("CARGO_PKG_VERSION").into(),
             input: InputFacts {
                 path: req.input.clone(),
-                kind: if subtitle_only { "subtitles".into() } else { "video".into() },
+                kind: if subtitle_only {
+                    "subtitles".into()
+                } else {
+                    "video".into()
+                },
                 size_bytes: meta.len(),
                 #[cfg(feature = "media")]
-                media: info.as_ref().map(|i| serde_json::to_value(i).expect("serialises")),
+                media: info
+                    .as_ref()
+                    .map(|i| serde_json::to_value(i).expect("serialises")),
                 #[cfg(not(feature = "media"))]
                 media: None,
                 subtitles: req.subs.clone(),
@@ -299,7 +347,11 @@ impl Engine {
                 .windows
                 .iter()
                 .zip(&analysis.virality)
-                .map(|(w, v)| TimelinePoint { start: w.start, end: w.end, virality: *v })
+                .map(|(w, v)| TimelinePoint {
+                    start: w.start,
+                    end: w.end,
+                    virality: *v,
+                })
                 .collect(),
             timings,
         };
@@ -334,7 +386,13 @@ impl Engine {
         streams.sort_by_key(|s| (s.language.as_deref() != req.language.as_deref(), s.index));
         for s in streams {
             let cues = crate::media::read_subtitle_stream(&req.input, s.index)?;
-            let t = Transcript::repair(cues, CueSource::EmbeddedStream { index: s.index, codec: s.codec.clone() });
+            let t = Transcript::repair(
+                cues,
+                CueSource::EmbeddedStream {
+                    index: s.index,
+                    codec: s.codec.clone(),
+                },
+            );
             if !t.cues.is_empty() {
                 return Ok(t);
             }
@@ -352,12 +410,25 @@ impl Engine {
         let p = progress.clone();
         let tr = self.transcriber()?;
         let model = tr.name();
-        let speech = tr.transcribe(&samples, req.language.as_deref(), Arc::new(move |f| p(Stage::Transcribe, f)), cancel.clone())?;
+        let speech = tr.transcribe(
+            &samples,
+            req.language.as_deref(),
+            Arc::new(move |f| p(Stage::Transcribe, f)),
+            cancel.clone(),
+        )?;
         timings.transcribe = t.elapsed().as_secs_f64();
-        let mut transcript = Transcript::repair(speech.cues, CueSource::Whisper { model, language: speech.language });
+        let mut transcript = Transcript::repair(
+            speech.cues,
+            CueSource::Whisper {
+                model,
+                language: speech.language,
+            },
+        );
         transcript.repairs.hallucinations_dropped = speech.dropped;
         if transcript.cues.is_empty() {
-            return Err(Error::EmptyTranscript("Whisper heard no speech in the audio".into()));
+            return Err(Error::EmptyTranscript(
+                "Whisper heard no speech in the audio".into(),
+            ));
         }
         Ok(transcript)
     }
@@ -370,7 +441,10 @@ impl Engine {
         let emotions: Vec<EmotionProb> = peak
             .top_emotions(labels, 3)
             .into_iter()
-            .map(|(l, p)| EmotionProb { label: l.to_string(), p })
+            .map(|(l, p)| EmotionProb {
+                label: l.to_string(),
+                p,
+            })
             .collect();
         let strongest = peak
             .emotions
@@ -379,7 +453,11 @@ impl Engine {
             .filter(|(i, _)| Some(*i) != neutral)
             .max_by(|x, y| x.1.total_cmp(y.1))
             .map(|(i, p)| (labels.get(i).cloned().unwrap_or_default(), *p));
-        let text = t.cues[m.first..=m.last].iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" ");
+        let text = t.cues[m.first..=m.last]
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let mut reasons = vec![format!(
             "peak virality {:.2} at {}: «{}»",
             m.peak,
@@ -401,7 +479,10 @@ impl Engine {
         if m.shorter_than_min {
             reasons.push("the whole transcript is shorter than --min-secs, so all of it is one clip".into());
         }
-        reasons.push(format!("best {} of {} candidate clips without overlap", m.rank, m.candidates));
+        reasons.push(format!(
+            "best {} of {} candidate clips without overlap",
+            m.rank, m.candidates
+        ));
         MomentReport {
             rank: m.rank,
             start: m.start,

@@ -1,7 +1,7 @@
 //! `report.json`: what was found, why, and how long each stage took. Serialisable both ways so the
 //! bot (or any caller) can read a finished job back.
 
-use crate::cue::{Repairs, CueSource};
+use crate::cue::{CueSource, Repairs};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

@@ -5,10 +5,34 @@ use serde::{Deserialize, Serialize};
 
 /// The 28 GoEmotions labels, in the order the emotion head outputs them (index 27 = neutral).
 pub const GOEMOTIONS_LABELS: [&str; 28] = [
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
-    "curiosity", "desire", "disappointment", "disapproval", "disgust", "embarrassment",
-    "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism", "pride",
-    "realization", "relief", "remorse", "sadness", "surprise", "neutral",
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
 ];
 
 /// How popularity and emotion combine into virality (the seed's 0.8·popularity + 0.2·boost).
@@ -20,7 +44,10 @@ pub struct ScoreWeights {
 
 impl Default for ScoreWeights {
     fn default() -> Self {
-        ScoreWeights { popularity: 0.8, emotion: 0.2 }
+        ScoreWeights {
+            popularity: 0.8,
+            emotion: 0.2,
+        }
     }
 }
 
@@ -51,7 +78,10 @@ impl TextScore {
     pub fn top_emotions<'a>(&self, labels: &'a [String], k: usize) -> Vec<(&'a str, f32)> {
         let mut idx: Vec<usize> = (0..self.emotions.len().min(labels.len())).collect();
         idx.sort_by(|&a, &b| self.emotions[b].total_cmp(&self.emotions[a]).then(a.cmp(&b)));
-        idx.into_iter().take(k).map(|i| (labels[i].as_str(), self.emotions[i])).collect()
+        idx.into_iter()
+            .take(k)
+            .map(|i| (labels[i].as_str(), self.emotions[i]))
+            .collect()
     }
 }
 
@@ -64,7 +94,10 @@ mod tests {
         let mut emotions = vec![0.0; 28];
         emotions[27] = 0.9; // neutral never boosts
         emotions[26] = 0.5;
-        let s = TextScore { popularity: 0.6, emotions };
+        let s = TextScore {
+            popularity: 0.6,
+            emotions,
+        };
         assert!((s.emotion_boost(Some(27)) - 0.5).abs() < 1e-6);
         assert!((s.virality(ScoreWeights::default(), Some(27)) - (0.8 * 0.6 + 0.2 * 0.5)).abs() < 1e-6);
         let labels: Vec<String> = GOEMOTIONS_LABELS.iter().map(|s| s.to_string()).collect();

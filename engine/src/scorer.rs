@@ -34,9 +34,15 @@ impl BatchLimits {
     /// Small batches suit a CPU's caches; a GPU wants thousands of tokens at once.
     pub fn for_device(device: &candle_core::Device) -> Self {
         if device.is_cuda() {
-            BatchLimits { max_batch: 1024, max_tokens: 256 * 128 }
+            BatchLimits {
+                max_batch: 1024,
+                max_tokens: 256 * 128,
+            }
         } else {
-            BatchLimits { max_batch: 32, max_tokens: 32 * 64 }
+            BatchLimits {
+                max_batch: 32,
+                max_tokens: 32 * 64,
+            }
         }
     }
 }
@@ -52,7 +58,8 @@ pub fn plan_batches(lens: &[usize], limits: BatchLimits) -> Vec<Vec<usize>> {
     let mut cur: Vec<usize> = Vec::new();
     for i in order {
         let longest = lens[i].max(1); // sorted ascending: the newcomer is the longest
-        if !cur.is_empty() && ((cur.len() + 1) * longest > limits.max_tokens || cur.len() == limits.max_batch) {
+        if !cur.is_empty() && ((cur.len() + 1) * longest > limits.max_tokens || cur.len() == limits.max_batch)
+        {
             batches.push(std::mem::take(&mut cur));
         }
         cur.push(i);
@@ -78,7 +85,11 @@ impl BertScorer {
             .get_padding()
             .map(|p| p.pad_id)
             .unwrap_or(loaded.encoder.config.pad_token_id as u32);
-        BertScorer { loaded, limits, pad_id }
+        BertScorer {
+            loaded,
+            limits,
+            pad_id,
+        }
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -133,12 +144,18 @@ impl BertScorer {
             let (t_ids, t_mask) = self.pad(&members)?;
             let (pop, emo) = self.run(&t_ids, &t_mask)?;
             for ((&i, p), e) in batch.iter().zip(pop).zip(emo) {
-                out[i] = Some(TextScore { popularity: p, emotions: e });
+                out[i] = Some(TextScore {
+                    popularity: p,
+                    emotions: e,
+                });
             }
             done += batch.len();
             progress(done, ids.len());
         }
-        Ok(out.into_iter().map(|s| s.expect("every index is in one batch")).collect())
+        Ok(out
+            .into_iter()
+            .map(|s| s.expect("every index is in one batch"))
+            .collect())
     }
 }
 
@@ -179,7 +196,10 @@ mod tests {
     #[test]
     fn batches_respect_limits_and_cover_everything() {
         let lens = [5, 120, 7, 7, 64, 3, 128, 10];
-        let limits = BatchLimits { max_batch: 3, max_tokens: 256 };
+        let limits = BatchLimits {
+            max_batch: 3,
+            max_tokens: 256,
+        };
         let b = plan_batches(&lens, limits);
         let mut seen: Vec<usize> = b.iter().flatten().copied().collect();
         seen.sort();

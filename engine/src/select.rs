@@ -23,7 +23,13 @@ pub struct SelectConfig {
 
 impl Default for SelectConfig {
     fn default() -> Self {
-        SelectConfig { min_secs: 15.0, max_secs: 60.0, count: 5, pad_secs: 0.3, window_secs: 8.0 }
+        SelectConfig {
+            min_secs: 15.0,
+            max_secs: 60.0,
+            count: 5,
+            pad_secs: 0.3,
+            window_secs: 8.0,
+        }
     }
 }
 
@@ -68,8 +74,18 @@ pub fn windows(cues: &[Cue], window_secs: f64) -> Vec<Window> {
             while last + 1 < cues.len() && cues[last].end - cues[first].start < window_secs {
                 last += 1;
             }
-            let text = cues[first..=last].iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" ");
-            Window { first, last, start: cues[first].start, end: cues[last].end, text }
+            let text = cues[first..=last]
+                .iter()
+                .map(|c| c.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" ");
+            Window {
+                first,
+                last,
+                start: cues[first].start,
+                end: cues[last].end,
+                text,
+            }
         })
         .collect()
 }
@@ -168,7 +184,7 @@ pub fn select(
         .map(|(f, l)| {
             // Windows inside [f, l]: window i starts at cue i and their ends never decrease.
             let mut hi = f;
-            while hi + 1 <= l && hi + 1 < windows.len() && windows[hi + 1].last <= l {
+            while hi < l && hi + 1 < windows.len() && windows[hi + 1].last <= l {
                 hi += 1;
             }
             let hi = hi.min(windows.len() - 1);
@@ -238,7 +254,11 @@ pub fn select(
 /// (at most half of it, never before 0 or past the media's end), and cut to `max_secs`.
 fn padded_edges(cues: &[Cue], f: usize, l: usize, end_limit: f64, cfg: &SelectConfig) -> (f64, f64) {
     // Each side may take half the silence to its neighbour, so neighbouring clips never overlap.
-    let floor = if f == 0 { 0.0 } else { (cues[f - 1].end.min(cues[f].start) + cues[f].start) / 2.0 };
+    let floor = if f == 0 {
+        0.0
+    } else {
+        (cues[f - 1].end.min(cues[f].start) + cues[f].start) / 2.0
+    };
     let ceil = cues
         .get(l + 1)
         .map_or(end_limit, |n| (n.start.max(cues[l].end) + cues[l].end) / 2.0)
@@ -267,7 +287,12 @@ mod tests {
     }
 
     fn cfg(min: f64, max: f64, count: usize) -> SelectConfig {
-        SelectConfig { min_secs: min, max_secs: max, count, ..SelectConfig::default() }
+        SelectConfig {
+            min_secs: min,
+            max_secs: max,
+            count,
+            ..SelectConfig::default()
+        }
     }
 
     #[test]
@@ -330,7 +355,11 @@ mod tests {
 
     #[test]
     fn neighbours_share_the_silence_between_them() {
-        let c = vec![Cue::new(1.0, 9.0, "A."), Cue::new(10.0, 19.5, "B."), Cue::new(20.0, 30.0, "C.")];
+        let c = vec![
+            Cue::new(1.0, 9.0, "A."),
+            Cue::new(10.0, 19.5, "B."),
+            Cue::new(20.0, 30.0, "C."),
+        ];
         let w = windows(&c, 1.0);
         let m = select(&c, &w, &[0.5, 0.6, 0.7], None, &cfg(8.0, 12.0, 3));
         assert_eq!(m.len(), 3);
@@ -370,7 +399,7 @@ mod tests {
     fn cues_past_the_media_end_are_ignored() {
         let c = cues(10, 3.0, 1.0);
         let w = windows(&c, 8.0);
-        let m = select(&c, &w, &vec![0.5; 10], Some(20.0), &cfg(5.0, 10.0, 5));
+        let m = select(&c, &w, &[0.5; 10], Some(20.0), &cfg(5.0, 10.0, 5));
         assert!(m.iter().all(|x| x.end <= 20.0));
         assert!(m.iter().all(|x| x.last <= 4));
     }

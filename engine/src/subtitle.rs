@@ -49,7 +49,10 @@ pub fn decode(bytes: &[u8]) -> (String, &'static str) {
 /// those bytes far more rarely than it uses 0x80-0xBF punctuation.
 fn looks_like_cp1251(bytes: &[u8]) -> bool {
     let high = bytes.iter().filter(|&&b| b >= 0x80).count();
-    let cyr = bytes.iter().filter(|&&b| b >= 0xC0 || b == 0xA8 || b == 0xB8).count();
+    let cyr = bytes
+        .iter()
+        .filter(|&&b| b >= 0xC0 || b == 0xA8 || b == 0xB8)
+        .count();
     high > 0 && cyr * 10 >= high * 7
 }
 
@@ -73,10 +76,15 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Transcript> {
     if cues.is_empty() {
         return Err(Error::EmptyTranscript("the subtitle file has no cues".into()));
     }
-    let source = CueSource::SubtitleFile { format: format.name().into(), encoding: encoding.into() };
+    let source = CueSource::SubtitleFile {
+        format: format.name().into(),
+        encoding: encoding.into(),
+    };
     let t = Transcript::repair(cues, source);
     if t.cues.is_empty() {
-        return Err(Error::EmptyTranscript("every cue in the subtitle file is empty".into()));
+        return Err(Error::EmptyTranscript(
+            "every cue in the subtitle file is empty".into(),
+        ));
     }
     Ok(t)
 }
@@ -103,7 +111,10 @@ pub fn parse_srt(text: &str) -> Result<Vec<Cue>> {
                 blocks.push(b);
             }
         } else {
-            current.get_or_insert_with(|| (i + 1, Vec::new())).1.push(line.trim_end());
+            current
+                .get_or_insert_with(|| (i + 1, Vec::new()))
+                .1
+                .push(line.trim_end());
         }
     }
     blocks.extend(current);
@@ -159,7 +170,11 @@ fn fix_srt_time(t: &str) -> String {
     let (hms, ms) = t.split_once(',').unwrap_or((&t, "0"));
     let ms = format!("{:0<3}", ms);
     let ms = &ms[..3.min(ms.len())];
-    let hms = if hms.matches(':').count() == 1 { format!("0:{hms}") } else { hms.to_string() };
+    let hms = if hms.matches(':').count() == 1 {
+        format!("0:{hms}")
+    } else {
+        hms.to_string()
+    };
     format!("{hms},{ms}")
 }
 
@@ -168,8 +183,14 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
     let lines: Vec<&str> = text.lines().collect();
     let mut cues = Vec::new();
     let mut i = 0;
-    if !lines.first().is_some_and(|l| l.trim_start().starts_with("WEBVTT")) {
-        return Err(Error::Subtitle { line: 1, message: "a WebVTT file must start with WEBVTT".into() });
+    if !lines
+        .first()
+        .is_some_and(|l| l.trim_start().starts_with("WEBVTT"))
+    {
+        return Err(Error::Subtitle {
+            line: 1,
+            message: "a WebVTT file must start with WEBVTT".into(),
+        });
     }
     // Skip the header block.
     while i < lines.len() && !lines[i].trim().is_empty() {
@@ -195,7 +216,10 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         let Some(t) = block.iter().position(|l| l.contains("-->")) else {
             return Err(Error::Subtitle {
                 line: block_start + 1,
-                message: format!("expected a cue timing `00:01.000 --> 00:02.000`, found {:?}", block[0]),
+                message: format!(
+                    "expected a cue timing `00:01.000 --> 00:02.000`, found {:?}",
+                    block[0]
+                ),
             });
         };
         if t > 1 {
@@ -208,10 +232,14 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         let (a, rest) = timing.split_once("-->").expect("contains -->");
         let b = rest.split_whitespace().next().unwrap_or("");
         let line = block_start + t + 1;
-        let start = parse_vtt_time(a.trim())
-            .ok_or_else(|| Error::Subtitle { line, message: format!("bad start time {:?}", a.trim()) })?;
-        let end = parse_vtt_time(b)
-            .ok_or_else(|| Error::Subtitle { line, message: format!("bad end time {b:?}") })?;
+        let start = parse_vtt_time(a.trim()).ok_or_else(|| Error::Subtitle {
+            line,
+            message: format!("bad start time {:?}", a.trim()),
+        })?;
+        let end = parse_vtt_time(b).ok_or_else(|| Error::Subtitle {
+            line,
+            message: format!("bad end time {b:?}"),
+        })?;
         cues.push(Cue::new(start, end, block[t + 1..].join("\n")));
     }
     Ok(cues)
@@ -277,7 +305,12 @@ mod tests {
     fn every_encoding_and_line_ending_gives_the_same_cues() {
         for (eol, bytes) in encodings() {
             let t = parse_bytes(&bytes).unwrap_or_else(|e| panic!("{eol}: {e}"));
-            assert_eq!(t.cues, expected(), "line ending {eol}, first bytes {:?}", &bytes[..4]);
+            assert_eq!(
+                t.cues,
+                expected(),
+                "line ending {eol}, first bytes {:?}",
+                &bytes[..4]
+            );
         }
     }
 
@@ -288,7 +321,10 @@ mod tests {
             .filter(|(eol, _)| *eol == "lf")
             .map(|(_, b)| decode(b).1)
             .collect();
-        assert_eq!(names, ["utf-8", "utf-8-bom", "utf-16le", "utf-16be", "windows-1251"]);
+        assert_eq!(
+            names,
+            ["utf-8", "utf-8-bom", "utf-16le", "utf-16be", "windows-1251"]
+        );
     }
 
     #[test]
@@ -297,7 +333,13 @@ mod tests {
         for eol in ["\n", "\r\n"] {
             let t = parse_bytes(vtt.replace('\n', eol).as_bytes()).unwrap();
             assert_eq!(t.cues, expected());
-            assert_eq!(t.source, CueSource::SubtitleFile { format: "webvtt".into(), encoding: "utf-8".into() });
+            assert_eq!(
+                t.source,
+                CueSource::SubtitleFile {
+                    format: "webvtt".into(),
+                    encoding: "utf-8".into()
+                }
+            );
         }
     }
 
@@ -315,7 +357,14 @@ mod tests {
         let t = parse_bytes(srt.as_bytes()).unwrap();
         let spans: Vec<(f64, f64)> = t.cues.iter().map(|c| (c.start, c.end)).collect();
         assert_eq!(spans, [(1.0, 3.0), (4.0, 5.5), (5.5, 8.0)]);
-        assert_eq!((t.repairs.reversed, t.repairs.reordered, t.repairs.overlaps_trimmed), (1, 1, 1));
+        assert_eq!(
+            (
+                t.repairs.reversed,
+                t.repairs.reordered,
+                t.repairs.overlaps_trimmed
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -339,7 +388,10 @@ mod tests {
 
     #[test]
     fn empty_files_are_errors() {
-        assert!(matches!(parse_bytes(b"WEBVTT\n\n"), Err(Error::EmptyTranscript(_))));
+        assert!(matches!(
+            parse_bytes(b"WEBVTT\n\n"),
+            Err(Error::EmptyTranscript(_))
+        ));
         assert!(matches!(parse_bytes(b"\n\n"), Err(Error::EmptyTranscript(_))));
     }
 }

@@ -39,22 +39,44 @@ pub mod filter {
 
     /// Text found in credits, never in speech.
     const CREDIT_MARKERS: &[&str] = &[
-        "субтитры создавал", "субтитры сделал", "субтитры подогнал", "субтитры делал",
-        "субтитры подготовил", "редактор субтитров", "корректор а.", "dimatorzok", "amara.org",
-        "subtitles by", "субтитры: ", "transcription by", "transcribed by",
+        "субтитры создавал",
+        "субтитры сделал",
+        "субтитры подогнал",
+        "субтитры делал",
+        "субтитры подготовил",
+        "редактор субтитров",
+        "корректор а.",
+        "dimatorzok",
+        "amara.org",
+        "subtitles by",
+        "субтитры: ",
+        "transcription by",
+        "transcribed by",
     ];
     /// Whole-segment phrases Whisper emits at the end of silence.
     const SIGN_OFFS: &[&str] = &[
-        "продолжение следует", "спасибо за просмотр", "спасибо за внимание",
-        "подписывайтесь на канал", "ставьте лайки", "thanks for watching",
-        "thank you for watching", "thank you so much for watching", "please subscribe",
+        "продолжение следует",
+        "спасибо за просмотр",
+        "спасибо за внимание",
+        "подписывайтесь на канал",
+        "ставьте лайки",
+        "thanks for watching",
+        "thank you for watching",
+        "thank you so much for watching",
+        "please subscribe",
         "до новых встреч",
     ];
 
     fn normalize(text: &str) -> String {
         text.to_lowercase()
             .chars()
-            .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
+            .map(|c| {
+                if c.is_alphanumeric() || c.is_whitespace() {
+                    c
+                } else {
+                    ' '
+                }
+            })
             .collect::<String>()
             .split_whitespace()
             .collect::<Vec<_>>()
@@ -78,7 +100,9 @@ pub mod filter {
         if bracketed {
             return true; // [музыка], (Music), [APPLAUSE]
         }
-        SIGN_OFFS.iter().any(|s| n == *s || (n.starts_with(s) && n.len() <= s.len() + 12))
+        SIGN_OFFS
+            .iter()
+            .any(|s| n == *s || (n.starts_with(s) && n.len() <= s.len() + 12))
     }
 
     /// Drops hallucinated segments and immediate repeats; returns the kept cues and how many
@@ -117,7 +141,11 @@ pub mod filter {
                 Cue::new(9.0, 10.0, "Продолжение следует..."),
                 Cue::new(10.0, 11.0, "♪ ♪"),
                 Cue::new(11.0, 12.0, "Thanks for watching!"),
-                Cue::new(12.0, 14.0, "Продолжение следует завтра в девять утра, а сейчас новости спорта."),
+                Cue::new(
+                    12.0,
+                    14.0,
+                    "Продолжение следует завтра в девять утра, а сейчас новости спорта.",
+                ),
             ];
             let (kept, dropped) = apply(cues);
             let texts: Vec<&str> = kept.iter().map(|c| c.text.as_str()).collect();
@@ -166,14 +194,25 @@ mod whisper_impl {
             params.use_gpu(cfg!(feature = "cuda"));
             let ctx = WhisperContext::new_with_params(path, params)
                 .map_err(|e| Error::Transcription(format!("{}: not a Whisper model: {e}", path.display())))?;
-            let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8) as i32;
-            Ok(Whisper { ctx, path: path.to_path_buf(), threads })
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(8) as i32;
+            Ok(Whisper {
+                ctx,
+                path: path.to_path_buf(),
+                threads,
+            })
         }
     }
 
     impl Transcriber for Whisper {
         fn name(&self) -> String {
-            self.path.file_name().unwrap_or_default().to_string_lossy().into_owned()
+            self.path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
         }
 
         fn transcribe(
@@ -183,7 +222,10 @@ mod whisper_impl {
             progress: Arc<dyn Fn(f32) + Send + Sync>,
             cancel: Arc<AtomicBool>,
         ) -> Result<Speech> {
-            let mut state = self.ctx.create_state().map_err(|e| Error::Transcription(e.to_string()))?;
+            let mut state = self
+                .ctx
+                .create_state()
+                .map_err(|e| Error::Transcription(e.to_string()))?;
             let mut params = FullParams::new(SamplingStrategy::Greedy { best_of: 1 });
             params.set_n_threads(self.threads);
             params.set_language(Some(language.unwrap_or("auto")));
@@ -207,11 +249,16 @@ mod whisper_impl {
             res.map_err(|e| Error::Transcription(e.to_string()))?;
             let mut cues = Vec::new();
             for seg in state.as_iter() {
-                let text = seg.to_str_lossy().map_err(|e| Error::Transcription(e.to_string()))?;
+                let text = seg
+                    .to_str_lossy()
+                    .map_err(|e| Error::Transcription(e.to_string()))?;
                 if seg.no_speech_probability() > 0.8 && text.split_whitespace().count() < 4 {
                     continue;
                 }
-                let (s, e) = (seg.start_timestamp() as f64 / 100.0, seg.end_timestamp() as f64 / 100.0);
+                let (s, e) = (
+                    seg.start_timestamp() as f64 / 100.0,
+                    seg.end_timestamp() as f64 / 100.0,
+                );
                 cues.push(Cue::new(s, e, text.trim()));
             }
             let detected = whisper_rs::get_lang_str(state.full_lang_id_from_state())
@@ -221,7 +268,11 @@ mod whisper_impl {
             let (cues, dropped) = filter::apply(cues);
             tracing::debug!(before, kept = cues.len(), "whisper segments filtered");
             progress(1.0);
-            Ok(Speech { cues, language: detected, dropped })
+            Ok(Speech {
+                cues,
+                language: detected,
+                dropped,
+            })
         }
     }
 }

@@ -15,7 +15,16 @@ fn tiny_config() -> BertConfig {
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
 
 #[derive(serde::Deserialize)]
@@ -35,9 +44,14 @@ fn batch(rows: &[Vec<u32>]) -> Tensor {
 #[test]
 fn imported_pytorch_checkpoint_matches_pytorch() {
     let dir = common::repo().join("tests/parity");
-    let exp: Expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let exp: Expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let base = BaseEncoder { repo: "tiny-random-bert".into(), revision: None, path: None };
+    let base = BaseEncoder {
+        repo: "tiny-random-bert".into(),
+        revision: None,
+        path: None,
+    };
     let manifest = artifact::import_pth(&dir.join("multitask_best.pth"), base, out.path()).unwrap();
     assert_eq!(manifest.fine_tuned_layers, [0, 1]);
     assert_eq!(manifest.labels.len(), 28);
@@ -50,7 +64,10 @@ fn imported_pytorch_checkpoint_matches_pytorch() {
         let store = WeightStore::open(Some(&weights), None, DType::F32).unwrap();
         let model = MultiTask::load(store.var_builder(&Device::Cpu), &config, 28).unwrap();
         let got = model.forward(&ids, &mask, mode).unwrap();
-        let (dp, de) = (max_abs_diff(&got.popularity, &want_pop), max_abs_diff(&got.emotions, &want_emo));
+        let (dp, de) = (
+            max_abs_diff(&got.popularity, &want_pop),
+            max_abs_diff(&got.emotions, &want_emo),
+        );
         println!("{mode:?}: max |Δ| popularity {dp:.2e}, emotions {de:.2e}");
         assert!(dp < 1e-4 && de < 1e-4, "{mode:?}: popularity {dp}, emotions {de}");
     }
@@ -71,7 +88,11 @@ fn random_model(config: &BertConfig, mode_labels: usize) -> (VarMap, MultiTask) 
 }
 
 fn padded_inputs() -> (Tensor, Tensor) {
-    let ids = batch(&[vec![2, 17, 33, 4, 9, 0, 0], vec![2, 5, 6, 7, 8, 10, 3], vec![2, 44, 3, 0, 0, 0, 0]]);
+    let ids = batch(&[
+        vec![2, 17, 33, 4, 9, 0, 0],
+        vec![2, 5, 6, 7, 8, 10, 3],
+        vec![2, 44, 3, 0, 0, 0, 0],
+    ]);
     let mask = batch(&[vec![1, 1, 1, 1, 1, 0, 0], vec![1; 7], vec![1, 1, 1, 0, 0, 0, 0]]);
     (ids, mask)
 }
@@ -90,7 +111,9 @@ fn zero_grads(varmap: &VarMap, model: &MultiTask, mode: Mode) -> Vec<String> {
     names
         .into_iter()
         .filter(|(_, v)| {
-            grads.get(v.as_tensor()).is_none_or(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
+            grads
+                .get(v.as_tensor())
+                .is_none_or(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() == 0.0)
         })
         .map(|(k, _)| k)
         .collect()
@@ -108,7 +131,10 @@ fn every_parameter_gets_a_gradient() {
     assert!(missing.is_empty(), "no gradient with dropout for {missing:?}");
     // The trap this guards against is real: the fused kernels cut the graph.
     let cut = zero_grads(&varmap, &model, Mode::Inference);
-    assert!(cut.iter().any(|k| k.starts_with("bert.embeddings")), "fused path unexpectedly differentiable");
+    assert!(
+        cut.iter().any(|k| k.starts_with("bert.embeddings")),
+        "fused path unexpectedly differentiable"
+    );
 }
 
 /// Fused and differentiable kernels compute the same function.

@@ -43,7 +43,11 @@ fn engine(encoder: &Path) -> Engine {
 }
 
 fn ffmpeg(args: &[&str]) {
-    let st = Command::new("ffmpeg").args(["-loglevel", "error", "-y"]).args(args).status().unwrap();
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .unwrap();
     assert!(st.success(), "ffmpeg {args:?}");
 }
 
@@ -52,7 +56,17 @@ fn frame_at(path: &Path, t: f64) -> Vec<u8> {
     let out = Command::new("ffmpeg")
         .args(["-loglevel", "error", "-ss", &format!("{t:.3}"), "-i"])
         .arg(path)
-        .args(["-frames:v", "1", "-s", "48x27", "-pix_fmt", "gray", "-f", "rawvideo", "-"])
+        .args([
+            "-frames:v",
+            "1",
+            "-s",
+            "48x27",
+            "-pix_fmt",
+            "gray",
+            "-f",
+            "rawvideo",
+            "-",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.stdout.len(), 48 * 27, "no frame at {t} in {}", path.display());
@@ -60,15 +74,25 @@ fn frame_at(path: &Path, t: f64) -> Vec<u8> {
 }
 
 fn diff(a: &[u8], b: &[u8]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.len() as f64
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .sum::<f64>()
+        / a.len() as f64
 }
 
 #[test]
 fn russian_speech_end_to_end() {
-    let (Some(e5), Some(whisper)) = (common::e5(), common::whisper_base()) else { return };
+    let (Some(e5), Some(whisper)) = (common::e5(), common::whisper_base()) else {
+        return;
+    };
     let video = speech_video();
     let info = media::probe(video, &Limits::default()).unwrap();
-    assert!((60.0..=90.0).contains(&info.duration), "video is {} s", info.duration);
+    assert!(
+        (60.0..=90.0).contains(&info.duration),
+        "video is {} s",
+        info.duration
+    );
     let out = tempfile::tempdir().unwrap();
     let mut req = ClipRequest::new(video, out.path());
     req.language = Some("ru".into());
@@ -86,11 +110,36 @@ fn russian_speech_end_to_end() {
         CueSource::Whisper { language, .. } => assert_eq!(language, "ru"),
         other => panic!("transcribed by {other:?}"),
     }
-    let text: String = report.transcript.lines.iter().map(|c| c.text.to_lowercase()).collect::<Vec<_>>().join(" ");
-    let all: String = std::fs::read_to_string(out.path().join("report.json")).unwrap().to_lowercase();
-    let stems = ["понедельн", "вторник", "сред", "четверг", "пятниц", "суббот", "воскресен", "погод", "температур", "сокровищ", "невероятн", "облачн"];
+    let text: String = report
+        .transcript
+        .lines
+        .iter()
+        .map(|c| c.text.to_lowercase())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let all: String = std::fs::read_to_string(out.path().join("report.json"))
+        .unwrap()
+        .to_lowercase();
+    let stems = [
+        "понедельн",
+        "вторник",
+        "сред",
+        "четверг",
+        "пятниц",
+        "суббот",
+        "воскресен",
+        "погод",
+        "температур",
+        "сокровищ",
+        "невероятн",
+        "облачн",
+    ];
     let found = stems.iter().filter(|s| text.contains(*s)).count();
-    assert!(found >= 9, "only {found} of {} words came back: {text}", stems.len());
+    assert!(
+        found >= 9,
+        "only {found} of {} words came back: {text}",
+        stems.len()
+    );
     assert!(report.transcript.cues >= 8, "{} cues", report.transcript.cues);
 
     // Progress went through the stages in order and reached the end.
@@ -114,7 +163,12 @@ fn russian_speech_end_to_end() {
         let v = probed.video.as_ref().unwrap();
         assert_eq!((v.codec.as_str(), v.width, v.height), ("h264", 1280, 720));
         assert_eq!(probed.audio.as_ref().unwrap().codec, "aac");
-        assert!((probed.duration - m.duration).abs() <= 0.05, "clip {} s for {} s", probed.duration, m.duration);
+        assert!(
+            (probed.duration - m.duration).abs() <= 0.05,
+            "clip {} s for {} s",
+            probed.duration,
+            m.duration
+        );
         // +faststart: the moov box comes before the media data.
         let head = std::fs::read(&path).unwrap();
         let moov = head.windows(4).position(|w| w == b"moov").unwrap();
@@ -124,7 +178,11 @@ fn russian_speech_end_to_end() {
         let first = frame_at(&path, 0.0);
         let d0 = diff(&first, &frame_at(video, m.start));
         let d1 = diff(&first, &frame_at(video, m.start + 0.08));
-        assert!(d0 < d1, "clip {} starts at the wrong frame ({d0} vs {d1})", m.rank);
+        assert!(
+            d0 < d1,
+            "clip {} starts at the wrong frame ({d0} vs {d1})",
+            m.rank
+        );
         // Thumbnail as Telegram wants it.
         let thumb = std::fs::read(out.path().join(&c.thumbnail)).unwrap();
         assert_eq!(&thumb[..2], &[0xFF, 0xD8], "not a JPEG");
@@ -142,8 +200,15 @@ fn fast_cut_starts_on_the_keyframe_before() {
     let out = tempfile::tempdir().unwrap();
     let clip = media::cut(video, 13.3, 27.0, CutMode::Fast, &out.path().join("f.mp4")).unwrap();
     assert_eq!(clip.mode, CutMode::Fast);
-    assert!(clip.source_start <= 13.3 + 1e-6 && clip.source_start >= 13.3 - 2.0 - 1e-6, "{}", clip.source_start);
-    assert!((clip.duration - (27.0 - clip.source_start)).abs() < 0.15, "{clip:?}");
+    assert!(
+        clip.source_start <= 13.3 + 1e-6 && clip.source_start >= 13.3 - 2.0 - 1e-6,
+        "{}",
+        clip.source_start
+    );
+    assert!(
+        (clip.duration - (27.0 - clip.source_start)).abs() < 0.15,
+        "{clip:?}"
+    );
     let precise = media::cut(video, 13.3, 27.0, CutMode::Precise, &out.path().join("p.mp4")).unwrap();
     assert!((precise.duration - 13.7).abs() <= 0.05, "{precise:?}");
 }
@@ -160,16 +225,40 @@ fn embedded_subtitle_streams_replace_transcription() {
     let src = common::repo().join("assets/demo/demo.mp4");
     let mkv = dir.path().join("with-subs.mkv");
     let mp4 = dir.path().join("with-subs.mp4");
-    let (s, k, m) = (src.to_str().unwrap(), srt.to_str().unwrap(), mkv.to_str().unwrap());
-    ffmpeg(&["-i", s, "-i", k, "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", "-t", "35", m]);
-    ffmpeg(&["-i", s, "-i", k, "-map", "0", "-map", "1", "-c", "copy", "-c:s", "mov_text", "-t", "35", mp4.to_str().unwrap()]);
+    let (s, k, m) = (
+        src.to_str().unwrap(),
+        srt.to_str().unwrap(),
+        mkv.to_str().unwrap(),
+    );
+    ffmpeg(&[
+        "-i", s, "-i", k, "-map", "0", "-map", "1", "-c", "copy", "-c:s", "srt", "-t", "35", m,
+    ]);
+    ffmpeg(&[
+        "-i",
+        s,
+        "-i",
+        k,
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c",
+        "copy",
+        "-c:s",
+        "mov_text",
+        "-t",
+        "35",
+        mp4.to_str().unwrap(),
+    ]);
     for (input, codec) in [(&mkv, "subrip"), (&mp4, "mov_text")] {
         let out = dir.path().join(codec);
         let mut req = ClipRequest::new(input, &out);
         req.select.min_secs = 8.0;
         req.select.max_secs = 12.0;
         // No Whisper: the embedded stream must be enough.
-        let report = engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).unwrap();
+        let report = engine(&e5)
+            .run(&req, no_progress(), Arc::new(AtomicBool::new(false)))
+            .unwrap();
         match &report.transcript.source {
             CueSource::EmbeddedStream { codec: c, .. } => assert_eq!(c, codec),
             other => panic!("{other:?}"),
@@ -178,7 +267,12 @@ fn embedded_subtitle_streams_replace_transcription() {
         let m = &report.moments[0];
         assert!(m.clip.is_some());
         let starts: Vec<f64> = report.moments.iter().map(|m| m.start).collect();
-        assert!(starts.iter().all(|s| [0.7, 9.7, 19.75].iter().any(|x| (x - s).abs() < 0.05)), "{codec}: {starts:?}");
+        assert!(
+            starts
+                .iter()
+                .all(|s| [0.7, 9.7, 19.75].iter().any(|x| (x - s).abs() < 0.05)),
+            "{codec}: {starts:?}"
+        );
     }
 }
 
@@ -195,7 +289,9 @@ fn subtitle_file_alone_gives_moments_without_clips() {
     req.select.min_secs = 8.0;
     req.select.max_secs = 12.0;
     req.select.count = 5;
-    let report = engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).unwrap();
+    let report = engine(&e5)
+        .run(&req, no_progress(), Arc::new(AtomicBool::new(false)))
+        .unwrap();
     assert_eq!(report.input.kind, "subtitles");
     assert_eq!(report.moments.len(), 3);
     assert!(report.moments.iter().all(|m| m.clip.is_none()));
@@ -212,7 +308,9 @@ fn bad_inputs_get_clear_errors() {
     let run = |input: &Path, subs: Option<&Path>| {
         let mut req = ClipRequest::new(input, dir.path().join("out"));
         req.subs = subs.map(Path::to_path_buf);
-        engine(&e5).run(&req, no_progress(), Arc::new(AtomicBool::new(false))).err().expect("an error")
+        engine(&e5)
+            .run(&req, no_progress(), Arc::new(AtomicBool::new(false)))
+            .expect_err("an error")
     };
     let missing = run(&dir.path().join("nope.mp4"), None);
     assert!(matches!(missing, Error::NotFound(_)), "{missing}");
@@ -223,16 +321,43 @@ fn bad_inputs_get_clear_errors() {
     assert!(matches!(e, Error::NotAVideo { .. }), "{e}");
 
     let playlist = dir.path().join("list.m3u8");
-    std::fs::write(&playlist, format!("#EXTM3U\n#EXTINF:10,\nfile://{}\n", common::repo().join("assets/demo/demo.mp4").display())).unwrap();
+    std::fs::write(
+        &playlist,
+        format!(
+            "#EXTM3U\n#EXTINF:10,\nfile://{}\n",
+            common::repo().join("assets/demo/demo.mp4").display()
+        ),
+    )
+    .unwrap();
     let e = run(&playlist, None);
     assert!(matches!(e, Error::NotAVideo { .. }), "playlists are refused: {e}");
     let concat = dir.path().join("list.txt");
-    std::fs::write(&concat, format!("ffconcat version 1.0\nfile '{}'\n", common::repo().join("assets/demo/demo.mp4").display())).unwrap();
+    std::fs::write(
+        &concat,
+        format!(
+            "ffconcat version 1.0\nfile '{}'\n",
+            common::repo().join("assets/demo/demo.mp4").display()
+        ),
+    )
+    .unwrap();
     let e = run(&concat, None);
-    assert!(matches!(e, Error::NotAVideo { .. }), "concat lists are refused: {e}");
+    assert!(
+        matches!(e, Error::NotAVideo { .. }),
+        "concat lists are refused: {e}"
+    );
 
     let silent = dir.path().join("silent.mp4");
-    ffmpeg(&["-f", "lavfi", "-i", "testsrc=size=320x240:rate=10", "-t", "3", "-pix_fmt", "yuv420p", silent.to_str().unwrap()]);
+    ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=320x240:rate=10",
+        "-t",
+        "3",
+        "-pix_fmt",
+        "yuv420p",
+        silent.to_str().unwrap(),
+    ]);
     let e = run(&silent, None);
     assert!(matches!(e, Error::NoAudio(_)), "{e}");
 
@@ -241,12 +366,20 @@ fn bad_inputs_get_clear_errors() {
     let e = run(&silent, Some(&empty));
     assert!(matches!(e, Error::EmptyTranscript(_)), "{e}");
     let garbage = dir.path().join("garbage.srt");
-    std::fs::write(&garbage, "1\n00:00:01,000 --> 00:00:02,000\nhello\n\nwhat is this\nnot srt\n").unwrap();
+    std::fs::write(
+        &garbage,
+        "1\n00:00:01,000 --> 00:00:02,000\nhello\n\nwhat is this\nnot srt\n",
+    )
+    .unwrap();
     let e = run(&silent, Some(&garbage));
     assert!(matches!(e, Error::Subtitle { line: 5, .. }), "{e}");
 
-    let mut limits = Limits::default();
-    limits.max_duration_secs = 10.0;
-    let e = media::probe(&common::repo().join("assets/demo/demo.mp4"), &limits).err().unwrap();
+    let limits = Limits {
+        max_duration_secs: 10.0,
+        ..Default::default()
+    };
+    let e = media::probe(&common::repo().join("assets/demo/demo.mp4"), &limits)
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::TooLarge { .. }), "{e}");
 }

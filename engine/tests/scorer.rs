@@ -33,14 +33,31 @@ fn texts() -> Vec<String> {
 fn batched_equals_one_by_one() {
     let Some(e5) = common::e5() else { return };
     let texts = texts();
-    let mut batched = scorer(&e5, BatchLimits { max_batch: 32, max_tokens: 4096 });
-    let mut single = scorer(&e5, BatchLimits { max_batch: 1, max_tokens: 4096 });
+    let mut batched = scorer(
+        &e5,
+        BatchLimits {
+            max_batch: 32,
+            max_tokens: 4096,
+        },
+    );
+    let mut single = scorer(
+        &e5,
+        BatchLimits {
+            max_batch: 1,
+            max_tokens: 4096,
+        },
+    );
     let mut calls = 0;
     let a = batched.score(&texts, &mut |_, _| calls += 1).unwrap();
     assert_eq!(calls, 1, "five short texts fit one batch");
     let b = single.score(&texts, &mut |_, _| {}).unwrap();
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        assert!((x.popularity - y.popularity).abs() < 1e-5, "text {i}: {} vs {}", x.popularity, y.popularity);
+        assert!(
+            (x.popularity - y.popularity).abs() < 1e-5,
+            "text {i}: {} vs {}",
+            x.popularity,
+            y.popularity
+        );
         for (p, q) in x.emotions.iter().zip(&y.emotions) {
             assert!((p - q).abs() < 1e-5, "text {i}");
         }
@@ -53,7 +70,13 @@ fn batched_equals_one_by_one() {
 #[test]
 fn dynamic_padding_pads_only_to_the_batch() {
     let Some(e5) = common::e5() else { return };
-    let s = scorer(&e5, BatchLimits { max_batch: 32, max_tokens: 4096 });
+    let s = scorer(
+        &e5,
+        BatchLimits {
+            max_batch: 32,
+            max_tokens: 4096,
+        },
+    );
     let ids = s.tokenize(&texts()).unwrap();
     let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
     assert!(lens.iter().all(|&n| n <= 128));
@@ -61,14 +84,23 @@ fn dynamic_padding_pads_only_to_the_batch() {
     let members: Vec<&Vec<u32>> = vec![&ids[2], &ids[0]];
     let (t, m) = s.pad(&members).unwrap();
     assert_eq!(t.dims(), [2, lens[2].max(lens[0])]);
-    assert_eq!(m.sum_all().unwrap().to_scalar::<u32>().unwrap() as usize, lens[2] + lens[0]);
+    assert_eq!(
+        m.sum_all().unwrap().to_scalar::<u32>().unwrap() as usize,
+        lens[2] + lens[0]
+    );
 }
 
 #[test]
 fn missing_model_pieces_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let err = artifact::load(dir.path(), None, &Device::Cpu, DType::F32).err().unwrap().to_string();
+    let err = artifact::load(dir.path(), None, &Device::Cpu, DType::F32)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model.json"), "{err}");
-    let err = artifact::init(dir.path(), "x", &dir.path().join("m"), 0).err().unwrap().to_string();
+    let err = artifact::init(dir.path(), "x", &dir.path().join("m"), 0)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("missing config.json"), "{err}");
 }

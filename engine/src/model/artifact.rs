@@ -77,7 +77,10 @@ impl Manifest {
             labels: GOEMOTIONS_LABELS.iter().map(|s| s.to_string()).collect(),
             max_length: 128,
             text_prefix: String::new(),
-            thresholds: Thresholds { popularity: 0.5, emotions: vec![0.5; GOEMOTIONS_LABELS.len()] },
+            thresholds: Thresholds {
+                popularity: 0.5,
+                emotions: vec![0.5; GOEMOTIONS_LABELS.len()],
+            },
             score_weights: ScoreWeights::default(),
             fine_tuned_layers: Vec::new(),
             notes: String::new(),
@@ -88,13 +91,15 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         if !dir.exists() {
-            return Err(Error::Model(format!("{}: no such model directory", dir.display())));
+            return Err(Error::Model(format!(
+                "{}: no such model directory",
+                dir.display()
+            )));
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::Model(format!("{}: cannot read the model manifest: {e}", path.display()))
-        })?;
-        let m: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::Model(format!("{}: cannot read the model manifest: {e}", path.display())))?;
+        let m: Manifest =
+            serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
         if m.format != FORMAT {
             return Err(Error::Model(format!(
                 "{}: format {:?}, this build reads {FORMAT:?}",
@@ -146,10 +151,15 @@ impl EncoderFiles {
         }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let config: BertConfig = serde_json::from_str(&text)
+        let config: BertConfig =
+            serde_json::from_str(&text).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        config
+            .validate()
             .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-        config.validate().map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
-        Ok(EncoderFiles { dir: dir.to_path_buf(), config })
+        Ok(EncoderFiles {
+            dir: dir.to_path_buf(),
+            config,
+        })
     }
 
     /// Finds the encoder: `explicit` first, then the manifest's local path, then the hub.
@@ -158,7 +168,11 @@ impl EncoderFiles {
             return Self::open(dir);
         }
         if let Some(p) = &base.path {
-            let dir = if p.is_absolute() { p.clone() } else { artifact_dir.join(p) };
+            let dir = if p.is_absolute() {
+                p.clone()
+            } else {
+                artifact_dir.join(p)
+            };
             if dir.is_dir() {
                 return Self::open(&dir);
             }
@@ -229,8 +243,7 @@ impl WeightStore {
     pub fn open(overlay: Option<&Path>, base: Option<&Path>, dtype: DType) -> Result<Self> {
         let mmap = |p: &Path| -> Result<MmapedSafetensors> {
             // SAFETY: the files are opened read-only and not modified while mapped.
-            unsafe { MmapedSafetensors::new(p) }
-                .map_err(|e| Error::Model(format!("{}: {e}", p.display())))
+            unsafe { MmapedSafetensors::new(p) }.map_err(|e| Error::Model(format!("{}: {e}", p.display())))
         };
         let overlay = overlay.map(mmap).transpose()?;
         let base = base.map(mmap).transpose()?;
@@ -238,7 +251,12 @@ impl WeightStore {
             Some(b) if b.get("bert.embeddings.word_embeddings.weight").is_ok() => "bert.",
             _ => "",
         };
-        Ok(WeightStore { overlay, base, base_prefix, dtype })
+        Ok(WeightStore {
+            overlay,
+            base,
+            base_prefix,
+            dtype,
+        })
     }
 
     fn find(&self, name: &str) -> Option<(&MmapedSafetensors, String)> {
@@ -276,7 +294,10 @@ impl candle_nn::var_builder::SimpleBackend for WeightStore {
     ) -> candle_core::Result<Tensor> {
         let t = self.get_unchecked(name, dtype, dev)?;
         if t.shape() != &s {
-            candle_core::bail!("tensor {name}: shape {:?} in the weights, the model needs {s:?}", t.shape())
+            candle_core::bail!(
+                "tensor {name}: shape {:?} in the weights, the model needs {s:?}",
+                t.shape()
+            )
         }
         Ok(t)
     }
@@ -309,14 +330,28 @@ pub fn load(dir: &Path, encoder_dir: Option<&Path>, device: &Device, dtype: DTyp
     let encoder = EncoderFiles::locate(encoder_dir, dir, &manifest.base_encoder)?;
     let weights = dir.join(&manifest.weights);
     if !weights.is_file() {
-        return Err(Error::Model(format!("{}: missing (named in {MANIFEST_FILE})", weights.display())));
+        return Err(Error::Model(format!(
+            "{}: missing (named in {MANIFEST_FILE})",
+            weights.display()
+        )));
     }
-    let store = WeightStore::open(Some(&weights), Some(&encoder.dir.join("model.safetensors")), dtype)?;
+    let store = WeightStore::open(
+        Some(&weights),
+        Some(&encoder.dir.join("model.safetensors")),
+        dtype,
+    )?;
     let vb = store.var_builder(device);
     let model = MultiTask::load(vb, &encoder.config, manifest.labels.len())
         .map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
     let tokenizer = encoder.tokenizer(manifest.max_length)?;
-    Ok(LoadedModel { model, tokenizer, manifest, encoder, device: device.clone(), dtype })
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        manifest,
+        encoder,
+        device: device.clone(),
+        dtype,
+    })
 }
 
 /// Writes `tensors` as the artifact's weights and `manifest` beside them.
@@ -327,7 +362,8 @@ pub fn save(dir: &Path, manifest: &Manifest, tensors: &HashMap<String, Tensor>) 
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
         .collect::<candle_core::Result<_>>()?;
-    candle_core::safetensors::save(&cpu, &path).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+    candle_core::safetensors::save(&cpu, &path)
+        .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
     manifest.write(dir)
 }
 
@@ -341,7 +377,8 @@ pub fn import_pth(pth: &Path, base: BaseEncoder, out: &Path) -> Result<Manifest>
     let read = |key| candle_core::pickle::read_all_with_key(pth, key);
     let tensors = match read(Some("model_state_dict")) {
         Ok(t) if !t.is_empty() => t,
-        _ => read(None).map_err(|e| Error::Model(format!("{}: not a PyTorch checkpoint: {e}", pth.display())))?,
+        _ => read(None)
+            .map_err(|e| Error::Model(format!("{}: not a PyTorch checkpoint: {e}", pth.display())))?,
     };
     let tensors: HashMap<String, Tensor> = tensors
         .into_iter()
@@ -349,14 +386,23 @@ pub fn import_pth(pth: &Path, base: BaseEncoder, out: &Path) -> Result<Manifest>
         .filter(|(k, _)| !k.starts_with("bert.pooler.") && !k.ends_with("position_ids"))
         .collect();
     let emo = tensors.get("emotion_head.3.weight").ok_or_else(|| {
-        Error::Model(format!("{}: no emotion_head.3.weight: not a ViralBERT multitask checkpoint", pth.display()))
+        Error::Model(format!(
+            "{}: no emotion_head.3.weight: not a ViralBERT multitask checkpoint",
+            pth.display()
+        ))
     })?;
     if !tensors.contains_key("popularity_head.6.weight") {
-        return Err(Error::Model(format!("{}: no popularity_head.6.weight", pth.display())));
+        return Err(Error::Model(format!(
+            "{}: no popularity_head.6.weight",
+            pth.display()
+        )));
     }
     let labels = emo.dim(0)?;
     let mut manifest = Manifest::new(
-        &format!("imported from {}", pth.file_name().unwrap_or_default().to_string_lossy()),
+        &format!(
+            "imported from {}",
+            pth.file_name().unwrap_or_default().to_string_lossy()
+        ),
         base,
     );
     if labels != manifest.labels.len() {
@@ -365,10 +411,17 @@ pub fn import_pth(pth: &Path, base: BaseEncoder, out: &Path) -> Result<Manifest>
     }
     let layers: std::collections::BTreeSet<usize> = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix("bert.encoder.layer.")?.split('.').next()?.parse().ok())
+        .filter_map(|k| {
+            k.strip_prefix("bert.encoder.layer.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     manifest.fine_tuned_layers = layers.into_iter().collect();
-    manifest.notes = "imported from a ViralBERT v2 PyTorch checkpoint; every encoder tensor is in the weights file".into();
+    manifest.notes =
+        "imported from a ViralBERT v2 PyTorch checkpoint; every encoder tensor is in the weights file".into();
     save(out, &manifest, &tensors)?;
     Ok(manifest)
 }
@@ -379,7 +432,11 @@ pub fn init(encoder_dir: &Path, repo: &str, out: &Path, seed: u64) -> Result<Man
     let enc = EncoderFiles::open(encoder_dir)?;
     let mut manifest = Manifest::new(
         &format!("untrained heads on {repo}"),
-        BaseEncoder { repo: repo.into(), revision: None, path: Some(std::path::absolute(encoder_dir).map_err(|e| Error::io(encoder_dir, e))?) },
+        BaseEncoder {
+            repo: repo.into(),
+            revision: None,
+            path: Some(std::path::absolute(encoder_dir).map_err(|e| Error::io(encoder_dir, e))?),
+        },
     );
     if repo.contains("e5") {
         manifest.text_prefix = "query: ".into();

@@ -90,7 +90,7 @@ impl BertConfig {
 
     /// Checks what this implementation supports.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -98,7 +98,9 @@ impl BertConfig {
         }
         if let Some(p) = &self.position_embedding_type {
             if p != "absolute" {
-                return Err(format!("position_embedding_type {p:?} is not supported (only absolute)"));
+                return Err(format!(
+                    "position_embedding_type {p:?} is not supported (only absolute)"
+                ));
             }
         }
         match self.hidden_act.as_str() {
@@ -118,7 +120,11 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn load(vb: VarBuilder, size: usize, eps: f64) -> Result<Self> {
-        let (w, b) = if vb.contains_tensor("gamma") { ("gamma", "beta") } else { ("weight", "bias") };
+        let (w, b) = if vb.contains_tensor("gamma") {
+            ("gamma", "beta")
+        } else {
+            ("weight", "bias")
+        };
         Ok(LayerNorm {
             weight: vb.get_with_hints(size, w, candle_nn::Init::Const(1.0))?,
             bias: vb.get_with_hints(size, b, candle_nn::Init::Const(0.0))?,
@@ -138,7 +144,9 @@ impl LayerNorm {
                 let xc = x.broadcast_sub(&mean)?;
                 let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
                 let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                xn.to_dtype(dtype)?.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+                xn.to_dtype(dtype)?
+                    .broadcast_mul(&self.weight)?
+                    .broadcast_add(&self.bias)
             }
         }
     }
@@ -180,10 +188,12 @@ struct Embeddings {
 impl Embeddings {
     fn load(vb: VarBuilder, c: &BertConfig) -> Result<Self> {
         let word = candle_nn::embedding(c.vocab_size, c.hidden_size, vb.pp("word_embeddings"))?;
-        let position =
-            vb.pp("position_embeddings").get((c.max_position_embeddings, c.hidden_size), "weight")?;
-        let token_type =
-            vb.pp("token_type_embeddings").get((c.type_vocab_size, c.hidden_size), "weight")?;
+        let position = vb
+            .pp("position_embeddings")
+            .get((c.max_position_embeddings, c.hidden_size), "weight")?;
+        let token_type = vb
+            .pp("token_type_embeddings")
+            .get((c.type_vocab_size, c.hidden_size), "weight")?;
         Ok(Embeddings {
             word,
             position,
@@ -259,7 +269,9 @@ impl Layer {
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode, cls_only: bool) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
-            y.reshape((b, len, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()
+            y.reshape((b, len, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let xq = if cls_only { x.narrow(1, 0, 1)? } else { x.clone() };
         let tq = xq.dim(1)?;
@@ -299,7 +311,11 @@ impl Bert {
         let layers = (0..config.num_hidden_layers)
             .map(|i| Layer::load(vb.pp(format!("encoder.layer.{i}")), config))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Bert { embeddings, layers, config: config.clone() })
+        Ok(Bert {
+            embeddings,
+            layers,
+            config: config.clone(),
+        })
     }
 
     pub fn config(&self) -> &BertConfig {

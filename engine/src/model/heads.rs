@@ -105,7 +105,11 @@ impl MultiTask {
 
 /// Fresh head weights, initialised as PyTorch's `nn.Linear` does (uniform ±1/√fan_in for weights
 /// and biases), from a deterministic generator seeded with `seed`.
-pub fn init_heads(hidden: usize, labels: usize, seed: u64) -> Result<std::collections::HashMap<String, Tensor>> {
+pub fn init_heads(
+    hidden: usize,
+    labels: usize,
+    seed: u64,
+) -> Result<std::collections::HashMap<String, Tensor>> {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = move || {
         // xorshift64*: good enough for initial weights, and reproducible everywhere.
@@ -125,7 +129,11 @@ pub fn init_heads(hidden: usize, labels: usize, seed: u64) -> Result<std::collec
     for (name, fan_in, fan_out) in layers {
         let bound = 1.0 / (fan_in as f32).sqrt();
         let mut uniform = |n: usize| -> Vec<f32> { (0..n).map(|_| (next() * 2.0 - 1.0) * bound).collect() };
-        let w = Tensor::from_vec(uniform(fan_in * fan_out), (fan_out, fan_in), &candle_core::Device::Cpu)?;
+        let w = Tensor::from_vec(
+            uniform(fan_in * fan_out),
+            (fan_out, fan_in),
+            &candle_core::Device::Cpu,
+        )?;
         let b = Tensor::from_vec(uniform(fan_out), fan_out, &candle_core::Device::Cpu)?;
         out.insert(format!("{name}.weight"), w);
         out.insert(format!("{name}.bias"), b);

