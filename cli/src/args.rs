@@ -23,6 +23,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Create or import model artifacts.
     Model(ModelArgs),
+    /// Train a model (popularity + emotions) and write its artifact.
+    Train(crate::train::TrainArgs),
     /// Measure scoring throughput (and cutting and Whisper speed): one JSON line per case.
     Bench(crate::bench::BenchArgs),
 }

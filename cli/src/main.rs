@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod train;
 
 use anyhow::{Context, Result};
 use args::{Cli, ClipArgs, Command, ModelArgs, ModelCommand, ModelOpts, ScoreArgs};
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
         Command::Score(a) => score(a),
         Command::Model(a) => model_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

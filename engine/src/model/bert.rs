@@ -340,6 +340,36 @@ impl Bert {
         Ok(x)
     }
 
+    /// Hidden states entering layer `upto` (embeddings, then layers `0..upto`): (b, t, hidden).
+    /// With frozen lower layers these can be computed once and cached.
+    pub fn hidden_before(&self, ids: &Tensor, mask: &Tensor, upto: usize, mode: Mode) -> Result<Tensor> {
+        let mut x = self.embeddings.forward(ids, mode)?;
+        let add = Self::additive_mask(mask, x.dtype())?;
+        for layer in &self.layers[..upto.min(self.layers.len())] {
+            x = layer.forward(&x, &add, mode, false)?;
+        }
+        Ok(x)
+    }
+
+    /// The [CLS] state from hidden states entering layer `from` (see [`Bert::hidden_before`]).
+    pub fn cls_from(&self, hidden: &Tensor, mask: &Tensor, from: usize, mode: Mode) -> Result<Tensor> {
+        let add = Self::additive_mask(mask, hidden.dtype())?;
+        let n = self.layers.len();
+        let mut x = hidden.clone();
+        if from >= n {
+            return x.narrow(1, 0, 1)?.squeeze(1);
+        }
+        for (i, layer) in self.layers.iter().enumerate().skip(from) {
+            x = layer.forward(&x, &add, mode, i + 1 == n)?;
+        }
+        x.squeeze(1)
+    }
+
+    /// Number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
     /// The first ([CLS]) token's final hidden state: (b, hidden). The last layer computes only
     /// that row.
     pub fn cls(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {

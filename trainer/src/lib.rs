@@ -1,0 +1,18 @@
+//! viralclip's trainer: fine-tunes the engine's multitask model (the very same code, in its
+//! differentiable mode) on popularity and emotion data and writes the artifact the engine loads.
+//!
+//! # Layout
+//! - [`data`]: the data formats, with counted skipped rows; stable `#part=` splits of a file.
+//! - [`train`]: split, tokenise once, cache the frozen layers, train (heads, then top layers with
+//!   PCGrad), validate, checkpoint, save, re-measure through the engine.
+//! - [`pcgrad`], [`optim`] (AdamW, schedule), [`metrics`] (F1, ROC-AUC, thresholds): pure pieces.
+
+pub mod data;
+pub mod error;
+pub mod metrics;
+pub mod optim;
+pub mod pcgrad;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use train::{train, Event, TrainConfig, TrainReport};

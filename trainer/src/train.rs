@@ -1,0 +1,983 @@
+//! The training loop: load and split data, tokenise once, cache what the frozen encoder layers
+//! compute, train the heads (stage 1) and then the top layers too (stage 2) with PCGrad, measure
+//! every epoch, keep the best, checkpoint for resuming, and write the artifact the engine loads.
+
+use crate::data::{self, Example, Label, Source, SourceStats, EMOTIONS};
+use crate::error::{Error, Result};
+use crate::metrics::{self, BinaryMetrics, MultiLabelMetrics};
+use crate::optim::{cosine_with_warmup, AdamW};
+use crate::pcgrad;
+use candle_core::{DType, Device, Tensor, Var};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use viralclip_engine::model::{artifact, BaseEncoder, EncoderFiles, Manifest, Mode, MultiTask, WeightStore};
+use viralclip_engine::scorer::{plan_batches, BatchLimits};
+
+/// Everything a run needs; defaults are the seed's recipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub encoder_dir: PathBuf,
+    pub base_repo: String,
+    pub out: PathBuf,
+    pub data: Vec<Source>,
+    /// Held-out sources measured once, on the saved model.
+    pub test: Vec<Source>,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub batch_size: usize,
+    pub max_length: usize,
+    /// Learning rate of the encoder layers before `unfrozen_lr_mult` (the seed: 2e-5).
+    pub lr: f64,
+    /// Learning rate of the heads (default: `lr`).
+    pub head_lr: Option<f64>,
+    /// Encoder layers train at `lr × unfrozen_lr_mult` (the seed: 10× lower).
+    pub unfrozen_lr_mult: f64,
+    pub weight_decay: f64,
+    pub warmup_steps: usize,
+    pub frozen_epochs: usize,
+    pub unfrozen_epochs: usize,
+    pub unfreeze_layers: usize,
+    pub pcgrad: bool,
+    pub clip_norm: f64,
+    /// Stop after this many epochs without a better validation loss.
+    pub patience: usize,
+    /// Use at most this many training examples (a quick run).
+    pub max_train: Option<usize>,
+    pub resume: bool,
+}
+
+impl TrainConfig {
+    pub fn new(encoder_dir: PathBuf, out: PathBuf, data: Vec<Source>) -> Self {
+        TrainConfig {
+            encoder_dir,
+            base_repo: "intfloat/multilingual-e5-small".into(),
+            out,
+            data,
+            test: Vec::new(),
+            val_fraction: 0.1,
+            seed: 42,
+            batch_size: 16,
+            max_length: 128,
+            lr: 2e-5,
+            head_lr: None,
+            unfrozen_lr_mult: 0.1,
+            weight_decay: 0.01,
+            warmup_steps: 500,
+            frozen_epochs: 2,
+            unfrozen_epochs: 3,
+            unfreeze_layers: 2,
+            pcgrad: true,
+            clip_norm: 1.0,
+            patience: 2,
+            max_train: None,
+            resume: false,
+        }
+    }
+}
+
+/// Progress, for a bar or a chat message.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Loaded {
+        train: usize,
+        val: usize,
+        test: usize,
+    },
+    Caching {
+        done: usize,
+        total: usize,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+        loss: f64,
+        examples_per_s: f64,
+    },
+    Epoch(Box<EpochReport>),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub popularity_loss: Option<f64>,
+    pub emotion_loss: Option<f64>,
+    pub popularity: Option<BinaryMetrics>,
+    pub emotions_at_half: Option<MultiLabelMetrics>,
+    pub emotions_tuned: Option<MultiLabelMetrics>,
+}
+
+impl Evaluation {
+    /// The number early stopping and model choice watch.
+    pub fn loss(&self) -> f64 {
+        self.popularity_loss.unwrap_or(0.0) + self.emotion_loss.unwrap_or(0.0)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochReport {
+    pub epoch: usize,
+    pub stage: String,
+    pub train_loss: f64,
+    pub val: Evaluation,
+    pub thresholds: Vec<f32>,
+    /// Fraction of PCGrad steps whose task gradients conflicted.
+    pub conflicts: Option<f64>,
+    pub secs: f64,
+    pub examples_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainReport {
+    pub config: TrainConfig,
+    pub sources: Vec<SourceStats>,
+    pub test_sources: Vec<SourceStats>,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub pos_weight: Vec<f32>,
+    pub epochs: Vec<EpochReport>,
+    pub best_epoch: usize,
+    /// The saved model, loaded back by the engine, on the validation split.
+    pub val_reloaded: Evaluation,
+    /// The saved model on the held-out test sources.
+    pub test: Option<Evaluation>,
+    pub cache_secs: f64,
+    pub wall_secs: f64,
+    pub labels: Vec<String>,
+}
+
+/// Collects trainable tensors as Vars while the model loads: heads and the named encoder layers.
+struct TrainableStore {
+    inner: WeightStore,
+    init: HashMap<String, Tensor>,
+    trainable: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    vars: Arc<Mutex<Vec<(String, Var)>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for TrainableStore {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = match self.init.get(name) {
+            Some(t) => t.to_device(dev)?.to_dtype(dtype)?,
+            None => self.inner.get(s.clone(), name, h, dtype, dev)?,
+        };
+        if (self.trainable)(name) {
+            let v = Var::from_tensor(&t.to_dtype(DType::F32)?)?;
+            self.vars
+                .lock()
+                .expect("lock")
+                .push((name.to_string(), v.clone()));
+            return Ok(v.as_tensor().clone());
+        }
+        Ok(t)
+    }
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.inner.get_unchecked(name, dtype, dev)
+    }
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.init.contains_key(name) || self.inner.contains_tensor(name)
+    }
+}
+
+fn is_head(name: &str) -> bool {
+    name.starts_with("popularity_head.") || name.starts_with("emotion_head.")
+}
+
+/// Stratified split: each label stratum keeps `frac` of its rows for validation.
+pub fn split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
+    let mut strata: std::collections::BTreeMap<String, Vec<Example>> = Default::default();
+    for e in examples {
+        let key = match &e.label {
+            Label::Popularity(b) => format!("p{b}"),
+            Label::Emotions(l) => format!("e{}", l.iter().min().copied().unwrap_or(0)),
+        };
+        strata.entry(key).or_default().push(e);
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for (_, mut rows) in strata {
+        rows.shuffle(&mut rng);
+        let k = ((rows.len() as f64) * frac).round() as usize;
+        let k = if rows.len() >= 2 {
+            k.max(1).min(rows.len() - 1)
+        } else {
+            0
+        };
+        val.extend(rows.drain(..k));
+        train.extend(rows);
+    }
+    train.shuffle(&mut rng);
+    (train, val)
+}
+
+/// pos_weight = total / (classes · count), clipped to [0.1, 10] (the seed's formula).
+pub fn pos_weights(examples: &[Example]) -> Vec<f32> {
+    let mut counts = [0usize; EMOTIONS];
+    let mut total = 0usize;
+    for e in examples {
+        if let Label::Emotions(l) = &e.label {
+            total += 1;
+            for &c in l {
+                counts[c] += 1;
+            }
+        }
+    }
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                10.0
+            } else {
+                (total as f32 / (EMOTIONS as f32 * c as f32)).clamp(0.1, 10.0)
+            }
+        })
+        .collect()
+}
+
+/// Mean binary cross-entropy on logits, with per-class positive weights when given.
+pub fn bce_with_logits(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    // softplus(-x) = relu(-x) + log(1 + exp(-|x|)), stable for any x.
+    let sp = (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let neg_part = ((1.0 - y)? * x)?;
+    let coef = match pos_weight {
+        Some(pw) => (y.broadcast_mul(&(pw - 1.0)?)? + 1.0)?,
+        None => y.ones_like()?,
+    };
+    (neg_part + (coef * sp)?)?.mean_all()
+}
+
+struct Tokenized {
+    ids: Vec<Vec<u32>>,
+    labels: Vec<Label>,
+}
+
+fn tokenize(tok: &tokenizers::Tokenizer, prefix: &str, ex: &[Example]) -> Result<Tokenized> {
+    let texts: Vec<String> = ex.iter().map(|e| format!("{prefix}{}", e.text)).collect();
+    let enc = tok
+        .encode_batch(texts, true)
+        .map_err(|e| Error::Engine(viralclip_engine::Error::Tokenizer(e.to_string())))?;
+    Ok(Tokenized {
+        ids: enc.into_iter().map(|e| e.get_ids().to_vec()).collect(),
+        labels: ex.iter().map(|e| e.label.clone()).collect(),
+    })
+}
+
+fn pad_ids(rows: &[&Vec<u32>], pad: u32, dev: &Device) -> Result<(Tensor, Tensor)> {
+    let t = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * t);
+    let mut mask = Vec::with_capacity(rows.len() * t);
+    for r in rows {
+        ids.extend_from_slice(r);
+        ids.extend(std::iter::repeat_n(pad, t - r.len()));
+        mask.extend(std::iter::repeat_n(1u32, r.len()));
+        mask.extend(std::iter::repeat_n(0u32, t - r.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), t), dev)?,
+        Tensor::from_vec(mask, (rows.len(), t), dev)?,
+    ))
+}
+
+/// Per-example tensors computed once by the frozen part of the encoder.
+struct Cache {
+    /// Hidden states entering layer `from`, (len, hidden) each; empty when `from` = all layers.
+    hidden: Vec<Tensor>,
+    /// [CLS] from the frozen encoder, (hidden) each.
+    cls: Vec<Tensor>,
+    lens: Vec<usize>,
+}
+
+fn build_cache(
+    model: &MultiTask,
+    tok: &Tokenized,
+    from: usize,
+    pad: u32,
+    dev: &Device,
+    progress: &mut dyn FnMut(usize, usize),
+    cancel: &AtomicBool,
+) -> Result<Cache> {
+    let lens: Vec<usize> = tok.ids.iter().map(Vec::len).collect();
+    let n = lens.len();
+    let limits = BatchLimits {
+        max_batch: 64,
+        max_tokens: 64 * 48,
+    };
+    let keep_hidden = from < model.bert.num_layers();
+    let mut hidden: Vec<Option<Tensor>> = vec![None; if keep_hidden { n } else { 0 }];
+    let mut cls: Vec<Option<Tensor>> = vec![None; n];
+    let mut done = 0;
+    for batch in plan_batches(&lens, limits) {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let rows: Vec<&Vec<u32>> = batch.iter().map(|&i| &tok.ids[i]).collect();
+        let (ids, mask) = pad_ids(&rows, pad, dev)?;
+        let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
+        let c = model.bert.cls_from(&h, &mask, from, Mode::Inference)?;
+        for (k, &i) in batch.iter().enumerate() {
+            if keep_hidden {
+                hidden[i] = Some(h.get(k)?.narrow(0, 0, lens[i])?.contiguous()?);
+            }
+            cls[i] = Some(c.get(k)?.contiguous()?);
+        }
+        done += batch.len();
+        progress(done, n);
+    }
+    Ok(Cache {
+        hidden: hidden.into_iter().map(|t| t.expect("cached")).collect(),
+        cls: cls.into_iter().map(|t| t.expect("cached")).collect(),
+        lens,
+    })
+}
+
+fn batch_hidden(cache: &Cache, rows: &[usize], dev: &Device) -> Result<(Tensor, Tensor)> {
+    let t = rows.iter().map(|&i| cache.lens[i]).max().unwrap_or(1);
+    let mut hs = Vec::with_capacity(rows.len());
+    let mut mask = Vec::with_capacity(rows.len() * t);
+    for &i in rows {
+        let h = &cache.hidden[i];
+        let len = cache.lens[i];
+        let padded = if len < t {
+            let z = Tensor::zeros((t - len, h.dim(1)?), h.dtype(), dev)?;
+            Tensor::cat(&[h, &z], 0)?
+        } else {
+            h.clone()
+        };
+        hs.push(padded);
+        mask.extend(std::iter::repeat_n(1u32, len));
+        mask.extend(std::iter::repeat_n(0u32, t - len));
+    }
+    Ok((
+        Tensor::stack(&hs, 0)?,
+        Tensor::from_vec(mask, (rows.len(), t), dev)?,
+    ))
+}
+
+/// Task targets of a batch: indices and tensors for each task present.
+struct Targets {
+    pop_idx: Option<(Tensor, Tensor)>,
+    emo_idx: Option<(Tensor, Tensor)>,
+}
+
+fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<Targets> {
+    let (mut pi, mut py, mut ei, mut ey) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (k, &i) in rows.iter().enumerate() {
+        match &labels[i] {
+            Label::Popularity(b) => {
+                pi.push(k as u32);
+                py.push(if *b { 1f32 } else { 0f32 });
+            }
+            Label::Emotions(l) => {
+                ei.push(k as u32);
+                let mut v = [0f32; EMOTIONS];
+                for &c in l {
+                    v[c] = 1.0;
+                }
+                ey.extend_from_slice(&v);
+            }
+        }
+    }
+    let pop_idx = if pi.is_empty() {
+        None
+    } else {
+        let n = pi.len();
+        Some((Tensor::from_vec(pi, n, dev)?, Tensor::from_vec(py, n, dev)?))
+    };
+    let emo_idx = if ei.is_empty() {
+        None
+    } else {
+        let n = ei.len();
+        Some((
+            Tensor::from_vec(ei, n, dev)?,
+            Tensor::from_vec(ey, (n, EMOTIONS), dev)?,
+        ))
+    };
+    Ok(Targets { pop_idx, emo_idx })
+}
+
+fn task_losses(
+    logits: &viralclip_engine::model::Logits,
+    t: &Targets,
+    pw: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    let pop = match &t.pop_idx {
+        Some((i, y)) => Some(bce_with_logits(
+            &logits.popularity.to_dtype(DType::F32)?.index_select(i, 0)?,
+            y,
+            None,
+        )?),
+        None => None,
+    };
+    let emo = match &t.emo_idx {
+        Some((i, y)) => Some(bce_with_logits(
+            &logits.emotions.to_dtype(DType::F32)?.index_select(i, 0)?,
+            y,
+            Some(pw),
+        )?),
+        None => None,
+    };
+    Ok((pop, emo))
+}
+
+/// Probabilities for a set of examples through the cache: popularity per row, emotions per row.
+fn predict(
+    model: &MultiTask,
+    cache: &Cache,
+    from: usize,
+    use_cls: bool,
+    dev: &Device,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let n = cache.lens.len();
+    let limits = BatchLimits {
+        max_batch: 64,
+        max_tokens: 64 * 64,
+    };
+    let mut pop = vec![0f32; n];
+    let mut emo = vec![Vec::new(); n];
+    for rows in plan_batches(&cache.lens, limits) {
+        let cls = if use_cls {
+            Tensor::stack(&rows.iter().map(|&i| cache.cls[i].clone()).collect::<Vec<_>>(), 0)?
+        } else {
+            let (h, m) = batch_hidden(cache, &rows, dev)?;
+            model.bert.cls_from(&h, &m, from, Mode::Inference)?
+        };
+        let l = model.heads(&cls, Mode::Inference)?;
+        let p = candle_nn::ops::sigmoid(&l.popularity.to_dtype(DType::F32)?)?.to_vec1::<f32>()?;
+        let e = candle_nn::ops::sigmoid(&l.emotions.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        for ((&i, p), e) in rows.iter().zip(p).zip(e) {
+            pop[i] = p;
+            emo[i] = e;
+        }
+    }
+    Ok((pop, emo))
+}
+
+fn logit(p: f32) -> f32 {
+    let p = p.clamp(1e-7, 1.0 - 1e-7);
+    (p / (1.0 - p)).ln()
+}
+
+/// Losses and metrics from probabilities; `thresholds` None = tune them here.
+pub fn evaluate(
+    labels: &[Label],
+    pop: &[f32],
+    emo: &[Vec<f32>],
+    pw: &[f32],
+    thresholds: Option<&[f32]>,
+) -> (Evaluation, Vec<f32>) {
+    let (mut pp, mut pl, mut ep, mut el) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, l) in labels.iter().enumerate() {
+        match l {
+            Label::Popularity(b) => {
+                pp.push(pop[i]);
+                pl.push(*b);
+            }
+            Label::Emotions(c) => {
+                ep.push(emo[i].clone());
+                let mut v = vec![false; EMOTIONS];
+                for &k in c {
+                    v[k] = true;
+                }
+                el.push(v);
+            }
+        }
+    }
+    let bce = |p: f32, y: bool, w: f32| -> f64 {
+        let x = logit(p) as f64;
+        let sp = (-x).max(0.0) + (1.0 + (-x.abs()).exp()).ln();
+        let y = y as u8 as f64;
+        (1.0 - y) * x + (1.0 + (w as f64 - 1.0) * y) * sp
+    };
+    let mut ev = Evaluation::default();
+    if !pp.is_empty() {
+        ev.popularity_loss =
+            Some(pp.iter().zip(&pl).map(|(p, y)| bce(*p, *y, 1.0)).sum::<f64>() / pp.len() as f64);
+        ev.popularity = Some(metrics::binary(&pp, &pl, 0.5));
+    }
+    let mut thr = thresholds
+        .map(<[f32]>::to_vec)
+        .unwrap_or_else(|| vec![0.5; EMOTIONS]);
+    if !ep.is_empty() {
+        let mut s = 0.0;
+        for (p, y) in ep.iter().zip(&el) {
+            for c in 0..EMOTIONS {
+                s += bce(p[c], y[c], pw[c]);
+            }
+        }
+        ev.emotion_loss = Some(s / (ep.len() * EMOTIONS) as f64);
+        ev.emotions_at_half = Some(metrics::multilabel(&ep, &el, &[0.5; EMOTIONS]));
+        if thresholds.is_none() {
+            thr = metrics::tune_thresholds(&ep, &el, EMOTIONS);
+        }
+        ev.emotions_tuned = Some(metrics::multilabel(&ep, &el, &thr));
+    }
+    (ev, thr)
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResumeState {
+    next_epoch: usize,
+    step: usize,
+    best_epoch: usize,
+    best_loss: f64,
+    epochs: Vec<EpochReport>,
+}
+
+fn text_prefix(repo: &str) -> String {
+    if repo.contains("e5") {
+        "query: ".into()
+    } else {
+        String::new()
+    }
+}
+
+/// Trains a model as `cfg` says; writes the artifact, `train-report.json` and checkpoints in
+/// `cfg.out`.
+pub fn train(
+    cfg: &TrainConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(Event),
+    cancel: &AtomicBool,
+) -> Result<TrainReport> {
+    let t_all = Instant::now();
+    if cfg.batch_size == 0 || cfg.frozen_epochs + cfg.unfrozen_epochs == 0 {
+        return Err(Error::Config("batch size and epochs must be positive".into()));
+    }
+    if !(0.0..0.9).contains(&cfg.val_fraction) {
+        return Err(Error::Config("--val-fraction must be in [0, 0.9)".into()));
+    }
+    let enc = EncoderFiles::open(&cfg.encoder_dir)?;
+    let layers = enc.config.num_hidden_layers;
+    let unfreeze = if cfg.unfrozen_epochs > 0 {
+        cfg.unfreeze_layers.min(layers)
+    } else {
+        0
+    };
+    let from = layers - unfreeze;
+
+    // Data.
+    let mut all = Vec::new();
+    let mut sources = Vec::new();
+    for s in &cfg.data {
+        let (ex, st) = data::load(s)?;
+        tracing::info!(path = %s.path.display(), rows = ex.len(), skipped = st.skipped, "loaded");
+        all.extend(ex);
+        sources.push(st);
+    }
+    let mut test = Vec::new();
+    let mut test_sources = Vec::new();
+    for s in &cfg.test {
+        let (ex, st) = data::load(s)?;
+        test.extend(ex);
+        test_sources.push(st);
+    }
+    let (mut train_ex, val_ex) = split(all, cfg.val_fraction, cfg.seed);
+    if let Some(m) = cfg.max_train {
+        train_ex.truncate(m);
+    }
+    if train_ex.is_empty() {
+        return Err(Error::Config("no training examples".into()));
+    }
+    on_event(Event::Loaded {
+        train: train_ex.len(),
+        val: val_ex.len(),
+        test: test.len(),
+    });
+    let pw_vec = pos_weights(&train_ex);
+    let pw = Tensor::new(pw_vec.as_slice(), device)?;
+
+    // Tokenise once.
+    let prefix = text_prefix(&cfg.base_repo);
+    let tokenizer = enc.tokenizer(cfg.max_length)?;
+    let pad = tokenizer
+        .get_padding()
+        .map(|p| p.pad_id)
+        .unwrap_or(enc.config.pad_token_id as u32);
+    let tok_train = tokenize(&tokenizer, &prefix, &train_ex)?;
+    let tok_val = tokenize(&tokenizer, &prefix, &val_ex)?;
+
+    // The model: heads and the top `unfreeze` layers are Vars.
+    let vars = Arc::new(Mutex::new(Vec::new()));
+    let trainable_layers: Vec<String> = (from..layers)
+        .map(|i| format!("bert.encoder.layer.{i}."))
+        .collect();
+    let store = TrainableStore {
+        inner: WeightStore::open(None, Some(&enc.dir.join("model.safetensors")), DType::F32)?,
+        init: viralclip_engine::model::init_heads(enc.config.hidden_size, EMOTIONS, cfg.seed)?,
+        trainable: Box::new(move |n: &str| is_head(n) || trainable_layers.iter().any(|p| n.starts_with(p))),
+        vars: vars.clone(),
+    };
+    let vb = candle_nn::VarBuilder::from_backend(Box::new(store), DType::F32, device.clone());
+    let model = MultiTask::load(vb, &enc.config, EMOTIONS)?;
+    let named: Vec<(String, Var)> = std::mem::take(&mut *vars.lock().expect("lock"));
+    let params: Vec<(String, Var, usize)> = named
+        .into_iter()
+        .map(|(n, v)| {
+            let g = if is_head(&n) { 0 } else { 1 };
+            (n, v, g)
+        })
+        .collect();
+    let mut opt = AdamW::new(params, cfg.weight_decay)?;
+
+    // Cache the frozen part.
+    let t_cache = Instant::now();
+    let total = tok_train.ids.len() + tok_val.ids.len();
+    let mut done0 = 0;
+    let cache_train = build_cache(
+        &model,
+        &tok_train,
+        from,
+        pad,
+        device,
+        &mut |d, _| on_event(Event::Caching { done: d, total }),
+        cancel,
+    )?;
+    done0 += tok_train.ids.len();
+    let cache_val = build_cache(
+        &model,
+        &tok_val,
+        from,
+        pad,
+        device,
+        &mut |d, _| {
+            on_event(Event::Caching {
+                done: done0 + d,
+                total,
+            })
+        },
+        cancel,
+    )?;
+    let cache_secs = t_cache.elapsed().as_secs_f64();
+
+    // Schedule.
+    let epochs = cfg.frozen_epochs + cfg.unfrozen_epochs;
+    let steps_per_epoch = tok_train.ids.len().div_ceil(cfg.batch_size);
+    let total_steps = steps_per_epoch * epochs;
+    let head_lr = cfg.head_lr.unwrap_or(cfg.lr);
+    std::fs::create_dir_all(&cfg.out).map_err(|e| Error::io(&cfg.out, e))?;
+    let ckpt_dir = cfg.out.join("checkpoint");
+    let mut state = ResumeState {
+        next_epoch: 0,
+        step: 0,
+        best_epoch: 0,
+        best_loss: f64::INFINITY,
+        epochs: Vec::new(),
+    };
+    if cfg.resume && ckpt_dir.join("state.json").is_file() {
+        let text =
+            std::fs::read_to_string(ckpt_dir.join("state.json")).map_err(|e| Error::io(&ckpt_dir, e))?;
+        state = serde_json::from_str(&text).map_err(|e| Error::data(&ckpt_dir, e.to_string()))?;
+        opt.load(&ckpt_dir.join("optimizer.safetensors"))?;
+        tracing::info!(epoch = state.next_epoch, "resumed");
+    }
+    let mut best_params: Option<HashMap<String, Tensor>> =
+        if state.next_epoch > 0 && cfg.out.join("weights.safetensors").is_file() {
+            Some(candle_core::safetensors::load(
+                cfg.out.join("weights.safetensors"),
+                device,
+            )?)
+        } else {
+            None
+        };
+    let mut best_thresholds: Vec<f32> = state
+        .epochs
+        .iter()
+        .find(|e| e.epoch == state.best_epoch)
+        .map(|e| e.thresholds.clone())
+        .unwrap_or_else(|| vec![0.5; EMOTIONS]);
+    let mut stale = state
+        .epochs
+        .iter()
+        .rev()
+        .take_while(|e| e.epoch != state.best_epoch)
+        .count();
+
+    for epoch in state.next_epoch..epochs {
+        let frozen = epoch < cfg.frozen_epochs;
+        let t_epoch = Instant::now();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ (epoch as u64 + 1).wrapping_mul(0x9E37));
+        // Length-bucketed batches: sort by length with jitter, cut, shuffle the batch order.
+        let mut order: Vec<usize> = (0..tok_train.ids.len()).collect();
+        order.shuffle(&mut rng);
+        order.sort_by_key(|&i| cache_train.lens[i] / 4);
+        let mut batches: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(<[usize]>::to_vec).collect();
+        batches.shuffle(&mut rng);
+        let (mut loss_sum, mut conflicts, mut pc_steps) = (0.0, 0usize, 0usize);
+        for (bi, rows) in batches.iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            let f = cosine_with_warmup(state.step, cfg.warmup_steps, total_steps);
+            let lrs = [
+                head_lr * f,
+                if frozen {
+                    0.0
+                } else {
+                    cfg.lr * cfg.unfrozen_lr_mult * f
+                },
+            ];
+            let cls = if frozen {
+                Tensor::stack(
+                    &rows
+                        .iter()
+                        .map(|&i| cache_train.cls[i].clone())
+                        .collect::<Vec<_>>(),
+                    0,
+                )?
+            } else {
+                let (h, m) = batch_hidden(&cache_train, rows, device)?;
+                model.bert.cls_from(&h, &m, from, Mode::Training)?
+            };
+            let logits = model.heads(&cls, Mode::Training)?;
+            let t = targets(&tok_train.labels, rows, device)?;
+            let (lp, le) = task_losses(&logits, &t, &pw)?;
+            let mut grads: Vec<Option<Tensor>> = vec![None; opt.params.len()];
+            let batch_loss;
+            match (lp, le) {
+                (Some(lp), Some(le)) if cfg.pcgrad && !frozen => {
+                    batch_loss = lp.to_scalar::<f32>()? as f64 + le.to_scalar::<f32>()? as f64;
+                    let (gp, ge) = (lp.backward()?, le.backward()?);
+                    let shared: Vec<usize> = (0..opt.params.len())
+                        .filter(|&k| opt.params[k].group == 1)
+                        .collect();
+                    let get =
+                        |gs: &candle_core::backprop::GradStore, k: usize| -> candle_core::Result<Tensor> {
+                            let v = opt.params[k].var.as_tensor();
+                            gs.get(v).cloned().map_or_else(|| v.zeros_like(), Ok)
+                        };
+                    let g1 = shared
+                        .iter()
+                        .map(|&k| get(&gp, k))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let g2 = shared
+                        .iter()
+                        .map(|&k| get(&ge, k))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let (merged, s) = pcgrad::combine(&g1, &g2)?;
+                    pc_steps += 1;
+                    conflicts += s.conflict as usize;
+                    for (k, g) in shared.iter().zip(merged) {
+                        grads[*k] = Some(g);
+                    }
+                    for (k, p) in opt.params.iter().enumerate() {
+                        if p.name.starts_with("popularity_head.") {
+                            grads[k] = gp.get(p.var.as_tensor()).cloned();
+                        } else if p.name.starts_with("emotion_head.") {
+                            grads[k] = ge.get(p.var.as_tensor()).cloned();
+                        }
+                    }
+                }
+                (lp, le) => {
+                    let total = match (lp, le) {
+                        (Some(a), Some(b)) => (a + b)?,
+                        (Some(a), None) | (None, Some(a)) => a,
+                        (None, None) => continue,
+                    };
+                    batch_loss = total.to_scalar::<f32>()? as f64;
+                    let gs = total.backward()?;
+                    for (k, p) in opt.params.iter().enumerate() {
+                        if frozen && p.group == 1 {
+                            continue;
+                        }
+                        grads[k] = gs.get(p.var.as_tensor()).cloned();
+                    }
+                }
+            }
+            // Clip the global norm.
+            let mut sq = 0.0f64;
+            for g in grads.iter().flatten() {
+                sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            }
+            let norm = sq.sqrt();
+            if norm > cfg.clip_norm {
+                let s = cfg.clip_norm / (norm + 1e-6);
+                for g in grads.iter_mut().flatten() {
+                    *g = (&*g * s)?;
+                }
+            }
+            opt.step(&grads, &lrs)?;
+            state.step += 1;
+            loss_sum += batch_loss;
+            if bi % 20 == 0 || bi + 1 == batches.len() {
+                let done = ((bi + 1) * cfg.batch_size).min(tok_train.ids.len());
+                on_event(Event::Step {
+                    epoch,
+                    step: bi + 1,
+                    steps: batches.len(),
+                    loss: loss_sum / (bi + 1) as f64,
+                    examples_per_s: done as f64 / t_epoch.elapsed().as_secs_f64(),
+                });
+            }
+        }
+        let train_secs = t_epoch.elapsed().as_secs_f64();
+        // Validate.
+        let (vp, ve) = predict(&model, &cache_val, from, frozen, device)?;
+        let (val, thresholds) = evaluate(&tok_val.labels, &vp, &ve, &pw_vec, None);
+        let report = EpochReport {
+            epoch,
+            stage: if frozen {
+                "heads".into()
+            } else {
+                format!("heads + top {unfreeze} layers")
+            },
+            train_loss: loss_sum / batches.len().max(1) as f64,
+            thresholds: thresholds.clone(),
+            conflicts: (pc_steps > 0).then(|| conflicts as f64 / pc_steps as f64),
+            secs: t_epoch.elapsed().as_secs_f64(),
+            examples_per_s: tok_train.ids.len() as f64 / train_secs,
+            val,
+        };
+        on_event(Event::Epoch(Box::new(report.clone())));
+        let improved = report.val.loss() < state.best_loss || val_ex.is_empty();
+        state.epochs.push(report);
+        if improved {
+            state.best_loss = state.epochs.last().expect("pushed").val.loss();
+            state.best_epoch = epoch;
+            best_thresholds = thresholds;
+            let snapshot: HashMap<String, Tensor> = opt
+                .params
+                .iter()
+                .filter(|p| is_head(&p.name) || !frozen || epoch + 1 == epochs)
+                .map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?)))
+                .collect::<candle_core::Result<HashMap<_, _>>>()?;
+            best_params = Some(snapshot);
+            stale = 0;
+        } else {
+            stale += 1;
+        }
+        // Save the model so far and a checkpoint to resume from.
+        let has_layers = best_params
+            .as_ref()
+            .is_some_and(|p| p.keys().any(|k| k.starts_with("bert.")));
+        let manifest = manifest_for(cfg, &enc, unfreeze, has_layers, &best_thresholds, &sources);
+        if let Some(p) = &best_params {
+            artifact::save(&cfg.out, &manifest, p)?;
+        }
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+        state.next_epoch = epoch + 1;
+        opt.save(&ckpt_dir.join("optimizer.safetensors"))?;
+        std::fs::write(
+            ckpt_dir.join("state.json"),
+            serde_json::to_string(&state).expect("serialises"),
+        )
+        .map_err(|e| Error::io(&ckpt_dir, e))?;
+        if stale >= cfg.patience && cfg.patience > 0 {
+            tracing::info!(epoch, "early stop: no better validation loss for {stale} epochs");
+            break;
+        }
+    }
+
+    // The saved model, through the engine, on validation and test data.
+    let loaded = artifact::load(&cfg.out, Some(&enc.dir), device, DType::F32)?;
+    let scorer = viralclip_engine::scorer::BertScorer::new(loaded);
+    let val_scores = scorer.score_ids(&tok_val.ids, &mut |_, _| {})?;
+    let (val_reloaded, _) = evaluate(
+        &tok_val.labels,
+        &val_scores.iter().map(|s| s.popularity).collect::<Vec<_>>(),
+        &val_scores.iter().map(|s| s.emotions.clone()).collect::<Vec<_>>(),
+        &pw_vec,
+        Some(&best_thresholds),
+    );
+    let test_eval = if test.is_empty() {
+        None
+    } else {
+        let tok_test = tokenize(&tokenizer, &prefix, &test)?;
+        let s = scorer.score_ids(&tok_test.ids, &mut |_, _| {})?;
+        let (ev, _) = evaluate(
+            &tok_test.labels,
+            &s.iter().map(|s| s.popularity).collect::<Vec<_>>(),
+            &s.iter().map(|s| s.emotions.clone()).collect::<Vec<_>>(),
+            &pw_vec,
+            Some(&best_thresholds),
+        );
+        Some(ev)
+    };
+    let report = TrainReport {
+        config: cfg.clone(),
+        sources,
+        test_sources,
+        train_examples: tok_train.ids.len(),
+        val_examples: tok_val.ids.len(),
+        pos_weight: pw_vec,
+        epochs: state.epochs.clone(),
+        best_epoch: state.best_epoch,
+        val_reloaded,
+        test: test_eval,
+        cache_secs,
+        wall_secs: t_all.elapsed().as_secs_f64(),
+        labels: viralclip_engine::score::GOEMOTIONS_LABELS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    // Record the final metrics in the manifest too.
+    let mut manifest = Manifest::read(&cfg.out)?;
+    manifest.metrics = serde_json::json!({
+        "best_epoch": report.best_epoch,
+        "validation": report.val_reloaded,
+        "test": report.test,
+    });
+    manifest.write(&cfg.out)?;
+    let path = cfg.out.join("train-report.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).expect("serialises") + "\n",
+    )
+    .map_err(|e| Error::io(&path, e))?;
+    Ok(report)
+}
+
+fn manifest_for(
+    cfg: &TrainConfig,
+    enc: &EncoderFiles,
+    unfreeze: usize,
+    has_layers: bool,
+    thr: &[f32],
+    sources: &[SourceStats],
+) -> Manifest {
+    let mut m = Manifest::new(
+        &format!("viralclip multitask on {}", cfg.base_repo),
+        BaseEncoder {
+            repo: cfg.base_repo.clone(),
+            revision: None,
+            path: std::path::absolute(&enc.dir).ok(),
+        },
+    );
+    m.text_prefix = text_prefix(&cfg.base_repo);
+    m.max_length = cfg.max_length;
+    m.thresholds.emotions = thr.to_vec();
+    let layers = enc.config.num_hidden_layers;
+    m.fine_tuned_layers = if has_layers {
+        (layers - unfreeze..layers).collect()
+    } else {
+        Vec::new()
+    };
+    let names: Vec<String> = sources
+        .iter()
+        .map(|s| {
+            s.path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    m.notes = format!("trained by viralclip-trainer on {}", names.join(", "));
+    m
+}
+
+/// The directory layout a run writes.
+pub fn report_path(out: &Path) -> PathBuf {
+    out.join("train-report.json")
+}

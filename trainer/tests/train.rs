@@ -1,0 +1,227 @@
+//! Training a tiny model on a tiny synthetic task: the loss falls, the metrics rise, and the saved
+//! artifact, loaded by the engine, reproduces the validation metrics the trainer reported.
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use viralclip_engine::model::{BertConfig, MultiTask};
+use viralclip_trainer::{data::Source, train, TrainConfig};
+
+fn minilm_tokenizer() -> Option<PathBuf> {
+    let p = std::env::var_os("VIRALCLIP_ENCODER_ENGLISH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/viralclip-fixtures/encoders/all-MiniLM-L6-v2")
+        });
+    let t = p.join("tokenizer.json");
+    if t.is_file() {
+        return Some(t);
+    }
+    let msg = format!("{} missing: run ../shared/tools/fetch-fixtures.sh", t.display());
+    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {msg}");
+        None
+    } else {
+        panic!("{msg}")
+    }
+}
+
+/// A random 2-layer BERT (hidden 32) with MiniLM's WordPiece tokenizer.
+fn tiny_encoder(dir: &Path, tokenizer: &Path) {
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 64, "type_vocab_size": 2,
+        "hidden_act": "gelu", "layer_norm_eps": 1e-12, "pad_token_id": 0
+    }))
+    .unwrap();
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    MultiTask::load(vb, &config, 28).unwrap();
+    let tensors: HashMap<String, candle_core::Tensor> = varmap
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = v.as_tensor();
+            let t = (t + t.randn_like(0.0, 0.3).unwrap()).unwrap();
+            Some((k.strip_prefix("bert.")?.to_string(), t))
+        })
+        .collect();
+    std::fs::create_dir_all(dir).unwrap();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
+}
+
+/// Popularity: "shocking"/"unbelievable" headlines are 1, dull ones 0. Emotions: joy (17) for
+/// happy words, sadness (25) for sad ones, neutral (27) otherwise.
+fn synthetic_data(dir: &Path) -> (PathBuf, PathBuf) {
+    let things = [
+        "cat", "city", "river", "phone", "garden", "team", "movie", "train", "market", "school",
+    ];
+    let mut pop = String::from("text,label\n");
+    let mut emo = String::new();
+    for (i, t) in things.iter().cycle().take(300).enumerate() {
+        let n = i % 7;
+        if i % 2 == 0 {
+            pop += &format!("\"shocking! you will not believe this {t} number {n}\",1\n");
+        } else {
+            pop += &format!("\"council notes about the {t} budget item {n}\",0\n");
+        }
+        let (text, label) = match i % 3 {
+            0 => (format!("i am so happy and glad about the {t} {n}"), 17),
+            1 => (format!("this is so sad, i miss the {t} {n}"), 25),
+            _ => (format!("the {t} is on the list as item {n}"), 27),
+        };
+        emo += &format!("{text}\t{label}\tid{i}\n");
+    }
+    let (p, e) = (dir.join("pop.csv"), dir.join("emo.tsv"));
+    std::fs::write(&p, pop).unwrap();
+    std::fs::write(&e, emo).unwrap();
+    (p, e)
+}
+
+#[test]
+fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
+    let Some(tok) = minilm_tokenizer() else { return };
+    let d = tempfile::tempdir().unwrap();
+    tiny_encoder(&d.path().join("enc"), &tok);
+    let (p, e) = synthetic_data(d.path());
+    let sources: Vec<Source> = vec![
+        p.display().to_string().parse().unwrap(),
+        e.display().to_string().parse().unwrap(),
+    ];
+    let mut cfg = TrainConfig::new(d.path().join("enc"), d.path().join("model"), sources);
+    cfg.base_repo = "tiny-random-bert".into();
+    cfg.val_fraction = 0.2;
+    cfg.batch_size = 16;
+    cfg.frozen_epochs = 2;
+    cfg.unfrozen_epochs = 4;
+    cfg.unfreeze_layers = 1;
+    cfg.head_lr = Some(3e-3);
+    cfg.lr = 3e-3;
+    cfg.unfrozen_lr_mult = 0.5;
+    cfg.warmup_steps = 5;
+    cfg.patience = 0;
+    let mut events = 0;
+    let r = train::train(&cfg, &Device::Cpu, &mut |_| events += 1, &AtomicBool::new(false)).unwrap();
+    assert!(events > 6);
+    assert_eq!(r.epochs.len(), 6);
+    let first = &r.epochs[0];
+    let last = r.epochs.last().unwrap();
+    for ep in &r.epochs {
+        println!(
+            "epoch {} {}: train {:.4} val {:.4} pop acc {:.3} emo macro {:.3} conflicts {:?}",
+            ep.epoch,
+            ep.stage,
+            ep.train_loss,
+            ep.val.loss(),
+            ep.val.popularity.as_ref().unwrap().accuracy,
+            ep.val.emotions_tuned.as_ref().unwrap().macro_f1,
+            ep.conflicts
+        );
+    }
+    assert!(
+        last.train_loss < first.train_loss * 0.8,
+        "loss {} → {}",
+        first.train_loss,
+        last.train_loss
+    );
+    assert!(last.val.loss() < first.val.loss());
+    let acc = |ep: &viralclip_trainer::train::EpochReport| ep.val.popularity.as_ref().unwrap().accuracy;
+    let macro_f1 =
+        |ep: &viralclip_trainer::train::EpochReport| ep.val.emotions_tuned.as_ref().unwrap().macro_f1;
+    assert!(
+        acc(last) >= 0.9 && acc(last) >= acc(first),
+        "accuracy {} → {}",
+        acc(first),
+        acc(last)
+    );
+    assert!(
+        macro_f1(last) >= 0.9,
+        "macro-F1 {} → {}",
+        macro_f1(first),
+        macro_f1(last)
+    );
+    assert!(last.conflicts.is_some(), "PCGrad ran in the unfrozen stage");
+
+    // The artifact holds the heads and the one trained layer, not the whole encoder.
+    let m = viralclip_engine::model::Manifest::read(&d.path().join("model")).unwrap();
+    assert_eq!(m.fine_tuned_layers, [1]);
+    let w = candle_core::safetensors::load(d.path().join("model/weights.safetensors"), &Device::Cpu).unwrap();
+    assert!(w.keys().any(|k| k.starts_with("bert.encoder.layer.1.")));
+    assert!(!w
+        .keys()
+        .any(|k| k.starts_with("bert.encoder.layer.0.") || k.starts_with("bert.embeddings")));
+
+    // Loaded by the engine, it reproduces the best epoch's validation metrics.
+    let best = &r.epochs[r.best_epoch];
+    let (a, b) = (&best.val, &r.val_reloaded);
+    assert!(
+        (a.popularity_loss.unwrap() - b.popularity_loss.unwrap()).abs() < 1e-4,
+        "{a:?} vs {b:?}"
+    );
+    assert!((a.emotion_loss.unwrap() - b.emotion_loss.unwrap()).abs() < 1e-4);
+    assert_eq!(
+        a.popularity.as_ref().unwrap().accuracy,
+        b.popularity.as_ref().unwrap().accuracy
+    );
+    assert!(
+        (a.emotions_tuned.as_ref().unwrap().macro_f1 - b.emotions_tuned.as_ref().unwrap().macro_f1).abs()
+            < 1e-9
+    );
+    assert!(d.path().join("model/train-report.json").is_file());
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_checkpoint() {
+    let Some(tok) = minilm_tokenizer() else { return };
+    let d = tempfile::tempdir().unwrap();
+    tiny_encoder(&d.path().join("enc"), &tok);
+    let (p, e) = synthetic_data(d.path());
+    let sources: Vec<Source> = vec![
+        p.display().to_string().parse().unwrap(),
+        e.display().to_string().parse().unwrap(),
+    ];
+    let mut cfg = TrainConfig::new(d.path().join("enc"), d.path().join("model"), sources);
+    cfg.base_repo = "tiny-random-bert".into();
+    cfg.frozen_epochs = 1;
+    cfg.unfrozen_epochs = 2;
+    cfg.unfreeze_layers = 1;
+    cfg.warmup_steps = 5;
+    cfg.head_lr = Some(3e-3);
+    cfg.patience = 0;
+    // "Kill" the run after its first epoch by cancelling at the next step.
+    let cancel = AtomicBool::new(false);
+    let err = train::train(
+        &cfg,
+        &Device::Cpu,
+        &mut |ev| {
+            if let viralclip_trainer::Event::Epoch(_) = ev {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed)
+            }
+        },
+        &cancel,
+    )
+    .unwrap_err();
+    assert!(matches!(err, viralclip_trainer::Error::Cancelled));
+    cfg.resume = true;
+    let mut epochs_seen = Vec::new();
+    let r = train::train(
+        &cfg,
+        &Device::Cpu,
+        &mut |ev| {
+            if let viralclip_trainer::Event::Epoch(e) = ev {
+                epochs_seen.push(e.epoch)
+            }
+        },
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    assert_eq!(epochs_seen, [1, 2], "resumed after epoch 0");
+    assert_eq!(r.epochs.len(), 3);
+}
