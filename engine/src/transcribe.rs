@@ -191,7 +191,7 @@ mod whisper_impl {
             }
             whisper_rs::install_logging_hooks();
             let mut params = WhisperContextParameters::default();
-            params.use_gpu(cfg!(feature = "cuda"));
+            params.use_gpu(cfg!(feature = "whisper-cuda"));
             let ctx = WhisperContext::new_with_params(path, params)
                 .map_err(|e| Error::Transcription(format!("{}: not a Whisper model: {e}", path.display())))?;
             let threads = std::thread::available_parallelism()

@@ -6,12 +6,14 @@
 //! - [`train`]: split, tokenise once, cache the frozen layers, train (heads, then top layers with
 //!   PCGrad), validate, checkpoint, save, re-measure through the engine.
 //! - [`pcgrad`], [`optim`] (AdamW, schedule), [`metrics`] (F1, ROC-AUC, thresholds): pure pieces.
+//! - [`plot`]: the learning-curves PNG.
 
 pub mod data;
 pub mod error;
 pub mod metrics;
 pub mod optim;
 pub mod pcgrad;
+pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -929,6 +929,10 @@ pub fn train(
         "test": report.test,
     });
     manifest.write(&cfg.out)?;
+    let png = cfg.out.join("train-curves.png");
+    if let Err(e) = crate::plot::learning_curves(&report, &png) {
+        tracing::warn!("{e}");
+    }
     let path = cfg.out.join("train-report.json");
     std::fs::write(
         &path,

@@ -175,6 +175,10 @@ fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
             < 1e-9
     );
     assert!(d.path().join("model/train-report.json").is_file());
+    let png = std::fs::read(d.path().join("model/train-curves.png"))
+        .expect("learning curves drawn (fonts-dejavu-core)");
+    assert_eq!(&png[1..4], b"PNG");
+    assert!(png.len() > 10_000);
 }
 
 #[test]
