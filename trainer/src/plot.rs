@@ -33,6 +33,9 @@ fn register_font() -> std::result::Result<(), String> {
     .clone()
 }
 
+/// A named, coloured series of (epoch, value) points.
+type Series<'a> = (&'a str, RGBColor, Vec<(f64, f64)>);
+
 fn err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::data(path, format!("cannot draw the learning curves: {e}"))
 }
@@ -44,7 +47,7 @@ pub fn learning_curves(report: &TrainReport, path: &Path) -> Result<()> {
     root.fill(&WHITE).map_err(|e| err(path, e))?;
     let (left, right) = root.split_horizontally(620);
     let n = report.epochs.len().max(1);
-    let mut lines: Vec<(&str, RGBColor, Vec<(f64, f64)>)> = vec![
+    let mut lines: Vec<Series> = vec![
         (
             "train loss",
             BLUE,
