@@ -11,7 +11,7 @@ cargo build --release -q -p viralclip
 bin=target/release/viralclip
 model=assets/model
 if [[ ! -f $model/model.json ]]; then
-  # No trained default model yet: untrained heads over the e5 encoder (scores mean nothing).
+  # No default model: untrained heads over the e5 encoder (scores mean nothing).
   model=out/untrained-model
   $bin model init --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" --out "$model" >/dev/null
   echo "note: no trained model in assets/model; using untrained heads ($model)" >&2

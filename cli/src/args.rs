@@ -121,6 +121,8 @@ pub enum ModelCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Draw the learning curves of a training report (train-report.json) as a PNG.
+    Curves { report: PathBuf, out: PathBuf },
     /// Import the original ViralBERT v2 PyTorch checkpoint (multitask_best.pth).
     ImportPth {
         pth: PathBuf,

@@ -265,6 +265,13 @@ fn model_cmd(a: ModelArgs) -> Result<()> {
             let m = model::artifact::init(&encoder, &repo, &out, seed)?;
             println!("{}: {} ({} labels)", out.display(), m.name, m.labels.len());
         }
+        ModelCommand::Curves { report, out } => {
+            let text = std::fs::read_to_string(&report).with_context(|| format!("{}", report.display()))?;
+            let r: viralclip_trainer::TrainReport = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a training report", report.display()))?;
+            viralclip_trainer::plot::learning_curves(&r, &out)?;
+            println!("{}", out.display());
+        }
         ModelCommand::ImportPth {
             pth,
             base_repo,

@@ -140,22 +140,25 @@ pub fn learning_curves(report: &TrainReport, path: &Path) -> Result<()> {
         .margin(15)
         .x_label_area_size(110)
         .y_label_area_size(45)
-        .build_cartesian_2d(0f64..k as f64, 0f64..1f64)
+        .build_cartesian_2d((0..k as i32).into_segmented(), 0f64..1f64)
         .map_err(|e| err(path, e))?;
     let labels = report.labels.clone();
     bars.configure_mesh()
         .disable_x_mesh()
         .x_labels(k)
-        .x_label_formatter(&|x| labels.get(x.floor() as usize).cloned().unwrap_or_default())
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
         .x_label_style(("sans-serif", 13).into_font().transform(FontTransform::Rotate90))
         .draw()
         .map_err(|e| err(path, e))?;
-    bars.draw_series(f1.iter().enumerate().map(|(i, v)| {
-        Rectangle::new(
-            [(i as f64 + 0.1, 0.0), (i as f64 + 0.9, *v)],
-            GREEN.mix(0.7).filled(),
-        )
-    }))
+    bars.draw_series(
+        Histogram::vertical(&bars)
+            .style(GREEN.mix(0.7).filled())
+            .margin(3)
+            .data(f1.iter().enumerate().map(|(i, v)| (i as i32, *v))),
+    )
     .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))?;
     Ok(())
