@@ -104,3 +104,63 @@ fn missing_model_pieces_are_named() {
         .to_string();
     assert!(err.contains("missing config.json"), "{err}");
 }
+
+/// all-MiniLM-L6-v2 (WordPiece, 6 layers) loads and scores; so does a checkpoint whose encoder
+/// tensors carry a `bert.` prefix and extra pre-training heads, as ai-forever/ruBert-base's do.
+#[test]
+fn loads_minilm_and_bert_prefixed_checkpoints() {
+    let Some(mini) = common::minilm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    artifact::init(
+        &mini,
+        "sentence-transformers/all-MiniLM-L6-v2",
+        &dir.path().join("m"),
+        3,
+    )
+    .unwrap();
+    let loaded = artifact::load(&dir.path().join("m"), None, &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(loaded.encoder.config.num_hidden_layers, 6);
+    let mut s = BertScorer::new(loaded);
+    let out = s
+        .score(
+            &[
+                "What a wonderful surprise!".to_string(),
+                "The meeting is at noon.".to_string(),
+            ],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    assert_ne!(out[0].popularity, out[1].popularity);
+
+    // Re-save MiniLM's tensors as `bert.*` plus a `cls.*` head, like a BertForPreTraining file.
+    let st = candle_core::safetensors::load(mini.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut renamed: std::collections::HashMap<String, candle_core::Tensor> =
+        st.into_iter().map(|(k, v)| (format!("bert.{k}"), v)).collect();
+    renamed.insert(
+        "cls.predictions.bias".into(),
+        candle_core::Tensor::zeros(30522, DType::F32, &Device::Cpu).unwrap(),
+    );
+    let enc = dir.path().join("prefixed");
+    std::fs::create_dir_all(&enc).unwrap();
+    candle_core::safetensors::save(&renamed, enc.join("model.safetensors")).unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(mini.join(f), enc.join(f)).unwrap();
+    }
+    let loaded = artifact::load(&dir.path().join("m"), Some(&enc), &Device::Cpu, DType::F32).unwrap();
+    let mut s2 = BertScorer::new(loaded);
+    let out2 = s2
+        .score(
+            &[
+                "What a wonderful surprise!".to_string(),
+                "The meeting is at noon.".to_string(),
+            ],
+            &mut |_, _| {},
+        )
+        .unwrap();
+    for (a, b) in out.iter().zip(&out2) {
+        assert!(
+            (a.popularity - b.popularity).abs() < 1e-6,
+            "same weights, same scores"
+        );
+    }
+}
