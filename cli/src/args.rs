@@ -42,7 +42,7 @@ pub struct ModelOpts {
     /// cpu, cuda or auto.
     #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
-    /// f32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
+    /// f32, tf32, bf16, f16 or auto (bf16 on CUDA, f32 on CPU).
     #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
     pub precision: Precision,
 }

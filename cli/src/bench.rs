@@ -121,6 +121,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     for (name, path) in &models {
         for prec in &a.precision {
             let dtype = prec.dtype(&dev);
+            prec.configure(&dev);
             let (model, config) = match path {
                 Some(p) => encoder_model(p, &dev, dtype)?,
                 None => {
@@ -135,7 +136,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     serde_json::json!({
                         "case": "score", "engine": "viralclip", "model": name,
                         "device": device::name(&dev), "threads": threads,
-                        "dtype": format!("{dtype:?}").to_lowercase(), "batch": b, "tokens": t,
+                        "dtype": format!("{prec:?}").to_lowercase(), "batch": b, "tokens": t,
                         "texts_per_s": (b as f64 / secs * 10.0).round() / 10.0,
                         "ms_per_batch": (secs * 1e5).round() / 100.0, "runs": runs,
                     })

@@ -90,6 +90,7 @@ fn load_scorer(opts: &ModelOpts) -> Result<(BertScorer, f64)> {
         eprintln!("viralclip: {n}");
     }
     let dtype = opts.precision.dtype(&dev);
+    opts.precision.configure(&dev);
     let t = Instant::now();
     let loaded = model::artifact::load(&dir, opts.encoder.as_deref(), &dev, dtype)?;
     Ok((BertScorer::new(loaded), t.elapsed().as_secs_f64()))

@@ -33,6 +33,8 @@ pub enum Precision {
     /// bf16 weights and activations (the default on CUDA).
     Bf16,
     F16,
+    /// fp32 storage with TF32 matrix products on CUDA (opt-in in candle; same as F32 on a CPU).
+    Tf32,
     /// Pick for the device: bf16 on CUDA, fp32 on CPU.
     #[default]
     Auto,
@@ -45,8 +47,9 @@ impl std::str::FromStr for Precision {
             "f32" | "fp32" => Ok(Precision::F32),
             "bf16" => Ok(Precision::Bf16),
             "f16" | "fp16" => Ok(Precision::F16),
+            "tf32" => Ok(Precision::Tf32),
             "auto" => Ok(Precision::Auto),
-            _ => Err(format!("unknown precision {s:?} (f32, bf16, f16 or auto)")),
+            _ => Err(format!("unknown precision {s:?} (f32, tf32, bf16, f16 or auto)")),
         }
     }
 }
@@ -54,11 +57,20 @@ impl std::str::FromStr for Precision {
 impl Precision {
     pub fn dtype(self, device: &Device) -> DType {
         match self {
-            Precision::F32 => DType::F32,
+            Precision::F32 | Precision::Tf32 => DType::F32,
             Precision::Bf16 => DType::BF16,
             Precision::F16 => DType::F16,
             Precision::Auto if device.is_cuda() => DType::BF16,
             Precision::Auto => DType::F32,
+        }
+    }
+}
+
+impl Precision {
+    /// Applies process-wide settings the precision needs (TF32 matrix products on CUDA).
+    pub fn configure(self, device: &Device) {
+        if device.is_cuda() {
+            candle_core::cuda::set_gemm_reduced_precision_f32(self == Precision::Tf32);
         }
     }
 }
