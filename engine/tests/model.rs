@@ -144,8 +144,22 @@ fn fused_and_differentiable_paths_agree() {
     let (ids, mask) = padded_inputs();
     let a = model.forward(&ids, &mask, Mode::Inference).unwrap();
     let b = model.forward(&ids, &mask, Mode::Autograd).unwrap();
-    assert!(max_abs_diff(&a.popularity, &b.popularity) < 1e-5);
-    assert!(max_abs_diff(&a.emotions, &b.emotions) < 1e-5);
+    // Same maths, different summation order: equal up to f32 rounding, relative to the scale.
+    for (x, y) in [(&a.popularity, &b.popularity), (&a.emotions, &b.emotions)] {
+        let scale = x
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        let d = max_abs_diff(x, y);
+        println!("max |Δ| {d:.2e} at scale {scale:.2}");
+        assert!(d < 1e-5 * scale, "{d} at scale {scale}");
+    }
 }
 
 /// Our encoder equals candle-transformers' BertModel on the same weights (unpadded rows).
