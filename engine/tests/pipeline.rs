@@ -425,3 +425,66 @@ fn default_model_picks_the_sensational_line() {
         plain.virality
     );
 }
+
+/// VP9/Opus in WebM, H.265 in Matroska and H.264 in MOV cut in both modes; fast mode falls back
+/// to re-encoding when the streams cannot be copied into MP4.
+#[test]
+fn other_containers_and_codecs_cut() {
+    common::require_tool("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::repo().join("assets/demo/demo.mp4");
+    let s = src.to_str().unwrap();
+    let inputs = [
+        (
+            "v.webm",
+            vec![
+                "-c:v",
+                "libvpx-vp9",
+                "-deadline",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-b:v",
+                "300k",
+                "-c:a",
+                "libopus",
+            ],
+        ),
+        (
+            "v.mkv",
+            vec![
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-x265-params",
+                "log-level=error",
+                "-c:a",
+                "aac",
+            ],
+        ),
+        ("v.mov", vec!["-c", "copy"]),
+    ];
+    for (name, codec_args) in inputs {
+        let input = dir.path().join(name);
+        let mut args = vec!["-i", s, "-t", "12"];
+        args.extend(codec_args);
+        args.push(input.to_str().unwrap());
+        ffmpeg(&args);
+        let info = media::probe(&input, &Limits::default()).unwrap();
+        assert!(info.video.is_some() && info.audio.is_some(), "{name}: {info:?}");
+        for mode in [CutMode::Precise, CutMode::Fast] {
+            let out = dir.path().join(format!("{name}-{mode:?}.mp4"));
+            let clip =
+                media::cut(&input, 3.0, 9.0, mode, &out).unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+            assert!(clip.source_start <= 3.0 + 1e-6, "{name} {mode:?}: {clip:?}");
+            assert!(
+                (clip.duration - (9.0 - clip.source_start)).abs() < 0.15,
+                "{name} {mode:?}: {clip:?}"
+            );
+            assert_eq!((clip.width, clip.height), (1280, 720));
+            let probed = media::probe(&out, &Limits::default()).unwrap();
+            assert!(probed.audio.is_some(), "{name} {mode:?}: clip has no audio");
+        }
+    }
+}
