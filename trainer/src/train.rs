@@ -209,7 +209,8 @@ pub fn split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Example>, Vec
     for (_, mut rows) in strata {
         rows.shuffle(&mut rng);
         let k = ((rows.len() as f64) * frac).round() as usize;
-        let k = if rows.len() >= 2 {
+        // Every stratum of two rows or more gives validation at least one, unless none is asked.
+        let k = if frac > 0.0 && rows.len() >= 2 {
             k.max(1).min(rows.len() - 1)
         } else {
             0
@@ -984,4 +985,48 @@ fn manifest_for(
 /// The directory layout a run writes.
 pub fn report_path(out: &Path) -> PathBuf {
     out.join("train-report.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(label: Label) -> Example {
+        Example {
+            text: format!("{label:?}"),
+            label,
+        }
+    }
+
+    #[test]
+    fn split_is_stratified_and_seeded() {
+        let mut all = Vec::new();
+        for i in 0..100 {
+            all.push(ex(Label::Popularity(i % 4 == 0)));
+            all.push(ex(Label::Emotions(vec![i % 3, 27])));
+        }
+        let (train, val) = split(all.clone(), 0.2, 1);
+        assert_eq!(train.len() + val.len(), 200);
+        let pos = |v: &[Example]| v.iter().filter(|e| e.label == Label::Popularity(true)).count();
+        assert_eq!(pos(&val), 5, "20% of the 25 positives");
+        assert_eq!(split(all.clone(), 0.2, 1).1, val, "same seed, same split");
+        assert!(split(all, 0.0, 1).1.is_empty());
+    }
+
+    #[test]
+    fn weighted_bce_matches_the_formula() {
+        let x = Tensor::new(&[[2.0f32, -1.0]], &Device::Cpu).unwrap();
+        let y = Tensor::new(&[[1.0f32, 0.0]], &Device::Cpu).unwrap();
+        let pw = Tensor::new(&[3.0f32, 0.5], &Device::Cpu).unwrap();
+        let got = bce_with_logits(&x, &y, Some(&pw))
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let sig = |z: f32| 1.0 / (1.0 + (-z).exp());
+        let want = (-(3.0 * sig(2.0).ln()) - (1.0 - sig(-1.0)).ln()) / 2.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        let w = pos_weights(&[ex(Label::Emotions(vec![0])), ex(Label::Emotions(vec![0, 1]))]);
+        assert_eq!(w[0], 0.1, "2 / (28 * 2) is clipped up to 0.1");
+        assert_eq!(w[5], 10.0, "absent classes get the cap");
+    }
 }
