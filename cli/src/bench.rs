@@ -7,7 +7,7 @@ use candle_nn::{VarBuilder, VarMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use viralclip_engine::device::{self, DeviceChoice, Precision};
-use viralclip_engine::model::{artifact, BertConfig, Mode, MultiTask, WeightStore};
+use viralclip_engine::model::{artifact, BertConfig, Mode, MultiTask};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -52,16 +52,11 @@ fn random_model(config: &BertConfig, dev: &Device, dtype: DType) -> Result<Multi
 }
 
 fn encoder_model(dir: &std::path::Path, dev: &Device, dtype: DType) -> Result<(MultiTask, BertConfig)> {
-    let enc = artifact::EncoderFiles::open(dir)?;
-    let heads = viralclip_engine::model::init_heads(enc.config.hidden_size, 28, 0)?;
+    // Untrained heads over the encoder: speed does not depend on the head weights.
     let tmp = tempfile::tempdir()?;
-    let file = tmp.path().join("heads.safetensors");
-    candle_core::safetensors::save(&heads, &file)?;
-    let store = WeightStore::open(Some(&file), Some(&dir.join("model.safetensors")), dtype)?;
-    Ok((
-        MultiTask::load(store.var_builder(dev), &enc.config, 28)?,
-        enc.config,
-    ))
+    artifact::init(dir, "bench", tmp.path(), 0)?;
+    let loaded = artifact::load(tmp.path(), Some(dir), dev, dtype)?;
+    Ok((loaded.model, loaded.encoder.config))
 }
 
 fn time_case(

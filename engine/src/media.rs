@@ -285,7 +285,6 @@ fn audio_graph(
     spec: &str,
     frame_size: Option<u32>,
 ) -> Result<filter::Graph> {
-    let mut g = filter::Graph::new();
     let layout = if dec.channel_layout().is_empty() {
         ff::ChannelLayout::default(dec.channels() as i32)
     } else {
@@ -299,16 +298,7 @@ fn audio_graph(
         dec.format().name(),
         layout.bits()
     );
-    let err = media_err("audio filter");
-    g.add(&filter::find("abuffer").expect("abuffer"), "in", &args)
-        .map_err(&err)?;
-    g.add(&filter::find("abuffersink").expect("abuffersink"), "out", "")
-        .map_err(&err)?;
-    g.output("in", 0)
-        .and_then(|p| p.input("out", 0))
-        .and_then(|p| p.parse(spec))
-        .map_err(&err)?;
-    g.validate().map_err(&err)?;
+    let mut g = graph(("abuffer", "abuffersink"), &args, spec, "audio filter")?;
     if let Some(n) = frame_size {
         g.get("out").expect("out").sink().set_frame_size(n);
     }
@@ -316,7 +306,6 @@ fn audio_graph(
 }
 
 fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<filter::Graph> {
-    let mut g = filter::Graph::new();
     let sar = dec.aspect_ratio();
     let sar = if sar.numerator() <= 0 || sar.denominator() <= 0 {
         Rational(1, 1)
@@ -333,10 +322,16 @@ fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<
         sar.numerator(),
         sar.denominator()
     );
-    let err = media_err("video filter");
-    g.add(&filter::find("buffer").expect("buffer"), "in", &args)
+    graph(("buffer", "buffersink"), &args, spec, "video filter")
+}
+
+/// A filter graph `in` (source with `args`) → `spec` → `out` (sink).
+fn graph((source, sink): (&str, &str), args: &str, spec: &str, what: &str) -> Result<filter::Graph> {
+    let err = media_err(what);
+    let mut g = filter::Graph::new();
+    g.add(&filter::find(source).expect("built-in filter"), "in", args)
         .map_err(&err)?;
-    g.add(&filter::find("buffersink").expect("buffersink"), "out", "")
+    g.add(&filter::find(sink).expect("built-in filter"), "out", "")
         .map_err(&err)?;
     g.output("in", 0)
         .and_then(|p| p.input("out", 0))

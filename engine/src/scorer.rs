@@ -70,6 +70,36 @@ pub fn plan_batches(lens: &[usize], limits: BatchLimits) -> Vec<Vec<usize>> {
     batches
 }
 
+/// Tokenises `prefix + text` for each text (truncation as the tokenizer is set up).
+pub fn tokenize(tokenizer: &tokenizers::Tokenizer, prefix: &str, texts: &[String]) -> Result<Vec<Ids>> {
+    let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+    let enc = tokenizer
+        .encode_batch(inputs, true)
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
+    Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+}
+
+/// Pads token rows to the longest one with `pad`: ids (b, t) and a 0/1 mask (b, t).
+pub fn pad_batch(
+    rows: &[&Ids],
+    pad: u32,
+    dev: &candle_core::Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let t = rows.iter().map(|x| x.len()).max().unwrap_or(1).max(1);
+    let mut ids = Vec::with_capacity(rows.len() * t);
+    let mut mask = Vec::with_capacity(rows.len() * t);
+    for x in rows {
+        ids.extend_from_slice(x);
+        ids.extend(std::iter::repeat_n(pad, t - x.len()));
+        mask.extend(std::iter::repeat_n(1u32, x.len()));
+        mask.extend(std::iter::repeat_n(0u32, t - x.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (rows.len(), t), dev)?,
+        Tensor::from_vec(mask, (rows.len(), t), dev)?,
+    ))
+}
+
 /// The candle multitask BERT behind [`TextScorer`].
 pub struct BertScorer {
     pub loaded: LoadedModel,
@@ -98,32 +128,12 @@ impl BertScorer {
 
     /// Tokenises texts (with the manifest's prefix), truncated to the manifest's max length.
     pub fn tokenize(&self, texts: &[String]) -> Result<Vec<Ids>> {
-        let prefix = &self.loaded.manifest.text_prefix;
-        let inputs: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
-        let enc = self
-            .loaded
-            .tokenizer
-            .encode_batch(inputs, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        Ok(enc.into_iter().map(|e| e.get_ids().to_vec()).collect())
+        tokenize(&self.loaded.tokenizer, &self.loaded.manifest.text_prefix, texts)
     }
 
     /// Pads `batch` to its longest member: ids (b, t) and a 0/1 mask (b, t).
     pub fn pad(&self, batch: &[&Ids]) -> Result<(Tensor, Tensor)> {
-        let t = batch.iter().map(|x| x.len()).max().unwrap_or(1).max(1);
-        let mut ids = Vec::with_capacity(batch.len() * t);
-        let mut mask = Vec::with_capacity(batch.len() * t);
-        for x in batch {
-            ids.extend_from_slice(x);
-            ids.extend(std::iter::repeat_n(self.pad_id, t - x.len()));
-            mask.extend(std::iter::repeat_n(1u32, x.len()));
-            mask.extend(std::iter::repeat_n(0u32, t - x.len()));
-        }
-        let dev = &self.loaded.device;
-        Ok((
-            Tensor::from_vec(ids, (batch.len(), t), dev)?,
-            Tensor::from_vec(mask, (batch.len(), t), dev)?,
-        ))
+        Ok(pad_batch(batch, self.pad_id, &self.loaded.device)?)
     }
 
     /// Runs one padded batch; returns (popularity probs, emotion probs) on the CPU.

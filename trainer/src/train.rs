@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use viralclip_engine::model::{artifact, BaseEncoder, EncoderFiles, Manifest, Mode, MultiTask, WeightStore};
-use viralclip_engine::scorer::{plan_batches, BatchLimits};
+use viralclip_engine::scorer::{pad_batch, plan_batches, BatchLimits};
 
 /// Everything a run needs; defaults are the seed's recipe.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -264,30 +264,11 @@ struct Tokenized {
 }
 
 fn tokenize(tok: &tokenizers::Tokenizer, prefix: &str, ex: &[Example]) -> Result<Tokenized> {
-    let texts: Vec<String> = ex.iter().map(|e| format!("{prefix}{}", e.text)).collect();
-    let enc = tok
-        .encode_batch(texts, true)
-        .map_err(|e| Error::Engine(viralclip_engine::Error::Tokenizer(e.to_string())))?;
+    let texts: Vec<String> = ex.iter().map(|e| e.text.clone()).collect();
     Ok(Tokenized {
-        ids: enc.into_iter().map(|e| e.get_ids().to_vec()).collect(),
+        ids: viralclip_engine::scorer::tokenize(tok, prefix, &texts)?,
         labels: ex.iter().map(|e| e.label.clone()).collect(),
     })
-}
-
-fn pad_ids(rows: &[&Vec<u32>], pad: u32, dev: &Device) -> Result<(Tensor, Tensor)> {
-    let t = rows.iter().map(|r| r.len()).max().unwrap_or(1).max(1);
-    let mut ids = Vec::with_capacity(rows.len() * t);
-    let mut mask = Vec::with_capacity(rows.len() * t);
-    for r in rows {
-        ids.extend_from_slice(r);
-        ids.extend(std::iter::repeat_n(pad, t - r.len()));
-        mask.extend(std::iter::repeat_n(1u32, r.len()));
-        mask.extend(std::iter::repeat_n(0u32, t - r.len()));
-    }
-    Ok((
-        Tensor::from_vec(ids, (rows.len(), t), dev)?,
-        Tensor::from_vec(mask, (rows.len(), t), dev)?,
-    ))
 }
 
 /// Per-example tensors computed once by the frozen part of the encoder.
@@ -323,7 +304,7 @@ fn build_cache(
             return Err(Error::Cancelled);
         }
         let rows: Vec<&Vec<u32>> = batch.iter().map(|&i| &tok.ids[i]).collect();
-        let (ids, mask) = pad_ids(&rows, pad, dev)?;
+        let (ids, mask) = pad_batch(&rows, pad, dev)?;
         let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
         let c = model.bert.cls_from(&h, &mask, from, Mode::Inference)?;
         for (k, &i) in batch.iter().enumerate() {
@@ -535,14 +516,6 @@ struct ResumeState {
     epochs: Vec<EpochReport>,
 }
 
-fn text_prefix(repo: &str) -> String {
-    if repo.contains("e5") {
-        "query: ".into()
-    } else {
-        String::new()
-    }
-}
-
 /// Trains a model as `cfg` says; writes the artifact, `train-report.json` and checkpoints in
 /// `cfg.out`.
 pub fn train(
@@ -599,7 +572,7 @@ pub fn train(
     let pw = Tensor::new(pw_vec.as_slice(), device)?;
 
     // Tokenise once.
-    let prefix = text_prefix(&cfg.base_repo);
+    let prefix = Manifest::text_prefix_for(&cfg.base_repo);
     let tokenizer = enc.tokenizer(cfg.max_length)?;
     let pad = tokenizer
         .get_padding()
@@ -959,7 +932,7 @@ fn manifest_for(
             path: std::path::absolute(&enc.dir).ok(),
         },
     );
-    m.text_prefix = text_prefix(&cfg.base_repo);
+    m.text_prefix = Manifest::text_prefix_for(&cfg.base_repo);
     m.max_length = cfg.max_length;
     m.thresholds.emotions = thr.to_vec();
     let layers = enc.config.num_hidden_layers;

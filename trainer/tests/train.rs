@@ -97,9 +97,9 @@ fn synthetic_data(dir: &Path) -> (PathBuf, PathBuf) {
     (p, e)
 }
 
-#[test]
-fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
-    let Some(tok) = minilm_tokenizer() else { return };
+/// A tiny encoder, the synthetic data, and a config over them in a fresh directory.
+fn tiny_setup() -> Option<(tempfile::TempDir, TrainConfig)> {
+    let tok = minilm_tokenizer()?;
     let d = tempfile::tempdir().unwrap();
     tiny_encoder(&d.path().join("enc"), &tok);
     let (p, e) = synthetic_data(d.path());
@@ -109,6 +109,12 @@ fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
     ];
     let mut cfg = TrainConfig::new(d.path().join("enc"), d.path().join("model"), sources);
     cfg.base_repo = "tiny-random-bert".into();
+    Some((d, cfg))
+}
+
+#[test]
+fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
+    let Some((d, mut cfg)) = tiny_setup() else { return };
     cfg.val_fraction = 0.2;
     cfg.batch_size = 16;
     cfg.frozen_epochs = 2;
@@ -195,16 +201,9 @@ fn tiny_model_learns_and_the_engine_reproduces_its_metrics() {
 
 #[test]
 fn a_killed_run_resumes_from_its_checkpoint() {
-    let Some(tok) = minilm_tokenizer() else { return };
-    let d = tempfile::tempdir().unwrap();
-    tiny_encoder(&d.path().join("enc"), &tok);
-    let (p, e) = synthetic_data(d.path());
-    let sources: Vec<Source> = vec![
-        p.display().to_string().parse().unwrap(),
-        e.display().to_string().parse().unwrap(),
-    ];
-    let mut cfg = TrainConfig::new(d.path().join("enc"), d.path().join("model"), sources);
-    cfg.base_repo = "tiny-random-bert".into();
+    let Some((_dir, mut cfg)) = tiny_setup() else {
+        return;
+    };
     cfg.frozen_epochs = 1;
     cfg.unfrozen_epochs = 2;
     cfg.unfreeze_layers = 1;

@@ -125,6 +125,15 @@ impl Manifest {
         std::fs::write(&path, text + "\n").map_err(|e| Error::io(path, e))
     }
 
+    /// The text prefix an encoder was trained with: e5 models expect `query: `.
+    pub fn text_prefix_for(repo: &str) -> String {
+        if repo.contains("e5") {
+            "query: ".into()
+        } else {
+            String::new()
+        }
+    }
+
     /// Index of the `neutral` label, which never boosts virality.
     pub fn neutral(&self) -> Option<usize> {
         self.labels.iter().position(|l| l == "neutral")
@@ -269,11 +278,6 @@ impl WeightStore {
         let b = self.base.as_ref()?;
         let base_name = format!("{}{rest}", self.base_prefix);
         b.get(&base_name).is_ok().then_some((b, base_name))
-    }
-
-    /// Whether `name` comes from the overlay (rather than the base encoder).
-    pub fn in_overlay(&self, name: &str) -> bool {
-        self.overlay.as_ref().is_some_and(|o| o.get(name).is_ok())
     }
 
     /// A var builder over this store on `device`.
@@ -438,9 +442,7 @@ pub fn init(encoder_dir: &Path, repo: &str, out: &Path, seed: u64) -> Result<Man
             path: Some(std::path::absolute(encoder_dir).map_err(|e| Error::io(encoder_dir, e))?),
         },
     );
-    if repo.contains("e5") {
-        manifest.text_prefix = "query: ".into();
-    }
+    manifest.text_prefix = Manifest::text_prefix_for(repo);
     manifest.notes = "untrained: heads are randomly initialised; scores are not meaningful".into();
     let tensors = super::heads::init_heads(enc.config.hidden_size, manifest.labels.len(), seed)?;
     save(out, &manifest, &tensors)?;
