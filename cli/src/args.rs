@@ -121,6 +121,19 @@ pub enum ModelCommand {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Measure a model on labelled data (same sources as `train --data`), with its own thresholds.
+    Eval {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, env = "VIRALCLIP_ENCODER")]
+        encoder: Option<PathBuf>,
+        #[arg(long, required = true)]
+        test: Vec<viralclip_trainer::data::Source>,
+        /// Tune the per-class emotion thresholds on this data and store them in the model's
+        /// manifest (use rows held out of training, and measure on other rows afterwards).
+        #[arg(long)]
+        tune_thresholds: bool,
+    },
     /// Draw the learning curves of a training report (train-report.json) as a PNG.
     Curves { report: PathBuf, out: PathBuf },
     /// Import the original ViralBERT v2 PyTorch checkpoint (multitask_best.pth).

@@ -36,6 +36,16 @@ pub struct BenchArgs {
     pub whisper: Option<PathBuf>,
     #[arg(long)]
     pub lang: Option<String>,
+    /// Also time training steps of the seed's stages (heads only; top 2 layers with PCGrad) at
+    /// batch 16 × 128 tokens, fp32 master weights (TF32 products on CUDA).
+    #[arg(long)]
+    pub train_steps: bool,
+    /// Also break one encoder layer down by operation at this BATCHxTOKENS shape (per precision).
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Skip the scoring-throughput cases.
+    #[arg(long)]
+    pub no_score: bool,
 }
 
 fn parse_shape(s: &str) -> Result<(usize, usize)> {
@@ -48,7 +58,9 @@ fn parse_shape(s: &str) -> Result<(usize, usize)> {
 fn random_model(config: &BertConfig, dev: &Device, dtype: DType) -> Result<MultiTask> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, dtype, dev);
-    Ok(MultiTask::load(vb, config, 28)?)
+    let mut m = MultiTask::load(vb, config, 28)?;
+    m.prepare_inference()?;
+    Ok(m)
 }
 
 fn encoder_model(dir: &std::path::Path, dev: &Device, dtype: DType) -> Result<(MultiTask, BertConfig)> {
@@ -124,6 +136,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     (random_model(&c, &dev, dtype)?, c)
                 }
             };
+            if let Some(shape) = &a.profile {
+                let (b, t) = parse_shape(shape)?;
+                profile_layer(name, &config, &dev, dtype, b, t)?;
+            }
+            if a.no_score {
+                continue;
+            }
             for &(b, t) in &shapes {
                 let (secs, runs) = time_case(&model, config.vocab_size, b, t, &dev, a.secs)?;
                 println!(
@@ -139,6 +158,50 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    if a.train_steps {
+        for (name, path) in &models {
+            let config = match path {
+                Some(p) => viralclip_engine::model::EncoderFiles::open(p)?.config,
+                None => BertConfig::rubert_base(),
+            };
+            let t = Instant::now();
+            let steps = viralclip_trainer::bench::step_times(&config, &dev, 16, 128, 2, a.secs)?;
+            let ms = |stage: &str| {
+                steps
+                    .iter()
+                    .find(|s| s.stage == stage)
+                    .map_or(0.0, |s| s.ms_per_step)
+            };
+            // The seed's schedule: 2 epochs heads-only + 3 epochs top-2 with PCGrad, 3,067 steps each.
+            let per_epoch = 3067.0;
+            let ours = ms("cache") * per_epoch / 1e3
+                + (2.0 * ms("heads") + 3.0 * ms("top2+pcgrad")) * per_epoch / 1e3;
+            let seed_like = (2.0 * (ms("heads") + ms("cache")) + 3.0 * ms("top2+pcgrad+frozen-forward"))
+                * per_epoch
+                / 1e3;
+            for s in &steps {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
+                        "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": 128,
+                        "stage": s.stage, "ms_per_step": (s.ms_per_step * 100.0).round() / 100.0, "runs": s.steps,
+                    })
+                );
+            }
+            println!(
+                "{}",
+                serde_json::json!({
+                    "case": "train_schedule", "engine": "viralclip", "model": name, "device": device::name(&dev),
+                    "steps_per_epoch": per_epoch, "epochs": "2 heads + 3 top-2 with PCGrad",
+                    "estimate_s_cached": (ours * 10.0).round() / 10.0,
+                    "estimate_s_seed_loop": (seed_like * 10.0).round() / 10.0,
+                    "bench_wall_s": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                })
+            );
+        }
+    }
+    #[cfg(feature = "media")]
     if let Some(video) = &a.video {
         let info = viralclip_engine::media::probe(video, &Default::default())?;
         let (s, e) = (
@@ -162,6 +225,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 })
             );
         }
+        #[cfg(feature = "whisper")]
         if let Some(w) = &a.whisper {
             use viralclip_engine::transcribe::Transcriber;
             let t = Instant::now();
@@ -188,5 +252,110 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Times each operation of one encoder layer's scoring path at `b` × `t` (random activations,
+/// the layer's real shapes), synchronising the device after each: where the time goes.
+fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usize, t: usize) -> Result<()> {
+    let (h, heads, inter) = (c.hidden_size, c.num_attention_heads, c.intermediate_size);
+    let d = h / heads;
+    let r =
+        |shape: &[usize]| -> Result<Tensor> { Ok(Tensor::randn(0f32, 0.5, shape, dev)?.to_dtype(dtype)?) };
+    let x = r(&[b * t, h])?;
+    let w_qkv = r(&[3 * h, h])?;
+    let b_qkv = r(&[3 * h])?;
+    let w_o = r(&[h, h])?;
+    let b_h = r(&[h])?;
+    let w_i = r(&[inter, h])?;
+    let b_i = r(&[inter])?;
+    let w_2 = r(&[h, inter])?;
+    let ln_w = r(&[h])?;
+    let qkv = x.matmul(&w_qkv.t()?)?;
+    let qkv_b = qkv.broadcast_add(&b_qkv)?;
+    let split = qkv_b
+        .reshape((b, t, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (split.get(0)?, split.get(1)?, split.get(2)?);
+    let mask = Tensor::zeros((b, 1, 1, t), dtype, dev)?;
+    let scores = q.matmul(&k.t()?)?;
+    let masked = scores.broadcast_add(&mask)?;
+    let probs = candle_nn::ops::softmax_last_dim(&masked)?;
+    let ctx = probs.matmul(&v)?;
+    let ctx2 = ctx.transpose(1, 2)?.contiguous()?.reshape((b * t, h))?;
+    let inner = x.matmul(&w_i.t()?)?;
+    let inner_b = inner.broadcast_add(&b_i)?;
+    let gelu = inner_b.gelu_erf()?;
+    type Op<'a> = (&'a str, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
+    let ops: Vec<Op> = vec![
+        ("qkv_gemm", Box::new(|| x.matmul(&w_qkv.t()?))),
+        ("qkv_bias", Box::new(|| qkv.broadcast_add(&b_qkv))),
+        (
+            "qkv_split_copy",
+            Box::new(|| {
+                qkv_b
+                    .reshape((b, t, 3, heads, d))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()
+            }),
+        ),
+        ("scores_gemm", Box::new(|| q.matmul(&k.t()?))),
+        ("mask_add", Box::new(|| scores.broadcast_add(&mask))),
+        ("softmax", Box::new(|| candle_nn::ops::softmax_last_dim(&masked))),
+        ("context_gemm", Box::new(|| probs.matmul(&v))),
+        (
+            "context_merge_copy",
+            Box::new(|| ctx.transpose(1, 2)?.contiguous()),
+        ),
+        ("out_gemm", Box::new(|| ctx2.matmul(&w_o.t()?))),
+        ("bias_residual_add", Box::new(|| x.broadcast_add(&b_h)? + &x)),
+        (
+            "layer_norm",
+            Box::new(|| candle_nn::ops::layer_norm(&x, &ln_w, &b_h, 1e-12)),
+        ),
+        ("ffn_in_gemm", Box::new(|| x.matmul(&w_i.t()?))),
+        ("ffn_bias", Box::new(|| inner.broadcast_add(&b_i))),
+        ("gelu", Box::new(|| inner_b.gelu_erf())),
+        ("ffn_out_gemm", Box::new(|| gelu.matmul(&w_2.t()?))),
+        ("bias_residual_add", Box::new(|| x.broadcast_add(&b_h)? + &x)),
+        (
+            "layer_norm",
+            Box::new(|| candle_nn::ops::layer_norm(&x, &ln_w, &b_h, 1e-12)),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (op, f) in &ops {
+        f()?;
+        dev.synchronize()?;
+        let start = Instant::now();
+        let mut n = 0;
+        while n < 5 || start.elapsed().as_secs_f64() < 0.2 {
+            f()?;
+            n += 1;
+        }
+        dev.synchronize()?;
+        rows.push((*op, start.elapsed().as_secs_f64() * 1e6 / n as f64));
+    }
+    let total: f64 = rows.iter().map(|r| r.1).sum();
+    for (op, us) in &rows {
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": "profile_layer", "model": name, "device": device::name(dev),
+                "dtype": format!("{dtype:?}").to_lowercase(), "batch": b, "tokens": t, "op": op,
+                "us": (us * 10.0).round() / 10.0, "share": (us / total * 1000.0).round() / 1000.0,
+            })
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "case": "profile_layer_total", "model": name, "device": device::name(dev),
+            "dtype": format!("{dtype:?}").to_lowercase(), "batch": b, "tokens": t,
+            "us": total.round(), "layers": c.num_hidden_layers,
+            "texts_per_s_if_serial": (b as f64 / (total * c.num_hidden_layers as f64 / 1e6)).round(),
+        })
+    );
     Ok(())
 }

@@ -125,13 +125,16 @@ fn clip(a: ClipArgs) -> Result<()> {
     req.select.min_secs = a.min_secs;
     req.select.max_secs = a.max_secs;
     req.select.validate()?;
-    req.mode = if a.fast {
-        viralclip_engine::media::CutMode::Fast
-    } else {
-        viralclip_engine::media::CutMode::Precise
-    };
+    #[cfg(feature = "media")]
+    {
+        req.mode = if a.fast {
+            viralclip_engine::media::CutMode::Fast
+        } else {
+            viralclip_engine::media::CutMode::Precise
+        };
+        req.limits.max_duration_secs = a.max_duration_mins * 60.0;
+    }
     req.language = a.lang.clone().filter(|l| l != "auto");
-    req.limits.max_duration_secs = a.max_duration_mins * 60.0;
     let (scorer, load_secs) = load_scorer(&a.model)?;
     let mut engine = Engine::new(Box::new(scorer)).with_whisper_path(a.whisper.clone());
     engine.model_load_secs = load_secs;
@@ -265,6 +268,27 @@ fn model_cmd(a: ModelArgs) -> Result<()> {
         } => {
             let m = model::artifact::init(&encoder, &repo, &out, seed)?;
             println!("{}: {} ({} labels)", out.display(), m.name, m.labels.len());
+        }
+        ModelCommand::Eval {
+            model,
+            encoder,
+            test,
+            tune_thresholds,
+        } => {
+            let (ev, stats, thr) = viralclip_trainer::train::evaluate_model(
+                &model,
+                encoder.as_deref(),
+                &test,
+                &candle_core::Device::Cpu,
+                tune_thresholds,
+            )?;
+            if tune_thresholds {
+                let mut m = model::Manifest::read(&model)?;
+                m.thresholds.emotions = thr;
+                m.write(&model)?;
+                eprintln!("thresholds tuned and written to {}", model.display());
+            }
+            println!("{}", serde_json::json!({"sources": stats, "evaluation": ev}));
         }
         ModelCommand::Curves { report, out } => {
             let text = std::fs::read_to_string(&report).with_context(|| format!("{}", report.display()))?;

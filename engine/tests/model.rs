@@ -62,16 +62,27 @@ fn imported_pytorch_checkpoint_matches_pytorch() {
     let (ids, mask) = (batch(&exp.input_ids), batch(&exp.attention_mask));
     let want_pop = Tensor::new(exp.popularity_logits.as_slice(), &Device::Cpu).unwrap();
     let want_emo = Tensor::new(exp.emotion_logits, &Device::Cpu).unwrap();
-    for mode in [Mode::Inference, Mode::Autograd] {
+    // Packed (prepared) scoring path, plain fused path, differentiable path.
+    for (mode, packed) in [
+        (Mode::Inference, true),
+        (Mode::Inference, false),
+        (Mode::Autograd, false),
+    ] {
         let store = WeightStore::open(Some(&weights), None, DType::F32).unwrap();
-        let model = MultiTask::load(store.var_builder(&Device::Cpu), &config, 28).unwrap();
+        let mut model = MultiTask::load(store.var_builder(&Device::Cpu), &config, 28).unwrap();
+        if packed {
+            model.prepare_inference().unwrap();
+        }
         let got = model.forward(&ids, &mask, mode).unwrap();
         let (dp, de) = (
             max_abs_diff(&got.popularity, &want_pop),
             max_abs_diff(&got.emotions, &want_emo),
         );
-        println!("{mode:?}: max |Δ| popularity {dp:.2e}, emotions {de:.2e}");
-        assert!(dp < 1e-4 && de < 1e-4, "{mode:?}: popularity {dp}, emotions {de}");
+        println!("{mode:?} (packed {packed}): max |Δ| popularity {dp:.2e}, emotions {de:.2e}");
+        assert!(
+            dp < 1e-4 && de < 1e-4,
+            "{mode:?} packed {packed}: popularity {dp}, emotions {de}"
+        );
     }
     // Not a trivially small signal: the outputs differ between the three texts.
     assert!((exp.popularity_logits[0] - exp.popularity_logits[1]).abs() > 1e-2);
@@ -142,12 +153,19 @@ fn every_parameter_gets_a_gradient() {
 /// Fused and differentiable kernels compute the same function.
 #[test]
 fn fused_and_differentiable_paths_agree() {
-    let (_vm, model) = random_model(&tiny_config(), 28);
+    let (_vm, mut model) = random_model(&tiny_config(), 28);
     let (ids, mask) = padded_inputs();
     let a = model.forward(&ids, &mask, Mode::Inference).unwrap();
     let b = model.forward(&ids, &mask, Mode::Autograd).unwrap();
+    model.prepare_inference().unwrap();
+    let c = model.forward(&ids, &mask, Mode::Inference).unwrap();
     // Same maths, different summation order: equal up to f32 rounding, relative to the scale.
-    for (x, y) in [(&a.popularity, &b.popularity), (&a.emotions, &b.emotions)] {
+    for (x, y) in [
+        (&a.popularity, &b.popularity),
+        (&a.emotions, &b.emotions),
+        (&c.popularity, &b.popularity),
+        (&c.emotions, &b.emotions),
+    ] {
         let scale = max_abs(x).max(1.0);
         let d = max_abs_diff(x, y);
         println!("max |Δ| {d:.2e} at scale {scale:.2}");

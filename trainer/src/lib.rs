@@ -7,7 +7,9 @@
 //!   PCGrad), validate, checkpoint, save, re-measure through the engine.
 //! - [`pcgrad`], [`optim`] (AdamW, schedule), [`metrics`] (F1, ROC-AUC, thresholds): pure pieces.
 //! - [`plot`]: the learning-curves PNG.
+//! - [`bench`]: step times of the schedule's stages (`viralclip bench --train-steps`).
 
+pub mod bench;
 pub mod data;
 pub mod error;
 pub mod metrics;

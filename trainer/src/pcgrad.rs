@@ -15,6 +15,7 @@ pub struct Surgery {
     pub conflict: bool,
 }
 
+#[cfg(test)]
 fn dot(a: &[Tensor], b: &[Tensor]) -> Result<f64> {
     let mut s = 0.0;
     for (x, y) in a.iter().zip(b) {
@@ -26,11 +27,40 @@ fn dot(a: &[Tensor], b: &[Tensor]) -> Result<f64> {
     Ok(s)
 }
 
-/// Combines two tasks' gradients of the same shared parameters.
+/// Sum over tensors of `sum(x * y)`, left on the device as a scalar tensor.
+fn dot_on_device(a: &[Tensor], b: &[Tensor]) -> Result<Tensor> {
+    let parts = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x * y)?.sum_all())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::stack(&parts, 0)?.sum_all()
+}
+
+/// Combines two tasks' gradients of the same shared parameters. The three dot products are
+/// reduced on the gradients' device; only those three numbers travel to the host.
 pub fn combine(g1: &[Tensor], g2: &[Tensor]) -> Result<(Vec<Tensor>, Surgery)> {
     assert_eq!(g1.len(), g2.len());
-    let d = dot(g1, g2)?;
-    let (n1, n2) = (dot(g1, g1)?, dot(g2, g2)?);
+    if g1.is_empty() {
+        return Ok((
+            Vec::new(),
+            Surgery {
+                cosine: 0.0,
+                conflict: false,
+            },
+        ));
+    }
+    let dots = Tensor::stack(
+        &[
+            dot_on_device(g1, g2)?,
+            dot_on_device(g1, g1)?,
+            dot_on_device(g2, g2)?,
+        ],
+        0,
+    )?
+    .to_dtype(candle_core::DType::F64)?
+    .to_vec1::<f64>()?;
+    let (d, n1, n2) = (dots[0], dots[1], dots[2]);
     let cosine = if n1 > 0.0 && n2 > 0.0 {
         d / (n1.sqrt() * n2.sqrt())
     } else {

@@ -13,7 +13,8 @@ const FONT_PATHS: &[&str] = &[
     "/usr/share/fonts/dejavu/DejaVuSans.ttf",
 ];
 
-fn register_font() -> std::result::Result<(), String> {
+/// Registers DejaVu Sans as plotters' "sans-serif" (once); the error says what to install.
+pub fn register_font() -> std::result::Result<(), String> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
         let path = std::env::var("VIRALCLIP_FONT")

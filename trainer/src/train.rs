@@ -347,12 +347,12 @@ fn batch_hidden(cache: &Cache, rows: &[usize], dev: &Device) -> Result<(Tensor, 
 }
 
 /// Task targets of a batch: indices and tensors for each task present.
-struct Targets {
+pub(crate) struct Targets {
     pop_idx: Option<(Tensor, Tensor)>,
     emo_idx: Option<(Tensor, Tensor)>,
 }
 
-fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<Targets> {
+pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<Targets> {
     let (mut pi, mut py, mut ei, mut ey) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, &i) in rows.iter().enumerate() {
         match &labels[i] {
@@ -410,6 +410,136 @@ fn task_losses(
         None => None,
     };
     Ok((pop, emo))
+}
+
+/// One optimisation step from the [CLS] states of a batch (computed with `Mode::Training` by the
+/// caller, so the graph reaches the unfrozen layers): task losses, per-task gradients combined by
+/// PCGrad when `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW.
+/// Returns the batch loss and, with PCGrad, what the surgery did; `None` when the batch has no
+/// targets.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply_step(
+    model: &MultiTask,
+    opt: &mut AdamW,
+    cls: &Tensor,
+    t: &Targets,
+    pw: &Tensor,
+    pcgrad: bool,
+    frozen: bool,
+    clip_norm: f64,
+    lrs: &[f64],
+) -> Result<Option<(f64, Option<pcgrad::Surgery>)>> {
+    let logits = model.heads(cls, Mode::Training)?;
+    let (lp, le) = task_losses(&logits, t, pw)?;
+    let mut grads: Vec<Option<Tensor>> = vec![None; opt.params.len()];
+    let batch_loss;
+    let mut surgery = None;
+    match (lp, le) {
+        (Some(lp), Some(le)) if pcgrad => {
+            let both = Tensor::stack(&[&lp, &le], 0)?.to_vec1::<f32>()?;
+            batch_loss = both[0] as f64 + both[1] as f64;
+            let (gp, ge) = (lp.backward()?, le.backward()?);
+            let shared: Vec<usize> = (0..opt.params.len())
+                .filter(|&k| opt.params[k].group == 1)
+                .collect();
+            let get = |gs: &candle_core::backprop::GradStore, k: usize| -> candle_core::Result<Tensor> {
+                let v = opt.params[k].var.as_tensor();
+                gs.get(v).cloned().map_or_else(|| v.zeros_like(), Ok)
+            };
+            let g1 = shared
+                .iter()
+                .map(|&k| get(&gp, k))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let g2 = shared
+                .iter()
+                .map(|&k| get(&ge, k))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let (merged, s) = pcgrad::combine(&g1, &g2)?;
+            surgery = Some(s);
+            for (k, g) in shared.iter().zip(merged) {
+                grads[*k] = Some(g);
+            }
+            for (k, p) in opt.params.iter().enumerate() {
+                if p.name.starts_with("popularity_head.") {
+                    grads[k] = gp.get(p.var.as_tensor()).cloned();
+                } else if p.name.starts_with("emotion_head.") {
+                    grads[k] = ge.get(p.var.as_tensor()).cloned();
+                }
+            }
+        }
+        (lp, le) => {
+            let total = match (lp, le) {
+                (Some(a), Some(b)) => (a + b)?,
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => return Ok(None),
+            };
+            batch_loss = total.to_scalar::<f32>()? as f64;
+            let gs = total.backward()?;
+            for (k, p) in opt.params.iter().enumerate() {
+                if frozen && p.group == 1 {
+                    continue;
+                }
+                grads[k] = gs.get(p.var.as_tensor()).cloned();
+            }
+        }
+    }
+    // Clip the global norm: one device reduction and one number to the host.
+    let sums = grads
+        .iter()
+        .flatten()
+        .map(|g| g.sqr()?.sum_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let norm = if sums.is_empty() {
+        0.0
+    } else {
+        Tensor::stack(&sums, 0)?
+            .sum_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?
+            .sqrt()
+    };
+    if norm > clip_norm {
+        let s = clip_norm / (norm + 1e-6);
+        for g in grads.iter_mut().flatten() {
+            *g = (&*g * s)?;
+        }
+    }
+    opt.step(&grads, lrs)?;
+    Ok(Some((batch_loss, surgery)))
+}
+
+/// Measures a saved model on labelled data through the engine, e.g. a model trained elsewhere on
+/// held-out rows: `viralclip model eval`. With `tune`, the per-class emotion thresholds are tuned
+/// on this data (and returned) instead of read from the manifest.
+pub fn evaluate_model(
+    model_dir: &Path,
+    encoder_dir: Option<&Path>,
+    sources: &[Source],
+    device: &Device,
+    tune: bool,
+) -> Result<(Evaluation, Vec<SourceStats>, Vec<f32>)> {
+    let mut ex = Vec::new();
+    let mut stats = Vec::new();
+    for s in sources {
+        let (e, st) = data::load(s)?;
+        ex.extend(e);
+        stats.push(st);
+    }
+    let loaded = artifact::load(model_dir, encoder_dir, device, DType::F32)?;
+    let thresholds = loaded.manifest.thresholds.emotions.clone();
+    let prefix = loaded.manifest.text_prefix.clone();
+    let tok = tokenize(&loaded.tokenizer, &prefix, &ex)?;
+    let scorer = viralclip_engine::scorer::BertScorer::new(loaded);
+    let s = scorer.score_ids(&tok.ids, &mut |_, _| {})?;
+    let pw = vec![1.0; EMOTIONS];
+    let (ev, thr) = evaluate(
+        &tok.labels,
+        &s.iter().map(|s| s.popularity).collect::<Vec<_>>(),
+        &s.iter().map(|s| s.emotions.clone()).collect::<Vec<_>>(),
+        &pw,
+        (!tune).then_some(thresholds.as_slice()),
+    );
+    Ok((ev, stats, thr))
 }
 
 /// Probabilities for a set of examples through the cache: popularity per row, emotions per row.
@@ -525,6 +655,8 @@ pub fn train(
     cancel: &AtomicBool,
 ) -> Result<TrainReport> {
     let t_all = Instant::now();
+    // fp32 master weights and optimizer state; on a GPU the matrix products run in TF32.
+    viralclip_engine::device::Precision::Tf32.configure(device);
     if cfg.batch_size == 0 || cfg.frozen_epochs + cfg.unfrozen_epochs == 0 {
         return Err(Error::Config("batch size and epochs must be positive".into()));
     }
@@ -713,74 +845,25 @@ pub fn train(
                 let (h, m) = batch_hidden(&cache_train, rows, device)?;
                 model.bert.cls_from(&h, &m, from, Mode::Training)?
             };
-            let logits = model.heads(&cls, Mode::Training)?;
             let t = targets(&tok_train.labels, rows, device)?;
-            let (lp, le) = task_losses(&logits, &t, &pw)?;
-            let mut grads: Vec<Option<Tensor>> = vec![None; opt.params.len()];
-            let batch_loss;
-            match (lp, le) {
-                (Some(lp), Some(le)) if cfg.pcgrad && !frozen => {
-                    batch_loss = lp.to_scalar::<f32>()? as f64 + le.to_scalar::<f32>()? as f64;
-                    let (gp, ge) = (lp.backward()?, le.backward()?);
-                    let shared: Vec<usize> = (0..opt.params.len())
-                        .filter(|&k| opt.params[k].group == 1)
-                        .collect();
-                    let get =
-                        |gs: &candle_core::backprop::GradStore, k: usize| -> candle_core::Result<Tensor> {
-                            let v = opt.params[k].var.as_tensor();
-                            gs.get(v).cloned().map_or_else(|| v.zeros_like(), Ok)
-                        };
-                    let g1 = shared
-                        .iter()
-                        .map(|&k| get(&gp, k))
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    let g2 = shared
-                        .iter()
-                        .map(|&k| get(&ge, k))
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    let (merged, s) = pcgrad::combine(&g1, &g2)?;
-                    pc_steps += 1;
-                    conflicts += s.conflict as usize;
-                    for (k, g) in shared.iter().zip(merged) {
-                        grads[*k] = Some(g);
-                    }
-                    for (k, p) in opt.params.iter().enumerate() {
-                        if p.name.starts_with("popularity_head.") {
-                            grads[k] = gp.get(p.var.as_tensor()).cloned();
-                        } else if p.name.starts_with("emotion_head.") {
-                            grads[k] = ge.get(p.var.as_tensor()).cloned();
-                        }
-                    }
-                }
-                (lp, le) => {
-                    let total = match (lp, le) {
-                        (Some(a), Some(b)) => (a + b)?,
-                        (Some(a), None) | (None, Some(a)) => a,
-                        (None, None) => continue,
-                    };
-                    batch_loss = total.to_scalar::<f32>()? as f64;
-                    let gs = total.backward()?;
-                    for (k, p) in opt.params.iter().enumerate() {
-                        if frozen && p.group == 1 {
-                            continue;
-                        }
-                        grads[k] = gs.get(p.var.as_tensor()).cloned();
-                    }
-                }
+            let Some((batch_loss, surgery)) = apply_step(
+                &model,
+                &mut opt,
+                &cls,
+                &t,
+                &pw,
+                cfg.pcgrad && !frozen,
+                frozen,
+                cfg.clip_norm,
+                &lrs,
+            )?
+            else {
+                continue;
+            };
+            if let Some(s) = surgery {
+                pc_steps += 1;
+                conflicts += s.conflict as usize;
             }
-            // Clip the global norm.
-            let mut sq = 0.0f64;
-            for g in grads.iter().flatten() {
-                sq += g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            }
-            let norm = sq.sqrt();
-            if norm > cfg.clip_norm {
-                let s = cfg.clip_norm / (norm + 1e-6);
-                for g in grads.iter_mut().flatten() {
-                    *g = (&*g * s)?;
-                }
-            }
-            opt.step(&grads, &lrs)?;
             state.step += 1;
             loss_sum += batch_loss;
             if bi % 20 == 0 || bi + 1 == batches.len() {
@@ -823,7 +906,16 @@ pub fn train(
                 .params
                 .iter()
                 .filter(|p| is_head(&p.name) || !frozen || epoch + 1 == epochs)
-                .map(|p| Ok((p.name.clone(), p.var.as_tensor().copy()?)))
+                .map(|p| {
+                    // Encoder matrices in fp16: the artifact stays small; biases, norms and heads fp32.
+                    let t = p.var.as_tensor();
+                    let t = if p.name.starts_with("bert.") && t.rank() >= 2 {
+                        t.to_dtype(DType::F16)?
+                    } else {
+                        t.copy()?
+                    };
+                    Ok((p.name.clone(), t))
+                })
                 .collect::<candle_core::Result<HashMap<_, _>>>()?;
             best_params = Some(snapshot);
             stale = 0;

@@ -346,6 +346,7 @@ pub fn load(dir: &Path, encoder_dir: Option<&Path>, device: &Device, dtype: DTyp
     )?;
     let vb = store.var_builder(device);
     let model = MultiTask::load(vb, &encoder.config, manifest.labels.len())
+        .and_then(|mut m| m.prepare_inference().map(|_| m))
         .map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
     let tokenizer = encoder.tokenizer(manifest.max_length)?;
     Ok(LoadedModel {
@@ -358,13 +359,22 @@ pub fn load(dir: &Path, encoder_dir: Option<&Path>, device: &Device, dtype: DTyp
     })
 }
 
-/// Writes `tensors` as the artifact's weights and `manifest` beside them.
+/// Writes `tensors` as the artifact's weights and `manifest` beside them: fp16 tensors stay fp16
+/// (the trainer stores fine-tuned encoder matrices so, at half the size; loading converts to the
+/// model's dtype), everything else is stored in fp32.
 pub fn save(dir: &Path, manifest: &Manifest, tensors: &HashMap<String, Tensor>) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join(&manifest.weights);
     let cpu: HashMap<String, Tensor> = tensors
         .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)))
+        .map(|(k, v)| {
+            let dtype = if v.dtype() == DType::F16 {
+                DType::F16
+            } else {
+                DType::F32
+            };
+            Ok((k.clone(), v.to_device(&Device::Cpu)?.to_dtype(dtype)?))
+        })
         .collect::<candle_core::Result<_>>()?;
     candle_core::safetensors::save(&cpu, &path)
         .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;

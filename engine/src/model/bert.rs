@@ -229,6 +229,16 @@ struct Layer {
     act: Activation,
     dropout: f32,
     attn_dropout: f32,
+    /// Inference-only packed weights (see [`Bert::prepare_inference`]).
+    fused: Option<Fused>,
+}
+
+/// Weights repacked for scoring: one (3h, h) query/key/value matrix with the attention scale
+/// folded into the query rows, so each layer runs one projection GEMM over all tokens at once.
+#[derive(Debug, Clone)]
+struct Fused {
+    qkv_w: Tensor,
+    qkv_b: Tensor,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,12 +271,84 @@ impl Layer {
             act,
             dropout: c.hidden_dropout_prob,
             attn_dropout: c.attention_probs_dropout_prob,
+            fused: None,
         })
+    }
+
+    fn prepare_inference(&mut self) -> Result<()> {
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let q_w = (self.query.weight() * scale)?;
+        let q_b = match self.query.bias() {
+            Some(b) => (b * scale)?,
+            None => Tensor::zeros(self.query.weight().dim(0)?, q_w.dtype(), q_w.device())?,
+        };
+        let bias = |l: &Linear| -> Result<Tensor> {
+            match l.bias() {
+                Some(b) => Ok(b.clone()),
+                None => Tensor::zeros(l.weight().dim(0)?, q_w.dtype(), q_w.device()),
+            }
+        };
+        let qkv_w = Tensor::cat(&[&q_w, self.key.weight(), self.value.weight()], 0)?.contiguous()?;
+        let qkv_b = Tensor::cat(&[&q_b, &bias(&self.key)?, &bias(&self.value)?], 0)?;
+        self.fused = Some(Fused { qkv_w, qkv_b });
+        Ok(())
+    }
+
+    /// `x @ w.t() + b` on the (rows, features) view of `x`: one plain GEMM whatever the batch.
+    fn linear2d(x: &Tensor, l: &Linear) -> Result<Tensor> {
+        let y = x.matmul(&l.weight().t()?)?;
+        match l.bias() {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    /// The scoring path: packed QKV, 2-D GEMMs, fused softmax and layer norm, no dropout.
+    fn forward_fused(&self, f: &Fused, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let x2 = x.contiguous()?.reshape((b * t, h))?;
+        let qkv = x2.matmul(&f.qkv_w.t()?)?.broadcast_add(&f.qkv_b)?;
+        // (b, t, 3, heads, d) -> (3, b, heads, t, d): one copy for all three.
+        let qkv = qkv
+            .reshape((b, t, 3, self.heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let (q, xq, tq) = if cls_only {
+            (
+                q.narrow(2, 0, 1)?.contiguous()?,
+                x.narrow(1, 0, 1)?.contiguous()?,
+                1,
+            )
+        } else {
+            (q, x.clone(), t)
+        };
+        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * tq, h))?;
+        let xq2 = xq.reshape((b * tq, h))?;
+        let attn = (Self::linear2d(&ctx, &self.attn_out)? + &xq2)?;
+        let attn = self.attn_norm.forward(&attn, Mode::Inference)?;
+        let inner = Self::linear2d(&attn, &self.intermediate)?;
+        let inner = match self.act {
+            Activation::GeluErf => inner.gelu_erf()?,
+            Activation::GeluTanh => inner.gelu()?,
+            Activation::Relu => inner.relu()?,
+        };
+        let out = (Self::linear2d(&inner, &self.output)? + attn)?;
+        self.out_norm.forward(&out, Mode::Inference)?.reshape((b, tq, h))
     }
 
     /// `x`: (b, t, h); `mask`: additive (b, 1, 1, t). With `cls_only`, only the first token's
     /// output is computed (queries from it alone), which is all the heads read from the last layer.
     fn forward(&self, x: &Tensor, mask: &Tensor, mode: Mode, cls_only: bool) -> Result<Tensor> {
+        if let (Mode::Inference, Some(f)) = (mode, &self.fused) {
+            return self.forward_fused(f, x, mask, cls_only);
+        }
         let (b, t, h) = x.dims3()?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
             y.reshape((b, len, self.heads, self.head_dim))?
@@ -320,6 +402,16 @@ impl Bert {
 
     pub fn config(&self) -> &BertConfig {
         &self.config
+    }
+
+    /// Repacks the weights for scoring (packed QKV with the attention scale folded in). Call it on
+    /// a model that only scores: the packed copy does not follow later changes to the weights, so
+    /// the trainer never calls it and its `Mode::Inference` passes use the plain path.
+    pub fn prepare_inference(&mut self) -> Result<()> {
+        for l in &mut self.layers {
+            l.prepare_inference()?;
+        }
+        Ok(())
     }
 
     /// Additive attention mask (b, 1, 1, t) from a 0/1 mask (b, t).

@@ -89,6 +89,11 @@ impl MultiTask {
     }
 
     /// `ids`: (b, t) u32; `mask`: (b, t) 0/1.
+    /// See [`Bert::prepare_inference`].
+    pub fn prepare_inference(&mut self) -> Result<()> {
+        self.bert.prepare_inference()
+    }
+
     pub fn forward(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Logits> {
         let cls = self.bert.cls(ids, mask, mode)?;
         self.heads(&cls, mode)

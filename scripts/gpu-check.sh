@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, as one prepared run on a host with no network (a lent H100/H200):
+#   1. CUDA scores vs the fp32 CPU path on real text (bf16, f16, f32, tf32);
+#   2. scoring throughput, a per-operation profile of one layer, and training step times, for the
+#      engine and for PyTorch (transformers' BertModel + the two heads) side by side on the card;
+#   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
+# Prepared on a build machine (see README "GPU runs"): a `--no-default-features --features cuda`
+# release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
+# the data files at .device/data. Results: $OUT/results.tgz (logs, JSON lines, reports, manifests),
+# and the candidates' weights as $OUT/weights-{a,b}.safetensors (default $OUT: /tmp/gpu-check).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEST=${OUT:-/tmp/gpu-check}
+OUT=$(mktemp -d)
+mkdir -p "$DEST"
+pack() { # few files back: one archive of the small ones, the weights beside it
+  (cd "$OUT" && tar czf "$DEST/results.tgz" --exclude='*.safetensors' --exclude=checkpoint .)
+  for v in a b; do
+    [[ -f $OUT/model-$v/weights.safetensors ]] && cp "$OUT/model-$v/weights.safetensors" "$DEST/weights-$v.safetensors"
+  done
+  true
+}
+BIN=${BIN:-.device/viralclip}
+E5=${E5:-.device/e5}
+D=${DATA:-.device/data}
+TRAIN_SECS=${TRAIN_SECS:-260}
+DEV=${DEVICE:-cuda}                                 # DEVICE=cpu SHAPES=2x8 EXTRA="--max-train 100": a dry run
+SHAPES=${SHAPES:-1x128,32x128,256x128,256x32,1024x32}
+PROFILE=${PROFILE:-256x128}
+read -r -a EXTRA <<<"${EXTRA:-}"
+VARIANTS=${VARIANTS:-a b seed}                      # which training candidates to run
+B_EPOCHS=${B_EPOCHS:-4}
+bench=1 train=1
+for a in "$@"; do
+  case $a in
+    --no-train) train=0 ;;
+    --train-only) bench=0 ;;
+  esac
+done
+log() { echo "== $* ($(date +%T))"; }
+[[ -f $BIN.xz ]] && xz -dkf "$BIN.xz"
+chmod +x "$BIN"
+# cuBLAS, cuRAND and the CUDA runtime: from the system, else from the Python wheels (PyTorch's).
+libs=$("${PYTHON:-python3}" -c 'import glob, site; print(":".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/lib*.so*", recursive=True)})))' 2>/dev/null)
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64${libs:+:$libs}
+ldd "$BIN" | grep -E "cuda|cublas|curand|not found" | tee "$OUT/ldd.txt"
+log gpu
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt" || true
+"${PYTHON:-python3}" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
+[[ -f $E5/model.safetensors ]] || "${PYTHON:-python3}" bench/shrink_encoder.py --unpack "$E5"
+
+log "correctness: CUDA vs fp32 CPU on the demo script"
+"$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 <"$D/demo.txt" >"$OUT/score-cpu-f32.jsonl"
+for p in bf16 f16 f32 tf32; do
+  "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p <"$D/demo.txt" >"$OUT/score-cuda-$p.jsonl" || echo "cuda $p failed"
+done
+"${PYTHON:-python3}" - "$OUT" <<'EOF' | tee "$OUT/correctness.txt"
+import json, sys, glob, os
+out = sys.argv[1]
+def load(p):
+    rows = []
+    for line in open(p):
+        r = json.loads(line)
+        rows.append([r["virality"], r["popularity"]] + list(r["emotions"].values()))
+    return rows
+ref = load(os.path.join(out, "score-cpu-f32.jsonl"))
+for p in sorted(glob.glob(os.path.join(out, "score-cuda-*.jsonl"))):
+    got = load(p)
+    if len(got) != len(ref):
+        print(os.path.basename(p), "rows", len(got), "!=", len(ref)); continue
+    d = max(abs(a - b) for ra, rb in zip(ref, got) for a, b in zip(ra, rb))
+    print(f"{os.path.basename(p)}: {len(got)} texts, max |Δ| of probabilities vs CPU fp32 = {d:.2e}")
+EOF
+pack
+
+if ((bench)); then
+  log "bench: viralclip"
+  timeout 140 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --precision f32,bf16 --secs 1 \
+    --profile "$PROFILE" --train-steps | tee "$OUT/bench-viralclip.jsonl"
+  pack
+  log "bench: pytorch"
+  timeout 120 "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --dtypes f32,bf16 --secs 1 --train-steps \
+    2>/dev/null | tee "$OUT/bench-pytorch.jsonl"
+  pack
+fi
+
+if ((train)); then
+  log "train: default-model candidates, in parallel"
+  RU="$D/validation.csv#part=0-60"
+  common=(--encoder "$E5" --base-repo intfloat/multilingual-e5-small --device "$DEV" -q "${EXTRA[@]}"
+    --data "$D/train.tsv" --data "$RU" --data "$RU" --data "$RU" --data "$RU"
+    --data "$D/clickbait.txt.gz#label=1#part=0-40" --data "$D/non_clickbait.txt.gz#label=0#part=0-40"
+    --test "$D/validation.csv#part=60-100"
+    --test "$D/clickbait.txt.gz#label=1#part=80-100" --test "$D/non_clickbait.txt.gz#label=0#part=80-100"
+    --val-fraction 0.05)
+  tuned=(--patience 2 --unfreeze-layers 3 --unfrozen-lr-mult 1 --head-lr 1e-3 --frozen-epochs "${FROZEN_EPOCHS:-2}"
+    --batch-size 32 --warmup-steps 300)
+  [[ $VARIANTS == *a* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 5e-5 --out "$OUT/model-a") >"$OUT/train-a.log" 2>&1 &
+  [[ $VARIANTS == *b* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 1e-4 --unfrozen-epochs "$B_EPOCHS" --out "$OUT/model-b") >"$OUT/train-b.log" 2>&1 &
+  # The seed's own schedule (batch 16, 2 epochs heads + 3 epochs top 2 with PCGrad), for its wall time.
+  [[ $VARIANTS == *seed* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1 &
+  wait
+  for v in $VARIANTS; do
+    log "train $v"
+    tail -n 25 "$OUT/train-$v.log"
+  done
+  pack
+fi
+log done

@@ -1,0 +1,187 @@
+//! Training step times for the seed's schedule stages, on random weights of any BERT shape, run
+//! through the very step the trainer uses ([`crate::train`]'s `apply_step`): `viralclip bench
+//! --train-steps` prints them beside `bench/pytorch_bench.py --train-steps`.
+
+use crate::data::{Label, EMOTIONS};
+use crate::error::Result;
+use crate::optim::AdamW;
+use crate::train::{apply_step, targets};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use std::time::Instant;
+use viralclip_engine::model::{BertConfig, Mode, MultiTask};
+
+/// Mean time of one step of a stage.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepTiming {
+    /// `heads` (encoder frozen, [CLS] cached), `top{n}+pcgrad` (top n layers from cached hidden
+    /// states), `top{n}+pcgrad+frozen-forward` (also running the frozen layers every step, as the
+    /// seed's loop does), or `cache` (the frozen layers' forward once per batch of examples).
+    pub stage: String,
+    pub ms_per_step: f64,
+    pub steps: usize,
+}
+
+fn sync(dev: &Device) -> Result<()> {
+    dev.synchronize()?;
+    Ok(())
+}
+
+fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+    f()?; // warm-up
+    f()?;
+    sync(dev)?;
+    let start = Instant::now();
+    let mut n = 0;
+    while n < 3 || start.elapsed().as_secs_f64() < secs {
+        f()?;
+        n += 1;
+    }
+    sync(dev)?;
+    Ok((start.elapsed().as_secs_f64() * 1e3 / n as f64, n))
+}
+
+/// Times the seed's stages at `batch` × `tokens` (every text that long, as the seed pads) with the
+/// top `top` layers unfrozen, spending about `secs` on each.
+pub fn step_times(
+    config: &BertConfig,
+    dev: &Device,
+    batch: usize,
+    tokens: usize,
+    top: usize,
+    secs: f64,
+) -> Result<Vec<StepTiming>> {
+    viralclip_engine::device::Precision::Tf32.configure(dev);
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
+    let model = MultiTask::load(vb, config, EMOTIONS)?;
+    let layers = config.num_hidden_layers;
+    let from = layers.saturating_sub(top);
+    let prefixes: Vec<String> = (from..layers)
+        .map(|i| format!("bert.encoder.layer.{i}."))
+        .collect();
+    let params: Vec<_> = {
+        let data = varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<_> = data
+            .iter()
+            .filter_map(|(n, var)| {
+                if n.starts_with("popularity_head.") || n.starts_with("emotion_head.") {
+                    Some((n.clone(), var.clone(), 0))
+                } else if prefixes.iter().any(|p| n.starts_with(p)) {
+                    Some((n.clone(), var.clone(), 1))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let mut opt = AdamW::new(params, 0.01)?;
+
+    let mut seed = 7u64;
+    let ids: Vec<u32> = (0..batch * tokens)
+        .map(|_| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 33) as usize % (config.vocab_size - 10) + 5) as u32
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (batch, tokens), dev)?;
+    let mask = Tensor::ones((batch, tokens), DType::U32, dev)?;
+    // A mixed-task batch, as in the seed's multitask data.
+    let labels: Vec<Label> = (0..batch)
+        .map(|k| {
+            if k % 2 == 0 {
+                Label::Popularity(k % 4 == 0)
+            } else {
+                Label::Emotions(vec![k % EMOTIONS, (k * 7) % EMOTIONS])
+            }
+        })
+        .collect();
+    let rows: Vec<usize> = (0..batch).collect();
+    let t = targets(&labels, &rows, dev)?;
+    let pw = Tensor::ones(EMOTIONS, DType::F32, dev)?;
+    let lrs = [2e-5, 2e-6];
+
+    let hidden = model
+        .bert
+        .hidden_before(&ids, &mask, from, Mode::Inference)?
+        .detach();
+    let cls = model
+        .bert
+        .cls_from(&hidden, &mask, from, Mode::Inference)?
+        .detach();
+    let mut out = Vec::new();
+
+    let (ms, n) = timed(dev, secs, || {
+        let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
+        h.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        Ok(())
+    })?;
+    out.push(StepTiming {
+        stage: "cache".into(),
+        ms_per_step: ms,
+        steps: n,
+    });
+    let (ms, n) = timed(dev, secs, || {
+        apply_step(&model, &mut opt, &cls, &t, &pw, false, true, 1.0, &lrs)?;
+        Ok(())
+    })?;
+    out.push(StepTiming {
+        stage: "heads".into(),
+        ms_per_step: ms,
+        steps: n,
+    });
+    let (ms, n) = timed(dev, secs, || {
+        let c = model.bert.cls_from(&hidden, &mask, from, Mode::Training)?;
+        apply_step(&model, &mut opt, &c, &t, &pw, true, false, 1.0, &lrs)?;
+        Ok(())
+    })?;
+    out.push(StepTiming {
+        stage: format!("top{top}+pcgrad"),
+        ms_per_step: ms,
+        steps: n,
+    });
+    let (ms, n) = timed(dev, secs, || {
+        let h = model
+            .bert
+            .hidden_before(&ids, &mask, from, Mode::Inference)?
+            .detach();
+        let c = model.bert.cls_from(&h, &mask, from, Mode::Training)?;
+        apply_step(&model, &mut opt, &c, &t, &pw, true, false, 1.0, &lrs)?;
+        Ok(())
+    })?;
+    out.push(StepTiming {
+        stage: format!("top{top}+pcgrad+frozen-forward"),
+        ms_per_step: ms,
+        steps: n,
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_times_run_on_a_tiny_model() {
+        let c = BertConfig {
+            vocab_size: 50,
+            hidden_size: 16,
+            num_hidden_layers: 3,
+            num_attention_heads: 2,
+            intermediate_size: 32,
+            max_position_embeddings: 16,
+            ..BertConfig::rubert_base()
+        };
+        let t = step_times(&c, &Device::Cpu, 4, 8, 2, 0.0).unwrap();
+        let stages: Vec<&str> = t.iter().map(|s| s.stage.as_str()).collect();
+        assert_eq!(
+            stages,
+            ["cache", "heads", "top2+pcgrad", "top2+pcgrad+frozen-forward"]
+        );
+        assert!(t.iter().all(|s| s.ms_per_step > 0.0 && s.steps >= 3));
+    }
+}
