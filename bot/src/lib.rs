@@ -1,8 +1,24 @@
-//! viralclip's Telegram bot. So far: its durable job queue ([`store`]), the piece that makes
-//! "queued" a promise: a job is committed before the user is told, survives a crash, and records
-//! each clip it sent so a resumed job never sends one twice. The Telegram side (teloxide) comes
-//! with issue #4.
+//! viralclip's Telegram bot: a thin layer that turns updates into durable jobs, runs them through
+//! the engine, and replies.
+//!
+//! # Layout
+//! - [`config`]: everything from flags and the environment (`viralclip bot --help`).
+//! - [`store`]: the durable job queue ([`store::JobStore`], SQLite by default): a job is committed
+//!   before the user hears "queued"; sent clips are recorded so a resumed job never repeats one.
+//! - [`app`]: the update handlers and the workers.
+//! - [`clipper`]: the engine behind a trait ([`clipper::Clipper`]), with model switching.
+//! - [`telegram`]: calls with `retry_after` honoured; token redaction.
+//! - [`format`], [`settings`], [`timeline`]: pure pieces (captions, `/clip` arguments, keyboard,
+//!   the PNG).
 
+pub mod app;
+pub mod clipper;
+pub mod config;
+pub mod format;
+pub mod settings;
 pub mod store;
+pub mod telegram;
+pub mod timeline;
 
-pub use store::{Job, JobId, JobState, JobStore, NewJob, SqliteStore, StoreError};
+pub use app::run;
+pub use config::BotConfig;

@@ -84,6 +84,17 @@ pub trait JobStore: Send + Sync {
     fn enqueue(&self, job: &NewJob) -> Result<JobId>;
     /// Takes the oldest queued job, marks it running and counts the attempt.
     fn claim(&self) -> Result<Option<Job>>;
+    /// Like [`JobStore::claim`], skipping users who already have `max_running` jobs running.
+    fn claim_fair(&self, max_running: u32) -> Result<Option<Job>>;
+    /// Puts a running job back in the queue without counting the attempt (graceful shutdown).
+    fn requeue(&self, id: JobId) -> Result<()>;
+    /// Failed jobs whose users have not been told yet; each is returned once.
+    fn take_unreported_failures(&self) -> Result<Vec<Job>>;
+    /// A chat's settings, if it saved any.
+    fn settings(&self, chat_id: i64) -> Result<Option<serde_json::Value>>;
+    fn set_settings(&self, chat_id: i64, settings: &serde_json::Value) -> Result<()>;
+    /// Merges `patch`'s fields into the job's payload (e.g. the status message's id).
+    fn update_payload(&self, id: JobId, payload: &serde_json::Value) -> Result<()>;
     /// Records progress (a stage name) of a running job.
     fn set_stage(&self, id: JobId, stage: &str) -> Result<()>;
     /// Records that clip `rank` was delivered; false if it already was (do not send it again).
@@ -124,6 +135,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, state);
+CREATE TABLE IF NOT EXISTS chat_settings (
+    chat_id  INTEGER PRIMARY KEY,
+    settings TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS failure_reports (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs(id)
+);
 CREATE TABLE IF NOT EXISTS sent_clips (
     job_id     INTEGER NOT NULL REFERENCES jobs(id),
     rank       INTEGER NOT NULL,
@@ -206,6 +224,108 @@ impl JobStore for SqliteStore {
         job.state = JobState::Running;
         job.attempts += 1;
         Ok(Some(job))
+    }
+
+    fn claim_fair(&self, max_running: u32) -> Result<Option<Job>> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let found = tx
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE state = 'queued' AND user_id NOT IN \
+                     (SELECT user_id FROM jobs WHERE state = 'running' GROUP BY user_id HAVING COUNT(*) >= ?1) \
+                     ORDER BY id LIMIT 1"
+                ),
+                params![max_running],
+                Self::row,
+            )
+            .optional()?;
+        let Some(pair) = found else { return Ok(None) };
+        tx.execute(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated = datetime('now') WHERE id = ?1",
+            params![pair.0.id],
+        )?;
+        tx.commit()?;
+        let mut job = Self::decode(pair)?;
+        job.state = JobState::Running;
+        job.attempts += 1;
+        Ok(Some(job))
+    }
+
+    fn requeue(&self, id: JobId) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), updated = datetime('now') \
+             WHERE id = ?1 AND state = 'running'",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    fn take_unreported_failures(&self) -> Result<Vec<Job>> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let rows = {
+            let mut st = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE state = 'failed' \
+                 AND id NOT IN (SELECT job_id FROM failure_reports) ORDER BY id"
+            ))?;
+            let rows = st
+                .query_map([], Self::row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        for (j, _) in &rows {
+            tx.execute("INSERT INTO failure_reports (job_id) VALUES (?1)", params![j.id])?;
+        }
+        tx.commit()?;
+        rows.into_iter().map(Self::decode).collect()
+    }
+
+    fn settings(&self, chat_id: i64) -> Result<Option<serde_json::Value>> {
+        let text: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT settings FROM chat_settings WHERE chat_id = ?1",
+                params![chat_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(match text {
+            Some(t) => Some(serde_json::from_str(&t)?),
+            None => None,
+        })
+    }
+
+    fn set_settings(&self, chat_id: i64, settings: &serde_json::Value) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO chat_settings (chat_id, settings) VALUES (?1, ?2) \
+             ON CONFLICT(chat_id) DO UPDATE SET settings = excluded.settings",
+            params![chat_id, serde_json::to_string(settings)?],
+        )?;
+        Ok(())
+    }
+
+    fn update_payload(&self, id: JobId, patch: &serde_json::Value) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let text: String = tx
+            .query_row("SELECT payload FROM jobs WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .ok_or(StoreError::NoSuchJob(id))?;
+        let mut payload: serde_json::Value = serde_json::from_str(&text)?;
+        if let (Some(obj), Some(p)) = (payload.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        tx.execute(
+            "UPDATE jobs SET payload = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(&payload)?],
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     fn set_stage(&self, id: JobId, stage: &str) -> Result<()> {
@@ -382,6 +502,38 @@ mod tests {
             s.recover(3).unwrap();
         }
         assert_eq!(s.get(id2).unwrap().state, JobState::Failed);
+    }
+
+    #[test]
+    fn fair_claims_settings_requeue_and_failure_reports() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let a1 = s.enqueue(&job(1)).unwrap();
+        let a2 = s.enqueue(&job(1)).unwrap();
+        let b1 = s.enqueue(&job(2)).unwrap();
+        assert_eq!(s.claim_fair(1).unwrap().unwrap().id, a1);
+        // User 1 has one running: the next claim skips a2 for user 2's job.
+        assert_eq!(s.claim_fair(1).unwrap().unwrap().id, b1);
+        assert!(s.claim_fair(1).unwrap().is_none());
+        // A graceful shutdown puts the job back without spending an attempt.
+        s.requeue(a1).unwrap();
+        let j = s.get(a1).unwrap();
+        assert_eq!((j.state, j.attempts), (JobState::Queued, 0));
+        assert_eq!(s.claim_fair(2).unwrap().unwrap().id, a1);
+        assert_eq!(s.claim_fair(2).unwrap().unwrap().id, a2);
+        assert_eq!(s.fail(a2, "broken", 1).unwrap(), JobState::Failed);
+        let f = s.take_unreported_failures().unwrap();
+        assert_eq!(f.iter().map(|j| j.id).collect::<Vec<_>>(), [a2]);
+        assert!(s.take_unreported_failures().unwrap().is_empty());
+        // Settings persist across reopening.
+        s.set_settings(-100, &serde_json::json!({"count": 4})).unwrap();
+        s.set_settings(-100, &serde_json::json!({"count": 5})).unwrap();
+        s.update_payload(b1, &serde_json::json!({"status": 77})).unwrap();
+        drop(s);
+        let s = SqliteStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        assert_eq!(s.settings(-100).unwrap().unwrap()["count"], 5);
+        assert!(s.settings(5).unwrap().is_none());
+        assert_eq!(s.get(b1).unwrap().payload["status"], 77);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Command {
     Train(crate::train::TrainArgs),
     /// Measure scoring throughput (and cutting and Whisper speed): one JSON line per case.
     Bench(crate::bench::BenchArgs),
+    /// Run the Telegram bot (token from TELOXIDE_TOKEN; see README "The Telegram bot").
+    Bot(viralclip_bot::BotConfig),
 }
 
 /// Which model, on which device.

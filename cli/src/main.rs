@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Model(a) => model_cmd(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
+        Command::Bot(c) => bot(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,6 +114,14 @@ fn progress_bar(quiet: bool) -> (ProgressBar, Progress) {
         b.set_position((f.clamp(0.0, 1.0) * 1000.0) as u64);
     });
     (bar, progress)
+}
+
+fn bot(c: viralclip_bot::BotConfig) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(viralclip_bot::run(c))
+        .map_err(|e| anyhow::anyhow!(viralclip_bot::telegram::redact(&format!("{e:#}"))))
 }
 
 fn clip(a: ClipArgs) -> Result<()> {

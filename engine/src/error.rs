@@ -58,6 +58,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the input itself is at fault (retrying cannot help; tell the user why).
+    pub fn is_bad_input(&self) -> bool {
+        matches!(
+            self,
+            Error::NotFound(_)
+                | Error::Subtitle { .. }
+                | Error::EmptyTranscript(_)
+                | Error::NotAVideo { .. }
+                | Error::NoAudio(_)
+                | Error::TooLarge { .. }
+                | Error::Invalid(_)
+        )
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {

@@ -1,0 +1,100 @@
+//! The engine behind a trait, so the bot's logic is testable and the model can be switched live.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+use viralclip_engine::device::{self, DeviceChoice, Precision};
+use viralclip_engine::model::artifact;
+use viralclip_engine::pipeline::{ClipRequest, Engine, Progress};
+use viralclip_engine::report::Report;
+use viralclip_engine::scorer::BertScorer;
+
+/// Runs clip jobs. Implementations are shared by all workers.
+pub trait Clipper: Send + Sync + 'static {
+    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> anyhow::Result<Report>;
+    /// Switches to the model in `dir` for the jobs that start after this returns.
+    fn switch_model(&self, dir: &Path) -> anyhow::Result<()>;
+    /// The model directory in use.
+    fn model_dir(&self) -> PathBuf;
+}
+
+/// The real engine: a pool of loaded engines (one per concurrent job), rebuilt on a model switch.
+pub struct EngineClipper {
+    model: RwLock<(PathBuf, u64)>,
+    encoder: Option<PathBuf>,
+    whisper: Option<PathBuf>,
+    device: DeviceChoice,
+    precision: Precision,
+    pool: Mutex<Vec<(u64, Engine)>>,
+}
+
+impl EngineClipper {
+    /// Loads one engine at once, so a broken model fails at start-up rather than in a job.
+    pub fn new(
+        model: PathBuf,
+        encoder: Option<PathBuf>,
+        whisper: Option<PathBuf>,
+        device: DeviceChoice,
+        precision: Precision,
+    ) -> anyhow::Result<Self> {
+        let c = EngineClipper {
+            model: RwLock::new((model, 0)),
+            encoder,
+            whisper,
+            device,
+            precision,
+            pool: Mutex::new(Vec::new()),
+        };
+        let e = c.build(&c.model_dir())?;
+        c.pool.lock().expect("pool").push((0, e));
+        Ok(c)
+    }
+
+    fn build(&self, dir: &Path) -> anyhow::Result<Engine> {
+        let (dev, note) = device::open(self.device)?;
+        if let Some(n) = note {
+            tracing::warn!("{n}");
+        }
+        let dtype = self.precision.dtype(&dev);
+        self.precision.configure(&dev);
+        let t = Instant::now();
+        let loaded = artifact::load(dir, self.encoder.as_deref(), &dev, dtype)?;
+        let mut e = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper_path(self.whisper.clone());
+        e.model_load_secs = t.elapsed().as_secs_f64();
+        Ok(e)
+    }
+}
+
+impl Clipper for EngineClipper {
+    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> anyhow::Result<Report> {
+        let (dir, generation) = self.model.read().expect("model lock").clone();
+        let taken = {
+            let mut pool = self.pool.lock().expect("pool");
+            pool.retain(|(g, _)| *g == generation);
+            pool.pop()
+        };
+        let mut engine = match taken {
+            Some((_, e)) => e,
+            None => self.build(&dir)?,
+        };
+        let r = engine.run(req, progress, cancel);
+        self.pool.lock().expect("pool").push((generation, engine));
+        Ok(r?)
+    }
+
+    fn switch_model(&self, dir: &Path) -> anyhow::Result<()> {
+        let engine = self.build(dir)?; // fails before anything changes
+        let mut m = self.model.write().expect("model lock");
+        m.0 = dir.to_path_buf();
+        m.1 += 1;
+        let mut pool = self.pool.lock().expect("pool");
+        pool.clear();
+        pool.push((m.1, engine));
+        Ok(())
+    }
+
+    fn model_dir(&self) -> PathBuf {
+        self.model.read().expect("model lock").0.clone()
+    }
+}

@@ -1,0 +1,90 @@
+//! The bot's configuration: flags with environment fallbacks, sane defaults.
+
+use std::path::PathBuf;
+use viralclip_engine::device::{DeviceChoice, Precision};
+
+/// `viralclip bot` options. The token comes from `TELOXIDE_TOKEN` and is never logged.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BotConfig {
+    /// Bot token from @BotFather.
+    #[arg(long, env = "TELOXIDE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Bot API server URL (a self-hosted `telegram-bot-api`, e.g. http://localhost:8081).
+    #[arg(long, env = "VIRALCLIP_API_URL")]
+    pub api_url: Option<String>,
+    /// The API server runs with `--local`: files up to 2000 MB both ways, and `getFile` returns
+    /// local paths the bot reads directly (mount the server's working directory).
+    #[arg(long, env = "VIRALCLIP_LOCAL_API")]
+    pub local_api: bool,
+    /// Where jobs.sqlite, job folders, training data and trained models live.
+    #[arg(long, env = "VIRALCLIP_DATA_DIR", default_value = "viralclip-data")]
+    pub data_dir: PathBuf,
+    /// User ids allowed to run /train (comma-separated).
+    #[arg(long, env = "VIRALCLIP_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<i64>,
+    /// Model directory (default: assets/model).
+    #[arg(long, env = "VIRALCLIP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Base encoder directory (else the model's own, else the Hugging Face hub).
+    #[arg(long, env = "VIRALCLIP_ENCODER")]
+    pub encoder: Option<PathBuf>,
+    /// Whisper model (ggml .bin) for videos without subtitles.
+    #[arg(long, env = "VIRALCLIP_WHISPER")]
+    pub whisper: Option<PathBuf>,
+    #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
+    pub precision: Precision,
+    /// Jobs processed at once across all chats (the heavy-work cap).
+    #[arg(long, env = "VIRALCLIP_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Running jobs per user.
+    #[arg(long, env = "VIRALCLIP_USER_RUNNING", default_value_t = 1)]
+    pub per_user_running: u32,
+    /// Queued + running jobs per user.
+    #[arg(long, env = "VIRALCLIP_USER_QUEUE", default_value_t = 3)]
+    pub per_user_queue: usize,
+    /// Attempts per job before the user is told it failed.
+    #[arg(long, env = "VIRALCLIP_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// Longest input video, minutes.
+    #[arg(long, env = "VIRALCLIP_MAX_MINUTES", default_value_t = 60.0)]
+    pub max_duration_mins: f64,
+    /// Largest input, MB (default: 20 with the cloud Bot API, 2000 with --local-api).
+    #[arg(long, env = "VIRALCLIP_MAX_INPUT_MB")]
+    pub max_input_mb: Option<u64>,
+    /// Training data sources for /train (same syntax as `viralclip train --data`).
+    #[arg(long = "train-data", env = "VIRALCLIP_TRAIN_DATA", value_delimiter = ';')]
+    pub train_data: Vec<String>,
+    /// Held-out sources measured after /train.
+    #[arg(long = "train-test", env = "VIRALCLIP_TRAIN_TEST", value_delimiter = ';')]
+    pub train_test: Vec<String>,
+    /// Extra `viralclip train` settings for /train: epochs with layers unfrozen (0 = heads only).
+    #[arg(long, env = "VIRALCLIP_TRAIN_UNFROZEN_EPOCHS", default_value_t = 3)]
+    pub train_unfrozen_epochs: usize,
+}
+
+pub const CLOUD_DOWNLOAD_MB: u64 = 20;
+pub const CLOUD_UPLOAD_MB: u64 = 50;
+pub const LOCAL_LIMIT_MB: u64 = 2000;
+
+impl BotConfig {
+    /// Largest file the bot takes, bytes.
+    pub fn max_input_bytes(&self) -> u64 {
+        let server = if self.local_api {
+            LOCAL_LIMIT_MB
+        } else {
+            CLOUD_DOWNLOAD_MB
+        };
+        self.max_input_mb.unwrap_or(server).min(server) * 1_000_000
+    }
+
+    /// Largest file the bot may upload, bytes.
+    pub fn max_upload_bytes(&self) -> u64 {
+        if self.local_api {
+            LOCAL_LIMIT_MB * 1_000_000
+        } else {
+            CLOUD_UPLOAD_MB * 1_000_000
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Per-chat settings (kept in the job store, so they survive restarts) and the `/settings` inline
+//! keyboard's actions.
+
+use serde::{Deserialize, Serialize};
+
+/// What a chat wants from its jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Clips per video.
+    pub count: usize,
+    pub min_secs: f64,
+    pub max_secs: f64,
+    /// Keyframe stream copy instead of frame-exact re-encoding.
+    pub fast: bool,
+    /// Whisper language code, or `auto`.
+    pub language: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            count: 3,
+            min_secs: 15.0,
+            max_secs: 60.0,
+            fast: false,
+            language: "auto".into(),
+        }
+    }
+}
+
+pub const MAX_CLIPS: usize = 10;
+
+impl Settings {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.count == 0 || self.count > MAX_CLIPS {
+            return Err(format!("clip count must be 1 to {MAX_CLIPS}"));
+        }
+        if !(self.min_secs >= 3.0 && self.min_secs <= self.max_secs && self.max_secs <= 180.0) {
+            return Err("clip length must be MIN-MAX seconds with 3 ≤ MIN ≤ MAX ≤ 180".into());
+        }
+        Ok(())
+    }
+
+    /// One line for `/settings` and `/status`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} clips of {:.0}–{:.0} s, {} cutting, language {}",
+            self.count,
+            self.min_secs,
+            self.max_secs,
+            if self.fast { "fast" } else { "precise" },
+            self.language
+        )
+    }
+
+    /// Applies an inline-keyboard action (callback data `set:<action>`); `None` if unknown.
+    pub fn apply(&self, action: &str) -> Option<Settings> {
+        let mut s = self.clone();
+        match action {
+            "count+" => s.count = (s.count + 1).min(MAX_CLIPS),
+            "count-" => s.count = s.count.saturating_sub(1).max(1),
+            "len:short" => (s.min_secs, s.max_secs) = (10.0, 30.0),
+            "len:medium" => (s.min_secs, s.max_secs) = (15.0, 60.0),
+            "len:long" => (s.min_secs, s.max_secs) = (30.0, 90.0),
+            "mode" => s.fast = !s.fast,
+            "lang:auto" | "lang:ru" | "lang:en" => s.language = action[5..].to_string(),
+            _ => return None,
+        }
+        Some(s)
+    }
+
+    /// The keyboard: rows of (label, callback data).
+    pub fn keyboard(&self) -> Vec<Vec<(String, String)>> {
+        let b = |l: &str, d: &str| (l.to_string(), format!("set:{d}"));
+        vec![
+            vec![
+                b("− clip", "count-"),
+                b(&format!("{} clips", self.count), "noop"),
+                b("+ clip", "count+"),
+            ],
+            vec![
+                b("10–30 s", "len:short"),
+                b("15–60 s", "len:medium"),
+                b("30–90 s", "len:long"),
+            ],
+            vec![b(if self.fast { "mode: fast" } else { "mode: precise" }, "mode")],
+            vec![b("auto", "lang:auto"), b("ru", "lang:ru"), b("en", "lang:en")],
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyboard_actions_change_settings_within_bounds() {
+        let s = Settings::default();
+        let s = s.apply("count+").unwrap();
+        assert_eq!(s.count, 4);
+        let mut t = s.clone();
+        for _ in 0..20 {
+            t = t.apply("count+").unwrap();
+        }
+        assert_eq!(t.count, MAX_CLIPS);
+        let s = s
+            .apply("len:long")
+            .unwrap()
+            .apply("mode")
+            .unwrap()
+            .apply("lang:ru")
+            .unwrap();
+        assert_eq!(
+            (s.min_secs, s.max_secs, s.fast, s.language.as_str()),
+            (30.0, 90.0, true, "ru")
+        );
+        assert!(s.validate().is_ok());
+        assert!(s.apply("bogus").is_none());
+        // Every button's action is known (or the no-op label).
+        for row in s.keyboard() {
+            for (_, data) in row {
+                let a = data.strip_prefix("set:").unwrap();
+                assert!(a == "noop" || s.apply(a).is_some(), "{a}");
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The bot against a fake Bot API server: real engine (assets/model over the e5 fixture), real
+//! SQLite store, real clips.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use viralclip_bot::clipper::{Clipper, EngineClipper};
+
+const USER: i64 = 100;
+const ADMIN: i64 = 7;
+
+fn clipper(e5: &Path) -> Arc<dyn Clipper> {
+    Arc::new(
+        EngineClipper::new(
+            repo().join("assets/model"),
+            Some(e5.to_path_buf()),
+            None,
+            viralclip_engine::device::DeviceChoice::Cpu,
+            viralclip_engine::device::Precision::F32,
+        )
+        .unwrap(),
+    )
+}
+
+struct Running {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn start_bot(cfg: viralclip_bot::BotConfig, c: Arc<dyn Clipper>) -> Running {
+    Running {
+        task: tokio::spawn(viralclip_bot::app::run_with(cfg, c)),
+    }
+}
+
+fn demo() -> std::path::PathBuf {
+    repo().join("assets/demo/demo.mp4")
+}
+
+/// Private chat: video + subtitle reply → queued (after the job is stored) → status edits →
+/// clips with size, duration, thumbnail, streaming flag and captions → timeline PNG. The first
+/// sendVideo gets a 429 with retry_after 1, which is waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_video_with_subtitles_gives_clips_and_a_timeline() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let srt = demo_srt(dir.path());
+    f.add_file("vid", &demo(), std::fs::metadata(demo()).unwrap().len());
+    f.add_file("subs", &srt, 900);
+    f.rule(Rule::RetryAfter {
+        method: "sendVideo".into(),
+        secs: 1,
+        n: 1,
+    });
+    let cfg = config(&srv.url, &dir.path().join("data"), &e5);
+    let _bot = start_bot(cfg.clone(), clipper(&e5));
+    let mut video = video_message(10, USER, USER, "vid", 1_300_000);
+    video["caption"] = json!("2 fast");
+    f.push_update(update(video.clone()));
+    // The video alone would be transcribed; these subtitles come as a reply to it instead.
+    f.wait_for(30, "queued reply to the video", |c| {
+        c.iter().any(|c| c.text().starts_with("Queued as job #1"))
+    })
+    .await;
+    // Job #1 (Whisper-less config: no --whisper) fails with a clear message, told to the user.
+    f.wait_for(60, "failure message for the video without subtitles", |c| {
+        c.iter()
+            .any(|c| c.method == "sendMessage" && c.text().contains("Job #1 failed"))
+    })
+    .await;
+    let mut subs = document_message(11, USER, USER, "subs", "Мой ролик.SRT", 900);
+    subs["reply_to_message"] = video;
+    f.push_update(update(subs));
+    f.wait_for(180, "the timeline photo", |c| {
+        c.iter().any(|c| c.method == "sendPhoto")
+    })
+    .await;
+
+    let queued = f.calls("sendMessage");
+    assert!(
+        queued.iter().any(|c| c.text().starts_with("Queued as job #2")),
+        "{queued:?}"
+    );
+    let edits = f.calls("editMessageText");
+    assert!(
+        edits.iter().any(|c| c.text().contains("scoring")),
+        "stage edits: {edits:?}"
+    );
+    assert!(
+        edits.iter().any(|c| c.text().starts_with("✅ done")),
+        "final edit: {edits:?}"
+    );
+    let videos = f.calls("sendVideo");
+    // 429 once: the first clip is sent twice, a second or more apart; each clip lands once after.
+    assert_eq!(videos.len(), 3, "{videos:?}");
+    assert!(videos[1].at.duration_since(videos[0].at) >= Duration::from_millis(950));
+    let delivered = &videos[1..];
+    for (k, v) in delivered.iter().enumerate() {
+        assert!(
+            v.text().starts_with(&format!("#{} of 2 · ", k + 1)),
+            "caption {:?}",
+            v.text()
+        );
+        assert!(v.text().contains('«'), "quote in caption");
+        assert_eq!(
+            v.fields.get("supports_streaming").map(String::as_str),
+            Some("true")
+        );
+        let w: u32 = v.fields["width"].parse().unwrap();
+        let h: u32 = v.fields["height"].parse().unwrap();
+        let d: u32 = v.fields["duration"].parse().unwrap();
+        assert!(w > 0 && h > 0 && (10..=75).contains(&d), "{w}x{h} {d}s");
+        let mp4 = v.file("video");
+        assert_eq!(&mp4[4..8], b"ftyp", "an MP4 upload");
+        let jpg = v.file("thumbnail");
+        assert_eq!(&jpg[..2], &[0xFF, 0xD8], "a JPEG thumbnail");
+        assert_eq!(v.fields["chat_id"], USER.to_string());
+    }
+    let photo = &f.calls("sendPhoto")[0];
+    assert_eq!(&photo.file("photo")[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+/// A subtitle file alone gets the moments as text; a group /clip reply is answered in its
+/// thread; group media without a command is ignored (privacy mode); /clip to a foreign bot too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subtitles_alone_and_group_clip_replies() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let srt = demo_srt(dir.path());
+    f.add_file("subs", &srt, 900);
+    let _bot = start_bot(config(&srv.url, &dir.path().join("data"), &e5), clipper(&e5));
+
+    f.push_update(update(document_message(5, USER, USER, "subs", "talk.srt", 900)));
+    f.wait_for(60, "moments text", |c| {
+        c.iter()
+            .any(|c| c.text().contains("moments from 12 subtitle lines"))
+    })
+    .await;
+    let text = f
+        .calls("sendMessage")
+        .into_iter()
+        .find(|c| c.text().contains("moments from"))
+        .unwrap();
+    assert!(text.text().contains("#1 0:"), "{}", text.text());
+    assert!(f.calls("sendVideo").is_empty());
+
+    let group = -500;
+    let doc = document_message(20, group, USER, "subs", "talk.srt", 900);
+    f.push_update(update(doc.clone())); // ignored: no command
+    let mut other = text_message(21, group, USER, "/clip@other_bot");
+    other["reply_to_message"] = doc.clone();
+    f.push_update(update(other)); // addressed to another bot
+    let mut cmd = text_message(22, group, USER, &format!("/clip@{BOT_USERNAME} 2 15-40"));
+    cmd["reply_to_message"] = doc;
+    cmd["is_topic_message"] = json!(true);
+    cmd["message_thread_id"] = json!(77);
+    f.push_update(update(cmd));
+    f.wait_for(60, "moments in the group", |c| {
+        c.iter().filter(|c| c.text().contains("moments from")).count() == 2
+    })
+    .await;
+    let in_group: Vec<_> = f
+        .calls("sendMessage")
+        .into_iter()
+        .filter(|c| c.fields["chat_id"] == group.to_string())
+        .collect();
+    // Queued + moments, both in the topic thread, replying to the command.
+    assert_eq!(in_group.len(), 2, "{in_group:?}");
+    for c in &in_group {
+        assert_eq!(
+            c.fields.get("message_thread_id").map(String::as_str),
+            Some("77"),
+            "{c:?}"
+        );
+    }
+    assert!(in_group[0].fields["reply_parameters"].contains("22"));
+    assert!(in_group[1].text().contains("2 moments"), "{}", in_group[1].text());
+}
+
+/// 25 MB: refused with an explanation on the cloud API; taken (from its local path) with --local-api.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn big_files_with_and_without_the_local_server() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let srt = demo_srt(dir.path());
+    f.add_file("big", &demo(), 25_000_000);
+    f.add_file("subs", &srt, 900);
+    let cfg = config(&srv.url, &dir.path().join("cloud"), &e5);
+    let c = clipper(&e5);
+    {
+        let _bot = start_bot(cfg.clone(), c.clone());
+        f.push_update(update(video_message(1, USER, USER, "big", 25_000_000)));
+        f.wait_for(30, "the 20 MB explanation", |c| {
+            c.iter().any(|c| c.text().contains("up to 20 MB"))
+        })
+        .await;
+        assert!(!f
+            .calls("sendMessage")
+            .iter()
+            .any(|c| c.text().starts_with("Queued")));
+        assert!(f.calls("getFile").is_empty());
+    }
+    let srv = start().await;
+    let f = srv.fake.clone();
+    *f.local_mode.lock().unwrap() = true;
+    f.add_file("big", &demo(), 25_000_000);
+    f.add_file("subs", &srt, 900);
+    let mut cfg = config(&srv.url, &dir.path().join("local"), &e5);
+    cfg.local_api = true;
+    let _bot = start_bot(cfg, c);
+    let mut video = video_message(1, USER, USER, "big", 25_000_000);
+    video["caption"] = json!("1 fast");
+    let mut subs = document_message(2, USER, USER, "subs", "x.srt", 900);
+    subs["reply_to_message"] = video;
+    f.push_update(update(subs));
+    f.wait_for(120, "a clip from the local file", |c| {
+        c.iter().any(|c| c.method == "sendVideo")
+    })
+    .await;
+    assert!(f
+        .calls("sendMessage")
+        .iter()
+        .any(|c| c.text().starts_with("Queued")));
+}
+
+/// /train: refused for strangers, forwarded messages and groups; an admin's run trains (heads only,
+/// tiny data), reports metrics and decides about switching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn train_is_for_admins_in_private() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let pos = dir.path().join("pos.txt");
+    let neg = dir.path().join("neg.txt");
+    std::fs::write(
+        &pos,
+        (0..40)
+            .map(|i| format!("You won't believe what happened {i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    std::fs::write(
+        &neg,
+        (0..40)
+            .map(|i| format!("Council approves budget item {i}\n"))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
+    cfg.train_data = vec![
+        format!("{}#label=1", pos.display()),
+        format!("{}#label=0", neg.display()),
+    ];
+    cfg.train_unfrozen_epochs = 0;
+    let _bot = start_bot(cfg, clipper(&e5));
+
+    f.push_update(update(text_message(1, USER, USER, "/train")));
+    let mut fwd = text_message(2, ADMIN, ADMIN, "/train");
+    fwd["forward_origin"] = json!({"type": "user", "date": 0, "sender_user": user(ADMIN)});
+    f.push_update(update(fwd));
+    f.push_update(update(text_message(
+        3,
+        -9,
+        ADMIN,
+        &format!("/train@{BOT_USERNAME}"),
+    )));
+    f.wait_for(30, "three refusals", |c| {
+        let t: Vec<&str> = c.iter().map(Call::text).collect();
+        t.iter().any(|x| x.contains("is for the bot's admins"))
+            && t.iter().any(|x| x.contains("not forwarded"))
+            && t.iter().any(|x| x.contains("only in a private chat"))
+    })
+    .await;
+    assert!(!f
+        .calls("sendMessage")
+        .iter()
+        .any(|c| c.text().contains("Training started")));
+
+    f.push_update(update(text_message(4, ADMIN, ADMIN, "/train")));
+    f.wait_for(300, "training result", |c| {
+        c.iter().any(|c| c.text().starts_with("Training done"))
+    })
+    .await;
+    let done = f
+        .calls("sendMessage")
+        .into_iter()
+        .find(|c| c.text().starts_with("Training done"))
+        .unwrap();
+    assert!(done.text().contains("popularity ROC-AUC"), "{}", done.text());
+    assert!(done.text().contains("Switched") || done.text().contains("Kept the current model"));
+    assert!(f.calls("sendMessage").iter().any(|c| c.text().contains("No GPU")));
+}
+
+/// kill -9 in the middle of a job: the restarted bot resumes it and sends every clip exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_mid_job_resumes_and_sends_each_clip_once() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let srt = demo_srt(dir.path());
+    f.add_file("vid", &demo(), 1_300_000);
+    f.add_file("subs", &srt, 900);
+    // Hold the status edit before the second clip: the first is sent and recorded by then.
+    f.rule(Rule::Hold {
+        method: "editMessageText".into(),
+        needle: "uploading clip 2".into(),
+    });
+    let data = dir.path().join("data");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_viralclip-bot"))
+            .current_dir(repo())
+            .env("TELOXIDE_TOKEN", TOKEN)
+            .env("VIRALCLIP_API_URL", &srv.url)
+            .env("VIRALCLIP_DATA_DIR", &data)
+            .env("VIRALCLIP_ENCODER", &e5)
+            .env("VIRALCLIP_DEVICE", "cpu")
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let mut video = video_message(10, USER, USER, "vid", 1_300_000);
+    video["caption"] = json!("3 fast");
+    let mut subs = document_message(11, USER, USER, "subs", "a.srt", 900);
+    subs["reply_to_message"] = video;
+    f.push_update(update(subs));
+    f.wait_for(180, "the held edit", |c| {
+        c.iter().any(|c| c.text().contains("uploading clip 2"))
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert_eq!(f.calls("sendVideo").len(), 1);
+    // Restart: the update was confirmed already (offset), so only the stored job brings it back.
+    f.clear_rules();
+    let mut child = spawn();
+    f.wait_for(180, "the timeline after resuming", |c| {
+        c.iter().any(|c| c.method == "sendPhoto")
+    })
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let captions: Vec<String> = f
+        .calls("sendVideo")
+        .iter()
+        .map(|c| c.text().to_string())
+        .collect();
+    assert_eq!(captions.len(), 3, "{captions:?}");
+    for k in 1..=3 {
+        assert_eq!(
+            captions
+                .iter()
+                .filter(|c| c.starts_with(&format!("#{k} of 3")))
+                .count(),
+            1,
+            "clip {k} exactly once: {captions:?}"
+        );
+    }
+    assert_eq!(
+        f.calls("sendMessage")
+            .iter()
+            .filter(|c| c.text().starts_with("Queued"))
+            .count(),
+        1,
+        "accepted once"
+    );
+}

@@ -1,0 +1,424 @@
+//! A fake Telegram Bot API server on 127.0.0.1 (the bot's API URL points at it): it serves
+//! queued updates through getUpdates, files through getFile and /file/bot<token>/..., records every
+//! call (JSON or multipart), and can answer with 429 `retry_after` or hold a call to stage a crash.
+#![allow(dead_code)]
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_x";
+pub const BOT_USERNAME: &str = "vc_bot";
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    pub fields: HashMap<String, String>,
+    /// Uploaded files: field name -> (file name, bytes).
+    pub files: HashMap<String, (String, Vec<u8>)>,
+    pub at: Instant,
+}
+
+impl Call {
+    /// An uploaded file by field name, following `attach://` references.
+    pub fn file(&self, field: &str) -> &[u8] {
+        if let Some(f) = self.files.get(field) {
+            return &f.1;
+        }
+        let name = self
+            .fields
+            .get(field)
+            .and_then(|v| v.strip_prefix("attach://"))
+            .unwrap_or("");
+        &self
+            .files
+            .get(name)
+            .unwrap_or_else(|| panic!("no file {field} in {:?}", self.fields))
+            .1
+    }
+
+    pub fn text(&self) -> &str {
+        self.fields
+            .get("text")
+            .or(self.fields.get("caption"))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+#[derive(Clone)]
+pub enum Rule {
+    /// Answer the next `n` calls of `method` with 429 and this retry_after.
+    RetryAfter { method: String, secs: u64, n: usize },
+    /// Never answer a call of `method` whose text contains `needle` (the bot is killed meanwhile).
+    Hold { method: String, needle: String },
+}
+
+#[derive(Default)]
+pub struct Fake {
+    pub calls: Mutex<Vec<Call>>,
+    updates: Mutex<Vec<Value>>,
+    next_update: AtomicI64,
+    next_message: AtomicI64,
+    /// file_id -> (path on disk, reported size, file_path the server hands out)
+    files: Mutex<HashMap<String, (PathBuf, u64, String)>>,
+    rules: Mutex<Vec<Rule>>,
+    pub local_mode: Mutex<bool>,
+}
+
+pub struct Server {
+    pub fake: Arc<Fake>,
+    pub url: String,
+}
+
+pub async fn start() -> Server {
+    let fake = Arc::new(Fake {
+        next_update: AtomicI64::new(1),
+        next_message: AtomicI64::new(1000),
+        ..Default::default()
+    });
+    let app = Router::new()
+        .route("/{bot}/{method}", post(api).get(api))
+        .route("/file/{bot}/{*path}", get(file))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { fake, url }
+}
+
+impl Fake {
+    pub fn push_update(&self, mut u: Value) {
+        u["update_id"] = json!(self.next_update.fetch_add(1, Ordering::SeqCst));
+        self.updates.lock().unwrap().push(u);
+    }
+
+    /// Registers a file the bot may fetch; `size` is what Telegram reports.
+    pub fn add_file(&self, id: &str, path: &Path, size: u64) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(id.into(), (path.to_path_buf(), size, format!("documents/{id}")));
+    }
+
+    pub fn rule(&self, r: Rule) {
+        self.rules.lock().unwrap().push(r);
+    }
+
+    pub fn clear_rules(&self) {
+        self.rules.lock().unwrap().clear();
+    }
+
+    pub fn calls(&self, method: &str) -> Vec<Call> {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c.method == method)
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until `pred` holds over the calls (or panics after `secs`, listing them).
+    pub async fn wait_for(&self, secs: u64, what: &str, pred: impl Fn(&[Call]) -> bool) {
+        let start = Instant::now();
+        loop {
+            if pred(&self.calls.lock().unwrap()) {
+                return;
+            }
+            if start.elapsed() > Duration::from_secs(secs) {
+                let calls = self.calls.lock().unwrap();
+                let list: Vec<String> = calls
+                    .iter()
+                    .map(|c| format!("{} {:?}", c.method, c.text()))
+                    .collect();
+                panic!("timed out after {secs} s waiting for {what}; calls: {list:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn message(id: i64, chat: i64, text: &str) -> Value {
+    json!({
+        "message_id": id, "date": 0,
+        "chat": {"id": chat, "type": if chat < 0 { "supergroup" } else { "private" }, "first_name": "u", "title": "g"},
+        "text": text,
+    })
+}
+
+async fn file(State(f): State<Arc<Fake>>, UrlPath((_bot, path)): UrlPath<(String, String)>) -> Bytes {
+    let files = f.files.lock().unwrap().clone();
+    let hit = files
+        .values()
+        .find(|(_, _, p)| *p == path)
+        .map(|(d, _, _)| d.clone());
+    Bytes::from(std::fs::read(hit.expect("known file")).unwrap())
+}
+
+async fn api(
+    State(f): State<Arc<Fake>>,
+    UrlPath((bot, method)): UrlPath<(String, String)>,
+    req: Request,
+) -> Json<Value> {
+    assert_eq!(bot, format!("bot{TOKEN}"), "token in the URL");
+    // Bot API method names are case-insensitive (teloxide sends "GetMe"): use Telegram's spelling.
+    let mut cs = method.chars();
+    let method: String = cs
+        .next()
+        .map(|c| c.to_ascii_lowercase())
+        .into_iter()
+        .chain(cs)
+        .collect();
+    let ct = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut fields = HashMap::new();
+    let mut files = HashMap::new();
+    if ct.starts_with("multipart/") {
+        let mut mp = Multipart::from_request(req, &()).await.unwrap();
+        while let Some(field) = mp.next_field().await.unwrap() {
+            let name = field.name().unwrap_or("").to_string();
+            let file_name = field.file_name().map(str::to_string);
+            let data = field.bytes().await.unwrap().to_vec();
+            match file_name {
+                Some(n) => {
+                    files.insert(name, (n, data));
+                }
+                None => {
+                    fields.insert(name, String::from_utf8_lossy(&data).into_owned());
+                }
+            }
+        }
+    } else {
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20).await.unwrap();
+        if let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(&body) {
+            for (k, v) in m {
+                fields.insert(k, v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+            }
+        }
+    }
+    if method == "getUpdates" {
+        let offset: i64 = fields.get("offset").and_then(|s| s.parse().ok()).unwrap_or(0);
+        // As Telegram does: asking from `offset` confirms (forgets) every earlier update.
+        f.updates
+            .lock()
+            .unwrap()
+            .retain(|u| u["update_id"].as_i64().unwrap() >= offset);
+        for _ in 0..10 {
+            let ups: Vec<Value> = f
+                .updates
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|u| u["update_id"].as_i64().unwrap() >= offset)
+                .cloned()
+                .collect();
+            if !ups.is_empty() {
+                return Json(json!({"ok": true, "result": ups}));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        return Json(json!({"ok": true, "result": []}));
+    }
+    let call = Call {
+        method: method.clone(),
+        fields: fields.clone(),
+        files,
+        at: Instant::now(),
+    };
+    f.calls.lock().unwrap().push(call.clone());
+    // Rules: 429s and held calls.
+    let rule = {
+        let mut rules = f.rules.lock().unwrap();
+        let mut hit = None;
+        for r in rules.iter_mut() {
+            match r {
+                Rule::RetryAfter { method: m, secs, n } if *m == method && *n > 0 => {
+                    *n -= 1;
+                    hit = Some(Rule::RetryAfter {
+                        method: m.clone(),
+                        secs: *secs,
+                        n: 0,
+                    });
+                    break;
+                }
+                Rule::Hold { method: m, needle } if *m == method && call.text().contains(needle.as_str()) => {
+                    hit = Some(r.clone());
+                    break;
+                }
+                _ => {}
+            }
+        }
+        hit
+    };
+    match rule {
+        Some(Rule::RetryAfter { secs, .. }) => {
+            return Json(json!({"ok": false, "error_code": 429,
+                "description": format!("Too Many Requests: retry after {secs}"),
+                "parameters": {"retry_after": secs}}))
+        }
+        Some(Rule::Hold { .. }) => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        None => {}
+    }
+    let chat: i64 = fields.get("chat_id").and_then(|s| s.parse().ok()).unwrap_or(1);
+    let result = match method.as_str() {
+        "getMe" => json!({"id": 42, "is_bot": true, "first_name": "viralclip", "username": BOT_USERNAME,
+            "can_join_groups": true, "can_read_all_group_messages": false, "supports_inline_queries": false,
+            "has_main_web_app": false}),
+        "getWebhookInfo" => json!({"url": "", "has_custom_certificate": false, "pending_update_count": 0}),
+        "getFile" => {
+            let id = fields.get("file_id").cloned().unwrap_or_default();
+            let (path, size, rel) = f.files.lock().unwrap().get(&id).cloned().expect("known file id");
+            let fp = if *f.local_mode.lock().unwrap() {
+                path.to_string_lossy().into_owned()
+            } else {
+                rel
+            };
+            json!({"file_id": id, "file_unique_id": format!("u{id}"), "file_size": size, "file_path": fp})
+        }
+        "sendMessage" | "sendVideo" | "sendPhoto" | "sendDocument" | "editMessageText" => {
+            let id = if method == "editMessageText" {
+                fields.get("message_id").and_then(|s| s.parse().ok()).unwrap_or(1)
+            } else {
+                f.next_message.fetch_add(1, Ordering::SeqCst)
+            };
+            message(id, chat, call.text())
+        }
+        _ => json!(true),
+    };
+    Json(json!({"ok": true, "result": result}))
+}
+
+// ---- updates ------------------------------------------------------------------------------
+
+pub fn user(id: i64) -> Value {
+    json!({"id": id, "is_bot": false, "first_name": format!("user{id}")})
+}
+
+pub fn chat(id: i64) -> Value {
+    if id < 0 {
+        json!({"id": id, "type": "supergroup", "title": "group"})
+    } else {
+        json!({"id": id, "type": "private", "first_name": "u"})
+    }
+}
+
+pub fn video_message(id: i64, chat_id: i64, from: i64, file_id: &str, size: u64) -> Value {
+    json!({"message_id": id, "date": 0, "chat": chat(chat_id), "from": user(from),
+        "video": {"file_id": file_id, "file_unique_id": format!("u{file_id}"), "width": 1280, "height": 720,
+                  "duration": 65, "file_size": size, "mime_type": "video/mp4"}})
+}
+
+pub fn document_message(id: i64, chat_id: i64, from: i64, file_id: &str, name: &str, size: u64) -> Value {
+    json!({"message_id": id, "date": 0, "chat": chat(chat_id), "from": user(from),
+        "document": {"file_id": file_id, "file_unique_id": format!("u{file_id}"), "file_name": name, "file_size": size}})
+}
+
+pub fn text_message(id: i64, chat_id: i64, from: i64, text: &str) -> Value {
+    let mut m = json!({"message_id": id, "date": 0, "chat": chat(chat_id), "from": user(from), "text": text});
+    if text.starts_with('/') {
+        let len = text.split_whitespace().next().unwrap().encode_utf16().count();
+        m["entities"] = json!([{"type": "bot_command", "offset": 0, "length": len}]);
+    }
+    m
+}
+
+pub fn update(message: Value) -> Value {
+    json!({"message": message})
+}
+
+// ---- fixtures -----------------------------------------------------------------------------
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The e5 fixture; missing: fail with instructions, or skip loudly when
+/// VIRALCLIP_ALLOW_MISSING_FIXTURES=1.
+pub fn e5() -> Option<PathBuf> {
+    let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/viralclip-fixtures/encoders/multilingual-e5-small")
+        });
+    if p.join("model.safetensors").is_file() {
+        return Some(p);
+    }
+    let msg = format!(
+        "fixture e5 not found at {}: run ../shared/tools/fetch-fixtures.sh",
+        p.display()
+    );
+    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {msg}");
+        None
+    } else {
+        panic!("{msg}");
+    }
+}
+
+/// Subtitles for the demo video: its script's lines, 5 s apart.
+pub fn demo_srt(dir: &Path) -> PathBuf {
+    let script = std::fs::read_to_string(repo().join("assets/demo/script.ru.txt")).unwrap();
+    let mut s = String::new();
+    for (i, line) in script.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let (a, b) = (i * 5, i * 5 + 5);
+        s.push_str(&format!(
+            "{}\n00:00:{:02},000 --> 00:00:{:02},000\n{}\n\n",
+            i + 1,
+            a.min(59),
+            b.min(59),
+            line.trim()
+        ));
+    }
+    let p = dir.join("demo.srt");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+pub fn config(url: &str, data: &Path, e5: &Path) -> viralclip_bot::BotConfig {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct C {
+        #[command(flatten)]
+        c: viralclip_bot::BotConfig,
+    }
+    let model = repo().join("assets/model");
+    let mut c = C::parse_from([
+        "t",
+        "--token",
+        TOKEN,
+        "--api-url",
+        url,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--encoder",
+        e5.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--admins",
+        "7",
+    ])
+    .c;
+    c.max_attempts = 2;
+    c
+}
