@@ -594,14 +594,21 @@ async fn worker_loop(app: Arc<App>) {
         });
         while running.try_join_next().is_some() {}
     }
-    // Shutdown: cancel what runs (it is requeued) unless it finishes first.
+    // Shutdown: cancel what runs (it is requeued) unless it finishes first; after the grace
+    // period whatever still runs is stopped and put back in the queue without spending an attempt.
     for c in app.cancels.iter() {
         c.value().store(true, Ordering::SeqCst);
     }
-    let _ = tokio::time::timeout(Duration::from_secs(60), async {
-        while running.join_next().await.is_some() {}
-    })
-    .await;
+    let grace = Duration::from_secs(app.config.shutdown_grace_secs);
+    let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        running.abort_all();
+        let stuck: Vec<i64> = app.cancels.iter().map(|e| *e.key()).collect();
+        for id in stuck {
+            let _ = app.store.requeue(id);
+            tracing::info!(job = id, "stopped at shutdown; requeued");
+        }
+    }
 }
 
 async fn finish_job(

@@ -59,6 +59,9 @@ pub struct BotConfig {
     /// Held-out sources measured after /train.
     #[arg(long = "train-test", env = "VIRALCLIP_TRAIN_TEST", value_delimiter = ';')]
     pub train_test: Vec<String>,
+    /// On SIGTERM, seconds the running jobs get to finish before they are put back in the queue.
+    #[arg(long, env = "VIRALCLIP_SHUTDOWN_GRACE", default_value_t = 60)]
+    pub shutdown_grace_secs: u64,
     /// Extra `viralclip train` settings for /train: epochs with layers unfrozen (0 = heads only).
     #[arg(long, env = "VIRALCLIP_TRAIN_UNFROZEN_EPOCHS", default_value_t = 3)]
     pub train_unfrozen_epochs: usize,

@@ -310,6 +310,17 @@ async fn train_is_for_admins_in_private() {
 /// kill -9 in the middle of a job: the restarted bot resumes it and sends every clip exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_mid_job_resumes_and_sends_each_clip_once() {
+    interrupted_mid_job_resumes(false).await;
+}
+
+/// SIGTERM in the middle of a job: the bot exits cleanly within its grace period, the job goes
+/// back to the queue, and the next start finishes it, each clip once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_requeues_the_running_job() {
+    interrupted_mid_job_resumes(true).await;
+}
+
+async fn interrupted_mid_job_resumes(sigterm: bool) {
     let Some(e5) = e5() else { return };
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
@@ -331,6 +342,7 @@ async fn killed_mid_job_resumes_and_sends_each_clip_once() {
             .env("VIRALCLIP_DATA_DIR", &data)
             .env("VIRALCLIP_ENCODER", &e5)
             .env("VIRALCLIP_DEVICE", "cpu")
+            .env("VIRALCLIP_SHUTDOWN_GRACE", "2")
             .env("RUST_LOG", "warn")
             .spawn()
             .unwrap()
@@ -345,8 +357,35 @@ async fn killed_mid_job_resumes_and_sends_each_clip_once() {
         c.iter().any(|c| c.text().contains("uploading clip 2"))
     })
     .await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    if sigterm {
+        let t = std::time::Instant::now();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "exited in {:?}",
+            t.elapsed()
+        );
+        let db = rusqlite::Connection::open(data.join("jobs.sqlite")).unwrap();
+        let (state, attempts): (String, u32) = db
+            .query_row("SELECT state, attempts FROM jobs WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (state.as_str(), attempts),
+            ("queued", 0),
+            "requeued without spending an attempt"
+        );
+    } else {
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
     assert_eq!(f.calls("sendVideo").len(), 1);
     // Restart: the update was confirmed already (offset), so only the stored job brings it back.
     f.clear_rules();
