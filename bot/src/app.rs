@@ -834,7 +834,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                 .set(format!("⏳ uploading clip {rank} of {total}"), true)
                 .await;
             let caption = format::caption(m, total);
-            let parts = fit_for_upload(&app, &dir, m, clip)?;
+            let parts = fit_for_upload(&app, &dir, &report.input.path, m, clip)?;
             let n = parts.len();
             let mut last_id = 0;
             for (k, part) in parts.iter().enumerate() {
@@ -905,6 +905,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
 fn fit_for_upload(
     app: &App,
     dir: &Path,
+    input: &Path,
     m: &viralclip_engine::report::MomentReport,
     clip: &viralclip_engine::report::ClipFacts,
 ) -> Result<Vec<viralclip_engine::report::ClipFacts>> {
@@ -917,41 +918,53 @@ fn fit_for_upload(
     }
     #[cfg(feature = "media")]
     {
-        let input = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.file_stem().is_some_and(|s| s == "input"))
-            .ok_or_else(|| anyhow!("the source video is gone"))?;
-        let n = (clip.size_bytes as f64 / (limit as f64 * 0.9)).ceil().max(2.0) as usize;
-        let step = (m.end - m.start) / n as f64;
-        let mut parts = Vec::new();
-        for k in 0..n {
-            let out = dir.join(format!("part-{}-{k}.mp4", m.rank));
-            let c = viralclip_engine::media::cut(
-                &input,
-                m.start + step * k as f64,
-                m.start + step * (k + 1) as f64,
-                viralclip_engine::media::CutMode::Precise,
-                &out,
-            )?;
-            let thumb_path = out.with_extension("jpg");
-            let t = viralclip_engine::media::thumbnail(&out, (c.duration / 2.0).min(1.0), 320, &thumb_path)?;
-            parts.push(viralclip_engine::report::ClipFacts {
-                path: c.path,
-                thumbnail: t.path,
-                width: c.width,
-                height: c.height,
-                duration: c.duration,
-                size_bytes: c.size_bytes,
-                thumbnail_bytes: t.size_bytes,
-                mode: "precise".into(),
-                source_start: c.source_start,
-            });
+        if !input.is_file() {
+            return Err(anyhow!("the source video is gone"));
         }
-        Ok(parts)
+        let mut n = (clip.size_bytes as f64 / (limit as f64 * 0.9)).ceil().max(2.0) as usize;
+        // Bitrate varies along a clip: if a part still does not fit, cut finer (a few rounds).
+        for _round in 0..4 {
+            let step = (m.end - m.start) / n as f64;
+            let mut parts = Vec::new();
+            for k in 0..n {
+                let out = dir.join(format!("part-{}-{k}.mp4", m.rank));
+                let c = viralclip_engine::media::cut(
+                    input,
+                    m.start + step * k as f64,
+                    m.start + step * (k + 1) as f64,
+                    viralclip_engine::media::CutMode::Precise,
+                    &out,
+                )?;
+                let thumb_path = out.with_extension("jpg");
+                let t =
+                    viralclip_engine::media::thumbnail(&out, (c.duration / 2.0).min(1.0), 320, &thumb_path)?;
+                parts.push(viralclip_engine::report::ClipFacts {
+                    path: c.path,
+                    thumbnail: t.path,
+                    width: c.width,
+                    height: c.height,
+                    duration: c.duration,
+                    size_bytes: c.size_bytes,
+                    thumbnail_bytes: t.size_bytes,
+                    mode: "precise".into(),
+                    source_start: c.source_start,
+                });
+            }
+            let biggest = parts.iter().map(|p| p.size_bytes).max().unwrap_or(0);
+            if biggest <= limit {
+                return Ok(parts);
+            }
+            n = (n as f64 * biggest as f64 / (limit as f64 * 0.9)).ceil() as usize;
+        }
+        Err(anyhow!(
+            "clip {} cannot be cut into parts under the {} upload limit",
+            m.rank,
+            format::megabytes(limit)
+        ))
     }
     #[cfg(not(feature = "media"))]
     {
-        let _ = (dir, m);
+        let _ = (dir, input, m);
         Err(anyhow!("clip {} is over the upload limit", clip.path.display()))
     }
 }

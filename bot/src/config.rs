@@ -53,6 +53,10 @@ pub struct BotConfig {
     /// Largest input, MB (default: 20 with the cloud Bot API, 2000 with --local-api).
     #[arg(long, env = "VIRALCLIP_MAX_INPUT_MB")]
     pub max_input_mb: Option<u64>,
+    /// Largest clip to upload, MB (default: 50 with the cloud Bot API, 2000 with --local-api);
+    /// longer clips are re-cut into consecutive parts that fit.
+    #[arg(long, env = "VIRALCLIP_MAX_UPLOAD_MB")]
+    pub max_upload_mb: Option<f64>,
     /// Training data sources for /train (same syntax as `viralclip train --data`).
     #[arg(long = "train-data", env = "VIRALCLIP_TRAIN_DATA", value_delimiter = ';')]
     pub train_data: Vec<String>,
@@ -84,10 +88,11 @@ impl BotConfig {
 
     /// Largest file the bot may upload, bytes.
     pub fn max_upload_bytes(&self) -> u64 {
-        if self.local_api {
-            LOCAL_LIMIT_MB * 1_000_000
+        let server = if self.local_api {
+            LOCAL_LIMIT_MB
         } else {
-            CLOUD_UPLOAD_MB * 1_000_000
-        }
+            CLOUD_UPLOAD_MB
+        } as f64;
+        (self.max_upload_mb.unwrap_or(server).min(server) * 1e6) as u64
     }
 }

@@ -238,6 +238,47 @@ async fn big_files_with_and_without_the_local_server() {
         .any(|c| c.text().starts_with("Queued")));
 }
 
+/// A clip over the upload limit is re-cut into parts that fit, each sent, none dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clips_over_the_upload_limit_are_split() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let srt = demo_srt(dir.path());
+    f.add_file("vid", &demo(), 1_300_000);
+    f.add_file("subs", &srt, 900);
+    let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
+    cfg.max_upload_mb = Some(0.25);
+    let _bot = start_bot(cfg, clipper(&e5));
+    let mut video = video_message(10, USER, USER, "vid", 1_300_000);
+    video["caption"] = json!("1 20-30");
+    let mut subs = document_message(11, USER, USER, "subs", "a.srt", 900);
+    subs["reply_to_message"] = video;
+    f.push_update(update(subs));
+    f.wait_for(180, "the timeline", |c| c.iter().any(|c| c.method == "sendPhoto"))
+        .await;
+    let parts = f.calls("sendVideo");
+    assert!(parts.len() >= 2, "split into parts: {}", parts.len());
+    let n = parts.len();
+    let mut total = 0.0;
+    for (k, p) in parts.iter().enumerate() {
+        assert!(p.text().starts_with("#1 of 1"), "{}", p.text());
+        assert!(
+            p.text().ends_with(&format!("(part {} of {n})", k + 1)),
+            "{}",
+            p.text()
+        );
+        assert!(
+            p.file("video").len() <= 250_000,
+            "part {k}: {} bytes",
+            p.file("video").len()
+        );
+        total += p.fields["duration"].parse::<f64>().unwrap();
+    }
+    assert!(total >= 19.0, "the parts cover the clip: {total} s");
+}
+
 /// /train: refused for strangers, forwarded messages and groups; an admin's run trains (heads only,
 /// tiny data), reports metrics and decides about switching.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
