@@ -230,6 +230,20 @@ In groups, reply /clip to a message with a video or subtitles (or mention me in 
 options: /clip 3 30-45 (3 clips of 30-45 s), fast|precise, a language code (ru, en).\n\n\
 /settings: clip count, length, cutting mode, language\n/status: your queue\n/cancel: cancel your jobs";
 
+/// Puts a request in the job's topic thread and makes it a reply, where those are known.
+macro_rules! placed {
+    ($req:expr, $thread:expr, $reply:expr) => {{
+        let mut r = $req;
+        if let Some(t) = $thread {
+            r = r.message_thread_id(t);
+        }
+        if let Some(rp) = $reply {
+            r = r.reply_parameters(rp.clone());
+        }
+        r
+    }};
+}
+
 fn reply_target(msg: &Message) -> (Option<ThreadId>, ReplyParameters) {
     let thread = if msg.is_topic_message { msg.thread_id } else { None };
     (thread, ReplyParameters::new(msg.id).allow_sending_without_reply())
@@ -240,14 +254,12 @@ impl App {
         let text = text.into();
         let (thread, reply) = reply_target(msg);
         let m = retrying(5, || {
-            let mut r = self
-                .bot
-                .send_message(msg.chat.id, text.clone())
-                .reply_parameters(reply.clone());
-            if let Some(t) = thread {
-                r = r.message_thread_id(t);
-            }
-            r.send()
+            placed!(
+                self.bot.send_message(msg.chat.id, text.clone()),
+                thread,
+                Some(&reply)
+            )
+            .send()
         })
         .await
         .map_err(|e| anyhow!(redact(&e.to_string())))?;
@@ -334,11 +346,7 @@ impl App {
         }
         let (thread, _) = reply_target(msg);
         let payload = Payload {
-            kind: if media.kind == InputKind::Subtitles {
-                InputKind::Subtitles
-            } else {
-                InputKind::Video
-            },
+            kind: media.kind,
             file_id: media.file_id,
             file_size: media.size,
             ext: media.ext.to_string(),
@@ -506,15 +514,13 @@ async fn clip_reply(app: &Arc<App>, msg: &Message, args: &str) -> Result<()> {
 
 async fn send_settings(app: &App, msg: &Message, s: &Settings) -> Result<()> {
     let (thread, reply) = reply_target(msg);
-    let mut r = app
+    let r = app
         .bot
         .send_message(msg.chat.id, format!("Settings: {}", s.summary()))
-        .reply_parameters(reply)
         .reply_markup(keyboard(s));
-    if let Some(t) = thread {
-        r = r.message_thread_id(t);
-    }
-    r.await.map_err(|e| anyhow!(redact(&e.to_string())))?;
+    placed!(r, thread, Some(&reply))
+        .await
+        .map_err(|e| anyhow!(redact(&e.to_string())))?;
     Ok(())
 }
 
@@ -807,14 +813,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
         if !sent.contains(&0) {
             let text = format::moments_text(&report);
             let m = retrying(5, || {
-                let mut r = app.bot.send_message(chat, text.clone());
-                if let Some(t) = thread {
-                    r = r.message_thread_id(t);
-                }
-                if let Some(rp) = &reply {
-                    r = r.reply_parameters(rp.clone());
-                }
-                r.send()
+                placed!(app.bot.send_message(chat, text.clone()), thread, reply.as_ref()).send()
             })
             .await
             .map_err(|e| anyhow!(redact(&e.to_string())))?;
@@ -844,7 +843,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                     caption.clone()
                 };
                 let msg = retrying(6, || {
-                    let mut r = app
+                    let r = app
                         .bot
                         .send_video(chat, InputFile::file(&part.path))
                         .caption(cap.clone())
@@ -853,13 +852,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                         .duration(part.duration.round().max(1.0) as u32)
                         .thumbnail(InputFile::file(&part.thumbnail))
                         .supports_streaming(true);
-                    if let Some(t) = thread {
-                        r = r.message_thread_id(t);
-                    }
-                    if let Some(rp) = &reply {
-                        r = r.reply_parameters(rp.clone());
-                    }
-                    r.send()
+                    placed!(r, thread, reply.as_ref()).send()
                 })
                 .await
                 .map_err(|e| anyhow!("sendVideo: {}", redact(&e.to_string())))?;
@@ -875,14 +868,11 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
         match crate::timeline::draw(&report, &png) {
             Ok(()) => {
                 let m = retrying(5, || {
-                    let mut r = app
+                    let r = app
                         .bot
                         .send_photo(chat, InputFile::file(&png))
                         .caption("Virality across the video; the clips are shaded.");
-                    if let Some(t) = thread {
-                        r = r.message_thread_id(t);
-                    }
-                    r.send()
+                    placed!(r, thread, None::<&ReplyParameters>).send()
                 })
                 .await
                 .map_err(|e| anyhow!("sendPhoto: {}", redact(&e.to_string())))?;
@@ -1118,7 +1108,7 @@ async fn train(app: &Arc<App>, msg: &Message, force: bool) -> Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let cancel = Arc::new(AtomicBool::new(false));
     let c2 = cancel.clone();
-    let work = tokio::task::spawn_blocking(move || {
+    let mut work = tokio::task::spawn_blocking(move || {
         let mut on_event = |e: viralclip_trainer::Event| {
             let line = match e {
                 viralclip_trainer::Event::Loaded { train, val, test } => {
@@ -1159,7 +1149,6 @@ async fn train(app: &Arc<App>, msg: &Message, force: bool) -> Result<()> {
         message: Some(status.id),
         last: None,
     };
-    let mut work = work;
     let report = loop {
         tokio::select! {
             r = &mut work => break r,

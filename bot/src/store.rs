@@ -205,25 +205,7 @@ impl JobStore for SqliteStore {
     }
 
     fn claim(&self) -> Result<Option<Job>> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let found = tx
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"),
-                [],
-                Self::row,
-            )
-            .optional()?;
-        let Some(pair) = found else { return Ok(None) };
-        tx.execute(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated = datetime('now') WHERE id = ?1",
-            params![pair.0.id],
-        )?;
-        tx.commit()?;
-        let mut job = Self::decode(pair)?;
-        job.state = JobState::Running;
-        job.attempts += 1;
-        Ok(Some(job))
+        self.claim_fair(u32::MAX)
     }
 
     fn claim_fair(&self, max_running: u32) -> Result<Option<Job>> {

@@ -245,17 +245,11 @@ async fn clips_over_the_upload_limit_are_split() {
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
     let f = srv.fake.clone();
-    let srt = demo_srt(dir.path());
-    f.add_file("vid", &demo(), 1_300_000);
-    f.add_file("subs", &srt, 900);
+    let job = video_with_subtitles(&f, dir.path(), "1 20-30");
     let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
     cfg.max_upload_mb = Some(0.25);
     let _bot = start_bot(cfg, clipper(&e5));
-    let mut video = video_message(10, USER, USER, "vid", 1_300_000);
-    video["caption"] = json!("1 20-30");
-    let mut subs = document_message(11, USER, USER, "subs", "a.srt", 900);
-    subs["reply_to_message"] = video;
-    f.push_update(update(subs));
+    f.push_update(job);
     f.wait_for(180, "the timeline", |c| c.iter().any(|c| c.method == "sendPhoto"))
         .await;
     let parts = f.calls("sendVideo");
@@ -366,9 +360,7 @@ async fn interrupted_mid_job_resumes(sigterm: bool) {
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
     let f = srv.fake.clone();
-    let srt = demo_srt(dir.path());
-    f.add_file("vid", &demo(), 1_300_000);
-    f.add_file("subs", &srt, 900);
+    let job = video_with_subtitles(&f, dir.path(), "3 fast");
     // Hold the status edit before the second clip: the first is sent and recorded by then.
     f.rule(Rule::Hold {
         method: "editMessageText".into(),
@@ -389,11 +381,7 @@ async fn interrupted_mid_job_resumes(sigterm: bool) {
             .unwrap()
     };
     let mut child = spawn();
-    let mut video = video_message(10, USER, USER, "vid", 1_300_000);
-    video["caption"] = json!("3 fast");
-    let mut subs = document_message(11, USER, USER, "subs", "a.srt", 900);
-    subs["reply_to_message"] = video;
-    f.push_update(update(subs));
+    f.push_update(job);
     f.wait_for(180, "the held edit", |c| {
         c.iter().any(|c| c.text().contains("uploading clip 2"))
     })

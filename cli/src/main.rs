@@ -48,15 +48,7 @@ fn main() -> ExitCode {
 /// 2: the input is bad; 3: the model or Whisper is missing or broken; 1: anything else.
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
-        Some(
-            Error::NotFound(_)
-            | Error::Subtitle { .. }
-            | Error::EmptyTranscript(_)
-            | Error::NotAVideo { .. }
-            | Error::NoAudio(_)
-            | Error::TooLarge { .. }
-            | Error::Invalid(_),
-        ) => 2,
+        Some(e) if e.is_bad_input() => 2,
         Some(Error::Model(_) | Error::Tokenizer(_) | Error::Transcription(_)) => 3,
         _ => 1,
     }

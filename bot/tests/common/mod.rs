@@ -343,35 +343,22 @@ pub fn update(message: Value) -> Value {
 
 // ---- fixtures -----------------------------------------------------------------------------
 
-pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+// The fixture helpers are the engine tests' own (fail with instructions, or skip loudly).
+#[path = "../../../engine/tests/common/mod.rs"]
+mod fixtures;
+pub use fixtures::{e5, repo};
 
-/// The e5 fixture; missing: fail with instructions, or skip loudly when
-/// VIRALCLIP_ALLOW_MISSING_FIXTURES=1.
-pub fn e5() -> Option<PathBuf> {
-    let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/viralclip-fixtures/encoders/multilingual-e5-small")
-        });
-    if p.join("model.safetensors").is_file() {
-        return Some(p);
-    }
-    let msg = format!(
-        "fixture e5 not found at {}: run ../shared/tools/fetch-fixtures.sh",
-        p.display()
-    );
-    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: {msg}");
-        None
-    } else {
-        panic!("{msg}");
-    }
+/// Registers the demo video ("vid") and subtitles for it ("subs") with the fake server, and returns
+/// the update of a subtitle file sent as a reply to that video (whose caption is `caption`).
+pub fn video_with_subtitles(f: &Fake, dir: &Path, caption: &str) -> Value {
+    let demo = repo().join("assets/demo/demo.mp4");
+    f.add_file("vid", &demo, 1_300_000);
+    f.add_file("subs", &demo_srt(dir), 900);
+    let mut video = video_message(10, 100, 100, "vid", 1_300_000);
+    video["caption"] = json!(caption);
+    let mut subs = document_message(11, 100, 100, "subs", "a.srt", 900);
+    subs["reply_to_message"] = video;
+    update(subs)
 }
 
 /// Subtitles for the demo video: its script's lines, 5 s apart.
