@@ -95,7 +95,7 @@ if ((train)); then
     --test "$D/validation.csv#part=60-100"
     --test "$D/clickbait.txt.gz#label=1#part=80-100" --test "$D/non_clickbait.txt.gz#label=0#part=80-100"
     --val-fraction 0.05)
-  tuned=(--patience 2 --unfreeze-layers 3 --unfrozen-lr-mult 1 --head-lr 1e-3 --frozen-epochs "${FROZEN_EPOCHS:-2}"
+  tuned=(--f16-layers --patience 2 --unfreeze-layers 3 --unfrozen-lr-mult 1 --head-lr 1e-3 --frozen-epochs "${FROZEN_EPOCHS:-2}"
     --batch-size 32 --warmup-steps 300)
   [[ $VARIANTS == *a* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 5e-5 --out "$OUT/model-a") >"$OUT/train-a.log" 2>&1 &
   [[ $VARIANTS == *b* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 1e-4 --unfrozen-epochs "$B_EPOCHS" --out "$OUT/model-b") >"$OUT/train-b.log" 2>&1 &

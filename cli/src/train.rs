@@ -66,6 +66,10 @@ pub struct TrainArgs {
     /// Continue from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Store fine-tuned encoder matrices in fp16: half the artifact's size (the reloaded
+    /// validation metrics in the report describe the stored model).
+    #[arg(long)]
+    pub f16_layers: bool,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, short)]
@@ -93,6 +97,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.patience = a.patience;
     cfg.max_train = a.max_train;
     cfg.resume = a.resume;
+    cfg.f16_layers = a.f16_layers;
     let (dev, note) = device::open(a.device)?;
     if let Some(n) = note {
         eprintln!("viralclip: {n}");

@@ -50,6 +50,10 @@ pub struct TrainConfig {
     /// Use at most this many training examples (a quick run).
     pub max_train: Option<usize>,
     pub resume: bool,
+    /// Store fine-tuned encoder matrices in fp16 (half the artifact). The per-epoch metrics are
+    /// then those of the fp32 weights; `val_reloaded` measures the artifact as stored.
+    #[serde(default)]
+    pub f16_layers: bool,
 }
 
 impl TrainConfig {
@@ -77,6 +81,7 @@ impl TrainConfig {
             patience: 2,
             max_train: None,
             resume: false,
+            f16_layers: false,
         }
     }
 }
@@ -907,9 +912,9 @@ pub fn train(
                 .iter()
                 .filter(|p| is_head(&p.name) || !frozen || epoch + 1 == epochs)
                 .map(|p| {
-                    // Encoder matrices in fp16: the artifact stays small; biases, norms and heads fp32.
+                    // With f16_layers, encoder matrices in fp16 (biases, norms and heads stay fp32).
                     let t = p.var.as_tensor();
-                    let t = if p.name.starts_with("bert.") && t.rank() >= 2 {
+                    let t = if cfg.f16_layers && p.name.starts_with("bert.") && t.rank() >= 2 {
                         t.to_dtype(DType::F16)?
                     } else {
                         t.copy()?
