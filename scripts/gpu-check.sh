@@ -53,6 +53,9 @@ log "correctness: CUDA vs fp32 CPU on the demo script"
 "$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 <"$D/demo.txt" >"$OUT/score-cpu-f32.jsonl"
 for p in bf16 f16 f32 tf32; do
   "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p <"$D/demo.txt" >"$OUT/score-cuda-$p.jsonl" || echo "cuda $p failed"
+  # The fused kernels (kernels/fused.cu), opt-in until this comparison has passed on a GPU.
+  VIRALCLIP_FUSED_CUDA=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
+    <"$D/demo.txt" >"$OUT/score-cudafused-$p.jsonl" || echo "cuda fused $p failed"
 done
 "${PYTHON:-python3}" - "$OUT" <<'EOF' | tee "$OUT/correctness.txt"
 import json, sys, glob, os
@@ -78,6 +81,10 @@ if ((bench)); then
   timeout 140 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "$SHAPES" --precision f32,bf16 --secs 1 \
     --profile "$PROFILE" --train-steps | tee "$OUT/bench-viralclip.jsonl"
+  pack
+  log "bench: viralclip with the fused kernels"
+  VIRALCLIP_FUSED_CUDA=1 timeout 90 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --precision f32,bf16 --secs 1 | tee "$OUT/bench-viralclip-fused.jsonl"
   pack
   log "bench: pytorch"
   timeout 120 "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \

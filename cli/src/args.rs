@@ -73,6 +73,12 @@ pub struct ClipArgs {
     /// Longest clip, seconds.
     #[arg(long, default_value_t = 60.0)]
     pub max_secs: f64,
+    /// Clips cut at the same time (0: one per 4 CPU cores).
+    #[arg(long, default_value_t = 0)]
+    pub cut_jobs: usize,
+    /// Score greetings, thank-yous, goodbyes and subscribe calls too (they are left out by default).
+    #[arg(long)]
+    pub keep_formulas: bool,
     /// Copy streams from keyframes instead of re-encoding (fast, edges on keyframes).
     #[arg(long)]
     pub fast: bool,

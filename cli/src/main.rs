@@ -125,6 +125,8 @@ fn clip(a: ClipArgs) -> Result<()> {
     req.select.count = a.count;
     req.select.min_secs = a.min_secs;
     req.select.max_secs = a.max_secs;
+    req.select.skip_formulas = !a.keep_formulas;
+    req.cut_jobs = a.cut_jobs;
     req.select.validate()?;
     #[cfg(feature = "media")]
     {

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use viralclip_engine::device::{self, DeviceChoice};
@@ -70,6 +71,12 @@ pub struct TrainArgs {
     /// validation metrics in the report describe the stored model).
     #[arg(long)]
     pub f16_layers: bool,
+    /// Start from this model (heads and fine-tuned layers) instead of fresh heads.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// What picks the kept epoch and drives early stopping: loss or macro-f1 (emotions, tuned).
+    #[arg(long, default_value = "loss")]
+    pub select_by: viralclip_trainer::SelectBy,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, short)]
@@ -98,6 +105,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.max_train = a.max_train;
     cfg.resume = a.resume;
     cfg.f16_layers = a.f16_layers;
+    cfg.init = a.init;
+    cfg.select_by = a.select_by;
     let (dev, note) = device::open(a.device)?;
     if let Some(n) = note {
         eprintln!("viralclip: {n}");
@@ -115,12 +124,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .expect("template")
             .progress_chars("=> "),
     );
+    // Without a terminal (a log file, a container) the bar is hidden: print a line a minute.
+    let plain = !a.quiet && !std::io::stderr().is_terminal();
+    let mut last_line = std::time::Instant::now();
+    let mut log_line = move |msg: String| {
+        if plain && last_line.elapsed().as_secs() >= 60 {
+            last_line = std::time::Instant::now();
+            eprintln!("{msg}");
+        }
+    };
     let mut on_event = |e: Event| match e {
         Event::Loaded { train, val, test } => eprintln!("data: {train} train, {val} validation, {test} test"),
         Event::Caching { done, total } => {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message("caching frozen layers");
+            log_line(format!("caching frozen layers: {done}/{total}"));
         }
         Event::Step {
             epoch,
@@ -133,6 +152,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             bar.set_position(step as u64);
             bar.set_message(format!(
                 "epoch {} loss {loss:.4} {examples_per_s:.0} ex/s",
+                epoch + 1
+            ));
+            log_line(format!(
+                "epoch {} step {step}/{steps}: loss {loss:.4}, {examples_per_s:.0} ex/s",
                 epoch + 1
             ));
         }

@@ -10,6 +10,7 @@
 //!   [`media`] (ffmpeg-next, feature `media`).
 //! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
 
+pub mod boilerplate;
 pub mod cue;
 pub mod device;
 pub mod error;

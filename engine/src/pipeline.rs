@@ -69,6 +69,9 @@ pub struct ClipRequest {
     pub limits: Limits,
     /// Whisper language code, `None` to detect.
     pub language: Option<String>,
+    /// Clips cut at the same time (0: one per 4 CPU cores, at least 1). Each encode is itself
+    /// multi-threaded; on a many-core GPU host several at once keep the cores busy.
+    pub cut_jobs: usize,
 }
 
 impl ClipRequest {
@@ -83,6 +86,7 @@ impl ClipRequest {
             #[cfg(feature = "media")]
             limits: Limits::default(),
             language: None,
+            cut_jobs: 0,
         }
     }
 }
@@ -186,11 +190,34 @@ impl Engine {
     ) -> Result<Analysis> {
         cfg.validate()?;
         let windows = select::windows(&transcript.cues, cfg.window_secs);
-        let texts: Vec<String> = windows.iter().map(|w| w.text.clone()).collect();
+        // The model judges what was said: formulaic sentences are taken out first, and a window
+        // of nothing else is not scored (virality 0).
+        let texts: Vec<String> = windows
+            .iter()
+            .map(|w| {
+                if cfg.skip_formulas {
+                    crate::boilerplate::strip(&w.text)
+                } else {
+                    w.text.clone()
+                }
+            })
+            .collect();
+        let to_score: Vec<usize> = (0..texts.len())
+            .filter(|&i| !texts[i].trim().is_empty())
+            .collect();
+        let batch: Vec<String> = to_score.iter().map(|&i| texts[i].clone()).collect();
         let p = progress.clone();
-        let scores = self.scorer.score(&texts, &mut |done, total| {
+        let scored = self.scorer.score(&batch, &mut |done, total| {
             p(Stage::Score, done as f32 / total.max(1) as f32)
         })?;
+        let silent = TextScore {
+            popularity: 0.0,
+            emotions: vec![0.0; self.scorer.labels().len()],
+        };
+        let mut scores = vec![silent; texts.len()];
+        for (i, s) in to_score.into_iter().zip(scored) {
+            scores[i] = s;
+        }
         let (w, neutral) = (self.scorer.weights(), self.scorer.neutral());
         let virality: Vec<f32> = scores.iter().map(|s| s.virality(w, neutral)).collect();
         progress(Stage::Select, 0.0);
@@ -283,32 +310,53 @@ impl Engine {
             let clips_dir = req.out_dir.join("clips");
             std::fs::create_dir_all(&clips_dir).map_err(|e| Error::io(&clips_dir, e))?;
             let n = moments.len();
-            for (i, m) in moments.iter_mut().enumerate() {
-                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                    return Err(Error::Cancelled);
-                }
-                progress(Stage::Cut, i as f32 / n as f32);
-                let name = format!("clip-{:02}", m.rank);
-                let clip_path = clips_dir.join(format!("{name}.mp4"));
-                let clip = crate::media::cut(&req.input, m.start, m.end, req.mode, &clip_path)?;
-                let thumb_path = clips_dir.join(format!("{name}.jpg"));
-                let thumb =
-                    crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
-                m.clip = Some(ClipFacts {
-                    path: PathBuf::from("clips").join(format!("{name}.mp4")),
-                    thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),
-                    width: clip.width,
-                    height: clip.height,
-                    duration: clip.duration,
-                    size_bytes: clip.size_bytes,
-                    thumbnail_bytes: thumb.size_bytes,
-                    mode: match clip.mode {
-                        CutMode::Precise => "precise".into(),
-                        CutMode::Fast => "fast".into(),
-                    },
-                    source_start: clip.source_start,
-                });
+            let jobs = match req.cut_jobs {
+                0 => std::thread::available_parallelism()
+                    .map_or(1, |c| c.get() / 4)
+                    .max(1),
+                j => j,
             }
+            .min(n.max(1));
+            // Moments are handed out in rank order; each worker writes its own clip-NN files.
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<&mut MomentReport>> =
+                moments.iter_mut().map(std::sync::Mutex::new).collect();
+            progress(Stage::Cut, 0.0);
+            std::thread::scope(|scope| -> Result<()> {
+                let workers: Vec<_> = (0..jobs)
+                    .map(|_| {
+                        scope.spawn(|| -> Result<()> {
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if i >= n {
+                                    return Ok(());
+                                }
+                                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                                    return Err(Error::Cancelled);
+                                }
+                                let mut m = slots[i].lock().expect("one worker per moment");
+                                let facts = cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode);
+                                match facts {
+                                    Ok(f) => m.clip = Some(f),
+                                    Err(e) => {
+                                        // Stop the others early: the job fails with this error.
+                                        next.store(n, std::sync::atomic::Ordering::Relaxed);
+                                        return Err(e);
+                                    }
+                                }
+                                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                                progress(Stage::Cut, d as f32 / n as f32);
+                            }
+                        })
+                    })
+                    .collect();
+                for w in workers {
+                    w.join().expect("a cutting thread panicked")?;
+                }
+                Ok(())
+            })?;
+            drop(slots);
             progress(Stage::Cut, 1.0);
             timings.cut = t.elapsed().as_secs_f64();
         }
@@ -499,6 +547,37 @@ impl Engine {
     }
 }
 
+/// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
+#[cfg(feature = "media")]
+fn cut_one(
+    input: &Path,
+    clips_dir: &Path,
+    rank: usize,
+    start: f64,
+    end: f64,
+    mode: CutMode,
+) -> Result<ClipFacts> {
+    let name = format!("clip-{rank:02}");
+    let clip_path = clips_dir.join(format!("{name}.mp4"));
+    let clip = crate::media::cut(input, start, end, mode, &clip_path)?;
+    let thumb_path = clips_dir.join(format!("{name}.jpg"));
+    let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
+    Ok(ClipFacts {
+        path: PathBuf::from("clips").join(format!("{name}.mp4")),
+        thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),
+        width: clip.width,
+        height: clip.height,
+        duration: clip.duration,
+        size_bytes: clip.size_bytes,
+        thumbnail_bytes: thumb.size_bytes,
+        mode: match clip.mode {
+            CutMode::Precise => "precise".into(),
+            CutMode::Fast => "fast".into(),
+        },
+        source_start: clip.source_start,
+    })
+}
+
 /// At most `n` characters, with an ellipsis when cut.
 pub fn short(s: &str, n: usize) -> String {
     if s.chars().count() <= n {
@@ -507,5 +586,94 @@ pub fn short(s: &str, n: usize) -> String {
         let mut out: String = s.chars().take(n.saturating_sub(1)).collect();
         out.push('…');
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cue::Cue;
+    use crate::score::ScoreWeights;
+    use std::sync::Mutex;
+
+    /// Rates a text by its exclamation marks and by "спасибо" (as the clickbait-trained
+    /// popularity head does a thank-you), and remembers what it was asked.
+    struct Fake(Arc<Mutex<Vec<String>>>);
+
+    impl TextScorer for Fake {
+        fn labels(&self) -> &[String] {
+            &[]
+        }
+        fn neutral(&self) -> Option<usize> {
+            None
+        }
+        fn weights(&self) -> ScoreWeights {
+            ScoreWeights::default()
+        }
+        fn describe(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn score(&mut self, texts: &[String], _: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
+            self.0.lock().unwrap().extend(texts.iter().cloned());
+            Ok(texts
+                .iter()
+                .map(|t| TextScore {
+                    popularity: if t.to_lowercase().contains("спасибо") {
+                        1.0
+                    } else {
+                        (t.matches('!').count() as f32 * 0.3).min(0.9)
+                    },
+                    emotions: Vec::new(),
+                })
+                .collect())
+        }
+    }
+
+    #[test]
+    fn formulas_are_left_out_before_scoring() {
+        let cues = vec![
+            Cue::new(0.0, 10.0, "Добрый день."),
+            Cue::new(10.0, 20.0, "Сегодня облачно."),
+            Cue::new(20.0, 30.0, "Не может быть! Это невероятно!"),
+            Cue::new(30.0, 40.0, "Завтра дождь."),
+            Cue::new(40.0, 50.0, "Спасибо, что были с нами. До свидания!"),
+        ];
+        let transcript = Transcript::repair(
+            cues,
+            CueSource::SubtitleFile {
+                format: "srt".into(),
+                encoding: "utf-8".into(),
+            },
+        );
+        let cfg = SelectConfig {
+            min_secs: 5.0,
+            max_secs: 10.0,
+            count: 1,
+            window_secs: 5.0,
+            ..SelectConfig::default()
+        };
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mut engine = Engine::new(Box::new(Fake(asked.clone())));
+        let a = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
+        let asked_now = asked.lock().unwrap().clone();
+        assert_eq!(
+            asked_now.len(),
+            3,
+            "the greeting and the sign-off are not scored: {asked_now:?}"
+        );
+        assert!(asked_now
+            .iter()
+            .all(|t| !t.contains("Спасибо") && !t.contains("Добрый")));
+        assert_eq!(a.virality[0], 0.0);
+        assert_eq!(a.virality[4], 0.0);
+        assert_eq!(a.moments[0].first, 2, "the exclamation wins: {:?}", a.moments);
+
+        // With formulas kept the thank-you wins, as it did before.
+        let keep = SelectConfig {
+            skip_formulas: false,
+            ..cfg
+        };
+        let a = engine.analyse(&transcript, None, &keep, &no_progress()).unwrap();
+        assert_eq!(a.moments[0].first, 4, "{:?}", a.moments);
     }
 }

@@ -19,6 +19,14 @@ pub struct SelectConfig {
     pub pad_secs: f64,
     /// Each scored window spans at least this many seconds of consecutive cues (or all that is left).
     pub window_secs: f64,
+    /// Drop greetings, thank-yous, goodbyes and subscribe calls from windows before scoring
+    /// ([`crate::boilerplate`]); a window of nothing else scores 0.
+    #[serde(default = "yes")]
+    pub skip_formulas: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for SelectConfig {
@@ -29,6 +37,7 @@ impl Default for SelectConfig {
             count: 5,
             pad_secs: 0.3,
             window_secs: 8.0,
+            skip_formulas: true,
         }
     }
 }

@@ -19,4 +19,4 @@ pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};
-pub use train::{train, Event, TrainConfig, TrainReport};
+pub use train::{train, Event, SelectBy, TrainConfig, TrainReport};

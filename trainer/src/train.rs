@@ -54,6 +54,45 @@ pub struct TrainConfig {
     /// then those of the fp32 weights; `val_reloaded` measures the artifact as stored.
     #[serde(default)]
     pub f16_layers: bool,
+    /// Start from this model's heads and fine-tuned layers instead of fresh heads over the base
+    /// encoder (continue training a shipped model on new or more data).
+    #[serde(default)]
+    pub init: Option<PathBuf>,
+    /// What picks the best epoch and drives early stopping.
+    #[serde(default)]
+    pub select_by: SelectBy,
+}
+
+/// The validation number that picks the kept epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectBy {
+    /// Summed validation loss of both tasks (the seed's choice).
+    #[default]
+    Loss,
+    /// Emotion macro-F1 with tuned thresholds (ties and no emotion rows: the loss).
+    MacroF1,
+}
+
+impl std::str::FromStr for SelectBy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "loss" => Ok(SelectBy::Loss),
+            "macro-f1" => Ok(SelectBy::MacroF1),
+            _ => Err(format!("{s:?}: expected loss or macro-f1")),
+        }
+    }
+}
+
+impl SelectBy {
+    /// Lower is better.
+    pub fn key(self, ev: &Evaluation) -> f64 {
+        match (self, &ev.emotions_tuned) {
+            (SelectBy::MacroF1, Some(m)) => -m.macro_f1 + 1e-6 * ev.loss(),
+            _ => ev.loss(),
+        }
+    }
 }
 
 impl TrainConfig {
@@ -82,6 +121,8 @@ impl TrainConfig {
             max_train: None,
             resume: false,
             f16_layers: false,
+            init: None,
+            select_by: SelectBy::Loss,
         }
     }
 }
@@ -199,29 +240,44 @@ fn is_head(name: &str) -> bool {
     name.starts_with("popularity_head.") || name.starts_with("emotion_head.")
 }
 
-/// Stratified split: each label stratum keeps `frac` of its rows for validation.
+/// Stratified split: each label stratum keeps `frac` of its distinct texts for validation.
+/// Copies of one text (a source given twice to weigh it up, duplicates inside the data) stay on one
+/// side, so validation never measures a row that was trained on; validation keeps one copy.
 pub fn split(examples: Vec<Example>, frac: f64, seed: u64) -> (Vec<Example>, Vec<Example>) {
-    let mut strata: std::collections::BTreeMap<String, Vec<Example>> = Default::default();
+    let label_key = |l: &Label| match l {
+        Label::Popularity(b) => format!("p{b}"),
+        Label::Emotions(l) => format!("e{}", l.iter().min().copied().unwrap_or(0)),
+    };
+    // Groups of identical (text, label) rows, in first-seen order.
+    let mut index: HashMap<(String, String), usize> = HashMap::new();
+    let mut groups: Vec<Vec<Example>> = Vec::new();
     for e in examples {
-        let key = match &e.label {
-            Label::Popularity(b) => format!("p{b}"),
-            Label::Emotions(l) => format!("e{}", l.iter().min().copied().unwrap_or(0)),
-        };
-        strata.entry(key).or_default().push(e);
+        let key = (e.text.clone(), format!("{:?}", e.label));
+        match index.get(&key) {
+            Some(&g) => groups[g].push(e),
+            None => {
+                index.insert(key, groups.len());
+                groups.push(vec![e]);
+            }
+        }
+    }
+    let mut strata: std::collections::BTreeMap<String, Vec<Vec<Example>>> = Default::default();
+    for g in groups {
+        strata.entry(label_key(&g[0].label)).or_default().push(g);
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for (_, mut rows) in strata {
         rows.shuffle(&mut rng);
         let k = ((rows.len() as f64) * frac).round() as usize;
-        // Every stratum of two rows or more gives validation at least one, unless none is asked.
+        // Every stratum of two texts or more gives validation at least one, unless none is asked.
         let k = if frac > 0.0 && rows.len() >= 2 {
             k.max(1).min(rows.len() - 1)
         } else {
             0
         };
-        val.extend(rows.drain(..k));
-        train.extend(rows);
+        val.extend(rows.drain(..k).filter_map(|g| g.into_iter().next()));
+        train.extend(rows.into_iter().flatten());
     }
     train.shuffle(&mut rng);
     (train, val)
@@ -647,6 +703,7 @@ struct ResumeState {
     next_epoch: usize,
     step: usize,
     best_epoch: usize,
+    /// The best [`SelectBy::key`] so far (lower is better).
     best_loss: f64,
     epochs: Vec<EpochReport>,
 }
@@ -723,9 +780,15 @@ pub fn train(
     let trainable_layers: Vec<String> = (from..layers)
         .map(|i| format!("bert.encoder.layer.{i}."))
         .collect();
+    let init: HashMap<String, Tensor> = match &cfg.init {
+        None => viralclip_engine::model::init_heads(enc.config.hidden_size, EMOTIONS, cfg.seed)?,
+        Some(dir) => init_from(dir, &cfg.base_repo, from)?,
+    };
+    // Encoder tensors --init brought: the artifact keeps them even after a heads-only epoch.
+    let from_init: std::collections::HashSet<String> = init.keys().filter(|k| !is_head(k)).cloned().collect();
     let store = TrainableStore {
         inner: WeightStore::open(None, Some(&enc.dir.join("model.safetensors")), DType::F32)?,
-        init: viralclip_engine::model::init_heads(enc.config.hidden_size, EMOTIONS, cfg.seed)?,
+        init,
         trainable: Box::new(move |n: &str| is_head(n) || trainable_layers.iter().any(|p| n.starts_with(p))),
         vars: vars.clone(),
     };
@@ -901,16 +964,17 @@ pub fn train(
             val,
         };
         on_event(Event::Epoch(Box::new(report.clone())));
-        let improved = report.val.loss() < state.best_loss || val_ex.is_empty();
+        let key = cfg.select_by.key(&report.val);
+        let improved = key < state.best_loss || val_ex.is_empty();
         state.epochs.push(report);
         if improved {
-            state.best_loss = state.epochs.last().expect("pushed").val.loss();
+            state.best_loss = key;
             state.best_epoch = epoch;
             best_thresholds = thresholds;
             let snapshot: HashMap<String, Tensor> = opt
                 .params
                 .iter()
-                .filter(|p| is_head(&p.name) || !frozen || epoch + 1 == epochs)
+                .filter(|p| is_head(&p.name) || !frozen || epoch + 1 == epochs || from_init.contains(&p.name))
                 .map(|p| {
                     // With f16_layers, encoder matrices in fp16 (biases, norms and heads stay fp32).
                     let t = p.var.as_tensor();
@@ -944,7 +1008,11 @@ pub fn train(
         )
         .map_err(|e| Error::io(&ckpt_dir, e))?;
         if stale >= cfg.patience && cfg.patience > 0 {
-            tracing::info!(epoch, "early stop: no better validation loss for {stale} epochs");
+            tracing::info!(
+                epoch,
+                "early stop: no better validation {:?} for {stale} epochs",
+                cfg.select_by
+            );
             break;
         }
     }
@@ -1013,6 +1081,38 @@ pub fn train(
     Ok(report)
 }
 
+/// The tensors a run starts from with `--init`: the model's heads and fine-tuned layers. Layers it
+/// fine-tuned below `from` (the lowest layer this run trains) would be lost from the new artifact,
+/// so that is refused.
+fn init_from(dir: &Path, base_repo: &str, from: usize) -> Result<HashMap<String, Tensor>> {
+    let manifest = Manifest::read(dir)?;
+    if manifest.labels.len() != EMOTIONS {
+        return Err(Error::Config(format!(
+            "--init {}: it has {} emotion labels, the trainer writes {EMOTIONS}",
+            dir.display(),
+            manifest.labels.len()
+        )));
+    }
+    if manifest.base_encoder.repo != base_repo {
+        tracing::warn!(init = %manifest.base_encoder.repo, base = base_repo, "--init model was trained over another base encoder");
+    }
+    if let Some(&low) = manifest.fine_tuned_layers.iter().min() {
+        if low < from {
+            return Err(Error::Config(format!(
+                "--init {}: it fine-tuned encoder layers from {low} up; train at least those (--unfreeze-layers and --unfrozen-epochs > 0 so that layer {low} is trained)",
+                dir.display()
+            )));
+        }
+    }
+    let path = dir.join(&manifest.weights);
+    let tensors =
+        candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| Error::data(&path, e.to_string()))?;
+    if !tensors.keys().any(|k| is_head(k)) {
+        return Err(Error::data(&path, "no popularity_head/emotion_head tensors"));
+    }
+    Ok(tensors)
+}
+
 fn manifest_for(
     cfg: &TrainConfig,
     enc: &EncoderFiles,
@@ -1071,9 +1171,13 @@ mod tests {
     #[test]
     fn split_is_stratified_and_seeded() {
         let mut all = Vec::new();
+        let numbered = |i: usize, label: Label| Example {
+            text: format!("{i} {label:?}"),
+            label,
+        };
         for i in 0..100 {
-            all.push(ex(Label::Popularity(i % 4 == 0)));
-            all.push(ex(Label::Emotions(vec![i % 3, 27])));
+            all.push(numbered(i, Label::Popularity(i % 4 == 0)));
+            all.push(numbered(i, Label::Emotions(vec![i % 3, 27])));
         }
         let (train, val) = split(all.clone(), 0.2, 1);
         assert_eq!(train.len() + val.len(), 200);
@@ -1081,6 +1185,24 @@ mod tests {
         assert_eq!(pos(&val), 5, "20% of the 25 positives");
         assert_eq!(split(all.clone(), 0.2, 1).1, val, "same seed, same split");
         assert!(split(all, 0.0, 1).1.is_empty());
+    }
+
+    #[test]
+    fn repeated_rows_never_straddle_the_split() {
+        let mut all = Vec::new();
+        for i in 0..50 {
+            all.push(Example {
+                text: format!("text {i}"),
+                label: Label::Emotions(vec![i % 2]),
+            });
+        }
+        let twice: Vec<Example> = all.iter().chain(all.iter()).cloned().collect();
+        let (train, val) = split(twice, 0.2, 7);
+        assert_eq!(val.len(), 10, "20% of the 50 distinct texts, one copy each");
+        assert_eq!(train.len(), 80, "both copies of the other 40");
+        for v in &val {
+            assert!(!train.iter().any(|t| t.text == v.text), "{:?} is in both", v.text);
+        }
     }
 
     #[test]

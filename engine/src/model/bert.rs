@@ -5,6 +5,7 @@
 //! `Inference` uses the fused kernels, `Training` the same maths from differentiable ops (and
 //! dropout). Parameter names mirror Hugging Face checkpoints, so `vb.pp(..)` reads them directly.
 
+use super::kernels;
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
@@ -239,6 +240,10 @@ struct Layer {
 struct Fused {
     qkv_w: Tensor,
     qkv_b: Tensor,
+    /// [bias; gamma; beta] of the attention output projection and its norm, then of the FFN
+    /// output and its norm (see [`super::kernels::add_norm`]).
+    attn_add_norm: Tensor,
+    out_add_norm: Tensor,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +295,19 @@ impl Layer {
         };
         let qkv_w = Tensor::cat(&[&q_w, self.key.weight(), self.value.weight()], 0)?.contiguous()?;
         let qkv_b = Tensor::cat(&[&q_b, &bias(&self.key)?, &bias(&self.value)?], 0)?;
-        self.fused = Some(Fused { qkv_w, qkv_b });
+        let attn_add_norm = kernels::pack_add_norm(
+            &bias(&self.attn_out)?,
+            &self.attn_norm.weight,
+            &self.attn_norm.bias,
+        )?;
+        let out_add_norm =
+            kernels::pack_add_norm(&bias(&self.output)?, &self.out_norm.weight, &self.out_norm.bias)?;
+        self.fused = Some(Fused {
+            qkv_w,
+            qkv_b,
+            attn_add_norm,
+            out_add_norm,
+        });
         Ok(())
     }
 
@@ -331,16 +348,29 @@ impl Layer {
             .contiguous()?
             .reshape((b * tq, h))?;
         let xq2 = xq.reshape((b * tq, h))?;
-        let attn = (Self::linear2d(&ctx, &self.attn_out)? + &xq2)?;
-        let attn = self.attn_norm.forward(&attn, Mode::Inference)?;
-        let inner = Self::linear2d(&attn, &self.intermediate)?;
+        // GEMMs without their bias; each bias rides in the fused pass that follows.
+        let gemm = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
+        let attn = kernels::add_norm(
+            &gemm(&ctx, &self.attn_out)?,
+            &xq2,
+            &f.attn_add_norm,
+            self.attn_norm.eps,
+        )?;
         let inner = match self.act {
-            Activation::GeluErf => inner.gelu_erf()?,
-            Activation::GeluTanh => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
+            Activation::GeluErf => match self.intermediate.bias() {
+                Some(bias) => kernels::bias_gelu(&gemm(&attn, &self.intermediate)?, bias)?,
+                None => gemm(&attn, &self.intermediate)?.gelu_erf()?,
+            },
+            Activation::GeluTanh => Self::linear2d(&attn, &self.intermediate)?.gelu()?,
+            Activation::Relu => Self::linear2d(&attn, &self.intermediate)?.relu()?,
         };
-        let out = (Self::linear2d(&inner, &self.output)? + attn)?;
-        self.out_norm.forward(&out, Mode::Inference)?.reshape((b, tq, h))
+        kernels::add_norm(
+            &gemm(&inner, &self.output)?,
+            &attn,
+            &f.out_add_norm,
+            self.out_norm.eps,
+        )?
+        .reshape((b, tq, h))
     }
 
     /// `x`: (b, t, h); `mask`: additive (b, 1, 1, t). With `cls_only`, only the first token's

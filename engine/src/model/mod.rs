@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod bert;
 pub mod heads;
+pub mod kernels;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
 pub use bert::{Bert, BertConfig, Mode};
