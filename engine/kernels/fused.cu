@@ -71,3 +71,62 @@ __device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t d, f
 FUSED(float, f32)
 FUSED(__half, f16)
 FUSED(__nv_bfloat16, bf16)
+
+// QKV bias and head split in one pass: x is the packed projection (b·t, 3·h) without its bias;
+// y is (3, b, heads, t, d) with h = heads·d. One thread per output element.
+template <typename T>
+__device__ void qkv_split(const T *x, const T *bias, T *y, uint32_t b, uint32_t t, uint32_t heads,
+                          uint32_t d) {
+  const size_t h = (size_t)heads * d, n = 3 * (size_t)b * t * h;
+  for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (size_t)blockDim.x * gridDim.x) {
+    size_t rest = o;
+    const size_t j = rest % d; rest /= d;
+    const size_t ti = rest % t; rest /= t;
+    const size_t head = rest % heads; rest /= heads;
+    const size_t bi = rest % b;
+    const size_t which = rest / b;
+    const size_t c = which * h + head * d + j;
+    y[o] = store<T>(load(x[(bi * t + ti) * 3 * h + c]) + load(bias[c]));
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+// Softmax over the last dimension of scores + mask: s is (rows, t) with rows = b·rows_per_batch
+// (heads·queries per text), m the additive mask (b, t). One warp per row.
+template <typename T>
+__device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32_t t, uint32_t rows_per_batch) {
+  const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const uint32_t lane = threadIdx.x & 31;
+  const T *sr = s + row * t, *mr = m + (row / rows_per_batch) * t;
+  T *yr = y + row * t;
+  float mx = -INFINITY;
+  for (uint32_t c = lane; c < t; c += 32) mx = fmaxf(mx, load(sr[c]) + load(mr[c]));
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  for (uint32_t c = lane; c < t; c += 32) sum += expf(load(sr[c]) + load(mr[c]) - mx);
+  const float inv = 1.0f / warp_sum(sum);
+  for (uint32_t c = lane; c < t; c += 32) yr[c] = store<T>(expf(load(sr[c]) + load(mr[c]) - mx) * inv);
+}
+
+#define ATTN(T, S)                                                                                 \
+  extern "C" __global__ void qkv_split_##S(const T *x, const T *bias, T *y, uint32_t b, uint32_t t,\
+                                           uint32_t heads, uint32_t d) {                           \
+    qkv_split<T>(x, bias, y, b, t, heads, d);                                                      \
+  }                                                                                                \
+  extern "C" __global__ void mask_softmax_##S(const T *s, const T *m, T *y, uint32_t rows,         \
+                                              uint32_t t, uint32_t rows_per_batch) {               \
+    mask_softmax<T>(s, m, y, rows, t, rows_per_batch);                                             \
+  }
+
+ATTN(float, f32)
+ATTN(__half, f16)
+ATTN(__nv_bfloat16, bf16)

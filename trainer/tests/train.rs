@@ -240,3 +240,61 @@ fn a_killed_run_resumes_from_its_checkpoint() {
     assert_eq!(epochs_seen, [1, 2], "resumed after epoch 0");
     assert_eq!(r.epochs.len(), 3);
 }
+
+#[test]
+fn init_starts_from_a_model_and_macro_f1_picks_the_epoch() {
+    let Some((d, mut cfg)) = tiny_setup() else {
+        return;
+    };
+    cfg.val_fraction = 0.2;
+    cfg.frozen_epochs = 1;
+    cfg.unfrozen_epochs = 1;
+    cfg.unfreeze_layers = 1;
+    cfg.warmup_steps = 5;
+    cfg.head_lr = Some(3e-3);
+    cfg.lr = 3e-3;
+    cfg.patience = 0;
+    let quiet = AtomicBool::new(false);
+    let a = train::train(&cfg, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+
+    // A run that cannot change anything (rates 0) starts exactly where the model ended.
+    let mut again = cfg.clone();
+    again.init = Some(cfg.out.clone());
+    again.out = d.path().join("again");
+    again.frozen_epochs = 0;
+    again.lr = 0.0;
+    again.head_lr = Some(0.0);
+    let b = train::train(&again, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+    let (va, vb) = (&a.val_reloaded, &b.epochs[0].val);
+    assert!(
+        (va.loss() - vb.loss()).abs() < 1e-5,
+        "started from {} not {}",
+        vb.loss(),
+        va.loss()
+    );
+
+    // Its layer must be trained, or the new artifact would lose it: a clear error.
+    let mut heads_only = again.clone();
+    heads_only.unfrozen_epochs = 0;
+    heads_only.frozen_epochs = 1;
+    heads_only.out = d.path().join("heads-only");
+    let err = train::train(&heads_only, &Device::Cpu, &mut |_| {}, &quiet).unwrap_err();
+    assert!(err.to_string().contains("--unfreeze-layers"), "{err}");
+
+    // Choosing by macro-F1 keeps the epoch with the best tuned macro-F1.
+    let mut more = again.clone();
+    more.out = d.path().join("more");
+    more.lr = 3e-3;
+    more.head_lr = Some(3e-3);
+    more.unfrozen_epochs = 3;
+    more.select_by = viralclip_trainer::SelectBy::MacroF1;
+    let r = train::train(&more, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+    let f1 = |e: &viralclip_trainer::train::EpochReport| e.val.emotions_tuned.as_ref().unwrap().macro_f1;
+    let best = r.epochs.iter().map(f1).fold(f64::MIN, f64::max);
+    assert_eq!(
+        f1(&r.epochs[r.best_epoch]),
+        best,
+        "{:?}",
+        r.epochs.iter().map(f1).collect::<Vec<_>>()
+    );
+}

@@ -324,12 +324,15 @@ impl Layer {
     fn forward_fused(&self, f: &Fused, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let x2 = x.contiguous()?.reshape((b * t, h))?;
-        let qkv = x2.matmul(&f.qkv_w.t()?)?.broadcast_add(&f.qkv_b)?;
-        // (b, t, 3, heads, d) -> (3, b, heads, t, d): one copy for all three.
-        let qkv = qkv
-            .reshape((b, t, 3, self.heads, self.head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
+        // (b·t, 3h) -> (3, b, heads, t, d) with the bias added: one pass for all three.
+        let qkv = kernels::qkv_split(
+            &x2.matmul(&f.qkv_w.t()?)?,
+            &f.qkv_b,
+            b,
+            t,
+            self.heads,
+            self.head_dim,
+        )?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
         let (q, xq, tq) = if cls_only {
             (
@@ -340,8 +343,7 @@ impl Layer {
         } else {
             (q, x.clone(), t)
         };
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = kernels::mask_softmax(&q.matmul(&k.t()?)?, &mask.reshape((b, t))?)?;
         let ctx = probs
             .matmul(&v)?
             .transpose(1, 2)?

@@ -14,6 +14,32 @@ use rayon::prelude::*;
 /// Rows handed to one rayon task at least (keeps the per-task overhead small for short rows).
 const MIN_ROWS_PER_TASK: usize = 8;
 
+/// exp(x) in f32 without a library call, so loops over it vectorise: range reduction to
+/// r ∈ [-ln2/2, ln2/2] and Cephes' `expf` polynomial (relative error about 1e-7); 0 below -87.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5·2^23: adding it rounds to an integer (SSE2, no call)
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let k = t - MAGIC;
+    let r = xc - k * 0.693_359_4 + k * 2.121_944_4e-4;
+    let mut p = 1.987_569_2e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // 2^k, k read back from t's low mantissa bits.
+    let ki = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let v = y * f32::from_bits(((ki + 127) << 23) as u32);
+    if x < -87.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// erf(x) by Abramowitz & Stegun 7.1.26 (|error| ≤ 1.5e-7), in f32.
 #[inline]
 pub fn erf(x: f32) -> f32 {
@@ -23,7 +49,7 @@ pub fn erf(x: f32) -> f32 {
     let y = 1.0
         - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_8) * t - 0.284_496_74) * t + 0.254_829_6)
             * t
-            * (-a * a).exp();
+            * exp(-a * a);
     s * y
 }
 
@@ -180,6 +206,150 @@ pub fn pack_add_norm(bias: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Ten
     Tensor::stack(&[bias, gamma, beta], 0)
 }
 
+struct QkvSplit {
+    b: usize,
+    t: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl CustomOp2 for QkvSplit {
+    fn name(&self) -> &'static str {
+        "qkv-bias-split"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "qkv-split x")?;
+        let bias = contiguous_f32(s2, l2, "qkv-split bias")?;
+        let &QkvSplit { b, t, heads, d } = self;
+        let h = heads * d;
+        if x.len() != b * t * 3 * h || bias.len() != 3 * h {
+            candle_core::bail!("qkv-split: {} values for {b}×{t}×3×{h}", x.len());
+        }
+        let mut out = vec![0f32; x.len()];
+        // Output blocks of (t, d): one per (which, text, head).
+        out.par_chunks_mut(t * d).enumerate().for_each(|(blk, o)| {
+            let head = blk % heads;
+            let bi = (blk / heads) % b;
+            let which = blk / (heads * b);
+            let c0 = which * h + head * d;
+            let bb = &bias[c0..c0 + d];
+            for ti in 0..t {
+                let src = &x[(bi * t + ti) * 3 * h + c0..][..d];
+                for ((o, &v), &bv) in o[ti * d..(ti + 1) * d].iter_mut().zip(src).zip(bb) {
+                    *o = v + bv;
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((3, b, heads, t, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::qkv_split(self.b, self.t, self.heads, self.d, s1, l1, s2, l2)
+    }
+}
+
+/// The packed projection `x` (b·t, 3·heads·d), without its bias, plus `bias` (3·heads·d), split
+/// into (3, b, heads, t, d): query, key and value, heads first, in one pass.
+pub fn qkv_split(x: &Tensor, bias: &Tensor, b: usize, t: usize, heads: usize, d: usize) -> Result<Tensor> {
+    if usable(&[x, bias]) && x.dtype() == bias.dtype() && x.dims() == [b * t, 3 * heads * d] {
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&bias.contiguous()?, &QkvSplit { b, t, heads, d });
+    }
+    x.broadcast_add(bias)?
+        .reshape((b, t, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()
+}
+
+struct MaskSoftmax;
+
+impl CustomOp2 for MaskSoftmax {
+    fn name(&self) -> &'static str {
+        "mask-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = contiguous_f32(s1, l1, "mask-softmax scores")?;
+        let m = contiguous_f32(s2, l2, "mask-softmax mask")?;
+        let dims = l1.dims();
+        let t = dims[dims.len() - 1];
+        let b = dims[0];
+        if m.len() != b * t {
+            candle_core::bail!("mask-softmax: mask of {} for {b} texts of {t}", m.len());
+        }
+        let per_text = s.len() / (b * t).max(1);
+        let mut out = vec![0f32; s.len()];
+        out.par_chunks_mut(t)
+            .zip(s.par_chunks(t))
+            .enumerate()
+            .with_min_len(MIN_ROWS_PER_TASK)
+            .for_each(|(row, (o, sr))| {
+                let mr = &m[(row / per_text) * t..][..t];
+                let mut mx = f32::NEG_INFINITY;
+                for (v, &a) in sr.iter().zip(mr) {
+                    mx = mx.max(v + a);
+                }
+                let mut sum = 0f32;
+                for ((o, v), &a) in o.iter_mut().zip(sr).zip(mr) {
+                    *o = exp(v + a - mx);
+                }
+                for o in o.iter() {
+                    sum += *o;
+                }
+                let inv = 1.0 / sum;
+                for o in o.iter_mut() {
+                    *o *= inv;
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::mask_softmax(s1, l1, s2, l2)
+    }
+}
+
+/// softmax(scores + mask) over the last dimension: `scores` (b, heads, queries, t), `mask` the
+/// additive mask (b, t) (0 where attended, a large negative number where padded).
+pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, heads, q, t) = scores.dims4()?;
+    if usable(&[scores, mask]) && scores.dtype() == mask.dtype() && mask.dims() == [b, t] {
+        return scores
+            .contiguous()?
+            .apply_op2_no_bwd(&mask.contiguous()?, &MaskSoftmax);
+    }
+    let _ = (heads, q);
+    candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, t))?)?)
+}
+
 /// The kernels here run on CPU f32 tensors, and on CUDA tensors (f32, f16, bf16) when
 /// `VIRALCLIP_FUSED_CUDA=1` (opt-in until a GPU run has checked them against the CPU path).
 fn usable(ts: &[&Tensor]) -> bool {
@@ -323,12 +493,135 @@ mod cuda {
             d => candle_core::bail!("add-norm: no {d:?} kernel"),
         }
     }
+
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_split_t<T: CudaDType + DeviceRepr>(
+        dims: [u32; 4],
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let ((a1, b1), (a2, b2)) = (span(l1, "qkv-split x")?, span(l2, "qkv-split bias")?);
+        let x = s1.as_cuda_slice::<T>()?.slice(a1..b1);
+        let bias = s2.as_cuda_slice::<T>()?.slice(a2..b2);
+        let [b, t, heads, d] = dims;
+        let n = b1 - a1;
+        // SAFETY: every element is written by the kernel below.
+        let mut y = unsafe { dev.alloc::<T>(n)? };
+        let func = dev.get_or_load_custom_func(&format!("qkv_split_{}", suffix(s1.dtype())?), MODULE, PTX)?;
+        let mut args = func.builder();
+        args.arg(&x);
+        args.arg(&bias);
+        args.arg(&mut y);
+        args.arg(&b);
+        args.arg(&t);
+        args.arg(&heads);
+        args.arg(&d);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
+        let shape = Shape::from((3, b as usize, heads as usize, t as usize, d as usize));
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), shape))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_split(
+        b: usize,
+        t: usize,
+        heads: usize,
+        d: usize,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dims = [b as u32, t as u32, heads as u32, d as u32];
+        match s1.dtype() {
+            DType::F32 => qkv_split_t::<f32>(dims, s1, l1, s2, l2),
+            DType::F16 => qkv_split_t::<half::f16>(dims, s1, l1, s2, l2),
+            DType::BF16 => qkv_split_t::<half::bf16>(dims, s1, l1, s2, l2),
+            d => candle_core::bail!("qkv-split: no {d:?} kernel"),
+        }
+    }
+
+    fn mask_softmax_t<T: CudaDType + DeviceRepr>(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let ((a1, b1), (a2, b2)) = (span(l1, "mask-softmax scores")?, span(l2, "mask-softmax mask")?);
+        let s = s1.as_cuda_slice::<T>()?.slice(a1..b1);
+        let m = s2.as_cuda_slice::<T>()?.slice(a2..b2);
+        let dims = l1.dims();
+        let t = dims[dims.len() - 1];
+        let b = dims[0];
+        let n = b1 - a1;
+        if b2 - a2 != b * t {
+            candle_core::bail!("mask-softmax: mask of {} for {b} texts of {t}", b2 - a2);
+        }
+        let rows = (n / t) as u32;
+        let per_text = (n / (b * t)) as u32;
+        // SAFETY: every element is written by the kernel below.
+        let mut y = unsafe { dev.alloc::<T>(n)? };
+        let func =
+            dev.get_or_load_custom_func(&format!("mask_softmax_{}", suffix(s1.dtype())?), MODULE, PTX)?;
+        let t32 = t as u32;
+        let mut args = func.builder();
+        args.arg(&s);
+        args.arg(&m);
+        args.arg(&mut y);
+        args.arg(&rows);
+        args.arg(&t32);
+        args.arg(&per_text);
+        // One warp per row, 8 rows per block.
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
+    }
+
+    pub fn mask_softmax(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F32 => mask_softmax_t::<f32>(s1, l1, s2, l2),
+            DType::F16 => mask_softmax_t::<half::f16>(s1, l1, s2, l2),
+            DType::BF16 => mask_softmax_t::<half::bf16>(s1, l1, s2, l2),
+            d => candle_core::bail!("mask-softmax: no {d:?} kernel"),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn exp_matches_the_library() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "relative error {worst:e}");
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-1e9), 0.0);
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+    }
 
     #[test]
     fn erf_matches_the_reference() {
@@ -394,5 +687,80 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got16.dtype(), DType::F16);
+    }
+
+    #[test]
+    fn attention_kernels_match_candle_ops() {
+        let dev = Device::Cpu;
+        let (b, t, heads, d) = (3, 5, 4, 6);
+        let h = heads * d;
+        let x = Tensor::randn(0f32, 1.0, (b * t, 3 * h), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3 * h, &dev).unwrap();
+        let want = x
+            .broadcast_add(&bias)
+            .unwrap()
+            .reshape((b, t, 3, heads, d))
+            .unwrap()
+            .permute((2, 0, 3, 1, 4))
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let got = qkv_split(&x, &bias, b, t, heads, d).unwrap();
+        assert_eq!(got.dims(), [3, b, heads, t, d]);
+        let diff = (want - got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "qkv split differs");
+
+        // Text 1 has its last two tokens padded.
+        let scores = Tensor::randn(0f32, 3.0, (b, heads, t, t), &dev).unwrap();
+        let mut m = vec![0f32; b * t];
+        m[t + 3] = -1e9;
+        m[t + 4] = -1e9;
+        let mask = Tensor::from_vec(m, (b, t), &dev).unwrap();
+        let want = candle_nn::ops::softmax_last_dim(
+            &scores
+                .broadcast_add(&mask.reshape((b, 1, 1, t)).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let got = mask_softmax(&scores, &mask).unwrap();
+        let diff = (&want - &got)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "mask-softmax differs by {diff}");
+        let padded = got
+            .get(1)
+            .unwrap()
+            .narrow(2, 3, 2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(padded.to_scalar::<f32>().unwrap(), 0.0, "padding got attention");
+        // One query (the [CLS]-only last layer) works the same way.
+        let one = scores.narrow(2, 0, 1).unwrap().contiguous().unwrap();
+        let want1 = want.narrow(2, 0, 1).unwrap();
+        let got1 = mask_softmax(&one, &mask).unwrap();
+        let diff = (want1 - got1)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6);
     }
 }
