@@ -5,8 +5,9 @@
 //! reader) and the emotion head (gratitude is its most confident class) both rate them high, so
 //! the pipeline removes such sentences before scoring and lets the model judge what was said.
 //! Pure code: a sentence is formulaic when nothing is left of it once leading formulas are
-//! stripped; a sentence that goes on after the formula («Спасибо, это было невероятно») is kept
-//! whole. Russian and English.
+//! stripped, and is dropped; a sentence that goes on after a greeting («Добрый день, сегодня мы
+//! поговорим…») loses the greeting; one that goes on after thanks («Спасибо, это было
+//! невероятно») is kept whole, since what it thanks for is content. Russian and English.
 
 use regex::Regex;
 use std::sync::OnceLock;
@@ -34,12 +35,73 @@ const FORMULAS: &[&str] = &[
     r"((please )?(don t forget to )?(like and )?subscribe( to (the|my|our) channel)?|hit the (like button|bell))",
 ];
 
+/// The entries of [`FORMULAS`] that greet (Russian, English), and that address the audience.
+const GREETINGS: [usize; 2] = [0, 7];
+const ADDRESS: [usize; 2] = [1, 8];
+
+fn alternation(formulas: &[&str]) -> Regex {
+    let alts: Vec<String> = formulas.iter().map(|f| format!("(?:{f})")).collect();
+    Regex::new(&format!(r"^(?:{})(?: |$)", alts.join("|"))).expect("formulas compile")
+}
+
 fn formulas() -> &'static Regex {
     static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| alternation(FORMULAS))
+}
+
+fn greetings() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
+    RE.get_or_init(|| alternation(&GREETINGS.map(|i| FORMULAS[i])))
+}
+
+fn greetings_or_address() -> &'static Regex {
+    static RE: OnceLock<Regex> = OnceLock::new();
     RE.get_or_init(|| {
-        let alts: Vec<String> = FORMULAS.iter().map(|f| format!("(?:{f})")).collect();
-        Regex::new(&format!(r"^(?:{})(?: |$)", alts.join("|"))).expect("formulas compile")
+        alternation(
+            &[GREETINGS, ADDRESS]
+                .concat()
+                .iter()
+                .map(|&i| FORMULAS[i])
+                .collect::<Vec<_>>(),
+        )
     })
+}
+
+/// How many words a leading greeting takes from the normalised `sentence`: a greeting first
+/// («добрый день», «hi»), then more greetings or words addressing the audience («друзья»,
+/// «everyone»). A sentence that starts with «Ребята нашли…» keeps its subject.
+fn greeting_words(sentence: &str) -> usize {
+    let norm = normalize(sentence);
+    let mut rest = norm.as_str();
+    let mut re = greetings();
+    while let Some(m) = re.find(rest) {
+        if m.end() == 0 {
+            break;
+        }
+        rest = rest[m.end()..].trim_start();
+        re = greetings_or_address();
+    }
+    norm.split_whitespace().count() - rest.split_whitespace().count()
+}
+
+/// `sentence` after its first `n` words (runs of letters and digits, as [`normalize`] counts
+/// them), without the punctuation between.
+fn after_words(sentence: &str, n: usize) -> &str {
+    if n == 0 {
+        return sentence;
+    }
+    let (mut words, mut in_word) = (0, false);
+    for (i, c) in sentence.char_indices() {
+        let w = c.is_alphanumeric();
+        if w && !in_word {
+            if words == n {
+                return &sentence[i..];
+            }
+            words += 1;
+        }
+        in_word = w;
+    }
+    ""
 }
 
 /// Lowercase, ё→е, anything but letters and digits → one space.
@@ -107,7 +169,7 @@ pub fn strip(text: &str) -> String {
     sentences(text)
         .into_iter()
         .filter(|s| !is_formulaic(s))
-        .map(str::trim)
+        .map(|s| after_words(s, greeting_words(s)).trim())
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -140,14 +202,39 @@ mod tests {
     fn content_stays_even_after_a_formula() {
         for s in [
             "Спасибо, это было просто невероятно!",
-            "Привет, сегодня я расскажу, как мы нашли сокровище.",
             "Не может быть! Это просто невероятно!",
             "До свидания, сказал он и выпрыгнул из самолёта.",
-            "Hello darkness, my old friend.",
             "Thank you for saving my life.",
+            "Всем известно, что это правда.",
+            "Ребята нашли сокровище!",
             "В понедельник будет облачно.",
         ] {
             assert_eq!(strip(s), s, "{s:?} changed");
+        }
+    }
+
+    #[test]
+    fn a_greeting_before_content_goes_and_the_content_stays() {
+        for (s, want) in [
+            (
+                "Добрый день, сегодня мы поговорим о погоде.",
+                "сегодня мы поговорим о погоде.",
+            ),
+            (
+                "Всем привет, друзья! Сегодня — сокровище.",
+                "Сегодня — сокровище.",
+            ),
+            (
+                "Привет, сегодня я расскажу, как мы нашли сокровище.",
+                "сегодня я расскажу, как мы нашли сокровище.",
+            ),
+            (
+                "Hi everyone, welcome back to the channel: today we launch a rocket!",
+                "today we launch a rocket!",
+            ),
+            ("Здравствуйте... Это ёлка!", "Это ёлка!"),
+        ] {
+            assert_eq!(strip(s), want, "{s:?}");
         }
     }
 
