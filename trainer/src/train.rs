@@ -793,7 +793,9 @@ pub fn train(
         vars: vars.clone(),
     };
     let vb = candle_nn::VarBuilder::from_backend(Box::new(store), DType::F32, device.clone());
-    let model = MultiTask::load(vb, &enc.config, EMOTIONS)?;
+    let mut model = MultiTask::load(vb, &enc.config, EMOTIONS)?;
+    // The frozen layers never change: the cache pass over them takes the fused scoring path.
+    model.bert.prepare_inference_below(from)?;
     let named: Vec<(String, Var)> = std::mem::take(&mut *vars.lock().expect("lock"));
     let params: Vec<(String, Var, usize)> = named
         .into_iter()

@@ -438,9 +438,16 @@ impl Bert {
 
     /// Repacks the weights for scoring (packed QKV with the attention scale folded in). Call it on
     /// a model that only scores: the packed copy does not follow later changes to the weights, so
-    /// the trainer never calls it and its `Mode::Inference` passes use the plain path.
+    /// the trainer prepares only its frozen layers ([`Bert::prepare_inference_below`]) and its
+    /// trainable ones always take the plain path.
     pub fn prepare_inference(&mut self) -> Result<()> {
-        for l in &mut self.layers {
+        self.prepare_inference_below(self.layers.len())
+    }
+
+    /// [`Bert::prepare_inference`] for layers `0..upto` only: the trainer's frozen layers, which
+    /// never change, so its one pass over them (the cache) takes the fused path.
+    pub fn prepare_inference_below(&mut self, upto: usize) -> Result<()> {
+        for l in self.layers.iter_mut().take(upto) {
             l.prepare_inference()?;
         }
         Ok(())
