@@ -1110,36 +1110,7 @@ async fn train(app: &Arc<App>, msg: &Message, force: bool) -> Result<()> {
     let c2 = cancel.clone();
     let mut work = tokio::task::spawn_blocking(move || {
         let mut on_event = |e: viralclip_trainer::Event| {
-            let line = match e {
-                viralclip_trainer::Event::Loaded { train, val, test } => {
-                    format!("data: {train} train, {val} validation, {test} test")
-                }
-                viralclip_trainer::Event::Caching { done, total } => {
-                    format!("caching frozen layers {done}/{total}")
-                }
-                viralclip_trainer::Event::Step {
-                    epoch,
-                    step,
-                    steps,
-                    loss,
-                    examples_per_s,
-                } => {
-                    format!(
-                        "epoch {} step {step}/{steps}, loss {loss:.4}, {examples_per_s:.0} ex/s",
-                        epoch + 1
-                    )
-                }
-                viralclip_trainer::Event::Epoch(r) => format!(
-                    "epoch {} done: val loss {:.4}, emotion macro-F1 {}",
-                    r.epoch + 1,
-                    r.val.loss(),
-                    r.val
-                        .emotions_tuned
-                        .as_ref()
-                        .map_or("-".into(), |m| format!("{:.3}", m.macro_f1))
-                ),
-            };
-            let _ = tx.send(line);
+            let _ = tx.send(e.to_string());
         };
         viralclip_trainer::train(&cfg, &dev, &mut on_event, &c2)
     });

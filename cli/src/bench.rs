@@ -288,7 +288,6 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     let inner_b = inner.broadcast_add(&b_i)?;
     let gelu = inner_b.gelu_erf()?;
     // The scoring path's fused passes (model::kernels), timed beside the ops they replace.
-    let qkv_nobias = qkv.clone();
     let mask2 = Tensor::zeros((b, t), dtype, dev)?;
     let packed = kernels::pack_add_norm(&b_h, &ln_w, &b_h)?;
     type Op<'a> = (&'a str, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
@@ -329,7 +328,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         ),
         (
             "fused_qkv_bias_split",
-            Box::new(|| kernels::qkv_split(&qkv_nobias, &b_qkv, b, t, heads, d)),
+            Box::new(|| kernels::qkv_split(&qkv, &b_qkv, b, t, heads, d)),
         ),
         (
             "fused_mask_softmax",

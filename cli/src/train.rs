@@ -127,19 +127,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
     // Without a terminal (a log file, a container) the bar is hidden: print a line a minute.
     let plain = !a.quiet && !std::io::stderr().is_terminal();
     let mut last_line = std::time::Instant::now();
-    let mut log_line = move |msg: String| {
+    let mut log_line = move |e: &Event| {
         if plain && last_line.elapsed().as_secs() >= 60 {
             last_line = std::time::Instant::now();
-            eprintln!("{msg}");
+            eprintln!("{e}");
         }
     };
     let mut on_event = |e: Event| match e {
-        Event::Loaded { train, val, test } => eprintln!("data: {train} train, {val} validation, {test} test"),
+        Event::Loaded { .. } => eprintln!("{e}"),
         Event::Caching { done, total } => {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message("caching frozen layers");
-            log_line(format!("caching frozen layers: {done}/{total}"));
+            log_line(&e);
         }
         Event::Step {
             epoch,
@@ -154,10 +154,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 "epoch {} loss {loss:.4} {examples_per_s:.0} ex/s",
                 epoch + 1
             ));
-            log_line(format!(
-                "epoch {} step {step}/{steps}: loss {loss:.4}, {examples_per_s:.0} ex/s",
-                epoch + 1
-            ));
+            log_line(&e);
         }
         Event::Epoch(r) => {
             bar.suspend(|| {

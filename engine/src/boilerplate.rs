@@ -104,8 +104,8 @@ fn after_words(sentence: &str, n: usize) -> &str {
     ""
 }
 
-/// Lowercase, ё→е, anything but letters and digits → one space.
-fn normalize(text: &str) -> String {
+/// Lowercase, ё→е, anything but letters and digits → one space (also the Whisper filter's key).
+pub(crate) fn normalize(text: &str) -> String {
     let mapped: String = text
         .to_lowercase()
         .chars()

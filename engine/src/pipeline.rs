@@ -317,46 +317,33 @@ impl Engine {
                 j => j,
             }
             .min(n.max(1));
-            // Moments are handed out in rank order; each worker writes its own clip-NN files.
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            let done = std::sync::atomic::AtomicUsize::new(0);
-            let slots: Vec<std::sync::Mutex<&mut MomentReport>> =
-                moments.iter_mut().map(std::sync::Mutex::new).collect();
-            progress(Stage::Cut, 0.0);
-            std::thread::scope(|scope| -> Result<()> {
-                let workers: Vec<_> = (0..jobs)
-                    .map(|_| {
-                        scope.spawn(|| -> Result<()> {
-                            loop {
-                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                if i >= n {
-                                    return Ok(());
-                                }
-                                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                                    return Err(Error::Cancelled);
-                                }
-                                let mut m = slots[i].lock().expect("one worker per moment");
-                                let facts = cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode);
-                                match facts {
-                                    Ok(f) => m.clip = Some(f),
-                                    Err(e) => {
-                                        // Stop the others early: the job fails with this error.
-                                        next.store(n, std::sync::atomic::Ordering::Relaxed);
-                                        return Err(e);
-                                    }
-                                }
-                                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                                progress(Stage::Cut, d as f32 / n as f32);
-                            }
-                        })
-                    })
-                    .collect();
-                for w in workers {
-                    w.join().expect("a cutting thread panicked")?;
+            // Workers take moments in rank order from one queue; each writes its own clip-NN
+            // files. The first error stops the others and fails the job.
+            use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+            let queue = std::sync::Mutex::new(moments.iter_mut());
+            let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
+            let worker = || -> Result<()> {
+                while !stop.load(Relaxed) {
+                    if cancel.load(Relaxed) {
+                        return Err(Error::Cancelled);
+                    }
+                    let Some(m) = queue.lock().expect("clip queue").next() else {
+                        break;
+                    };
+                    let facts = cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode);
+                    m.clip = Some(facts.inspect_err(|_| stop.store(true, Relaxed))?);
+                    let d = done.fetch_add(1, Relaxed) + 1;
+                    progress(Stage::Cut, d as f32 / n as f32);
                 }
                 Ok(())
+            };
+            progress(Stage::Cut, 0.0);
+            std::thread::scope(|scope| {
+                let workers: Vec<_> = (0..jobs).map(|_| scope.spawn(worker)).collect();
+                workers
+                    .into_iter()
+                    .try_for_each(|w| w.join().expect("a cutting thread panicked"))
             })?;
-            drop(slots);
             progress(Stage::Cut, 1.0);
             timings.cut = t.elapsed().as_secs_f64();
         }

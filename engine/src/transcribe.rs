@@ -35,6 +35,7 @@ pub trait Transcriber: Send {
 /// Whisper's hallucinations on silence and noise: credits, sign-offs, music tags, and the same line
 /// repeated. Pure.
 pub mod filter {
+    use crate::boilerplate::normalize;
     use crate::cue::Cue;
 
     /// Text found in credits, never in speech.
@@ -66,22 +67,6 @@ pub mod filter {
         "please subscribe",
         "до новых встреч",
     ];
-
-    fn normalize(text: &str) -> String {
-        text.to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c.is_whitespace() {
-                    c
-                } else {
-                    ' '
-                }
-            })
-            .collect::<String>()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 
     /// Whether one segment's text is a known hallucination.
     pub fn is_hallucination(text: &str) -> bool {

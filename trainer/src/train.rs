@@ -149,6 +149,39 @@ pub enum Event {
     Epoch(Box<EpochReport>),
 }
 
+impl std::fmt::Display for Event {
+    /// One line of progress, for a log or a chat message.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Loaded { train, val, test } => {
+                write!(f, "data: {train} train, {val} validation, {test} test")
+            }
+            Event::Caching { done, total } => write!(f, "caching frozen layers {done}/{total}"),
+            Event::Step {
+                epoch,
+                step,
+                steps,
+                loss,
+                examples_per_s,
+            } => write!(
+                f,
+                "epoch {} step {step}/{steps}, loss {loss:.4}, {examples_per_s:.0} ex/s",
+                epoch + 1
+            ),
+            Event::Epoch(r) => write!(
+                f,
+                "epoch {} done: val loss {:.4}, emotion macro-F1 {}",
+                r.epoch + 1,
+                r.val.loss(),
+                r.val
+                    .emotions_tuned
+                    .as_ref()
+                    .map_or("-".into(), |m| format!("{:.3}", m.macro_f1))
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Evaluation {
     pub popularity_loss: Option<f64>,
@@ -704,7 +737,8 @@ struct ResumeState {
     step: usize,
     best_epoch: usize,
     /// The best [`SelectBy::key`] so far (lower is better).
-    best_loss: f64,
+    #[serde(alias = "best_loss")]
+    best_key: f64,
     epochs: Vec<EpochReport>,
 }
 
@@ -847,7 +881,7 @@ pub fn train(
         next_epoch: 0,
         step: 0,
         best_epoch: 0,
-        best_loss: f64::INFINITY,
+        best_key: f64::INFINITY,
         epochs: Vec::new(),
     };
     if cfg.resume && ckpt_dir.join("state.json").is_file() {
@@ -967,10 +1001,10 @@ pub fn train(
         };
         on_event(Event::Epoch(Box::new(report.clone())));
         let key = cfg.select_by.key(&report.val);
-        let improved = key < state.best_loss || val_ex.is_empty();
+        let improved = key < state.best_key || val_ex.is_empty();
         state.epochs.push(report);
         if improved {
-            state.best_loss = key;
+            state.best_key = key;
             state.best_epoch = epoch;
             best_thresholds = thresholds;
             let snapshot: HashMap<String, Tensor> = opt

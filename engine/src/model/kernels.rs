@@ -112,7 +112,7 @@ impl CustomOp2 for BiasGelu {
 
 /// `gelu_erf(x + bias)`; `x`: (rows, d), `bias`: (d).
 pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    if usable(&[x, bias]) && x.dtype() == bias.dtype() && x.rank() == 2 && x.dim(1)? == bias.elem_count() {
+    if usable(&[x, bias]) && x.rank() == 2 && x.dim(1)? == bias.elem_count() {
         return x.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &BiasGelu);
     }
     x.broadcast_add(bias)?.gelu_erf()
@@ -187,8 +187,7 @@ impl CustomOp3 for AddNorm {
 /// `layer_norm(x + bias + residual)` with the norm's `gamma`, `beta`; `x`, `residual`: (rows, d);
 /// `params`: (3, d) = [bias; gamma; beta] (see [`pack_add_norm`]).
 pub fn add_norm(x: &Tensor, residual: &Tensor, params: &Tensor, eps: f64) -> Result<Tensor> {
-    let same = x.dtype() == residual.dtype() && x.dtype() == params.dtype();
-    if usable(&[x, residual, params]) && same && x.rank() == 2 && x.dims() == residual.dims() {
+    if usable(&[x, residual, params]) && x.rank() == 2 && x.dims() == residual.dims() {
         return x.contiguous()?.apply_op3_no_bwd(
             &residual.contiguous()?,
             &params.contiguous()?,
@@ -258,14 +257,14 @@ impl CustomOp2 for QkvSplit {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::qkv_split(self.b, self.t, self.heads, self.d, s1, l1, s2, l2)
+        cuda::qkv_split([self.b, self.t, self.heads, self.d], s1, l1, s2, l2)
     }
 }
 
 /// The packed projection `x` (b·t, 3·heads·d), without its bias, plus `bias` (3·heads·d), split
 /// into (3, b, heads, t, d): query, key and value, heads first, in one pass.
 pub fn qkv_split(x: &Tensor, bias: &Tensor, b: usize, t: usize, heads: usize, d: usize) -> Result<Tensor> {
-    if usable(&[x, bias]) && x.dtype() == bias.dtype() && x.dims() == [b * t, 3 * heads * d] {
+    if usable(&[x, bias]) && x.dims() == [b * t, 3 * heads * d] {
         return x
             .contiguous()?
             .apply_op2_no_bwd(&bias.contiguous()?, &QkvSplit { b, t, heads, d });
@@ -340,21 +339,22 @@ impl CustomOp2 for MaskSoftmax {
 /// softmax(scores + mask) over the last dimension: `scores` (b, heads, queries, t), `mask` the
 /// additive mask (b, t) (0 where attended, a large negative number where padded).
 pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    let (b, heads, q, t) = scores.dims4()?;
-    if usable(&[scores, mask]) && scores.dtype() == mask.dtype() && mask.dims() == [b, t] {
+    let (b, _, _, t) = scores.dims4()?;
+    if usable(&[scores, mask]) && mask.dims() == [b, t] {
         return scores
             .contiguous()?
             .apply_op2_no_bwd(&mask.contiguous()?, &MaskSoftmax);
     }
-    let _ = (heads, q);
     candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, t))?)?)
 }
 
 /// The kernels here run on CPU f32 tensors, and on CUDA tensors (f32, f16, bf16) when
 /// `VIRALCLIP_FUSED_CUDA=1` (opt-in until a GPU run has checked them against the CPU path).
+/// All operands must share one dtype.
 fn usable(ts: &[&Tensor]) -> bool {
+    let same = ts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
     let cpu = ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
-    cpu || (fused_cuda() && ts.iter().all(|t| t.device().is_cuda()))
+    same && (cpu || (fused_cuda() && ts.iter().all(|t| t.device().is_cuda())))
 }
 
 /// Whether the fused CUDA kernels are switched on (`VIRALCLIP_FUSED_CUDA=1`, `cuda` builds).
@@ -370,27 +370,49 @@ pub fn fused_cuda() -> bool {
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    //! Launchers for `kernels/fused.cu` (PTX built by build.rs).
+    //! Launchers for `kernels/fused.cu` (PTX built by build.rs): one generic launcher per kernel,
+    //! run for the storage's element type by `by_dtype!`.
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaFunction, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+    };
     use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
     use candle_core::{DType, Layout, Result, Shape};
 
     const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
     const MODULE: &str = "viralclip_fused";
 
-    fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
-        l.contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))
+    /// The elements of a contiguous input.
+    fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
+        Ok(s.as_cuda_slice::<T>()?.slice(a..b))
     }
 
-    fn suffix(dtype: DType) -> Result<&'static str> {
-        Ok(match dtype {
+    /// The kernel `{name}_{f32|f16|bf16}` for `s`'s element type.
+    fn kernel(s: &CudaStorage, name: &str) -> Result<CudaFunction> {
+        let suffix = match s.dtype() {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::BF16 => "bf16",
-            d => candle_core::bail!("fused kernels: no {d:?} kernel"),
-        })
+            d => candle_core::bail!("{name}: no {d:?} kernel"),
+        };
+        Ok(s.device()
+            .get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?
+            .into_cuda_function())
+    }
+
+    /// Calls `$f::<T>(args)` with `T` the element type of storage `$s`.
+    macro_rules! by_dtype {
+        ($s:expr, $f:ident($($arg:expr),*)) => {
+            match $s.dtype() {
+                DType::F32 => $f::<f32>($($arg),*),
+                DType::F16 => $f::<half::f16>($($arg),*),
+                DType::BF16 => $f::<half::bf16>($($arg),*),
+                d => candle_core::bail!("{}: no {d:?} kernel", stringify!($f)),
+            }
+        };
     }
 
     fn bias_gelu_t<T: CudaDType + DeviceRepr>(
@@ -400,19 +422,16 @@ mod cuda {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
-        let ((a1, b1), (a2, b2)) = (span(l1, "bias-gelu x")?, span(l2, "bias-gelu bias")?);
-        let x = s1.as_cuda_slice::<T>()?.slice(a1..b1);
-        let b = s2.as_cuda_slice::<T>()?.slice(a2..b2);
-        let (n, d) = ((b1 - a1) as u32, (b2 - a2) as u32);
+        let (x, b) = (
+            view::<T>(s1, l1, "bias-gelu x")?,
+            view::<T>(s2, l2, "bias-gelu bias")?,
+        );
+        let (n, d) = (x.len() as u32, b.len() as u32);
         // SAFETY: every element is written by the kernel below.
-        let mut y = unsafe { dev.alloc::<T>(n as usize)? };
-        let func = dev.get_or_load_custom_func(&format!("bias_gelu_{}", suffix(s1.dtype())?), MODULE, PTX)?;
-        let mut args = func.builder();
-        args.arg(&x);
-        args.arg(&b);
-        args.arg(&mut y);
-        args.arg(&n);
-        args.arg(&d);
+        let mut y = unsafe { dev.alloc::<T>(x.len())? };
+        let (func, stream) = (kernel(s1, "bias_gelu")?, dev.cuda_stream());
+        let mut args = stream.launch_builder(&func);
+        args.arg(&x).arg(&b).arg(&mut y).arg(&n).arg(&d);
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
@@ -424,12 +443,7 @@ mod cuda {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => bias_gelu_t::<f32>(s1, l1, s2, l2),
-            DType::F16 => bias_gelu_t::<half::f16>(s1, l1, s2, l2),
-            DType::BF16 => bias_gelu_t::<half::bf16>(s1, l1, s2, l2),
-            d => candle_core::bail!("bias-gelu: no {d:?} kernel"),
-        }
+        by_dtype!(s1, bias_gelu_t(s1, l1, s2, l2))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -443,33 +457,23 @@ mod cuda {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
-        let (a1, b1) = span(l1, "add-norm x")?;
-        let (a2, b2) = span(l2, "add-norm residual")?;
-        let (a3, b3) = span(l3, "add-norm params")?;
-        let d = (b3 - a3) / 3;
-        let n = b1 - a1;
-        if n != b2 - a2 || d == 0 || n % d != 0 {
-            candle_core::bail!("add-norm: x {n} and residual {} values in rows of {d}", b2 - a2);
+        let x = view::<T>(s1, l1, "add-norm x")?;
+        let r = view::<T>(s2, l2, "add-norm residual")?;
+        let p = view::<T>(s3, l3, "add-norm params")?;
+        let (n, d) = (x.len(), p.len() / 3);
+        if n != r.len() || d == 0 || n % d != 0 {
+            candle_core::bail!("add-norm: x {n} and residual {} values in rows of {d}", r.len());
         }
-        let x = s1.as_cuda_slice::<T>()?.slice(a1..b1);
-        let r = s2.as_cuda_slice::<T>()?.slice(a2..b2);
-        let p = s3.as_cuda_slice::<T>()?.slice(a3..b3);
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let func = dev.get_or_load_custom_func(&format!("add_norm_{}", suffix(s1.dtype())?), MODULE, PTX)?;
+        let (func, stream) = (kernel(s1, "add_norm")?, dev.cuda_stream());
         let d32 = d as u32;
-        let mut args = func.builder();
-        args.arg(&x);
-        args.arg(&r);
-        args.arg(&p);
-        args.arg(&mut y);
-        args.arg(&d32);
-        args.arg(&eps);
+        let mut args = stream.launch_builder(&func);
+        args.arg(&x).arg(&r).arg(&p).arg(&mut y).arg(&d32).arg(&eps);
         // One block per row; a multiple of 32 threads (the kernel reduces with warp shuffles).
-        let threads = (d32.div_ceil(32) * 32).clamp(32, 256);
         let cfg = LaunchConfig {
             grid_dim: ((n / d) as u32, 1, 1),
-            block_dim: (threads, 1, 1),
+            block_dim: ((d32.div_ceil(32) * 32).clamp(32, 256), 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the argument list matches the kernel's signature.
@@ -477,6 +481,7 @@ mod cuda {
         Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn add_norm(
         eps: f32,
         s1: &CudaStorage,
@@ -486,63 +491,51 @@ mod cuda {
         s3: &CudaStorage,
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => add_norm_t::<f32>(eps, s1, l1, s2, l2, s3, l3),
-            DType::F16 => add_norm_t::<half::f16>(eps, s1, l1, s2, l2, s3, l3),
-            DType::BF16 => add_norm_t::<half::bf16>(eps, s1, l1, s2, l2, s3, l3),
-            d => candle_core::bail!("add-norm: no {d:?} kernel"),
-        }
+        by_dtype!(s1, add_norm_t(eps, s1, l1, s2, l2, s3, l3))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn qkv_split_t<T: CudaDType + DeviceRepr>(
-        dims: [u32; 4],
+        dims: [usize; 4],
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
-        let ((a1, b1), (a2, b2)) = (span(l1, "qkv-split x")?, span(l2, "qkv-split bias")?);
-        let x = s1.as_cuda_slice::<T>()?.slice(a1..b1);
-        let bias = s2.as_cuda_slice::<T>()?.slice(a2..b2);
+        let (x, bias) = (
+            view::<T>(s1, l1, "qkv-split x")?,
+            view::<T>(s2, l2, "qkv-split bias")?,
+        );
         let [b, t, heads, d] = dims;
-        let n = b1 - a1;
+        let n = x.len();
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let func = dev.get_or_load_custom_func(&format!("qkv_split_{}", suffix(s1.dtype())?), MODULE, PTX)?;
-        let mut args = func.builder();
-        args.arg(&x);
-        args.arg(&bias);
-        args.arg(&mut y);
-        args.arg(&b);
-        args.arg(&t);
-        args.arg(&heads);
-        args.arg(&d);
+        let (func, stream) = (kernel(s1, "qkv_split")?, dev.cuda_stream());
+        let [b32, t32, h32, d32] = dims.map(|v| v as u32);
+        let mut args = stream.launch_builder(&func);
+        args.arg(&x)
+            .arg(&bias)
+            .arg(&mut y)
+            .arg(&b32)
+            .arg(&t32)
+            .arg(&h32)
+            .arg(&d32);
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { args.launch(LaunchConfig::for_num_elems(n as u32)) }.w()?;
-        let shape = Shape::from((3, b as usize, heads as usize, t as usize, d as usize));
-        Ok((CudaStorage::wrap_cuda_slice(y, dev), shape))
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev),
+            Shape::from((3, b, heads, t, d)),
+        ))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn qkv_split(
-        b: usize,
-        t: usize,
-        heads: usize,
-        d: usize,
+        dims: [usize; 4],
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let dims = [b as u32, t as u32, heads as u32, d as u32];
-        match s1.dtype() {
-            DType::F32 => qkv_split_t::<f32>(dims, s1, l1, s2, l2),
-            DType::F16 => qkv_split_t::<half::f16>(dims, s1, l1, s2, l2),
-            DType::BF16 => qkv_split_t::<half::bf16>(dims, s1, l1, s2, l2),
-            d => candle_core::bail!("qkv-split: no {d:?} kernel"),
-        }
+        by_dtype!(s1, qkv_split_t(dims, s1, l1, s2, l2))
     }
 
     fn mask_softmax_t<T: CudaDType + DeviceRepr>(
@@ -552,30 +545,26 @@ mod cuda {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
-        let ((a1, b1), (a2, b2)) = (span(l1, "mask-softmax scores")?, span(l2, "mask-softmax mask")?);
-        let s = s1.as_cuda_slice::<T>()?.slice(a1..b1);
-        let m = s2.as_cuda_slice::<T>()?.slice(a2..b2);
+        let (s, m) = (
+            view::<T>(s1, l1, "mask-softmax scores")?,
+            view::<T>(s2, l2, "mask-softmax mask")?,
+        );
         let dims = l1.dims();
-        let t = dims[dims.len() - 1];
-        let b = dims[0];
-        let n = b1 - a1;
-        if b2 - a2 != b * t {
-            candle_core::bail!("mask-softmax: mask of {} for {b} texts of {t}", b2 - a2);
+        let (b, t, n) = (dims[0], dims[dims.len() - 1], s.len());
+        if m.len() != b * t {
+            candle_core::bail!("mask-softmax: mask of {} for {b} texts of {t}", m.len());
         }
-        let rows = (n / t) as u32;
-        let per_text = (n / (b * t)) as u32;
+        let (rows, t32, per_text) = ((n / t) as u32, t as u32, (n / (b * t)) as u32);
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let func =
-            dev.get_or_load_custom_func(&format!("mask_softmax_{}", suffix(s1.dtype())?), MODULE, PTX)?;
-        let t32 = t as u32;
-        let mut args = func.builder();
-        args.arg(&s);
-        args.arg(&m);
-        args.arg(&mut y);
-        args.arg(&rows);
-        args.arg(&t32);
-        args.arg(&per_text);
+        let (func, stream) = (kernel(s1, "mask_softmax")?, dev.cuda_stream());
+        let mut args = stream.launch_builder(&func);
+        args.arg(&s)
+            .arg(&m)
+            .arg(&mut y)
+            .arg(&rows)
+            .arg(&t32)
+            .arg(&per_text);
         // One warp per row, 8 rows per block.
         let cfg = LaunchConfig {
             grid_dim: (rows.div_ceil(8), 1, 1),
@@ -593,12 +582,7 @@ mod cuda {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        match s1.dtype() {
-            DType::F32 => mask_softmax_t::<f32>(s1, l1, s2, l2),
-            DType::F16 => mask_softmax_t::<half::f16>(s1, l1, s2, l2),
-            DType::BF16 => mask_softmax_t::<half::bf16>(s1, l1, s2, l2),
-            d => candle_core::bail!("mask-softmax: no {d:?} kernel"),
-        }
+        by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
     }
 }
 
