@@ -247,7 +247,9 @@ fn init_starts_from_a_model_and_macro_f1_picks_the_epoch() {
         return;
     };
     cfg.val_fraction = 0.2;
-    cfg.frozen_epochs = 1;
+    // One epoch that trains the layer, so the model always holds a fine-tuned layer (with a
+    // heads-only epoch first, that one could be the best and the model would hold none).
+    cfg.frozen_epochs = 0;
     cfg.unfrozen_epochs = 1;
     cfg.unfreeze_layers = 1;
     cfg.warmup_steps = 5;
