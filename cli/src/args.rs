@@ -79,6 +79,10 @@ pub struct ClipArgs {
     /// Score greetings, thank-yous, goodbyes and subscribe calls too (they are left out by default).
     #[arg(long)]
     pub keep_formulas: bool,
+    /// Score windows while Whisper is still transcribing: auto (when the model runs on a GPU),
+    /// on, off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    pub overlap: String,
     /// Copy streams from keyframes instead of re-encoding (fast, edges on keyframes).
     #[arg(long)]
     pub fast: bool,

@@ -238,6 +238,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 a.lang.as_deref(),
                 std::sync::Arc::new(|_| {}),
                 Default::default(),
+                None,
             )?;
             let secs = t.elapsed().as_secs_f64();
             let audio = samples.len() as f64 / 16000.0;

@@ -127,6 +127,11 @@ fn clip(a: ClipArgs) -> Result<()> {
     req.select.max_secs = a.max_secs;
     req.select.skip_formulas = !a.keep_formulas;
     req.cut_jobs = a.cut_jobs;
+    req.overlap = match a.overlap.as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    };
     req.select.validate()?;
     #[cfg(feature = "media")]
     {

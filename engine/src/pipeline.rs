@@ -1,7 +1,7 @@
 //! The whole job: input → cues (subtitles, an embedded stream, or Whisper) → scored windows →
 //! moments → clips and thumbnails → `report.json`.
 
-use crate::cue::{format_time, CueSource, Transcript};
+use crate::cue::{format_time, Cue, CueSource, Transcript};
 use crate::error::{Error, Result};
 use crate::report::*;
 use crate::score::TextScore;
@@ -72,6 +72,9 @@ pub struct ClipRequest {
     /// Clips cut at the same time (0: one per 4 CPU cores, at least 1). Each encode is itself
     /// multi-threaded; on a many-core GPU host several at once keep the cores busy.
     pub cut_jobs: usize,
+    /// Score windows while Whisper is still transcribing (`None`: when the model runs on an
+    /// accelerator; on the CPU the two would only share the same cores).
+    pub overlap: Option<bool>,
 }
 
 impl ClipRequest {
@@ -87,6 +90,7 @@ impl ClipRequest {
             limits: Limits::default(),
             language: None,
             cut_jobs: 0,
+            overlap: None,
         }
     }
 }
@@ -123,7 +127,12 @@ pub struct Analysis {
     pub scores: Vec<TextScore>,
     pub virality: Vec<f32>,
     pub moments: Vec<Moment>,
+    /// Windows whose scores came from the `known` scores (not from the model now).
+    pub prefetched: usize,
 }
+
+/// Scores by the text the model saw.
+pub type Known = std::collections::HashMap<String, TextScore>;
 
 /// The clip pipeline with its models.
 pub struct Engine {
@@ -188,22 +197,26 @@ impl Engine {
         cfg: &SelectConfig,
         progress: &Progress,
     ) -> Result<Analysis> {
+        self.analyse_with(transcript, media_end, cfg, progress, &Known::new())
+    }
+
+    /// [`Engine::analyse`], taking the scores of texts in `known` from there instead of the model
+    /// (what [`score_as_heard`] scored during transcription).
+    pub fn analyse_with(
+        &mut self,
+        transcript: &Transcript,
+        media_end: Option<f64>,
+        cfg: &SelectConfig,
+        progress: &Progress,
+        known: &Known,
+    ) -> Result<Analysis> {
         cfg.validate()?;
         let windows = select::windows(&transcript.cues, cfg.window_secs);
         // The model judges what was said: formulaic sentences are taken out first, and a window
         // of nothing else is not scored (virality 0).
-        let texts: Vec<String> = windows
-            .iter()
-            .map(|w| {
-                if cfg.skip_formulas {
-                    crate::boilerplate::strip(&w.text)
-                } else {
-                    w.text.clone()
-                }
-            })
-            .collect();
+        let texts: Vec<String> = windows.iter().map(|w| model_text(&w.text, cfg)).collect();
         let to_score: Vec<usize> = (0..texts.len())
-            .filter(|&i| !texts[i].trim().is_empty())
+            .filter(|&i| !texts[i].trim().is_empty() && !known.contains_key(&texts[i]))
             .collect();
         let batch: Vec<String> = to_score.iter().map(|&i| texts[i].clone()).collect();
         let p = progress.clone();
@@ -214,7 +227,11 @@ impl Engine {
             popularity: 0.0,
             emotions: vec![0.0; self.scorer.labels().len()],
         };
-        let mut scores = vec![silent; texts.len()];
+        let mut scores: Vec<TextScore> = texts
+            .iter()
+            .map(|t| known.get(t).unwrap_or(&silent).clone())
+            .collect();
+        let prefetched = texts.iter().filter(|t| known.contains_key(*t)).count();
         for (i, s) in to_score.into_iter().zip(scored) {
             scores[i] = s;
         }
@@ -228,6 +245,7 @@ impl Engine {
             scores,
             virality,
             moments,
+            prefetched,
         })
     }
 
@@ -271,6 +289,7 @@ impl Engine {
         }
         progress(Stage::Probe, 1.0);
 
+        let mut known = Known::new();
         let transcript = if subtitle_only {
             subtitle::read_file(&req.input)?
         } else if let Some(s) = &req.subs {
@@ -279,7 +298,7 @@ impl Engine {
             #[cfg(feature = "media")]
             {
                 let info = info.as_ref().expect("probed");
-                self.media_transcript(req, info, &mut timings, &progress, &cancel)?
+                self.media_transcript(req, info, &mut timings, &progress, &cancel, &mut known)?
             }
             #[cfg(not(feature = "media"))]
             unreachable!()
@@ -293,9 +312,10 @@ impl Engine {
         #[cfg(not(feature = "media"))]
         let media_end: Option<f64> = None;
         let t = Instant::now();
-        let analysis = self.analyse(&transcript, media_end, &req.select, &progress)?;
+        let analysis = self.analyse_with(&transcript, media_end, &req.select, &progress, &known)?;
         timings.score = t.elapsed().as_secs_f64();
         timings.windows_scored = analysis.windows.len();
+        timings.windows_prefetched = analysis.prefetched;
 
         std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
         let mut moments: Vec<MomentReport> = analysis
@@ -415,6 +435,7 @@ impl Engine {
         timings: &mut Timings,
         progress: &Progress,
         cancel: &Arc<AtomicBool>,
+        known: &mut Known,
     ) -> Result<Transcript> {
         // A text subtitle stream in the container beats transcribing: prefer the asked language.
         let mut streams: Vec<_> = info.subtitles.iter().filter(|s| s.is_text).collect();
@@ -442,15 +463,30 @@ impl Engine {
         let samples = crate::media::decode_audio_16k(&req.input, &move |f| p(Stage::DecodeAudio, f), cancel)?;
         timings.audio_decode = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let p = progress.clone();
-        let tr = self.transcriber()?;
+        let p: Arc<dyn Fn(f32) + Send + Sync> = {
+            let p = progress.clone();
+            Arc::new(move |f| p(Stage::Transcribe, f))
+        };
+        let overlap = req.overlap.unwrap_or_else(|| self.scorer.on_accelerator());
+        let (tr, scorer) = (
+            self.transcriber.as_mut().expect("loaded above"),
+            self.scorer.as_mut(),
+        );
         let model = tr.name();
-        let speech = tr.transcribe(
-            &samples,
-            req.language.as_deref(),
-            Arc::new(move |f| p(Stage::Transcribe, f)),
-            cancel.clone(),
-        )?;
+        let language = req.language.as_deref();
+        let speech = if overlap {
+            // Whisper's segments go to a scoring thread as they are decoded; what it scored is
+            // reused by `analyse_with`, which scores only what changed or came last.
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::scope(|s| {
+                let scoring = s.spawn(|| score_as_heard(scorer, rx, &req.select));
+                let speech = tr.transcribe(&samples, language, p, cancel.clone(), Some(tx));
+                *known = scoring.join().expect("the scoring thread panicked");
+                speech
+            })?
+        } else {
+            tr.transcribe(&samples, language, p, cancel.clone(), None)?
+        };
         timings.transcribe = t.elapsed().as_secs_f64();
         let mut transcript = Transcript::repair(
             speech.cues,
@@ -535,6 +571,62 @@ impl Engine {
 }
 
 /// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
+/// Scores windows of a transcript as its segments arrive, until the channel closes: each time,
+/// the windows that later segments can no longer change (followed by another cue and a full
+/// `window_secs` long) are scored, once per text. Returns the scores by the text the model saw,
+/// for [`Engine::analyse_with`]. A scoring error stops it quietly: those windows are scored
+/// (and the error reported) at the end.
+pub fn score_as_heard(
+    scorer: &mut dyn TextScorer,
+    segments: std::sync::mpsc::Receiver<Cue>,
+    cfg: &SelectConfig,
+) -> Known {
+    let mut known = Known::new();
+    let mut raw: Vec<Cue> = Vec::new();
+    let mut failed = false;
+    while let Ok(cue) = segments.recv() {
+        raw.push(cue);
+        raw.extend(segments.try_iter());
+        if failed {
+            continue; // keep draining so the sender never notices
+        }
+        let (heard, _) = crate::transcribe::filter::apply(raw.clone());
+        let source = CueSource::Whisper {
+            model: String::new(),
+            language: String::new(),
+        };
+        let cues = Transcript::repair(heard, source).cues;
+        let mut texts: Vec<String> = select::windows(&cues, cfg.window_secs)
+            .into_iter()
+            .filter(|w| w.last + 1 < cues.len() && w.end - w.start >= cfg.window_secs)
+            .map(|w| model_text(&w.text, cfg))
+            .filter(|t| !t.trim().is_empty() && !known.contains_key(t))
+            .collect();
+        texts.sort();
+        texts.dedup();
+        if texts.is_empty() {
+            continue;
+        }
+        match scorer.score(&texts, &mut |_, _| {}) {
+            Ok(scores) => known.extend(texts.into_iter().zip(scores)),
+            Err(e) => {
+                tracing::warn!("scoring during transcription stopped: {e}");
+                failed = true;
+            }
+        }
+    }
+    known
+}
+
+/// The text of a window as the model sees it.
+fn model_text(window: &str, cfg: &SelectConfig) -> String {
+    if cfg.skip_formulas {
+        crate::boilerplate::strip(window)
+    } else {
+        window.to_string()
+    }
+}
+
 #[cfg(feature = "media")]
 fn cut_one(
     input: &Path,
@@ -662,5 +754,63 @@ mod tests {
         };
         let a = engine.analyse(&transcript, None, &keep, &no_progress()).unwrap();
         assert_eq!(a.moments[0].first, 4, "{:?}", a.moments);
+    }
+
+    #[test]
+    fn windows_scored_while_heard_are_reused() {
+        let cues = vec![
+            Cue::new(0.0, 5.0, "Добрый день."),
+            Cue::new(5.0, 10.0, "Сегодня облачно."),
+            Cue::new(10.0, 15.0, "Не может быть! Это невероятно!"),
+            Cue::new(15.0, 20.0, "Завтра дождь."),
+            Cue::new(20.0, 25.0, "Ветер стихнет!"),
+            Cue::new(25.0, 30.0, "Спасибо, что были с нами."),
+        ];
+        let cfg = SelectConfig {
+            min_secs: 5.0,
+            max_secs: 10.0,
+            count: 2,
+            window_secs: 10.0,
+            ..SelectConfig::default()
+        };
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mut fake = Fake(asked.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let known = std::thread::scope(|s| {
+            let scoring = s.spawn(|| score_as_heard(&mut fake, rx, &cfg));
+            for c in &cues {
+                tx.send(c.clone()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            drop(tx);
+            scoring.join().unwrap()
+        });
+        let during = std::mem::take(&mut *asked.lock().unwrap());
+        // Only windows no later segment can change, each text once: the window that starts at
+        // the fifth cue still ran into the end of what had been heard.
+        let mut unique = during.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), during.len(), "a text scored twice: {during:?}");
+        assert!(!during.is_empty());
+        assert!(!during.iter().any(|t| t == "Ветер стихнет!"), "{during:?}");
+        assert_eq!(known.len(), during.len());
+
+        let source = CueSource::Whisper {
+            model: "test".into(),
+            language: "ru".into(),
+        };
+        let transcript = Transcript::repair(cues, source);
+        let mut engine = Engine::new(Box::new(Fake(asked.clone())));
+        let reused = engine
+            .analyse_with(&transcript, None, &cfg, &no_progress(), &known)
+            .unwrap();
+        let after = std::mem::take(&mut *asked.lock().unwrap());
+        assert_eq!(after, ["Ветер стихнет!"], "only the last window is left to score");
+        assert_eq!(reused.prefetched, 4);
+        let fresh = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
+        assert_eq!(fresh.prefetched, 0);
+        assert_eq!(reused.virality, fresh.virality);
+        assert_eq!(reused.moments, fresh.moments);
     }
 }

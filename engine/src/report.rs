@@ -104,4 +104,7 @@ pub struct Timings {
     pub cut: f64,
     pub total: f64,
     pub windows_scored: usize,
+    /// Windows scored while Whisper was still transcribing (`ClipRequest::overlap`).
+    #[serde(default)]
+    pub windows_prefetched: usize,
 }

@@ -19,6 +19,11 @@ pub trait TextScorer: Send {
     fn describe(&self) -> serde_json::Value;
     /// Scores `texts`; `progress(done, total)` is called after each batch.
     fn score(&mut self, texts: &[String], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>>;
+    /// Whether scoring runs on an accelerator, so it can overlap CPU work (transcription) without
+    /// slowing it down.
+    fn on_accelerator(&self) -> bool {
+        false
+    }
 }
 
 /// Batch shape limits.
@@ -192,6 +197,9 @@ impl TextScorer for BertScorer {
             "max_length": m.max_length,
             "notes": m.notes,
         })
+    }
+    fn on_accelerator(&self) -> bool {
+        !self.loaded.device.is_cpu()
     }
     fn score(&mut self, texts: &[String], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
         let ids = self.tokenize(texts)?;

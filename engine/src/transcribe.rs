@@ -18,15 +18,22 @@ pub struct Speech {
     pub dropped: usize,
 }
 
+/// Where a transcriber sends segments as it hears them (raw: before [`filter`]). The channel
+/// closes when `transcribe` returns: a transcriber never keeps the sender beyond that.
+pub type SegmentSink = std::sync::mpsc::Sender<Cue>;
+
 /// Turns 16 kHz mono samples into cues.
 pub trait Transcriber: Send {
     /// `language`: a Whisper code (`ru`, `en`...) or `None` to detect it. `progress` gets 0..=1.
+    /// `segments`, when given, receives each segment as soon as it is decoded (a transcriber
+    /// that cannot stream may send nothing); the returned [`Speech`] is what counts.
     fn transcribe(
         &mut self,
         samples: &[f32],
         language: Option<&str>,
         progress: Arc<dyn Fn(f32) + Send + Sync>,
         cancel: Arc<AtomicBool>,
+        segments: Option<SegmentSink>,
     ) -> Result<Speech>;
     /// The model's name, for reports.
     fn name(&self) -> String;
@@ -156,7 +163,10 @@ mod whisper_impl {
     use crate::error::Error;
     use std::path::{Path, PathBuf};
     use std::sync::atomic::Ordering;
-    use whisper_rs::{FullParams, SamplingStrategy, WhisperContext, WhisperContextParameters};
+    use std::sync::Mutex;
+    use whisper_rs::{
+        FullParams, SamplingStrategy, SegmentCallbackData, WhisperContext, WhisperContextParameters,
+    };
 
     /// whisper.cpp through whisper-rs.
     pub struct Whisper {
@@ -206,6 +216,7 @@ mod whisper_impl {
             language: Option<&str>,
             progress: Arc<dyn Fn(f32) + Send + Sync>,
             cancel: Arc<AtomicBool>,
+            segments: Option<SegmentSink>,
         ) -> Result<Speech> {
             let mut state = self
                 .ctx
@@ -227,7 +238,23 @@ mod whisper_impl {
             // stored a `Box<dyn FnMut>`; with F = Box<dyn FnMut> the two agree.
             let abort: Box<dyn FnMut() -> bool> = Box::new(move || c.load(Ordering::Relaxed));
             params.set_abort_callback_safe(abort);
+            // whisper-rs never frees a segment callback, so the sender sits behind a slot that is
+            // emptied (closing the channel) as soon as whisper.cpp returns.
+            let sink = Arc::new(Mutex::new(segments));
+            if sink.lock().expect("segment sink").is_some() {
+                let slot = sink.clone();
+                params.set_segment_callback_safe_lossy(move |seg: SegmentCallbackData| {
+                    if let Some(tx) = slot.lock().expect("segment sink").as_ref() {
+                        let (s, e) = (
+                            seg.start_timestamp as f64 / 100.0,
+                            seg.end_timestamp as f64 / 100.0,
+                        );
+                        let _ = tx.send(Cue::new(s, e, seg.text.trim()));
+                    }
+                });
+            }
             let res = state.full(params, samples);
+            sink.lock().expect("segment sink").take();
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }

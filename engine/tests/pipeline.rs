@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
-use viralclip_engine::cue::CueSource;
+use viralclip_engine::cue::{CueSource, Transcript};
 use viralclip_engine::media::{self, CutMode, Limits};
 use viralclip_engine::model::artifact;
 use viralclip_engine::pipeline::{no_progress, ClipRequest, Engine};
@@ -101,6 +101,8 @@ fn russian_speech_end_to_end() {
     req.select.max_secs = 25.0;
     // All three clips cut at once: the checks below hold for each.
     req.cut_jobs = 3;
+    // Windows scored while Whisper still works (on by default only on a GPU).
+    req.overlap = Some(true);
     let mut eng = engine(&e5).with_whisper_path(Some(whisper));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
@@ -190,6 +192,22 @@ fn russian_speech_end_to_end() {
         assert_eq!(&thumb[..2], &[0xFF, 0xD8], "not a JPEG");
         assert!(thumb.len() < 200_000);
         assert!(c.width == 1280 && c.height == 720);
+    }
+    // Some windows were scored during transcription, and the scores are those of a fresh pass.
+    assert!(
+        report.timings.windows_prefetched > 0,
+        "nothing scored during transcription ({} windows)",
+        report.timings.windows_scored
+    );
+    assert!(report.timings.windows_prefetched < report.timings.windows_scored);
+    let heard = Transcript::repair(report.transcript.lines.clone(), report.transcript.source.clone());
+    assert_eq!(heard.cues, report.transcript.lines);
+    let fresh = eng
+        .analyse(&heard, Some(info.duration), &req.select, &no_progress())
+        .unwrap();
+    assert_eq!(fresh.virality.len(), report.timeline.len());
+    for (f, p) in fresh.virality.iter().zip(&report.timeline) {
+        assert!((f - p.virality).abs() < 1e-4, "{f} vs {}", p.virality);
     }
     let rep: serde_json::Value = serde_json::from_str(&all).unwrap();
     assert!(rep["timings"]["transcribe"].as_f64().unwrap() > 0.0);
