@@ -51,7 +51,14 @@ pub struct Payload {
     pub reply_to: Option<i32>,
     #[serde(default)]
     pub status_message: Option<i32>,
+    /// The album (Telegram media group) the input came in: a video and its subtitles sent
+    /// together become one job.
+    #[serde(default)]
+    pub media_group: Option<String>,
 }
+
+/// How long a job from an album waits for the album's other files before a worker may take it.
+const ALBUM_WAIT_SECS: u32 = 3;
 
 const VIDEO_EXTS: &[&str] = &["mp4", "mkv", "webm", "mov", "avi", "m4v"];
 const SUB_EXTS: &[&str] = &["srt", "vtt"];
@@ -297,6 +304,60 @@ impl App {
     }
 
     /// Validates and stores a job, then says "queued".
+    /// A file from an album whose other file is already queued: a video and its subtitles become
+    /// one job (whichever came first). True when it joined; false for anything else (then it is a
+    /// job of its own).
+    /// `settings`: from this file's caption, if it has one (they replace the job's).
+    async fn join_album(
+        &self,
+        msg: &Message,
+        media: &Media,
+        group: &str,
+        settings: Option<&Settings>,
+    ) -> Result<bool> {
+        let Some(user) = msg.from.as_ref() else {
+            return Ok(false);
+        };
+        if media.size > self.config.max_input_bytes() {
+            return Ok(false); // enqueue explains the limit
+        }
+        let mates = self.store.pending_for(user.id.0 as i64)?;
+        let mate = mates.iter().find_map(|j| {
+            let p: Payload = serde_json::from_value(j.payload.clone()).ok()?;
+            (j.chat_id == msg.chat.id.0
+                && j.state == JobState::Queued
+                && p.media_group.as_deref() == Some(group))
+            .then_some((j.id, p))
+        });
+        let Some((id, p)) = mate else { return Ok(false) };
+        let (mut patch, text) = match (p.kind, media.kind, &p.subs_file_id) {
+            (InputKind::Video, InputKind::Subtitles, None) => (
+                serde_json::json!({ "subs_file_id": media.file_id, "subs_ext": media.ext }),
+                format!("Subtitles added to job #{id}: no transcription needed."),
+            ),
+            (InputKind::Subtitles, InputKind::Video, _) => (
+                serde_json::json!({
+                    "kind": InputKind::Video,
+                    "file_id": media.file_id,
+                    "file_size": media.size,
+                    "ext": media.ext,
+                    "subs_file_id": p.file_id,
+                    "subs_ext": p.ext,
+                }),
+                format!("Job #{id} is now this video with the subtitles sent with it."),
+            ),
+            _ => return Ok(false),
+        };
+        if let Some(s) = settings {
+            patch["settings"] = serde_json::to_value(s)?;
+        }
+        if !self.store.amend_queued(id, &patch)? {
+            return Ok(false); // a worker took it already: this file is a job of its own
+        }
+        self.say(msg, text).await?;
+        Ok(true)
+    }
+
     async fn enqueue(
         &self,
         msg: &Message,
@@ -356,11 +417,17 @@ impl App {
             thread_id: thread.map(|t| t.0 .0),
             reply_to: Some(msg.id.0),
             status_message: None,
+            media_group: msg.media_group_id().map(|g| g.0.clone()),
         };
         let id = self.store.enqueue(&NewJob {
             chat_id: msg.chat.id.0,
             user_id,
             payload: serde_json::to_value(&payload)?,
+            hold_secs: if payload.media_group.is_some() {
+                ALBUM_WAIT_SECS
+            } else {
+                0
+            },
         })?;
         // Committed: only now may the user hear that it is queued.
         let status = self
@@ -482,6 +549,13 @@ async fn handle_message(app: &Arc<App>, msg: &Message) -> Result<()> {
                         let settings = with_caption(msg).or_else(|| with_caption(parent)).unwrap_or(base);
                         return app.enqueue(msg, video, Some(media), settings).await;
                     }
+                }
+            }
+            // A video and its subtitles sent as one album.
+            if let Some(group) = msg.media_group_id() {
+                let own = with_caption(msg);
+                if app.join_album(msg, &media, &group.0, own.as_ref()).await? {
+                    return Ok(());
                 }
             }
             let settings = with_caption(msg).unwrap_or(base);

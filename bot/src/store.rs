@@ -63,6 +63,8 @@ pub struct NewJob {
     pub chat_id: i64,
     pub user_id: i64,
     pub payload: serde_json::Value,
+    /// Seconds no worker may claim it (the rest of an album may still be on its way).
+    pub hold_secs: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -95,6 +97,9 @@ pub trait JobStore: Send + Sync {
     fn set_settings(&self, chat_id: i64, settings: &serde_json::Value) -> Result<()>;
     /// Merges `patch`'s fields into the job's payload (e.g. the status message's id).
     fn update_payload(&self, id: JobId, payload: &serde_json::Value) -> Result<()>;
+    /// Merges `patch` into the payload of a job that is still queued, in one transaction; false
+    /// (and nothing changed) when a worker has taken it or it has ended.
+    fn amend_queued(&self, id: JobId, patch: &serde_json::Value) -> Result<bool>;
     /// Records progress (a stage name) of a running job.
     fn set_stage(&self, id: JobId, stage: &str) -> Result<()>;
     /// Records that clip `rank` was delivered; false if it already was (do not send it again).
@@ -131,7 +136,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     stage     TEXT,
     error     TEXT,
     created   TEXT NOT NULL DEFAULT (datetime('now')),
-    updated   TEXT NOT NULL DEFAULT (datetime('now'))
+    updated   TEXT NOT NULL DEFAULT (datetime('now')),
+    not_before INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
 CREATE INDEX IF NOT EXISTS jobs_user ON jobs(user_id, state);
@@ -158,6 +164,13 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        // Stores made before `not_before` existed get the column (0: claimable at once).
+        let has_hold: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'not_before'")?
+            .exists([])?;
+        if !has_hold {
+            conn.execute_batch("ALTER TABLE jobs ADD COLUMN not_before INTEGER NOT NULL DEFAULT 0")?;
+        }
         Ok(SqliteStore {
             conn: Mutex::new(conn),
         })
@@ -187,6 +200,36 @@ impl SqliteStore {
         Ok(job)
     }
 
+    /// Merges `patch` into a job's payload (only while it is queued, if `only_queued`); false
+    /// when it was not queued.
+    fn patch(&self, id: JobId, patch: &serde_json::Value, only_queued: bool) -> Result<bool> {
+        let mut c = self.conn();
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (text, state): (String, String) = tx
+            .query_row(
+                "SELECT payload, state FROM jobs WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?
+            .ok_or(StoreError::NoSuchJob(id))?;
+        if only_queued && JobState::parse(&state) != JobState::Queued {
+            return Ok(false);
+        }
+        let mut payload: serde_json::Value = serde_json::from_str(&text)?;
+        if let (Some(obj), Some(p)) = (payload.as_object_mut(), patch.as_object()) {
+            for (k, v) in p {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        tx.execute(
+            "UPDATE jobs SET payload = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(&payload)?],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -198,8 +241,14 @@ impl JobStore for SqliteStore {
     fn enqueue(&self, job: &NewJob) -> Result<JobId> {
         let c = self.conn();
         c.execute(
-            "INSERT INTO jobs (chat_id, user_id, payload, state) VALUES (?1, ?2, ?3, 'queued')",
-            params![job.chat_id, job.user_id, serde_json::to_string(&job.payload)?],
+            "INSERT INTO jobs (chat_id, user_id, payload, state, not_before) \
+             VALUES (?1, ?2, ?3, 'queued', CAST(strftime('%s', 'now') AS INTEGER) + ?4)",
+            params![
+                job.chat_id,
+                job.user_id,
+                serde_json::to_string(&job.payload)?,
+                job.hold_secs
+            ],
         )?;
         Ok(c.last_insert_rowid())
     }
@@ -214,7 +263,8 @@ impl JobStore for SqliteStore {
         let found = tx
             .query_row(
                 &format!(
-                    "SELECT {COLUMNS} FROM jobs WHERE state = 'queued' AND user_id NOT IN \
+                    "SELECT {COLUMNS} FROM jobs WHERE state = 'queued' \
+                     AND not_before <= CAST(strftime('%s', 'now') AS INTEGER) AND user_id NOT IN \
                      (SELECT user_id FROM jobs WHERE state = 'running' GROUP BY user_id HAVING COUNT(*) >= ?1) \
                      ORDER BY id LIMIT 1"
                 ),
@@ -288,26 +338,11 @@ impl JobStore for SqliteStore {
     }
 
     fn update_payload(&self, id: JobId, patch: &serde_json::Value) -> Result<()> {
-        let mut c = self.conn();
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let text: String = tx
-            .query_row("SELECT payload FROM jobs WHERE id = ?1", params![id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or(StoreError::NoSuchJob(id))?;
-        let mut payload: serde_json::Value = serde_json::from_str(&text)?;
-        if let (Some(obj), Some(p)) = (payload.as_object_mut(), patch.as_object()) {
-            for (k, v) in p {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
-        tx.execute(
-            "UPDATE jobs SET payload = ?2 WHERE id = ?1",
-            params![id, serde_json::to_string(&payload)?],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.patch(id, patch, false).map(|_| ())
+    }
+
+    fn amend_queued(&self, id: JobId, patch: &serde_json::Value) -> Result<bool> {
+        self.patch(id, patch, true)
     }
 
     fn set_stage(&self, id: JobId, stage: &str) -> Result<()> {
@@ -423,7 +458,56 @@ mod tests {
             chat_id: user * 10,
             user_id: user,
             payload: serde_json::json!({"file_id": format!("f{user}")}),
+            hold_secs: 0,
         }
+    }
+
+    #[test]
+    fn held_jobs_wait_and_only_queued_jobs_are_amended() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let held = s
+            .enqueue(&NewJob {
+                hold_secs: 2,
+                ..job(1)
+            })
+            .unwrap();
+        assert!(s.claim().unwrap().is_none(), "claimed while held");
+        assert!(s
+            .amend_queued(held, &serde_json::json!({"subs_file_id": "s1"}))
+            .unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let j = s.claim().unwrap().expect("claimable after the hold");
+        assert_eq!(j.id, held);
+        assert_eq!(j.payload["subs_file_id"], "s1");
+        assert_eq!(j.payload["file_id"], "f1", "other fields kept");
+        // Running now: too late to amend, and nothing changes.
+        assert!(!s
+            .amend_queued(held, &serde_json::json!({"subs_file_id": "s2"}))
+            .unwrap());
+        assert_eq!(s.get(held).unwrap().payload["subs_file_id"], "s1");
+    }
+
+    #[test]
+    fn a_store_from_before_holds_gets_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("jobs.sqlite");
+        {
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, chat_id INTEGER NOT NULL, \
+                 user_id INTEGER NOT NULL, payload TEXT NOT NULL, state TEXT NOT NULL, \
+                 attempts INTEGER NOT NULL DEFAULT 0, stage TEXT, error TEXT, \
+                 created TEXT NOT NULL DEFAULT (datetime('now')), updated TEXT NOT NULL DEFAULT (datetime('now')));
+                 INSERT INTO jobs (chat_id, user_id, payload, state) VALUES (10, 1, '{\"file_id\":\"old\"}', 'queued');",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&db).unwrap();
+        let j = s.claim().unwrap().expect("the old queued job");
+        assert_eq!(j.payload["file_id"], "old");
+        s.enqueue(&job(2)).unwrap();
+        assert!(s.claim().unwrap().is_some());
     }
 
     #[test]

@@ -190,6 +190,73 @@ async fn subtitles_alone_and_group_clip_replies() {
     assert!(in_group[1].text().contains("2 moments"), "{}", in_group[1].text());
 }
 
+/// A video and its subtitles sent together as an album (two messages with one media_group_id)
+/// are one job, whichever comes first; without Whisper in this config the video alone would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_album_of_video_and_subtitles_is_one_job() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let size = std::fs::metadata(demo()).unwrap().len();
+    f.add_file("vid", &demo(), size);
+    f.add_file("subs", &demo_srt(dir.path()), 900);
+    let _bot = start_bot(config(&srv.url, &dir.path().join("data"), &e5), clipper(&e5));
+    let in_album = |mut m: serde_json::Value, group: &str| {
+        m["media_group_id"] = json!(group);
+        update(m)
+    };
+    // Video first (sent as a file: albums mix documents only), captioned as albums are.
+    let mut video = document_message(30, USER, USER, "vid", "holiday.MP4", size);
+    video["caption"] = json!("1 fast");
+    f.push_update(in_album(video, "g1"));
+    f.push_update(in_album(
+        document_message(31, USER, USER, "subs", "holiday.srt", 900),
+        "g1",
+    ));
+    f.wait_for(120, "the first album's clip", |c| {
+        c.iter().filter(|c| c.method == "sendVideo").count() == 1
+    })
+    .await;
+    // Subtitles first, the video second, its caption on the video.
+    f.push_update(in_album(
+        document_message(40, USER, USER, "subs", "b.srt", 900),
+        "g2",
+    ));
+    let mut video = document_message(41, USER, USER, "vid", "b.mkv", size);
+    video["caption"] = json!("1 fast");
+    f.push_update(in_album(video, "g2"));
+    f.wait_for(120, "the second album's clip", |c| {
+        c.iter().filter(|c| c.method == "sendVideo").count() == 2
+    })
+    .await;
+
+    let said: Vec<String> = f
+        .calls("sendMessage")
+        .iter()
+        .map(|c| c.text().to_string())
+        .collect();
+    assert!(said.iter().any(|t| t.starts_with("Queued as job #1")), "{said:?}");
+    assert!(
+        said.iter().any(|t| t.starts_with("Subtitles added to job #1")),
+        "{said:?}"
+    );
+    assert!(said.iter().any(|t| t.starts_with("Queued as job #2")), "{said:?}");
+    assert!(
+        said.iter().any(|t| t.starts_with("Job #2 is now this video")),
+        "{said:?}"
+    );
+    assert!(
+        !said.iter().any(|t| t.contains("job #3") || t.contains("failed")),
+        "{said:?}"
+    );
+    // Clips of the video (not moments as text), one each as the captions asked.
+    for v in f.calls("sendVideo") {
+        assert!(v.text().starts_with("#1 of 1 · "), "{}", v.text());
+    }
+    assert!(!said.iter().any(|t| t.contains("moments from")), "{said:?}");
+}
+
 /// 25 MB: refused with an explanation on the cloud API; taken (from its local path) with --local-api.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn big_files_with_and_without_the_local_server() {
