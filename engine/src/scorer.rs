@@ -143,21 +143,27 @@ impl BertScorer {
 
     /// Runs one padded batch; returns (popularity probs, emotion probs) on the CPU.
     pub fn run(&self, ids: &Tensor, mask: &Tensor) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+        let (pop, emo) = self.launch(ids, mask)?;
+        Ok((pop.to_vec1::<f32>()?, emo.to_vec2::<f32>()?))
+    }
+
+    /// Queues one padded batch on the model's device: f32 probabilities, not yet read back (on a
+    /// GPU the work runs while the host goes on).
+    fn launch(&self, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, Tensor)> {
         let logits = self.loaded.model.forward(ids, mask, Mode::Inference)?;
-        let pop = candle_nn::ops::sigmoid(&logits.popularity.to_dtype(DType::F32)?)?.to_vec1::<f32>()?;
-        let emo = candle_nn::ops::sigmoid(&logits.emotions.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        let pop = candle_nn::ops::sigmoid(&logits.popularity.to_dtype(DType::F32)?)?;
+        let emo = candle_nn::ops::sigmoid(&logits.emotions.to_dtype(DType::F32)?)?;
         Ok((pop, emo))
     }
 
-    /// Scores pre-tokenised texts.
+    /// Scores pre-tokenised texts. One batch ahead: batch k+1 is padded, copied and queued before
+    /// batch k's results are read back, so a GPU never waits for the host between batches.
     pub fn score_ids(&self, ids: &[Ids], progress: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
         let lens: Vec<usize> = ids.iter().map(Vec::len).collect();
         let mut out: Vec<Option<TextScore>> = vec![None; ids.len()];
         let mut done = 0;
-        for batch in plan_batches(&lens, self.limits) {
-            let members: Vec<&Ids> = batch.iter().map(|&i| &ids[i]).collect();
-            let (t_ids, t_mask) = self.pad(&members)?;
-            let (pop, emo) = self.run(&t_ids, &t_mask)?;
+        let mut read_back = |batch: Vec<usize>, pop: Tensor, emo: Tensor| -> Result<()> {
+            let (pop, emo) = (pop.to_vec1::<f32>()?, emo.to_vec2::<f32>()?);
             for ((&i, p), e) in batch.iter().zip(pop).zip(emo) {
                 out[i] = Some(TextScore {
                     popularity: p,
@@ -166,6 +172,19 @@ impl BertScorer {
             }
             done += batch.len();
             progress(done, ids.len());
+            Ok(())
+        };
+        let mut queued: Option<(Vec<usize>, Tensor, Tensor)> = None;
+        for batch in plan_batches(&lens, self.limits) {
+            let members: Vec<&Ids> = batch.iter().map(|&i| &ids[i]).collect();
+            let (t_ids, t_mask) = self.pad(&members)?;
+            let (pop, emo) = self.launch(&t_ids, &t_mask)?;
+            if let Some((b, p, e)) = queued.replace((batch, pop, emo)) {
+                read_back(b, p, e)?;
+            }
+        }
+        if let Some((b, p, e)) = queued {
+            read_back(b, p, e)?;
         }
         Ok(out
             .into_iter()

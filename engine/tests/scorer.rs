@@ -50,7 +50,14 @@ fn batched_equals_one_by_one() {
     let mut calls = 0;
     let a = batched.score(&texts, &mut |_, _| calls += 1).unwrap();
     assert_eq!(calls, 1, "five short texts fit one batch");
-    let b = single.score(&texts, &mut |_, _| {}).unwrap();
+    // One at a time (each batch queued before the one before it is read back): every text
+    // comes back in its place, progress once a batch.
+    let mut seen = Vec::new();
+    let b = single.score(&texts, &mut |d, t| seen.push((d, t))).unwrap();
+    assert_eq!(
+        seen,
+        (1..=texts.len()).map(|d| (d, texts.len())).collect::<Vec<_>>()
+    );
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         assert!(
             (x.popularity - y.popularity).abs() < 1e-5,
