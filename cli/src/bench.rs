@@ -40,6 +40,11 @@ pub struct BenchArgs {
     /// batch 16 × 128 tokens, fp32 master weights (TF32 products on CUDA).
     #[arg(long)]
     pub train_steps: bool,
+    /// With --train-steps: also estimate the schedule on these rows' real lengths (the trainer
+    /// pads each batch to its own longest text; the seed padded all to 128), tokenised by the
+    /// first --encoder. Same syntax as `train --data`.
+    #[arg(long)]
+    pub train_data: Vec<viralclip_trainer::data::Source>,
     /// Also break one encoder layer down by operation at this BATCHxTOKENS shape (per precision).
     #[arg(long)]
     pub profile: Option<String>,
@@ -158,6 +163,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
             }
         }
     }
+    // Token lengths of the --train-data rows, as the trainer would cut them (at most 128).
+    let data_lens: Option<Vec<usize>> = if a.train_steps && !a.train_data.is_empty() {
+        let dir = a
+            .encoder
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("--train-data needs an --encoder to tokenise with"))?;
+        let files = viralclip_engine::model::EncoderFiles::open(dir)?;
+        let tok = files.tokenizer(128)?;
+        let prefix = artifact::Manifest::text_prefix_for(&dir.to_string_lossy());
+        let mut texts = Vec::new();
+        for src in &a.train_data {
+            let (rows, _) = viralclip_trainer::data::load(src)?;
+            texts.extend(rows.into_iter().map(|r| r.text));
+        }
+        let ids = viralclip_engine::scorer::tokenize(&tok, &prefix, &texts)?;
+        Some(ids.iter().map(Vec::len).collect())
+    } else {
+        None
+    };
     if a.train_steps {
         for (name, path) in &models {
             let config = match path {
@@ -166,7 +190,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             };
             let t = Instant::now();
             let steps = viralclip_trainer::bench::step_times(&config, &dev, 16, 128, 2, a.secs)?;
-            let ms = |stage: &str| {
+            let ms = |steps: &[viralclip_trainer::bench::StepTiming], stage: &str| {
                 steps
                     .iter()
                     .find(|s| s.stage == stage)
@@ -174,9 +198,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
             };
             // The seed's schedule: 2 epochs heads-only + 3 epochs top-2 with PCGrad, 3,067 steps each.
             let per_epoch = 3067.0;
-            let ours = ms("cache") * per_epoch / 1e3
-                + (2.0 * ms("heads") + 3.0 * ms("top2+pcgrad")) * per_epoch / 1e3;
-            let seed_like = (2.0 * (ms("heads") + ms("cache")) + 3.0 * ms("top2+pcgrad+frozen-forward"))
+            let ours = ms(&steps, "cache") * per_epoch / 1e3
+                + (2.0 * ms(&steps, "heads") + 3.0 * ms(&steps, "top2+pcgrad")) * per_epoch / 1e3;
+            let seed_like = (2.0 * (ms(&steps, "heads") + ms(&steps, "cache"))
+                + 3.0 * ms(&steps, "top2+pcgrad+frozen-forward"))
                 * per_epoch
                 / 1e3;
             for s in &steps {
@@ -199,6 +224,50 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "bench_wall_s": (t.elapsed().as_secs_f64() * 10.0).round() / 10.0,
                 })
             );
+            if let Some(lens) = &data_lens {
+                // The same schedule (3,067 batches of 16 an epoch) on batches shaped like the
+                // data's: step times measured at a few lengths, interpolated for each batch.
+                let batches = viralclip_trainer::bench::batch_lengths(lens, 16);
+                let mut at = vec![(128, steps.clone())];
+                for g in [16, 32, 64] {
+                    at.push((
+                        g,
+                        viralclip_trainer::bench::step_times(&config, &dev, 16, g, 2, a.secs)?,
+                    ));
+                }
+                let epoch = |stage: &str| {
+                    let pts: Vec<(usize, f64)> = at.iter().map(|(l, s)| (*l, ms(s, stage))).collect();
+                    let total: f64 = batches
+                        .iter()
+                        .map(|&l| viralclip_trainer::bench::time_at(&pts, l))
+                        .sum();
+                    total / batches.len() as f64 * per_epoch / 1e3
+                };
+                let dynamic = epoch("cache") + 2.0 * epoch("heads") + 3.0 * epoch("top2+pcgrad");
+                let mean_tokens = batches.iter().sum::<usize>() as f64 / batches.len() as f64;
+                for (l, s) in &at[1..] {
+                    for st in s {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
+                                "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": l,
+                                "stage": st.stage, "ms_per_step": (st.ms_per_step * 100.0).round() / 100.0, "runs": st.steps,
+                            })
+                        );
+                    }
+                }
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "case": "train_schedule_on_data", "engine": "viralclip", "model": name, "device": device::name(&dev),
+                        "rows": lens.len(), "mean_padded_tokens": (mean_tokens * 10.0).round() / 10.0,
+                        "steps_per_epoch": per_epoch, "epochs": "2 heads + 3 top-2 with PCGrad",
+                        "estimate_s_cached": (dynamic * 10.0).round() / 10.0,
+                        "estimate_s_seed_padding": (ours * 10.0).round() / 10.0,
+                    })
+                );
+            }
         }
     }
     #[cfg(feature = "media")]

@@ -169,6 +169,7 @@ impl Engine {
         self.scorer.as_mut()
     }
 
+    #[cfg_attr(not(feature = "media"), allow(dead_code))]
     fn transcriber(&mut self) -> Result<&mut Box<dyn Transcriber>> {
         if self.transcriber.is_none() {
             let Some(path) = &self.whisper_path else {
@@ -272,7 +273,7 @@ impl Engine {
             Some(crate::media::probe(&req.input, &req.limits)?)
         };
         #[cfg(not(feature = "media"))]
-        let info: Option<()> = if subtitle_only {
+        let _info: Option<()> = if subtitle_only {
             None
         } else {
             return Err(Error::Unsupported("media"));
@@ -289,6 +290,7 @@ impl Engine {
         }
         progress(Stage::Probe, 1.0);
 
+        #[cfg_attr(not(feature = "media"), allow(unused_mut))]
         let mut known = Known::new();
         let transcript = if subtitle_only {
             subtitle::read_file(&req.input)?
@@ -318,6 +320,7 @@ impl Engine {
         timings.windows_prefetched = analysis.prefetched;
 
         std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
+        #[cfg_attr(not(feature = "media"), allow(unused_mut))]
         let mut moments: Vec<MomentReport> = analysis
             .moments
             .iter()

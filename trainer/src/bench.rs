@@ -125,8 +125,19 @@ pub fn step_times(
         ms_per_step: ms,
         steps: n,
     });
+    // A batch's rows at these positions (all of it for `None`).
+    let pick = |x: &Tensor, part: Option<&[usize]>| -> Result<Tensor> {
+        Ok(match part {
+            None => x.clone(),
+            Some(p) => {
+                let idx: Vec<u32> = p.iter().map(|&k| k as u32).collect();
+                x.index_select(&Tensor::new(idx.as_slice(), dev)?, 0)?
+            }
+        })
+    };
     let (ms, n) = timed(dev, secs, || {
-        apply_step(&model, &mut opt, &cls, &t, &pw, false, true, 1.0, &lrs)?;
+        let mut f = |part: Option<&[usize]>| pick(&cls, part);
+        apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
         Ok(())
     })?;
     out.push(StepTiming {
@@ -135,8 +146,11 @@ pub fn step_times(
         steps: n,
     });
     let (ms, n) = timed(dev, secs, || {
-        let c = model.bert.cls_from(&hidden, &mask, from, Mode::Training)?;
-        apply_step(&model, &mut opt, &c, &t, &pw, true, false, 1.0, &lrs)?;
+        let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+            let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
+            Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+        };
+        apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
         Ok(())
     })?;
     out.push(StepTiming {
@@ -149,8 +163,11 @@ pub fn step_times(
             .bert
             .hidden_before(&ids, &mask, from, Mode::Inference)?
             .detach();
-        let c = model.bert.cls_from(&h, &mask, from, Mode::Training)?;
-        apply_step(&model, &mut opt, &c, &t, &pw, true, false, 1.0, &lrs)?;
+        let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+            let (h, m) = (pick(&h, part)?, pick(&mask, part)?);
+            Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+        };
+        apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
         Ok(())
     })?;
     out.push(StepTiming {
@@ -161,9 +178,49 @@ pub fn step_times(
     Ok(out)
 }
 
+/// Padded lengths of the batches the trainer cuts from texts of these token lengths: sorted by
+/// length, `batch` at a time, each padded to its longest (the trainer's buckets, without its
+/// jitter).
+pub fn batch_lengths(lens: &[usize], batch: usize) -> Vec<usize> {
+    let mut sorted = lens.to_vec();
+    sorted.sort_unstable();
+    sorted
+        .chunks(batch.max(1))
+        .map(|c| c.last().copied().unwrap_or(0))
+        .collect()
+}
+
+/// A step time at `len` tokens from times measured at a few lengths (`points`, any order):
+/// straight lines between them, the nearest one outside them.
+pub fn time_at(points: &[(usize, f64)], len: usize) -> f64 {
+    let mut p = points.to_vec();
+    p.sort_by_key(|&(l, _)| l);
+    match p.iter().position(|&(l, _)| l >= len) {
+        None => p.last().map_or(0.0, |&(_, t)| t),
+        Some(0) => p[0].1,
+        Some(k) => {
+            let ((l0, t0), (l1, t1)) = (p[k - 1], p[k]);
+            t0 + (t1 - t0) * (len - l0) as f64 / (l1 - l0) as f64
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_pad_to_their_longest_and_times_interpolate() {
+        let lens = [5, 40, 7, 128, 9, 33, 12, 8];
+        assert_eq!(batch_lengths(&lens, 3), [8, 33, 128]);
+        assert_eq!(batch_lengths(&lens, 16), [128]);
+        let pts = [(64, 40.0), (16, 10.0), (32, 20.0)];
+        assert_eq!(time_at(&pts, 16), 10.0);
+        assert_eq!(time_at(&pts, 24), 15.0);
+        assert_eq!(time_at(&pts, 48), 30.0);
+        assert_eq!(time_at(&pts, 8), 10.0, "shorter than measured: the shortest");
+        assert_eq!(time_at(&pts, 128), 40.0, "longer: the longest");
+    }
 
     #[test]
     fn step_times_run_on_a_tiny_model() {
