@@ -80,7 +80,8 @@ if ((bench)); then
   log "bench: viralclip"
   timeout 140 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "$SHAPES" --precision f32,bf16 --secs 1 \
-    --profile "$PROFILE" --train-steps | tee "$OUT/bench-viralclip.jsonl"
+    --profile "$PROFILE" --train-steps --train-data "$D/train.tsv" \
+    --train-data "$D/validation.csv#part=0-60" | tee "$OUT/bench-viralclip.jsonl"
   pack
   log "bench: viralclip with the fused kernels"
   VIRALCLIP_FUSED_CUDA=1 timeout 90 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
