@@ -84,8 +84,9 @@ if ((bench)); then
     --train-data "$D/validation.csv#part=0-60" | tee "$OUT/bench-viralclip.jsonl"
   pack
   log "bench: viralclip with the fused kernels"
-  VIRALCLIP_FUSED_CUDA=1 timeout 90 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "$SHAPES" --precision f32,bf16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-fused.jsonl"
+  VIRALCLIP_FUSED_CUDA=1 timeout 120 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --precision f32,bf16 --secs 1 --profile "$PROFILE" --train-steps \
+    | tee "$OUT/bench-viralclip-fused.jsonl"
   pack
   log "bench: pytorch"
   timeout 120 "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \

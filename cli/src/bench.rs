@@ -183,6 +183,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         None
     };
     if a.train_steps {
+        // The optimiser's in-place passes against candle's operations, on this device.
+        let (diff, in_place) = viralclip_trainer::optim::AdamW::check_in_place(&dev)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": "adamw_check", "device": device::name(&dev), "in_place": in_place,
+                "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
+            })
+        );
         for (name, path) in &models {
             let config = match path {
                 Some(p) => viralclip_engine::model::EncoderFiles::open(p)?.config,

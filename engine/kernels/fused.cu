@@ -130,3 +130,23 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
 ATTN(float, f32)
 ATTN(__half, f16)
 ATTN(__nv_bfloat16, bf16)
+
+// AdamW's passes over f32 master weights, in place (the trainer's optimiser step; see
+// adam_moment / adam_update in engine/src/model/kernels.rs, whose CPU loops compute the same).
+// x = beta * x + (1 - beta) * g (g * g when square): a moment.
+extern "C" __global__ void adam_moment_f32(float *x, const float *g, uint32_t n, float beta, uint32_t square) {
+  const float rest = 1.0f - beta;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float gi = g[i];
+    x[i] = x[i] * beta + (square ? gi * gi : gi) * rest;
+  }
+}
+
+// w -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + decay * w).
+extern "C" __global__ void adam_update_f32(float *w, const float *m, const float *v, uint32_t n, float lr,
+                                           float bc1, float bc2, float eps, float decay) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float step = (m[i] / bc1) / (sqrtf(v[i] / bc2) + eps) + decay * w[i];
+    w[i] -= lr * step;
+  }
+}

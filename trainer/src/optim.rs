@@ -2,9 +2,10 @@
 //! per-parameter learning-rate groups, and a state that checkpoints to safetensors so a killed
 //! run resumes exactly. Plus the cosine schedule with linear warmup.
 
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
+use viralclip_engine::model::kernels;
 
 /// One trainable tensor.
 pub struct Param {
@@ -55,8 +56,9 @@ impl AdamW {
     }
 
     /// Applies `grads[i]` to `params[i]` where present, with `lrs[group]`. f32 parameters on the
-    /// CPU are updated in place, three passes over memory and no allocation ([`fused`]); others
-    /// (a GPU's) through candle's operations ([`AdamW::step_ops`]), which compute the same.
+    /// CPU (and on CUDA with `VIRALCLIP_FUSED_CUDA=1`) are updated in place: three passes over
+    /// memory and no allocation (`engine::model::kernels::adam_*`); others through candle's
+    /// operations ([`AdamW::step_ops`]), which compute the same.
     pub fn step(&mut self, grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
         let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
         for (p, g) in self.params.iter_mut().zip(grads) {
@@ -66,35 +68,23 @@ impl AdamW {
                 continue;
             }
             let w = p.var.as_tensor();
-            if !(w.device().is_cpu() && w.dtype() == candle_core::DType::F32 && g.dtype() == w.dtype()) {
-                Self::step_ops(p, g, lr, b1, b2, eps, wd)?;
+            let g = g.contiguous()?;
+            if !kernels::adam_in_place(&[w, &g, &p.m, &p.v]) {
+                Self::step_ops(p, &g, lr, b1, b2, eps, wd)?;
                 continue;
             }
             p.steps += 1;
             let t = p.steps as i32;
-            let g = g.contiguous()?;
-            p.m.inplace_op2(
-                &g,
-                &fused::Moment {
-                    beta: b1 as f32,
-                    square: false,
-                },
-            )?;
-            p.v.inplace_op2(
-                &g,
-                &fused::Moment {
-                    beta: b2 as f32,
-                    square: true,
-                },
-            )?;
-            let update = fused::Update {
+            kernels::adam_moment(&p.m, &g, b1 as f32, false)?;
+            kernels::adam_moment(&p.v, &g, b2 as f32, true)?;
+            let update = kernels::AdamUpdate {
                 lr: lr as f32,
                 bc1: (1.0 - b1.powi(t)) as f32,
                 bc2: (1.0 - b2.powi(t)) as f32,
                 eps: eps as f32,
                 decay: if p.decay { wd as f32 } else { 0.0 },
             };
-            w.inplace_op3(&p.m, &p.v, &update)?;
+            kernels::adam_update(w, &p.m, &p.v, update)?;
         }
         Ok(())
     }
@@ -124,6 +114,45 @@ impl AdamW {
             p.var.set(&(w - (update * lr)?)?)?;
         }
         Ok(())
+    }
+
+    /// Steps two copies of the same random parameters on `dev` three times, one with [`AdamW::step`]
+    /// and one with candle's operations, and returns the largest difference in weights and
+    /// moments, and whether `step` ran in place there (a check for the in-place passes, run by
+    /// the tests on the CPU and by `viralclip bench --train-steps` on a GPU).
+    pub fn check_in_place(dev: &Device) -> Result<(f32, bool)> {
+        let rand = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, dev);
+        let (w, b) = (rand(&[37, 70_000 / 37])?, rand(&[300])?);
+        let vars = |w: &Tensor, b: &Tensor| -> Result<Vec<(String, Var, usize)>> {
+            Ok(vec![
+                ("layer.weight".to_string(), Var::from_tensor(&w.copy()?)?, 1),
+                ("layer.bias".to_string(), Var::from_tensor(&b.copy()?)?, 0),
+            ])
+        };
+        let mut fused = AdamW::new(vars(&w, &b)?, 0.01)?;
+        let mut ops = AdamW::new(vars(&w, &b)?, 0.01)?;
+        let lrs = [1e-3, 2e-4];
+        let in_place = kernels::adam_in_place(&[fused.params[0].var.as_tensor()]);
+        for _ in 0..3 {
+            let grads = fused
+                .params
+                .iter()
+                .map(|p| Ok(Some((rand(p.var.dims())? * 0.1)?)))
+                .collect::<Result<Vec<_>>>()?;
+            fused.step(&grads, &lrs)?;
+            let (b1, b2, eps, wd) = (ops.beta1, ops.beta2, ops.eps, ops.weight_decay);
+            for (p, g) in ops.params.iter_mut().zip(&grads) {
+                let g = g.as_ref().expect("every gradient");
+                Self::step_ops(p, g, lrs[p.group], b1, b2, eps, wd)?;
+            }
+        }
+        let mut worst = 0f32;
+        for (a, b) in fused.params.iter().zip(&ops.params) {
+            for (x, y) in [(a.var.as_tensor(), b.var.as_tensor()), (&a.m, &b.m), (&a.v, &b.v)] {
+                worst = worst.max((x - y)?.abs()?.max_all()?.to_scalar::<f32>()?);
+            }
+        }
+        Ok((worst, in_place))
     }
 
     /// Saves weights and moments.
@@ -177,182 +206,29 @@ pub fn cosine_with_warmup(step: usize, warmup: usize, total: usize) -> f64 {
     0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
 }
 
-/// The CPU step's in-place passes over contiguous f32 storage.
-mod fused {
-    use candle_core::{bail, CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
-    use rayon::prelude::*;
-
-    const CHUNK: usize = 1 << 14;
-
-    fn span(l: &Layout) -> Result<(usize, usize)> {
-        match l.contiguous_offsets() {
-            Some(o) => Ok(o),
-            None => bail!("adamw: not contiguous"),
-        }
-    }
-
-    fn f32s(s: &CpuStorage) -> Result<&[f32]> {
-        match s {
-            CpuStorage::F32(v) => Ok(v),
-            _ => bail!("adamw: not f32"),
-        }
-    }
-
-    fn f32s_mut(s: &mut CpuStorage) -> Result<&mut [f32]> {
-        match s {
-            CpuStorage::F32(v) => Ok(v),
-            _ => bail!("adamw: not f32"),
-        }
-    }
-
-    /// A moment: `x ← β·x + (1−β)·g` (of `g²` when `square`).
-    pub struct Moment {
-        pub beta: f32,
-        pub square: bool,
-    }
-
-    impl InplaceOp2 for Moment {
-        fn name(&self) -> &'static str {
-            "adamw-moment"
-        }
-        fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
-            let ((a, b), (c, d)) = (span(l1)?, span(l2)?);
-            let x = &mut f32s_mut(s1)?[a..b];
-            let g = &f32s(s2)?[c..d];
-            if x.len() != g.len() {
-                bail!("adamw: {} moments for {} gradients", x.len(), g.len());
-            }
-            let (beta, rest, square) = (self.beta, 1.0 - self.beta, self.square);
-            x.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .for_each(|(x, g)| {
-                    for (x, &g) in x.iter_mut().zip(g) {
-                        *x = *x * beta + if square { g * g } else { g } * rest;
-                    }
-                });
-            Ok(())
-        }
-    }
-
-    /// The update from the moments: `w ← w − lr·(m̂ / (√v̂ + ε) + decay·w)`.
-    pub struct Update {
-        pub lr: f32,
-        pub bc1: f32,
-        pub bc2: f32,
-        pub eps: f32,
-        pub decay: f32,
-    }
-
-    impl InplaceOp3 for Update {
-        fn name(&self) -> &'static str {
-            "adamw-update"
-        }
-        fn cpu_fwd(
-            &self,
-            s1: &mut CpuStorage,
-            l1: &Layout,
-            s2: &CpuStorage,
-            l2: &Layout,
-            s3: &CpuStorage,
-            l3: &Layout,
-        ) -> Result<()> {
-            let ((a, b), (c, d), (e, f)) = (span(l1)?, span(l2)?, span(l3)?);
-            let w = &mut f32s_mut(s1)?[a..b];
-            let (m, v) = (&f32s(s2)?[c..d], &f32s(s3)?[e..f]);
-            if w.len() != m.len() || w.len() != v.len() {
-                bail!("adamw: {} weights, {} and {} moments", w.len(), m.len(), v.len());
-            }
-            let u = self;
-            w.par_chunks_mut(CHUNK)
-                .zip(m.par_chunks(CHUNK).zip(v.par_chunks(CHUNK)))
-                .for_each(|(w, (m, v))| {
-                    for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
-                        let step = (m / u.bc1) / ((v / u.bc2).sqrt() + u.eps) + u.decay * *w;
-                        *w -= u.lr * step;
-                    }
-                });
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// The in-place CPU step and candle's operations give the same weights and moments.
+    /// The in-place CPU step and candle's operations give the same weights and moments, and the
+    /// moments are two tensors (updated in place, they must not share storage).
     #[test]
     fn in_place_step_matches_the_operations() {
-        let dev = Device::Cpu;
-        let make = || {
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (37, 70_000 / 37), &dev).unwrap()).unwrap();
-            let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 300, &dev).unwrap()).unwrap();
-            (w, b)
-        };
-        let (w1, b1) = make();
-        let (w2, b2) = (
-            Var::from_tensor(&w1.as_tensor().copy().unwrap()).unwrap(),
-            Var::from_tensor(&b1.as_tensor().copy().unwrap()).unwrap(),
+        let (diff, in_place) = AdamW::check_in_place(&Device::Cpu).unwrap();
+        assert!(in_place, "f32 on the CPU is updated in place");
+        assert!(diff < 1e-6, "in place vs operations: {diff}");
+        let x = Var::new(&[3.0f32, -2.0], &Device::Cpu).unwrap();
+        let mut opt = AdamW::new(vec![("x".into(), x, 0)], 0.0).unwrap();
+        let g = Tensor::new(&[1.0f32, -1.0], &Device::Cpu).unwrap();
+        opt.step(&[Some(g)], &[0.1]).unwrap();
+        let p = &opt.params[0];
+        let (m, v) = (p.m.to_vec1::<f32>().unwrap(), p.v.to_vec1::<f32>().unwrap());
+        assert!((m[0] - 0.1).abs() < 1e-6 && (m[1] + 0.1).abs() < 1e-6, "{m:?}");
+        assert!(
+            (v[0] - 0.001).abs() < 1e-7 && (v[1] - 0.001).abs() < 1e-7,
+            "{v:?}"
         );
-        let vars = |w: &Var, b: &Var| {
-            vec![
-                ("layer.weight".to_string(), w.clone(), 1),
-                ("layer.bias".to_string(), b.clone(), 0),
-            ]
-        };
-        let start = w1.as_tensor().copy().unwrap();
-        let mut fused = AdamW::new(vars(&w1, &b1), 0.01).unwrap();
-        let mut ops = AdamW::new(vars(&w2, &b2), 0.01).unwrap();
-        assert!(fused.params[0].decay && !fused.params[1].decay);
-        let lrs = [1e-3, 2e-4];
-        for _ in 0..3 {
-            let grads: Vec<Option<Tensor>> = fused
-                .params
-                .iter()
-                .map(|p| Some(Tensor::randn(0f32, 0.1, p.var.shape(), &dev).unwrap()))
-                .collect();
-            fused.step(&grads, &lrs).unwrap();
-            let (b1_, b2_, eps, wd) = (ops.beta1, ops.beta2, ops.eps, ops.weight_decay);
-            for (p, g) in ops.params.iter_mut().zip(&grads) {
-                AdamW::step_ops(p, g.as_ref().unwrap(), lrs[p.group], b1_, b2_, eps, wd).unwrap();
-            }
-        }
-        let close = |a: &Tensor, b: &Tensor| {
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d < 1e-6, "differ by {d}");
-        };
-        for (a, b) in fused.params.iter().zip(&ops.params) {
-            close(a.var.as_tensor(), b.var.as_tensor());
-            close(&a.m, &b.m);
-            close(&a.v, &b.v);
-            assert_eq!(a.steps, 3);
-        }
-        // The weights moved, and the moments are not one shared tensor.
-        let moved = (w1.as_tensor() - &start)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert!(moved.to_scalar::<f32>().unwrap() > 1e-4);
-        let m = fused.params[0]
-            .m
-            .abs()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let v = fused.params[0].v.sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(m > 0.0 && v > 0.0 && (m - v).abs() > 1e-3);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! (dtypes other than f32, non-CPU devices), so callers need not care.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, DType, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Rows handed to one rayon task at least (keeps the per-task overhead small for short rows).
@@ -351,6 +353,132 @@ pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
 /// The kernels here run on CPU f32 tensors, and on CUDA tensors (f32, f16, bf16) when
 /// `VIRALCLIP_FUSED_CUDA=1` (opt-in until a GPU run has checked them against the CPU path).
 /// All operands must share one dtype.
+/// AdamW's update from its moments, for [`adam_update`]:
+/// `w ← w − lr·(m / bc1 / (√(v / bc2) + eps) + decay·w)`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamUpdate {
+    pub lr: f32,
+    /// Bias corrections `1 − β1^t` and `1 − β2^t`.
+    pub bc1: f32,
+    pub bc2: f32,
+    pub eps: f32,
+    /// Weight decay (0 for biases and norms).
+    pub decay: f32,
+}
+
+struct AdamMoment {
+    beta: f32,
+    square: bool,
+}
+
+const ADAM_CHUNK: usize = 1 << 14;
+
+fn contiguous_f32_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("{what}: expected f32"),
+    }
+}
+
+impl InplaceOp2 for AdamMoment {
+    fn name(&self) -> &'static str {
+        "adam-moment"
+    }
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<()> {
+        let x = contiguous_f32_mut(s1, l1, "adam moment")?;
+        let g = contiguous_f32(s2, l2, "adam gradient")?;
+        if x.len() != g.len() {
+            candle_core::bail!("adam: {} moments for {} gradients", x.len(), g.len());
+        }
+        let (beta, rest, square) = (self.beta, 1.0 - self.beta, self.square);
+        x.par_chunks_mut(ADAM_CHUNK)
+            .zip(g.par_chunks(ADAM_CHUNK))
+            .for_each(|(x, g)| {
+                for (x, &g) in x.iter_mut().zip(g) {
+                    *x = *x * beta + if square { g * g } else { g } * rest;
+                }
+            });
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        cuda::adam_moment(s1, l1, s2, l2, self.beta, self.square)
+    }
+}
+
+impl InplaceOp3 for AdamUpdate {
+    fn name(&self) -> &'static str {
+        "adam-update"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let w = contiguous_f32_mut(s1, l1, "adam weights")?;
+        let (m, v) = (
+            contiguous_f32(s2, l2, "adam m")?,
+            contiguous_f32(s3, l3, "adam v")?,
+        );
+        if w.len() != m.len() || w.len() != v.len() {
+            candle_core::bail!("adam: {} weights, {} and {} moments", w.len(), m.len(), v.len());
+        }
+        let u = *self;
+        w.par_chunks_mut(ADAM_CHUNK)
+            .zip(m.par_chunks(ADAM_CHUNK).zip(v.par_chunks(ADAM_CHUNK)))
+            .for_each(|(w, (m, v))| {
+                for ((w, &m), &v) in w.iter_mut().zip(m).zip(v) {
+                    let step = (m / u.bc1) / ((v / u.bc2).sqrt() + u.eps) + u.decay * *w;
+                    *w -= u.lr * step;
+                }
+            });
+        Ok(())
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        cuda::adam_update(s1, l1, s2, l2, s3, l3, *self)
+    }
+}
+
+/// Whether [`adam_moment`] and [`adam_update`] run in place on these tensors: contiguous f32 on
+/// the CPU, or on CUDA with `VIRALCLIP_FUSED_CUDA=1`; else the caller uses candle's operations.
+pub fn adam_in_place(ts: &[&Tensor]) -> bool {
+    let f32s = ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous());
+    let cpu = ts.iter().all(|t| t.device().is_cpu());
+    f32s && (cpu || (fused_cuda() && ts.iter().all(|t| t.device().is_cuda())))
+}
+
+/// `x ← β·x + (1−β)·g` (of `g²` when `square`), in place: an AdamW moment.
+pub fn adam_moment(x: &Tensor, g: &Tensor, beta: f32, square: bool) -> Result<()> {
+    x.inplace_op2(g, &AdamMoment { beta, square })
+}
+
+/// AdamW's weight update from the moments, in place on `w` (see [`AdamUpdate`]).
+pub fn adam_update(w: &Tensor, m: &Tensor, v: &Tensor, u: AdamUpdate) -> Result<()> {
+    w.inplace_op3(m, v, &u)
+}
+
 fn usable(ts: &[&Tensor]) -> bool {
     let same = ts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
     let cpu = ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
@@ -583,6 +711,66 @@ mod cuda {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
+    }
+
+    /// The elements of a contiguous f32 storage, for writing.
+    fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
+        l.contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))
+    }
+
+    pub fn adam_moment(
+        s1: &mut CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        beta: f32,
+        square: bool,
+    ) -> Result<()> {
+        let dev = s1.device().clone();
+        let func = kernel(s1, "adam_moment")?;
+        let g = view::<f32>(s2, l2, "adam gradient")?;
+        let (a, b) = span(l1, "adam moment")?;
+        let (n, square) = ((b - a) as u32, square as u32);
+        let mut x = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
+        let stream = dev.cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        args.arg(&mut x).arg(&g).arg(&n).arg(&beta).arg(&square);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_update(
+        s1: &mut CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        u: super::AdamUpdate,
+    ) -> Result<()> {
+        let dev = s1.device().clone();
+        let func = kernel(s1, "adam_update")?;
+        let (m, v) = (view::<f32>(s2, l2, "adam m")?, view::<f32>(s3, l3, "adam v")?);
+        let (a, b) = span(l1, "adam weights")?;
+        let n = (b - a) as u32;
+        let mut w = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
+        let stream = dev.cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        args.arg(&mut w)
+            .arg(&m)
+            .arg(&v)
+            .arg(&n)
+            .arg(&u.lr)
+            .arg(&u.bc1)
+            .arg(&u.bc2)
+            .arg(&u.eps)
+            .arg(&u.decay);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok(())
     }
 }
 
