@@ -224,15 +224,7 @@ mod tests {
 
     #[test]
     fn step_times_run_on_a_tiny_model() {
-        let c = BertConfig {
-            vocab_size: 50,
-            hidden_size: 16,
-            num_hidden_layers: 3,
-            num_attention_heads: 2,
-            intermediate_size: 32,
-            max_position_embeddings: 16,
-            ..BertConfig::rubert_base()
-        };
+        let c = crate::tiny_bert(50);
         let t = step_times(&c, &Device::Cpu, 4, 8, 2, 0.0).unwrap();
         let stages: Vec<&str> = t.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(

@@ -20,3 +20,17 @@ pub mod train;
 
 pub use error::{Error, Result};
 pub use train::{train, Event, SelectBy, TrainConfig, TrainReport};
+
+/// A BERT small enough for unit tests: 3 layers of width 16.
+#[cfg(test)]
+pub(crate) fn tiny_bert(vocab_size: usize) -> viralclip_engine::model::BertConfig {
+    viralclip_engine::model::BertConfig {
+        vocab_size,
+        hidden_size: 16,
+        num_hidden_layers: 3,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        max_position_embeddings: 16,
+        ..viralclip_engine::model::BertConfig::rubert_base()
+    }
+}

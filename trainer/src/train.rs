@@ -1246,17 +1246,8 @@ mod tests {
     #[test]
     fn task_split_forward_gives_the_whole_batch_gradients() {
         use candle_nn::{VarBuilder, VarMap};
-        use viralclip_engine::model::BertConfig;
         let dev = Device::Cpu;
-        let config = BertConfig {
-            vocab_size: 40,
-            hidden_size: 16,
-            num_hidden_layers: 3,
-            num_attention_heads: 2,
-            intermediate_size: 32,
-            max_position_embeddings: 16,
-            ..BertConfig::rubert_base()
-        };
+        let config = crate::tiny_bert(40);
         let varmap = VarMap::new();
         let model = MultiTask::load(
             VarBuilder::from_varmap(&varmap, DType::F32, &dev),
