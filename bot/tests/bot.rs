@@ -86,6 +86,12 @@ async fn private_video_with_subtitles_gives_clips_and_a_timeline() {
         c.iter().any(|c| c.method == "sendPhoto")
     })
     .await;
+    // The status message is edited to "done" right after the photo: wait for it, not race it.
+    f.wait_for(30, "the final status edit", |c| {
+        c.iter()
+            .any(|c| c.method == "editMessageText" && c.text().starts_with("✅ done"))
+    })
+    .await;
 
     let queued = f.calls("sendMessage");
     assert!(
