@@ -213,16 +213,19 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 + 3.0 * ms(&steps, "top2+pcgrad+frozen-forward"))
                 * per_epoch
                 / 1e3;
-            for s in &steps {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
-                        "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": 128,
-                        "stage": s.stage, "ms_per_step": (s.ms_per_step * 100.0).round() / 100.0, "runs": s.steps,
-                    })
-                );
-            }
+            let print_steps = |tokens: usize, steps: &[viralclip_trainer::bench::StepTiming]| {
+                for s in steps {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
+                            "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": tokens,
+                            "stage": s.stage, "ms_per_step": (s.ms_per_step * 100.0).round() / 100.0, "runs": s.steps,
+                        })
+                    );
+                }
+            };
+            print_steps(128, &steps);
             println!(
                 "{}",
                 serde_json::json!({
@@ -255,16 +258,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 let dynamic = epoch("cache") + 2.0 * epoch("heads") + 3.0 * epoch("top2+pcgrad");
                 let mean_tokens = batches.iter().sum::<usize>() as f64 / batches.len() as f64;
                 for (l, s) in &at[1..] {
-                    for st in s {
-                        println!(
-                            "{}",
-                            serde_json::json!({
-                                "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
-                                "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": l,
-                                "stage": st.stage, "ms_per_step": (st.ms_per_step * 100.0).round() / 100.0, "runs": st.steps,
-                            })
-                        );
-                    }
+                    print_steps(*l, s);
                 }
                 println!(
                     "{}",

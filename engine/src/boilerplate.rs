@@ -120,16 +120,16 @@ pub(crate) fn normalize(text: &str) -> String {
 
 /// Whether `sentence` is only formulas (greetings, thanks, goodbyes, subscribe calls).
 pub fn is_formulaic(sentence: &str) -> bool {
-    let mut rest = normalize(sentence);
+    let norm = normalize(sentence);
+    let mut rest = norm.as_str();
     if rest.is_empty() {
         return false;
     }
-    let re = formulas();
-    while let Some(m) = re.find(&rest) {
+    while let Some(m) = formulas().find(rest) {
         if m.end() == 0 {
             break;
         }
-        rest = rest[m.end()..].trim_start().to_string();
+        rest = rest[m.end()..].trim_start();
         if rest.is_empty() {
             return true;
         }

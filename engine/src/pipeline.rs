@@ -573,7 +573,6 @@ impl Engine {
     }
 }
 
-/// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
 /// Scores windows of a transcript as its segments arrive, until the channel closes: each time,
 /// the windows that later segments can no longer change (followed by another cue and a full
 /// `window_secs` long) are scored, once per text. Returns the scores by the text the model saw,
@@ -587,6 +586,9 @@ pub fn score_as_heard(
     let mut known = Known::new();
     let mut raw: Vec<Cue> = Vec::new();
     let mut failed = false;
+    // Cues whose windows were all final in an earlier round: their texts are scored (or, if a
+    // later repair changed them, left to the end), so each round looks only past them.
+    let mut settled = 0;
     while let Ok(cue) = segments.recv() {
         raw.push(cue);
         raw.extend(segments.try_iter());
@@ -599,9 +601,16 @@ pub fn score_as_heard(
             language: String::new(),
         };
         let cues = Transcript::repair(heard, source).cues;
-        let mut texts: Vec<String> = select::windows(&cues, cfg.window_secs)
+        let rest = &cues[settled.min(cues.len())..];
+        // Final windows come first: one that runs into the end of what was heard has every
+        // later one doing the same.
+        let fin: Vec<Window> = select::windows(rest, cfg.window_secs)
             .into_iter()
-            .filter(|w| w.last + 1 < cues.len() && w.end - w.start >= cfg.window_secs)
+            .take_while(|w| w.last + 1 < rest.len() && w.end - w.start >= cfg.window_secs)
+            .collect();
+        settled += fin.len();
+        let mut texts: Vec<String> = fin
+            .iter()
             .map(|w| model_text(&w.text, cfg))
             .filter(|t| !t.trim().is_empty() && !known.contains_key(t))
             .collect();
@@ -630,6 +639,7 @@ fn model_text(window: &str, cfg: &SelectConfig) -> String {
     }
 }
 
+/// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
 #[cfg(feature = "media")]
 fn cut_one(
     input: &Path,

@@ -240,8 +240,9 @@ mod whisper_impl {
             params.set_abort_callback_safe(abort);
             // whisper-rs never frees a segment callback, so the sender sits behind a slot that is
             // emptied (closing the channel) as soon as whisper.cpp returns.
+            let streaming = segments.is_some();
             let sink = Arc::new(Mutex::new(segments));
-            if sink.lock().expect("segment sink").is_some() {
+            if streaming {
                 let slot = sink.clone();
                 params.set_segment_callback_safe_lossy(move |seg: SegmentCallbackData| {
                     if let Some(tx) = slot.lock().expect("segment sink").as_ref() {

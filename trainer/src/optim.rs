@@ -60,21 +60,22 @@ impl AdamW {
     /// memory and no allocation (`engine::model::kernels::adam_*`); others through candle's
     /// operations ([`AdamW::step_ops`]), which compute the same.
     pub fn step(&mut self, grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
-        let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let hyper = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let (b1, b2, eps, wd) = hyper;
         for (p, g) in self.params.iter_mut().zip(grads) {
             let Some(g) = g else { continue };
             let lr = lrs[p.group];
             if lr == 0.0 {
                 continue;
             }
+            p.steps += 1;
+            let t = p.steps as i32;
             let w = p.var.as_tensor();
             let g = g.contiguous()?;
             if !kernels::adam_in_place(&[w, &g, &p.m, &p.v]) {
-                Self::step_ops(p, &g, lr, b1, b2, eps, wd)?;
+                Self::step_ops(p, &g, lr, t, hyper)?;
                 continue;
             }
-            p.steps += 1;
-            let t = p.steps as i32;
             kernels::adam_moment(&p.m, &g, b1 as f32, false)?;
             kernels::adam_moment(&p.v, &g, b2 as f32, true)?;
             let update = kernels::AdamUpdate {
@@ -89,31 +90,20 @@ impl AdamW {
         Ok(())
     }
 
-    /// One parameter's step through candle's operations (any device and dtype).
-    fn step_ops(
-        p: &mut Param,
-        g: &Tensor,
-        lr: f64,
-        beta1: f64,
-        beta2: f64,
-        eps: f64,
-        weight_decay: f64,
-    ) -> Result<()> {
-        {
-            p.steps += 1;
-            let t = p.steps as i32;
-            p.m = ((&p.m * beta1)? + (g * (1.0 - beta1))?)?;
-            p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
-            let mhat = (&p.m / (1.0 - beta1.powi(t)))?;
-            let vhat = (&p.v / (1.0 - beta2.powi(t)))?;
-            let mut update = (mhat / (vhat.sqrt()? + eps)?)?;
-            let w = p.var.as_tensor();
-            if p.decay && weight_decay > 0.0 {
-                update = (update + (w * weight_decay)?)?;
-            }
-            p.var.set(&(w - (update * lr)?)?)?;
+    /// Step `t` of one parameter through candle's operations (any device and dtype); `hyper`:
+    /// (beta1, beta2, eps, weight decay).
+    fn step_ops(p: &mut Param, g: &Tensor, lr: f64, t: i32, hyper: (f64, f64, f64, f64)) -> Result<()> {
+        let (beta1, beta2, eps, weight_decay) = hyper;
+        p.m = ((&p.m * beta1)? + (g * (1.0 - beta1))?)?;
+        p.v = ((&p.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
+        let mhat = (&p.m / (1.0 - beta1.powi(t)))?;
+        let vhat = (&p.v / (1.0 - beta2.powi(t)))?;
+        let mut update = (mhat / (vhat.sqrt()? + eps)?)?;
+        let w = p.var.as_tensor();
+        if p.decay && weight_decay > 0.0 {
+            update = (update + (w * weight_decay)?)?;
         }
-        Ok(())
+        p.var.set(&(w - (update * lr)?)?)
     }
 
     /// Steps two copies of the same random parameters on `dev` three times, one with [`AdamW::step`]
@@ -140,10 +130,11 @@ impl AdamW {
                 .map(|p| Ok(Some((rand(p.var.dims())? * 0.1)?)))
                 .collect::<Result<Vec<_>>>()?;
             fused.step(&grads, &lrs)?;
-            let (b1, b2, eps, wd) = (ops.beta1, ops.beta2, ops.eps, ops.weight_decay);
+            let hyper = (ops.beta1, ops.beta2, ops.eps, ops.weight_decay);
             for (p, g) in ops.params.iter_mut().zip(&grads) {
+                p.steps += 1;
                 let g = g.as_ref().expect("every gradient");
-                Self::step_ops(p, g, lrs[p.group], b1, b2, eps, wd)?;
+                Self::step_ops(p, g, lrs[p.group], p.steps as i32, hyper)?;
             }
         }
         let mut worst = 0f32;

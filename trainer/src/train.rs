@@ -449,6 +449,28 @@ pub(crate) struct Targets {
     emo_rows: Vec<usize>,
 }
 
+impl Targets {
+    /// Each task's targets for a batch of that task's rows alone (in the same order), as
+    /// `apply_step` runs them with PCGrad.
+    fn each_alone(&self) -> Result<(Targets, Targets)> {
+        let alone = |idx: &Option<(Tensor, Tensor)>| -> Result<Option<(Tensor, Tensor)>> {
+            idx.as_ref()
+                .map(|(i, y)| Ok((Tensor::arange(0u32, i.dim(0)? as u32, i.device())?, y.clone())))
+                .transpose()
+        };
+        let only = |pop_idx, emo_idx| Targets {
+            pop_idx,
+            emo_idx,
+            pop_rows: Vec::new(),
+            emo_rows: Vec::new(),
+        };
+        Ok((
+            only(alone(&self.pop_idx)?, None),
+            only(None, alone(&self.emo_idx)?),
+        ))
+    }
+}
+
 pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<Targets> {
     let (mut pi, mut py, mut ei, mut ey) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, &i) in rows.iter().enumerate() {
@@ -539,24 +561,9 @@ pub(crate) fn apply_step(
     lrs: &[f64],
 ) -> Result<Option<(f64, Option<pcgrad::Surgery>)>> {
     let (lp, le) = if pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
-        let own = |n: usize| Tensor::arange(0u32, n as u32, pw.device());
-        let (pi, py) = t.pop_idx.as_ref().expect("popularity rows");
-        let (ei, ey) = t.emo_idx.as_ref().expect("emotion rows");
+        let (tp, te) = t.each_alone()?;
         let lp = model.heads(&forward(Some(&t.pop_rows))?, Mode::Training)?;
         let le = model.heads(&forward(Some(&t.emo_rows))?, Mode::Training)?;
-        let alone = |y: &Tensor, i: &Tensor| -> Result<(Tensor, Tensor)> { Ok((own(i.dim(0)?)?, y.clone())) };
-        let tp = Targets {
-            pop_idx: Some(alone(py, pi)?),
-            emo_idx: None,
-            pop_rows: Vec::new(),
-            emo_rows: Vec::new(),
-        };
-        let te = Targets {
-            pop_idx: None,
-            emo_idx: Some(alone(ey, ei)?),
-            pop_rows: Vec::new(),
-            emo_rows: Vec::new(),
-        };
         (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1)
     } else {
         let logits = model.heads(&forward(None)?, Mode::Training)?;
@@ -1332,19 +1339,12 @@ mod tests {
         .1
         .unwrap();
         let (gp2, ge2) = (lp2.backward().unwrap(), le2.backward().unwrap());
+        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         for v in &shared {
             for (a, b) in [(&gp, &gp2), (&ge, &ge2)] {
                 let x = a.get(v.as_tensor()).unwrap();
                 let y = b.get(v.as_tensor()).unwrap();
-                let d = (x - y)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let size = x.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+                let (d, size) = (max_abs(&(x - y).unwrap()), max_abs(x));
                 assert!(
                     size > 0.0 && d <= 1e-5 * size.max(1.0),
                     "gradient differs by {d} (size {size})"

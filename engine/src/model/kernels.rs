@@ -350,9 +350,6 @@ pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, t))?)?)
 }
 
-/// The kernels here run on CPU f32 tensors, and on CUDA tensors (f32, f16, bf16) when
-/// `VIRALCLIP_FUSED_CUDA=1` (opt-in until a GPU run has checked them against the CPU path).
-/// All operands must share one dtype.
 /// AdamW's update from its moments, for [`adam_update`]:
 /// `w ← w − lr·(m / bc1 / (√(v / bc2) + eps) + decay·w)`.
 #[derive(Debug, Clone, Copy)]
@@ -479,6 +476,9 @@ pub fn adam_update(w: &Tensor, m: &Tensor, v: &Tensor, u: AdamUpdate) -> Result<
     w.inplace_op3(m, v, &u)
 }
 
+/// The kernels here run on CPU f32 tensors, and on CUDA tensors (f32, f16, bf16) when
+/// `VIRALCLIP_FUSED_CUDA=1` (opt-in until a GPU run has checked them against the CPU path).
+/// All operands must share one dtype.
 fn usable(ts: &[&Tensor]) -> bool {
     let same = ts.windows(2).all(|w| w[0].dtype() == w[1].dtype());
     let cpu = ts.iter().all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
@@ -777,6 +777,17 @@ mod cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
     use candle_core::Device;
 
     #[test]
@@ -826,28 +837,14 @@ mod tests {
 
         let want = x.broadcast_add(&b).unwrap().gelu_erf().unwrap();
         let got = bias_gelu(&x, &b).unwrap();
-        let diff = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&want, &got);
         assert!(diff < 1e-5, "bias-gelu differs by {diff}");
 
         let y = (x.broadcast_add(&b).unwrap() + &r).unwrap();
         let want = candle_nn::ops::layer_norm(&y, &g, &be, 1e-12).unwrap();
         let p = pack_add_norm(&b, &g, &be).unwrap();
         let got = add_norm(&x, &r, &p, 1e-12).unwrap();
-        let diff = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&want, &got);
         assert!(diff < 1e-4, "add-norm differs by {diff}");
 
         // The fallback (another dtype) computes the same thing.
@@ -879,14 +876,7 @@ mod tests {
             .unwrap();
         let got = qkv_split(&x, &bias, b, t, heads, d).unwrap();
         assert_eq!(got.dims(), [3, b, heads, t, d]);
-        let diff = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&want, &got);
         assert_eq!(diff, 0.0, "qkv split differs");
 
         // Text 1 has its last two tokens padded.
@@ -902,14 +892,7 @@ mod tests {
         )
         .unwrap();
         let got = mask_softmax(&scores, &mask).unwrap();
-        let diff = (&want - &got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&want, &got);
         assert!(diff < 1e-6, "mask-softmax differs by {diff}");
         let padded = got
             .get(1)
@@ -925,14 +908,7 @@ mod tests {
         let one = scores.narrow(2, 0, 1).unwrap().contiguous().unwrap();
         let want1 = want.narrow(2, 0, 1).unwrap();
         let got1 = mask_softmax(&one, &mask).unwrap();
-        let diff = (want1 - got1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&want1, &got1);
         assert!(diff < 1e-6);
     }
 }
