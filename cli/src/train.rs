@@ -77,6 +77,15 @@ pub struct TrainArgs {
     /// What picks the kept epoch and drives early stopping: loss or macro-f1 (emotions, tuned).
     #[arg(long, default_value = "loss")]
     pub select_by: viralclip_trainer::SelectBy,
+    /// Weight of the translation alignment (0: off): in the epochs that train layers, rows that
+    /// come with the text they were translated from (ru_go_emotions' `text` beside `ru_text`)
+    /// pull their [CLS] toward the model's [CLS] of the original.
+    #[arg(long, default_value_t = 0.0)]
+    pub align: f64,
+    /// What the heads read off the encoder: cls (the seed's) or mean (the tokens' mean, how e5
+    /// and other sentence encoders were trained).
+    #[arg(long, default_value = "cls")]
+    pub pooling: viralclip_engine::model::Pooling,
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, short)]
@@ -107,6 +116,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.f16_layers = a.f16_layers;
     cfg.init = a.init;
     cfg.select_by = a.select_by;
+    cfg.align = a.align;
+    cfg.pooling = a.pooling;
     let (dev, note) = device::open(a.device)?;
     if let Some(n) = note {
         eprintln!("viralclip: {n}");
@@ -161,7 +172,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 let pop = r.val.popularity.as_ref();
                 let emo = r.val.emotions_tuned.as_ref();
                 eprintln!(
-                    "epoch {} ({}): train loss {:.4}, val loss {:.4}, pop acc {} auc {}, emo macro-F1 {} (0.5: {}), {:.0} ex/s",
+                    "epoch {} ({}): train loss {:.4}, val loss {:.4}, pop acc {} auc {}, emo macro-F1 {} (0.5: {}), {:.0} ex/s{}",
                     r.epoch + 1,
                     r.stage,
                     r.train_loss,
@@ -170,7 +181,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     pop.and_then(|p| p.roc_auc).map_or("-".into(), |x| format!("{x:.3}")),
                     emo.map_or("-".into(), |m| format!("{:.3}", m.macro_f1)),
                     r.val.emotions_at_half.as_ref().map_or("-".into(), |m| format!("{:.3}", m.macro_f1)),
-                    r.examples_per_s
+                    r.examples_per_s,
+                    r.align_loss.map_or(String::new(), |a| format!(", align {a:.4}"))
                 );
             });
         }

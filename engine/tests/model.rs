@@ -209,3 +209,59 @@ fn encoder_matches_candle_transformers() {
         assert!(d < 1e-4, "row {row}: {d}");
     }
 }
+
+/// Mean pooling: the heads read the mean of each row's real tokens (padding never counts), the
+/// same on the fused and the differentiable path, and every parameter still gets a gradient.
+#[test]
+fn mean_pooling_averages_the_real_tokens() {
+    use viralclip_engine::model::Pooling;
+    let (varmap, mut model) = random_model(&tiny_config(), 28);
+    model.bert.set_pooling(Pooling::Mean);
+    let (ids, mask) = padded_inputs();
+    let states = model.bert.forward(&ids, &mask, Mode::Autograd).unwrap();
+    let pooled = model.bert.cls(&ids, &mask, Mode::Autograd).unwrap();
+    for (row, len) in [(0usize, 5usize), (1, 7), (2, 3)] {
+        let want = states
+            .get(row)
+            .unwrap()
+            .narrow(0, 0, len)
+            .unwrap()
+            .mean(0)
+            .unwrap();
+        let d = max_abs_diff(&pooled.get(row).unwrap(), &want);
+        assert!(d < 1e-5, "row {row}: {d}");
+    }
+    // A row alone, unpadded, pools to the same vector as in the padded batch.
+    let alone = model
+        .bert
+        .cls(
+            &batch(&[vec![2, 44, 3]]),
+            &batch(&[vec![1, 1, 1]]),
+            Mode::Autograd,
+        )
+        .unwrap();
+    assert!(max_abs_diff(&alone.get(0).unwrap(), &pooled.get(2).unwrap()) < 1e-5);
+    // Not the [CLS] state.
+    model.bert.set_pooling(Pooling::Cls);
+    let cls = model.bert.cls(&ids, &mask, Mode::Autograd).unwrap();
+    assert!(max_abs_diff(&cls, &pooled) > 1e-3);
+    model.bert.set_pooling(Pooling::Mean);
+    let missing = zero_grads(&varmap, &model, Mode::Training);
+    assert!(missing.is_empty(), "no gradient for {missing:?}");
+    // From cached states (the trainer's path) and through the fused scoring path.
+    let h = model.bert.hidden_before(&ids, &mask, 1, Mode::Autograd).unwrap();
+    let from = model.bert.cls_from(&h, &mask, 1, Mode::Autograd).unwrap();
+    assert!(max_abs_diff(&from, &pooled) < 1e-5);
+    let top = model
+        .bert
+        .cls_from(&states, &mask, model.bert.num_layers(), Mode::Autograd)
+        .unwrap();
+    assert!(
+        max_abs_diff(&top, &pooled) < 1e-5,
+        "no layers left: the pooled states themselves"
+    );
+    model.prepare_inference().unwrap();
+    let fused = model.bert.cls(&ids, &mask, Mode::Inference).unwrap();
+    let scale = max_abs(&pooled).max(1.0);
+    assert!(max_abs_diff(&fused, &pooled) < 5e-5 * scale);
+}

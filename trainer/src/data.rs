@@ -23,6 +23,9 @@ pub enum Label {
 pub struct Example {
     pub text: String,
     pub label: Label,
+    /// The text this one was translated from, where the file has both (ru_go_emotions' `text`
+    /// beside `ru_text`): `train --align` pulls the two encodings together.
+    pub pair: Option<String>,
 }
 
 /// The format of a data file.
@@ -227,7 +230,7 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
         ..Default::default()
     };
     let mut out = Vec::new();
-    let mut push = |text: &str, label: Label, stats: &mut SourceStats| {
+    let mut push = |text: &str, pair: Option<&str>, label: Label, stats: &mut SourceStats| {
         let text = text.trim();
         if let Some((a, b)) = src.part {
             let k = bucket(text);
@@ -243,6 +246,7 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
         out.push(Example {
             text: text.to_string(),
             label,
+            pair: pair.map(str::trim).filter(|p| !p.is_empty()).map(str::to_string),
         });
     };
     match kind {
@@ -258,7 +262,7 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
                     Ok(l) if l.trim().is_empty() => {} // blank separators are not rows
                     Ok(l) => {
                         stats.rows += 1;
-                        push(&l, Label::Popularity(label), &mut stats)
+                        push(&l, None, Label::Popularity(label), &mut stats)
                     }
                     Err(e) => {
                         stats.rows += 1;
@@ -283,7 +287,7 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
                     continue;
                 };
                 match parse_label_list(labels) {
-                    Ok(l) if !text.trim().is_empty() => push(text, Label::Emotions(l), &mut stats),
+                    Ok(l) if !text.trim().is_empty() => push(text, None, Label::Emotions(l), &mut stats),
                     Ok(_) => stats.skip(i + 1, "empty text"),
                     Err(e) => stats.skip(i + 1, e),
                 }
@@ -305,6 +309,11 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
                 Kind::EmotionsCsv => col("ru_text").map_or_else(|| need("text"), Ok)?,
                 _ => need("text")?,
             };
+            // ru_go_emotions keeps the English original beside the translation.
+            let pair_col = match kind {
+                Kind::EmotionsCsv => col("text").filter(|&c| c != text_col),
+                _ => None,
+            };
             let (label_col, task_col, emo_col) = match kind {
                 Kind::PopularityCsv => (Some(need("label")?), None, None),
                 Kind::EmotionsCsv => (None, None, Some(need("labels")?)),
@@ -325,6 +334,7 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
                     }
                 };
                 let text = rec.get(text_col).unwrap_or("");
+                let pair = pair_col.and_then(|c| rec.get(c));
                 if text.trim().is_empty() {
                     stats.skip(line, "empty text");
                     continue;
@@ -342,12 +352,14 @@ pub fn load(src: &Source) -> Result<(Vec<Example>, SourceStats)> {
                 if is_pop {
                     let v = label_col.and_then(|c| rec.get(c)).unwrap_or("").trim();
                     match v.parse::<f64>() {
-                        Ok(x) if x == 0.0 || x == 1.0 => push(text, Label::Popularity(x == 1.0), &mut stats),
+                        Ok(x) if x == 0.0 || x == 1.0 => {
+                            push(text, pair, Label::Popularity(x == 1.0), &mut stats)
+                        }
                         _ => stats.skip(line, format!("popularity label {v:?} is not 0 or 1")),
                     }
                 } else {
                     match parse_label_list(emo_col.and_then(|c| rec.get(c)).unwrap_or("")) {
-                        Ok(l) => push(text, Label::Emotions(l), &mut stats),
+                        Ok(l) => push(text, pair, Label::Emotions(l), &mut stats),
                         Err(e) => stats.skip(line, e),
                     }
                 }
@@ -406,9 +418,11 @@ mod tests {
             ex[0],
             Example {
                 text: "Я так рад!".into(),
-                label: Label::Emotions(vec![4, 17])
+                label: Label::Emotions(vec![4, 17]),
+                pair: Some("I am so glad!".into()),
             }
         );
+        assert_eq!(ex[1].pair.as_deref(), Some("Oh well"));
 
         let mt = write(
             p,
@@ -417,6 +431,7 @@ mod tests {
         );
         let (ex, _) = load(&mt.display().to_string().parse().unwrap()).unwrap();
         assert_eq!(ex[1].label, Label::Emotions(vec![25]));
+        assert!(ex.iter().all(|e| e.pair.is_none()), "one text column: no pairs");
 
         let tsv = write(
             p,

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use viralclip_engine::model::{artifact, BaseEncoder, EncoderFiles, Manifest, Mode, MultiTask, WeightStore};
+use viralclip_engine::model::{
+    artifact, BaseEncoder, EncoderFiles, Manifest, Mode, MultiTask, Pooling, WeightStore,
+};
 use viralclip_engine::scorer::{pad_batch, plan_batches, BatchLimits};
 
 /// Everything a run needs; defaults are the seed's recipe.
@@ -61,6 +63,17 @@ pub struct TrainConfig {
     /// What picks the best epoch and drives early stopping.
     #[serde(default)]
     pub select_by: SelectBy,
+    /// Weight of the translation alignment: in the epochs that train layers, each row with a
+    /// `pair` (the text it was translated from, as ru_go_emotions keeps it) pulls its [CLS]
+    /// toward the current model's [CLS] of that original, so what the emotion head learned from
+    /// the original language carries over. The loss (relative squared distance) joins the
+    /// emotion task's. 0: off.
+    #[serde(default)]
+    pub align: f64,
+    /// What the heads read off the encoder: [CLS] (the seed's) or the token mean (how e5 was
+    /// trained). Stored in the manifest; `--init` must match its model's.
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 /// The validation number that picks the kept epoch.
@@ -123,6 +136,8 @@ impl TrainConfig {
             f16_layers: false,
             init: None,
             select_by: SelectBy::Loss,
+            align: 0.0,
+            pooling: Pooling::Cls,
         }
     }
 }
@@ -207,6 +222,9 @@ pub struct EpochReport {
     pub thresholds: Vec<f32>,
     /// Fraction of PCGrad steps whose task gradients conflicted.
     pub conflicts: Option<f64>,
+    /// Mean translation alignment loss (before its weight), when `align` was on.
+    #[serde(default)]
+    pub align_loss: Option<f64>,
     pub secs: f64,
     pub examples_per_s: f64,
 }
@@ -447,6 +465,33 @@ pub(crate) struct Targets {
     /// The batch's rows (positions in it) of each task.
     pop_rows: Vec<usize>,
     emo_rows: Vec<usize>,
+    /// Translated rows and the [CLS] of their originals (`TrainConfig::align`).
+    pub(crate) align: Option<Align>,
+}
+
+/// Rows of a batch (positions in it) and the [CLS] each should move toward, for the alignment
+/// loss `weight · Σ‖cls − target‖² / Σ‖target‖²`.
+pub(crate) struct Align {
+    rows: Vec<usize>,
+    target: Tensor,
+    weight: f64,
+}
+
+impl Align {
+    pub(crate) fn new(rows: Vec<usize>, target: Tensor, weight: f64) -> Self {
+        Align { rows, target, weight }
+    }
+
+    /// The unweighted loss of these [CLS] states (all the batch's rows, in order).
+    fn loss(&self, cls: &Tensor) -> Result<Tensor> {
+        let pos: Vec<u32> = self.rows.iter().map(|&r| r as u32).collect();
+        let pos = Tensor::from_vec(pos, self.rows.len(), cls.device())?;
+        let student = cls.to_dtype(DType::F32)?.index_select(&pos, 0)?;
+        let target = self.target.to_dtype(DType::F32)?;
+        let num = (student - &target)?.sqr()?.sum_all()?;
+        let den = (target.sqr()?.sum_all()? + 1e-12)?;
+        Ok((num / den)?)
+    }
 }
 
 impl Targets {
@@ -458,15 +503,26 @@ impl Targets {
                 .map(|(i, y)| Ok((Tensor::arange(0u32, i.dim(0)? as u32, i.device())?, y.clone())))
                 .transpose()
         };
-        let only = |pop_idx, emo_idx| Targets {
+        let only = |pop_idx, emo_idx, align| Targets {
             pop_idx,
             emo_idx,
             pop_rows: Vec::new(),
             emo_rows: Vec::new(),
+            align,
         };
+        // Translated rows are emotion rows: their positions among those.
+        let align = self.align.as_ref().map(|a| Align {
+            rows: a
+                .rows
+                .iter()
+                .map(|r| self.emo_rows.iter().position(|e| e == r).expect("an emotion row"))
+                .collect(),
+            target: a.target.clone(),
+            weight: a.weight,
+        });
         Ok((
-            only(alone(&self.pop_idx)?, None),
-            only(None, alone(&self.emo_idx)?),
+            only(alone(&self.pop_idx)?, None, None),
+            only(None, alone(&self.emo_idx)?, align),
         ))
     }
 }
@@ -511,6 +567,7 @@ pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<
         emo_idx,
         pop_rows,
         emo_rows,
+        align: None,
     })
 }
 
@@ -546,8 +603,8 @@ pub(crate) type Forward<'a> = dyn FnMut(Option<&[usize]>) -> Result<Tensor> + 'a
 /// `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW. With PCGrad each
 /// task's rows go through the encoder as a batch of their own, so each task's backward pass
 /// covers only its rows (a row only ever trains its own task): one backward's worth of work
-/// instead of two over the whole batch. Returns the batch loss and, with PCGrad, what the
-/// surgery did; `None` when the batch has no targets.
+/// instead of two over the whole batch. The alignment loss of translated rows (`t.align`) joins
+/// the emotion task's. `None` when the batch has no targets.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_step(
     model: &MultiTask,
@@ -559,15 +616,37 @@ pub(crate) fn apply_step(
     frozen: bool,
     clip_norm: f64,
     lrs: &[f64],
-) -> Result<Option<(f64, Option<pcgrad::Surgery>)>> {
-    let (lp, le) = if pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
+) -> Result<Option<StepOutcome>> {
+    let (lp, le, al) = if pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
         let (tp, te) = t.each_alone()?;
         let lp = model.heads(&forward(Some(&t.pop_rows))?, Mode::Training)?;
-        let le = model.heads(&forward(Some(&t.emo_rows))?, Mode::Training)?;
-        (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1)
+        let ce = forward(Some(&t.emo_rows))?;
+        let le = model.heads(&ce, Mode::Training)?;
+        let al = te
+            .align
+            .as_ref()
+            .map(|a| Ok::<_, Error>((a.loss(&ce)?, a.weight)))
+            .transpose()?;
+        (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1, al)
     } else {
-        let logits = model.heads(&forward(None)?, Mode::Training)?;
-        task_losses(&logits, t, pw)?
+        let cls = forward(None)?;
+        let logits = model.heads(&cls, Mode::Training)?;
+        let al = t
+            .align
+            .as_ref()
+            .map(|a| Ok::<_, Error>((a.loss(&cls)?, a.weight)))
+            .transpose()?;
+        let (lp, le) = task_losses(&logits, t, pw)?;
+        (lp, le, al)
+    };
+    // The alignment term belongs to the emotion task (translated rows are emotion rows).
+    let align_loss = match &al {
+        Some((l, _)) => Some(l.to_scalar::<f32>()? as f64),
+        None => None,
+    };
+    let le = match (le, al) {
+        (Some(le), Some((l, w))) => Some((le + (l * w)?)?),
+        (le, _) => le,
     };
     let mut grads: Vec<Option<Tensor>> = vec![None; opt.params.len()];
     let batch_loss;
@@ -643,7 +722,21 @@ pub(crate) fn apply_step(
         }
     }
     opt.step(&grads, lrs)?;
-    Ok(Some((batch_loss, surgery)))
+    Ok(Some(StepOutcome {
+        loss: batch_loss,
+        align_loss,
+        surgery,
+    }))
+}
+
+/// What one step did.
+pub(crate) struct StepOutcome {
+    /// The batch's loss (both tasks, the alignment term included).
+    pub loss: f64,
+    /// The unweighted alignment loss, when the batch had translated rows.
+    pub align_loss: Option<f64>,
+    /// What PCGrad did, when it ran.
+    pub surgery: Option<pcgrad::Surgery>,
 }
 
 /// Measures a saved model on labelled data through the engine, e.g. a model trained elsewhere on
@@ -852,6 +945,39 @@ pub fn train(
         .unwrap_or(enc.config.pad_token_id as u32);
     let tok_train = tokenize(&tokenizer, &prefix, &train_ex)?;
     let tok_val = tokenize(&tokenizer, &prefix, &val_ex)?;
+    // The originals of translated emotion rows, each distinct text once (a source given 4× has
+    // four copies of each row).
+    let align_on = cfg.align > 0.0 && unfreeze > 0;
+    if cfg.align < 0.0 || !cfg.align.is_finite() {
+        return Err(Error::Config("--align must be a weight >= 0".into()));
+    }
+    let mut pair_of: Vec<Option<usize>> = vec![None; train_ex.len()];
+    let mut pairs: Vec<Example> = Vec::new();
+    if align_on {
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, e) in train_ex.iter().enumerate() {
+            if let (Some(p), Label::Emotions(_)) = (&e.pair, &e.label) {
+                let k = *seen.entry(p.as_str()).or_insert_with(|| {
+                    pairs.push(Example {
+                        text: p.clone(),
+                        label: e.label.clone(),
+                        pair: None,
+                    });
+                    pairs.len() - 1
+                });
+                pair_of[i] = Some(k);
+            }
+        }
+        if pairs.is_empty() {
+            tracing::warn!("--align: no training row has the text it was translated from (ru_go_emotions' `text` column beside `ru_text`); nothing to align");
+        }
+        tracing::info!(
+            rows = pair_of.iter().flatten().count(),
+            originals = pairs.len(),
+            "alignment pairs"
+        );
+    }
+    let tok_pair = tokenize(&tokenizer, &prefix, &pairs)?;
 
     // The model: heads and the top `unfreeze` layers are Vars.
     let vars = Arc::new(Mutex::new(Vec::new()));
@@ -860,7 +986,7 @@ pub fn train(
         .collect();
     let init: HashMap<String, Tensor> = match &cfg.init {
         None => viralclip_engine::model::init_heads(enc.config.hidden_size, EMOTIONS, cfg.seed)?,
-        Some(dir) => init_from(dir, &cfg.base_repo, from)?,
+        Some(dir) => init_from(dir, &cfg.base_repo, from, cfg.pooling)?,
     };
     // Encoder tensors --init brought: the artifact keeps them even after a heads-only epoch.
     let from_init: std::collections::HashSet<String> = init.keys().filter(|k| !is_head(k)).cloned().collect();
@@ -872,6 +998,7 @@ pub fn train(
     };
     let vb = candle_nn::VarBuilder::from_backend(Box::new(store), DType::F32, device.clone());
     let mut model = MultiTask::load(vb, &enc.config, EMOTIONS)?;
+    model.bert.set_pooling(cfg.pooling);
     // The frozen layers never change: the cache pass over them takes the fused scoring path.
     model.bert.prepare_inference_below(from)?;
     let named: Vec<(String, Var)> = std::mem::take(&mut *vars.lock().expect("lock"));
@@ -886,7 +1013,7 @@ pub fn train(
 
     // Cache the frozen part.
     let t_cache = Instant::now();
-    let total = tok_train.ids.len() + tok_val.ids.len();
+    let total = tok_train.ids.len() + tok_val.ids.len() + tok_pair.ids.len();
     let mut done0 = 0;
     let cache_train = build_cache(
         &model,
@@ -901,6 +1028,21 @@ pub fn train(
     let cache_val = build_cache(
         &model,
         &tok_val,
+        from,
+        pad,
+        device,
+        &mut |d, _| {
+            on_event(Event::Caching {
+                done: done0 + d,
+                total,
+            })
+        },
+        cancel,
+    )?;
+    done0 += tok_val.ids.len();
+    let cache_pair = build_cache(
+        &model,
+        &tok_pair,
         from,
         pad,
         device,
@@ -968,6 +1110,7 @@ pub fn train(
         let mut batches: Vec<Vec<usize>> = order.chunks(cfg.batch_size).map(<[usize]>::to_vec).collect();
         batches.shuffle(&mut rng);
         let (mut loss_sum, mut conflicts, mut pc_steps) = (0.0, 0usize, 0usize);
+        let (mut align_sum, mut align_steps) = (0.0, 0usize);
         for (bi, rows) in batches.iter().enumerate() {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
@@ -999,8 +1142,25 @@ pub fn train(
                     model.bert.cls_from(&h, &m, from, Mode::Training)?
                 })
             };
-            let t = targets(&tok_train.labels, rows, device)?;
-            let Some((batch_loss, surgery)) = apply_step(
+            let mut t = targets(&tok_train.labels, rows, device)?;
+            if align_on && !frozen {
+                // Targets from the model as it is now, without dropout and without a graph.
+                let (pos, originals): (Vec<usize>, Vec<usize>) = rows
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, &i)| pair_of[i].map(|p| (k, p)))
+                    .unzip();
+                if !pos.is_empty() {
+                    let (h, m) = batch_hidden(&cache_pair, &originals, device)?;
+                    let target = model.bert.cls_from(&h, &m, from, Mode::Inference)?.detach();
+                    t.align = Some(Align::new(pos, target, cfg.align));
+                }
+            }
+            let Some(StepOutcome {
+                loss: batch_loss,
+                align_loss,
+                surgery,
+            }) = apply_step(
                 &model,
                 &mut opt,
                 &mut forward,
@@ -1014,6 +1174,10 @@ pub fn train(
             else {
                 continue;
             };
+            if let Some(a) = align_loss {
+                align_sum += a;
+                align_steps += 1;
+            }
             if let Some(s) = surgery {
                 pc_steps += 1;
                 conflicts += s.conflict as usize;
@@ -1045,6 +1209,7 @@ pub fn train(
             train_loss: loss_sum / batches.len().max(1) as f64,
             thresholds: thresholds.clone(),
             conflicts: (pc_steps > 0).then(|| conflicts as f64 / pc_steps as f64),
+            align_loss: (align_steps > 0).then(|| align_sum / align_steps as f64),
             secs: t_epoch.elapsed().as_secs_f64(),
             examples_per_s: tok_train.ids.len() as f64 / train_secs,
             val,
@@ -1170,8 +1335,15 @@ pub fn train(
 /// The tensors a run starts from with `--init`: the model's heads and fine-tuned layers. Layers it
 /// fine-tuned below `from` (the lowest layer this run trains) would be lost from the new artifact,
 /// so that is refused.
-fn init_from(dir: &Path, base_repo: &str, from: usize) -> Result<HashMap<String, Tensor>> {
+fn init_from(dir: &Path, base_repo: &str, from: usize, pooling: Pooling) -> Result<HashMap<String, Tensor>> {
     let manifest = Manifest::read(dir)?;
+    if manifest.pooling != pooling {
+        return Err(Error::Config(format!(
+            "--init {}: its heads read {:?} pooling, this run {pooling:?} (--pooling)",
+            dir.display(),
+            manifest.pooling
+        )));
+    }
     if manifest.labels.len() != EMOTIONS {
         return Err(Error::Config(format!(
             "--init {}: it has {} emotion labels, the trainer writes {EMOTIONS}",
@@ -1217,6 +1389,7 @@ fn manifest_for(
     );
     m.text_prefix = Manifest::text_prefix_for(&cfg.base_repo);
     m.max_length = cfg.max_length;
+    m.pooling = cfg.pooling;
     m.thresholds.emotions = thr.to_vec();
     let layers = enc.config.num_hidden_layers;
     m.fine_tuned_layers = if has_layers {
@@ -1353,10 +1526,73 @@ mod tests {
         }
     }
 
+    /// Translated rows are named by their position in the batch; PCGrad's emotion-only pass
+    /// sees the emotion rows alone, where the same rows sit elsewhere.
+    #[test]
+    fn alignment_rows_follow_the_task_split() {
+        let dev = Device::Cpu;
+        let labels: Vec<Label> = (0..6)
+            .map(|k| {
+                if k % 3 == 0 {
+                    Label::Popularity(true)
+                } else {
+                    Label::Emotions(vec![k])
+                }
+            })
+            .collect();
+        let rows: Vec<usize> = (0..6).collect();
+        let mut tg = targets(&labels, &rows, &dev).unwrap();
+        assert_eq!(tg.emo_rows, [1, 2, 4, 5]);
+        let cls = Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap();
+        let target = Tensor::randn(0f32, 1.0, (2, 8), &dev).unwrap();
+        tg.align = Some(Align::new(vec![2, 5], target.clone(), 0.5));
+        let whole = tg
+            .align
+            .as_ref()
+            .unwrap()
+            .loss(&cls)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        // By hand: rows 2 and 5 against the targets.
+        let picked = cls
+            .index_select(&Tensor::new(&[2u32, 5], &dev).unwrap(), 0)
+            .unwrap();
+        let num = (&picked - &target)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let den = target
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((whole - num / den).abs() < 1e-5, "{whole} vs {}", num / den);
+        let (tp, te) = tg.each_alone().unwrap();
+        assert!(tp.align.is_none(), "popularity rows are never translated pairs");
+        let a = te.align.as_ref().unwrap();
+        assert_eq!(a.rows, [1, 3], "rows 2 and 5 are the 2nd and 4th emotion rows");
+        assert_eq!(a.weight, 0.5);
+        let emo = Tensor::new(&[1u32, 2, 4, 5], &dev).unwrap();
+        let alone = a
+            .loss(&cls.index_select(&emo, 0).unwrap())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((alone - whole).abs() < 1e-6, "{alone} vs {whole}");
+    }
+
     fn ex(label: Label) -> Example {
         Example {
             text: format!("{label:?}"),
             label,
+            pair: None,
         }
     }
 
@@ -1366,6 +1602,7 @@ mod tests {
         let numbered = |i: usize, label: Label| Example {
             text: format!("{i} {label:?}"),
             label,
+            pair: None,
         };
         for i in 0..100 {
             all.push(numbered(i, Label::Popularity(i % 4 == 0)));
@@ -1386,6 +1623,7 @@ mod tests {
             all.push(Example {
                 text: format!("text {i}"),
                 label: Label::Emotions(vec![i % 2]),
+                pair: None,
             });
         }
         let twice: Vec<Example> = all.iter().chain(all.iter()).cloned().collect();

@@ -300,3 +300,126 @@ fn init_starts_from_a_model_and_macro_f1_picks_the_epoch() {
         r.epochs.iter().map(f1).collect::<Vec<_>>()
     );
 }
+
+/// Translated rows (a made-up language: every word spelt backwards, so other word pieces) with
+/// their originals beside them, as ru_go_emotions has them: rows `lo..hi` of the synthetic
+/// emotions, in a `ru_text,text,labels,id` CSV.
+fn translated(dir: &Path, name: &str, lo: usize, hi: usize) -> (PathBuf, Vec<(String, String)>) {
+    let emo = std::fs::read_to_string(dir.join("emo.tsv")).unwrap();
+    let mut csv = String::from("ru_text,text,labels,id\n");
+    let mut pairs = Vec::new();
+    for line in emo.lines().skip(lo).take(hi - lo) {
+        let mut f = line.split('\t');
+        let (text, label, id) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        let foreign: Vec<String> = text.split(' ').map(|w| w.chars().rev().collect()).collect();
+        let foreign = foreign.join(" ");
+        csv += &format!("\"{foreign}\",\"{text}\",[{label}],t{id}\n");
+        pairs.push((foreign, text.to_string()));
+    }
+    let p = dir.join(name);
+    std::fs::write(&p, csv).unwrap();
+    (p, pairs)
+}
+
+#[test]
+fn align_pulls_translations_toward_their_originals() {
+    use viralclip_engine::model::Mode;
+    let Some((d, mut cfg)) = tiny_setup() else {
+        return;
+    };
+    let (trans, _) = translated(d.path(), "trans.csv", 0, 200);
+    let (_, held_out) = translated(d.path(), "held-out.csv", 200, 300);
+    cfg.data.push(trans.display().to_string().parse().unwrap());
+    cfg.val_fraction = 0.1;
+    cfg.batch_size = 16;
+    cfg.frozen_epochs = 1;
+    cfg.unfrozen_epochs = 4;
+    cfg.unfreeze_layers = 2;
+    cfg.head_lr = Some(3e-3);
+    cfg.lr = 3e-3;
+    cfg.warmup_steps = 20;
+    cfg.patience = 0;
+    let quiet = AtomicBool::new(false);
+    let mut plain = cfg.clone();
+    plain.out = d.path().join("plain");
+    let p = train::train(&plain, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+    assert!(p.epochs.iter().all(|e| e.align_loss.is_none()), "off by default");
+    cfg.align = 2.0;
+    let a = train::train(&cfg, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+    let losses: Vec<Option<f64>> = a.epochs.iter().map(|e| e.align_loss).collect();
+    println!("alignment loss per epoch: {losses:?}");
+    assert_eq!(losses[0], None, "a heads-only epoch cannot move the encoder");
+    let (first, last) = (losses[1].unwrap(), losses[4].unwrap());
+    assert!(first > 0.0 && last < first, "alignment loss {first} → {last}");
+
+    // On pairs neither run saw, the aligned encoder puts a translation nearer its original.
+    let distance = |model: &Path| {
+        let loaded =
+            viralclip_engine::model::artifact::load(model, Some(&cfg.encoder_dir), &Device::Cpu, DType::F32)
+                .unwrap();
+        let cls = |text: &str| {
+            let prefix = &loaded.manifest.text_prefix;
+            let ids =
+                viralclip_engine::scorer::tokenize(&loaded.tokenizer, prefix, &[text.to_string()]).unwrap();
+            let (ids, mask) = viralclip_engine::scorer::pad_batch(&[&ids[0]], 0, &Device::Cpu).unwrap();
+            loaded
+                .model
+                .bert
+                .cls(&ids, &mask, Mode::Inference)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+        };
+        let (mut num, mut den) = (0.0, 0.0);
+        for (foreign, orig) in &held_out {
+            let (f, o) = (cls(foreign), cls(orig));
+            num += (&f - &o)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64;
+            den += o.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64;
+        }
+        num / den
+    };
+    let (d_plain, d_aligned) = (distance(&plain.out), distance(&cfg.out));
+    println!("held-out pairs, relative squared [CLS] distance: plain {d_plain:.4}, aligned {d_aligned:.4}");
+    assert!(
+        d_aligned < d_plain * 0.8,
+        "plain {d_plain:.4}, aligned {d_aligned:.4}"
+    );
+}
+
+#[test]
+fn mean_pooling_round_trips_through_the_artifact() {
+    let Some((d, mut cfg)) = tiny_setup() else {
+        return;
+    };
+    cfg.pooling = viralclip_engine::model::Pooling::Mean;
+    cfg.val_fraction = 0.2;
+    cfg.frozen_epochs = 1;
+    cfg.unfrozen_epochs = 1;
+    cfg.unfreeze_layers = 1;
+    cfg.head_lr = Some(3e-3);
+    cfg.lr = 3e-3;
+    cfg.warmup_steps = 5;
+    cfg.patience = 0;
+    let quiet = AtomicBool::new(false);
+    let r = train::train(&cfg, &Device::Cpu, &mut |_| {}, &quiet).unwrap();
+    let m = viralclip_engine::model::Manifest::read(&cfg.out).unwrap();
+    assert_eq!(m.pooling, viralclip_engine::model::Pooling::Mean);
+    // The engine pools as the trainer did: the reloaded model measures what the trainer saw
+    // (with [CLS] instead, the losses would differ by far more).
+    let (a, b) = (&r.epochs[r.best_epoch].val, &r.val_reloaded);
+    assert!((a.loss() - b.loss()).abs() < 1e-4, "{} vs {}", a.loss(), b.loss());
+    // Heads trained on means cannot continue on [CLS].
+    let mut other = cfg.clone();
+    other.init = Some(cfg.out.clone());
+    other.out = d.path().join("other");
+    other.pooling = viralclip_engine::model::Pooling::Cls;
+    let err = train::train(&other, &Device::Cpu, &mut |_| {}, &quiet).unwrap_err();
+    assert!(err.to_string().contains("pooling"), "{err}");
+}

@@ -58,6 +58,9 @@ pub struct Manifest {
     /// Encoder layers whose weights live in `weights` rather than in the base encoder.
     #[serde(default)]
     pub fine_tuned_layers: Vec<usize>,
+    /// What the heads read: `cls` (the seed's, and the default) or `mean`.
+    #[serde(default)]
+    pub pooling: crate::model::Pooling,
     /// Where the training data came from, and anything a user should know about it.
     #[serde(default)]
     pub notes: String,
@@ -83,6 +86,7 @@ impl Manifest {
             },
             score_weights: ScoreWeights::default(),
             fine_tuned_layers: Vec::new(),
+            pooling: Default::default(),
             notes: String::new(),
             metrics: serde_json::Value::Null,
         }
@@ -346,7 +350,10 @@ pub fn load(dir: &Path, encoder_dir: Option<&Path>, device: &Device, dtype: DTyp
     )?;
     let vb = store.var_builder(device);
     let model = MultiTask::load(vb, &encoder.config, manifest.labels.len())
-        .and_then(|mut m| m.prepare_inference().map(|_| m))
+        .and_then(|mut m| {
+            m.bert.set_pooling(manifest.pooling);
+            m.prepare_inference().map(|_| m)
+        })
         .map_err(|e| Error::Model(format!("{}: {e}", dir.display())))?;
     let tokenizer = encoder.tokenizer(manifest.max_length)?;
     Ok(LoadedModel {

@@ -415,6 +415,30 @@ pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     config: BertConfig,
+    pooling: Pooling,
+}
+
+/// How the heads' input is read off the last layer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The first token's state (the seed's model; BERT's pre-training trains it).
+    #[default]
+    Cls,
+    /// The mean of the real tokens' states: how e5 and other sentence encoders were trained (and
+    /// where multilingual ones put a sentence and its translation close together).
+    Mean,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(format!("{s:?}: expected cls or mean")),
+        }
+    }
 }
 
 impl Bert {
@@ -429,7 +453,26 @@ impl Bert {
             embeddings,
             layers,
             config: config.clone(),
+            pooling: Pooling::Cls,
         })
+    }
+
+    /// What [`Bert::cls`] and [`Bert::cls_from`] return: the [CLS] state (the default) or the mean
+    /// over the real tokens.
+    pub fn set_pooling(&mut self, pooling: Pooling) {
+        self.pooling = pooling;
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Masked mean over tokens: `x` (b, t, h), `mask` 0/1 (b, t) → (b, h). Differentiable.
+    fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let m = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
+        let sum = x.broadcast_mul(&m)?.sum(1)?;
+        let count = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
+        sum.broadcast_div(&count)
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -482,18 +525,27 @@ impl Bert {
         Ok(x)
     }
 
-    /// The [CLS] state from hidden states entering layer `from` (see [`Bert::hidden_before`]).
+    /// The heads' input (the [CLS] state, or the token mean with [`Pooling::Mean`]) from hidden
+    /// states entering layer `from` (see [`Bert::hidden_before`]).
     pub fn cls_from(&self, hidden: &Tensor, mask: &Tensor, from: usize, mode: Mode) -> Result<Tensor> {
         let add = Self::additive_mask(mask, hidden.dtype())?;
         let n = self.layers.len();
+        let cls_only = self.pooling == Pooling::Cls;
         let mut x = hidden.clone();
-        if from >= n {
-            return x.narrow(1, 0, 1)?.squeeze(1);
-        }
         for (i, layer) in self.layers.iter().enumerate().skip(from) {
-            x = layer.forward(&x, &add, mode, i + 1 == n)?;
+            x = layer.forward(&x, &add, mode, cls_only && i + 1 == n)?;
         }
-        x.squeeze(1)
+        self.pool(x, mask, from >= n)
+    }
+
+    /// `x`: the last layer's output, one row per token, or only [CLS]'s when the last layer ran
+    /// with `cls_only` (`all_tokens` false and [`Pooling::Cls`]).
+    fn pool(&self, x: Tensor, mask: &Tensor, all_tokens: bool) -> Result<Tensor> {
+        match self.pooling {
+            Pooling::Mean => Self::mean_pool(&x, mask),
+            Pooling::Cls if all_tokens || self.layers.is_empty() => x.narrow(1, 0, 1)?.squeeze(1),
+            Pooling::Cls => x.squeeze(1),
+        }
     }
 
     /// Number of transformer layers.
@@ -501,18 +553,16 @@ impl Bert {
         self.layers.len()
     }
 
-    /// The first ([CLS]) token's final hidden state: (b, hidden). The last layer computes only
-    /// that row.
+    /// The heads' input: the first ([CLS]) token's final hidden state, (b, hidden), for which the
+    /// last layer computes only that row; or the mean of the real tokens' ([`Pooling::Mean`]).
     pub fn cls(&self, ids: &Tensor, mask: &Tensor, mode: Mode) -> Result<Tensor> {
         let mut x = self.embeddings.forward(ids, mode)?;
         let add = Self::additive_mask(mask, x.dtype())?;
         let n = self.layers.len();
+        let cls_only = self.pooling == Pooling::Cls;
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &add, mode, i + 1 == n)?;
+            x = layer.forward(&x, &add, mode, cls_only && i + 1 == n)?;
         }
-        if n == 0 {
-            x = x.narrow(1, 0, 1)?;
-        }
-        x.squeeze(1)
+        self.pool(x, mask, false)
     }
 }

@@ -7,5 +7,5 @@ pub mod heads;
 pub mod kernels;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
-pub use bert::{Bert, BertConfig, Mode};
+pub use bert::{Bert, BertConfig, Mode, Pooling};
 pub use heads::{init_heads, EmotionHead, Logits, MultiTask, PopularityHead};
