@@ -79,7 +79,8 @@ pub struct TrainArgs {
     pub select_by: viralclip_trainer::SelectBy,
     /// Weight of the translation alignment (0: off): in the epochs that train layers, rows that
     /// come with the text they were translated from (ru_go_emotions' `text` beside `ru_text`)
-    /// pull their [CLS] toward the model's [CLS] of the original.
+    /// pull their sentence vector ([CLS] or the mean, per --pooling) toward the model's vector of
+    /// the original.
     #[arg(long, default_value_t = 0.0)]
     pub align: f64,
     /// What the heads read off the encoder: cls (the seed's) or mean (the tokens' mean, how e5

@@ -64,10 +64,10 @@ pub struct TrainConfig {
     #[serde(default)]
     pub select_by: SelectBy,
     /// Weight of the translation alignment: in the epochs that train layers, each row with a
-    /// `pair` (the text it was translated from, as ru_go_emotions keeps it) pulls its [CLS]
-    /// toward the current model's [CLS] of that original, so what the emotion head learned from
-    /// the original language carries over. The loss (relative squared distance) joins the
-    /// emotion task's. 0: off.
+    /// `pair` (the text it was translated from, as ru_go_emotions keeps it) pulls its vector
+    /// (what the heads read) toward the current model's vector of that original, so what the
+    /// emotion head learned from the original language carries over. The loss (relative squared
+    /// distance) joins the emotion task's. 0: off.
     #[serde(default)]
     pub align: f64,
     /// What the heads read off the encoder: [CLS] (the seed's) or the token mean (how e5 was
