@@ -1013,47 +1013,29 @@ pub fn train(
 
     // Cache the frozen part.
     let t_cache = Instant::now();
-    let total = tok_train.ids.len() + tok_val.ids.len() + tok_pair.ids.len();
-    let mut done0 = 0;
-    let cache_train = build_cache(
-        &model,
-        &tok_train,
-        from,
-        pad,
-        device,
-        &mut |d, _| on_event(Event::Caching { done: d, total }),
-        cancel,
-    )?;
-    done0 += tok_train.ids.len();
-    let cache_val = build_cache(
-        &model,
-        &tok_val,
-        from,
-        pad,
-        device,
-        &mut |d, _| {
-            on_event(Event::Caching {
-                done: done0 + d,
-                total,
-            })
-        },
-        cancel,
-    )?;
-    done0 += tok_val.ids.len();
-    let cache_pair = build_cache(
-        &model,
-        &tok_pair,
-        from,
-        pad,
-        device,
-        &mut |d, _| {
-            on_event(Event::Caching {
-                done: done0 + d,
-                total,
-            })
-        },
-        cancel,
-    )?;
+    let sets = [&tok_train, &tok_val, &tok_pair];
+    let total: usize = sets.iter().map(|t| t.ids.len()).sum();
+    let mut caches = Vec::with_capacity(sets.len());
+    for tok in sets {
+        let before: usize = caches.iter().map(|c: &Cache| c.lens.len()).sum();
+        caches.push(build_cache(
+            &model,
+            tok,
+            from,
+            pad,
+            device,
+            &mut |d, _| {
+                on_event(Event::Caching {
+                    done: before + d,
+                    total,
+                })
+            },
+            cancel,
+        )?);
+    }
+    let Ok([cache_train, cache_val, cache_pair]) = <[Cache; 3]>::try_from(caches) else {
+        unreachable!("one cache per set")
+    };
     let cache_secs = t_cache.elapsed().as_secs_f64();
 
     // Schedule.

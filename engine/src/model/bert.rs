@@ -535,16 +535,15 @@ impl Bert {
         for (i, layer) in self.layers.iter().enumerate().skip(from) {
             x = layer.forward(&x, &add, mode, cls_only && i + 1 == n)?;
         }
-        self.pool(x, mask, from >= n)
+        self.pool(&x, mask)
     }
 
     /// `x`: the last layer's output, one row per token, or only [CLS]'s when the last layer ran
-    /// with `cls_only` (`all_tokens` false and [`Pooling::Cls`]).
-    fn pool(&self, x: Tensor, mask: &Tensor, all_tokens: bool) -> Result<Tensor> {
+    /// with `cls_only` (then the first row is that one).
+    fn pool(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         match self.pooling {
-            Pooling::Mean => Self::mean_pool(&x, mask),
-            Pooling::Cls if all_tokens || self.layers.is_empty() => x.narrow(1, 0, 1)?.squeeze(1),
-            Pooling::Cls => x.squeeze(1),
+            Pooling::Mean => Self::mean_pool(x, mask),
+            Pooling::Cls => x.narrow(1, 0, 1)?.squeeze(1),
         }
     }
 
@@ -563,6 +562,6 @@ impl Bert {
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &add, mode, cls_only && i + 1 == n)?;
         }
-        self.pool(x, mask, false)
+        self.pool(&x, mask)
     }
 }
