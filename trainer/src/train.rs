@@ -893,6 +893,9 @@ pub fn train(
     if cfg.batch_size == 0 || cfg.frozen_epochs + cfg.unfrozen_epochs == 0 {
         return Err(Error::Config("batch size and epochs must be positive".into()));
     }
+    if cfg.align < 0.0 || !cfg.align.is_finite() {
+        return Err(Error::Config("--align must be a weight >= 0".into()));
+    }
     if !(0.0..0.9).contains(&cfg.val_fraction) {
         return Err(Error::Config("--val-fraction must be in [0, 0.9)".into()));
     }
@@ -948,9 +951,6 @@ pub fn train(
     // The originals of translated emotion rows, each distinct text once (a source given 4× has
     // four copies of each row).
     let align_on = cfg.align > 0.0 && unfreeze > 0;
-    if cfg.align < 0.0 || !cfg.align.is_finite() {
-        return Err(Error::Config("--align must be a weight >= 0".into()));
-    }
     let mut pair_of: Vec<Option<usize>> = vec![None; train_ex.len()];
     let mut pairs: Vec<Example> = Vec::new();
     if align_on {
