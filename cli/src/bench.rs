@@ -407,6 +407,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "fused_mask_softmax",
             Box::new(|| kernels::mask_softmax(&scores, &mask2)),
         ),
+        ("fused_merge_heads", Box::new(|| kernels::merge_heads(&ctx))),
         ("fused_bias_gelu", Box::new(|| kernels::bias_gelu(&inner, &b_i))),
         (
             "fused_bias_residual_norm",
@@ -439,6 +440,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         "qkv_split_copy",
         "mask_add",
         "softmax",
+        "context_merge_copy",
         "ffn_bias",
         "gelu",
         "bias_residual_add",

@@ -13,13 +13,53 @@ template <> __device__ __forceinline__ float store<float>(float x) { return x; }
 template <> __device__ __forceinline__ __half store<__half>(float x) { return __float2half(x); }
 template <> __device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
-// y[r, c] = gelu_erf(x[r, c] + b[c]); x, y: rows × d, contiguous.
+// 16-byte vectors: V elements of T moved with one load or store (the kernels below use them when
+// the row length is a multiple of V and the pointers are 16-byte aligned, else element by element).
+template <typename T> struct Vec { static constexpr uint32_t N = 16 / sizeof(T); };
+__device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+template <typename T> __device__ __forceinline__ void load_vec(const T *p, float *out) {
+  const uint4 u = *reinterpret_cast<const uint4 *>(p);
+  const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+  for (uint32_t k = 0; k < Vec<T>::N; k++) out[k] = load(e[k]);
+}
+template <typename T> __device__ __forceinline__ void store_vec(T *p, const float *in) {
+  uint4 u;
+  T *e = reinterpret_cast<T *>(&u);
+#pragma unroll
+  for (uint32_t k = 0; k < Vec<T>::N; k++) e[k] = store<T>(in[k]);
+  *reinterpret_cast<uint4 *>(p) = u;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
+
+// y[r, c] = gelu_erf(x[r, c] + b[c]); x, y: rows × d, contiguous; n = rows · d.
 template <typename T>
 __device__ void bias_gelu(const T *x, const T *b, T *y, uint32_t n, uint32_t d) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
-    float v = load(x[i]) + load(b[i % d]);
-    y[i] = store<T>(0.5f * v * (1.0f + erff(v * 0.70710678118654752f)));
+  constexpr uint32_t V = Vec<T>::N;
+  const uint32_t stride = blockDim.x * gridDim.x;
+  if (d % V == 0 && aligned16(x) && aligned16(b) && aligned16(y)) {
+    for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n / V; i += stride) {
+      float v[V], bb[V];
+      load_vec(x + (size_t)i * V, v);
+      load_vec(b + (i * V) % d, bb);
+#pragma unroll
+      for (uint32_t k = 0; k < V; k++) v[k] = gelu_erf(v[k] + bb[k]);
+      store_vec(y + (size_t)i * V, v);
+    }
+    return;
   }
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    y[i] = store<T>(gelu_erf(load(x[i]) + load(b[i % d])));
 }
 
 // Sum over the block; `shared` holds 32 floats. Every thread gets the total.
@@ -37,12 +77,13 @@ __device__ __forceinline__ float block_sum(float v, float *shared) {
 
 // One block per row: y = layer_norm(x + bias + residual) * gamma + beta, with p = [bias; gamma; beta]
 // (3 × d). Two passes over the row (mean, then variance of the centred values), as candle does.
+// (A warp-per-row version holding the row in registers measured slower on an H200: 218 µs against
+// 120 µs for 32,768 rows of 768 in bf16.)
 template <typename T>
-__device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t d, float eps) {
+__device__ void add_norm_block(const T *x, const T *r, const T *p, T *y, uint32_t row, uint32_t d, float eps) {
   __shared__ float shared[32];
-  const size_t row = blockIdx.x;
-  const T *xr = x + row * d, *rr = r + row * d;
-  T *yr = y + row * d;
+  const T *xr = x + (size_t)row * d, *rr = r + (size_t)row * d;
+  T *yr = y + (size_t)row * d;
   const T *bias = p, *gamma = p + d, *beta = p + 2 * d;
   float sum = 0.0f;
   for (uint32_t c = threadIdx.x; c < d; c += blockDim.x) sum += load(xr[c]) + load(bias[c]) + load(rr[c]);
@@ -59,13 +100,18 @@ __device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t d, f
   }
 }
 
+template <typename T>
+__device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t rows, uint32_t d, float eps) {
+  if (blockIdx.x < rows) add_norm_block<T>(x, r, p, y, blockIdx.x, d, eps);
+}
+
 #define FUSED(T, S)                                                                                \
   extern "C" __global__ void bias_gelu_##S(const T *x, const T *b, T *y, uint32_t n, uint32_t d) { \
     bias_gelu<T>(x, b, y, n, d);                                                                   \
   }                                                                                                \
-  extern "C" __global__ void add_norm_##S(const T *x, const T *r, const T *p, T *y, uint32_t d,    \
-                                          float eps) {                                             \
-    add_norm<T>(x, r, p, y, d, eps);                                                               \
+  extern "C" __global__ void add_norm_##S(const T *x, const T *r, const T *p, T *y, uint32_t rows, \
+                                          uint32_t d, float eps) {                                 \
+    add_norm<T>(x, r, p, y, rows, d, eps);                                                         \
   }
 
 FUSED(float, f32)
@@ -73,41 +119,96 @@ FUSED(__half, f16)
 FUSED(__nv_bfloat16, bf16)
 
 // QKV bias and head split in one pass: x is the packed projection (b·t, 3·h) without its bias;
-// y is (3, b, heads, t, d) with h = heads·d. One thread per output element.
+// y is (3, b, heads, t, d) with h = heads·d. One thread per output vector (16 bytes) when d allows,
+// else per element; 32-bit index arithmetic.
 template <typename T>
 __device__ void qkv_split(const T *x, const T *bias, T *y, uint32_t b, uint32_t t, uint32_t heads,
                           uint32_t d) {
-  const size_t h = (size_t)heads * d, n = 3 * (size_t)b * t * h;
-  for (size_t o = (size_t)blockIdx.x * blockDim.x + threadIdx.x; o < n; o += (size_t)blockDim.x * gridDim.x) {
-    size_t rest = o;
-    const size_t j = rest % d; rest /= d;
-    const size_t ti = rest % t; rest /= t;
-    const size_t head = rest % heads; rest /= heads;
-    const size_t bi = rest % b;
-    const size_t which = rest / b;
-    const size_t c = which * h + head * d + j;
-    y[o] = store<T>(load(x[(bi * t + ti) * 3 * h + c]) + load(bias[c]));
+  constexpr uint32_t V = Vec<T>::N;
+  const bool vec = d % V == 0 && aligned16(x) && aligned16(bias) && aligned16(y);
+  const uint32_t w = vec ? V : 1, dw = d / w, h = heads * d;
+  const uint32_t items = 3 * b * t * heads * dw;
+  for (uint32_t o = blockIdx.x * blockDim.x + threadIdx.x; o < items; o += blockDim.x * gridDim.x) {
+    uint32_t rest = o;
+    const uint32_t j = (rest % dw) * w; rest /= dw;
+    const uint32_t ti = rest % t; rest /= t;
+    const uint32_t head = rest % heads; rest /= heads;
+    const uint32_t bi = rest % b;
+    const uint32_t which = rest / b;
+    const uint32_t c = which * h + head * d + j;
+    const size_t src = ((size_t)bi * t + ti) * 3 * h + c, dst = (size_t)o * w;
+    if (vec) {
+      float v[V], bb[V];
+      load_vec(x + src, v);
+      load_vec(bias + c, bb);
+#pragma unroll
+      for (uint32_t k = 0; k < V; k++) v[k] += bb[k];
+      store_vec(y + dst, v);
+    } else {
+      y[dst] = store<T>(load(x[src]) + load(bias[c]));
+    }
   }
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  return v;
+// The attention context back to token order: x (b, heads, t, d) -> y (b, t, heads, d).
+template <typename T>
+__device__ void merge_heads(const T *x, T *y, uint32_t b, uint32_t heads, uint32_t t, uint32_t d) {
+  constexpr uint32_t V = Vec<T>::N;
+  const bool vec = d % V == 0 && aligned16(x) && aligned16(y);
+  const uint32_t w = vec ? V : 1, dw = d / w;
+  const uint32_t items = b * t * heads * dw;
+  for (uint32_t o = blockIdx.x * blockDim.x + threadIdx.x; o < items; o += blockDim.x * gridDim.x) {
+    uint32_t rest = o;
+    const uint32_t j = (rest % dw) * w; rest /= dw;
+    const uint32_t head = rest % heads; rest /= heads;
+    const uint32_t ti = rest % t;
+    const uint32_t bi = rest / t;
+    const size_t src = (((size_t)bi * heads + head) * t + ti) * d + j, dst = (size_t)o * w;
+    if (vec) *reinterpret_cast<uint4 *>(y + dst) = *reinterpret_cast<const uint4 *>(x + src);
+    else y[dst] = x[src];
+  }
 }
 
 // Softmax over the last dimension of scores + mask: s is (rows, t) with rows = b·rows_per_batch
-// (heads·queries per text), m the additive mask (b, t). One warp per row.
+// (heads·queries per text), m the additive mask (b, t). One warp per row; rows of up to 32·PER
+// values are held in registers (read once, written once).
+template <typename T, int PER>
+__device__ void mask_softmax_reg(const T *sr, const T *mr, T *yr, uint32_t t) {
+  const uint32_t lane = threadIdx.x & 31;
+  float v[PER];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    const uint32_t c = lane + 32 * k;
+    v[k] = c < t ? load(sr[c]) + load(mr[c]) : -INFINITY;
+    mx = fmaxf(mx, v[k]);
+  }
+  mx = warp_max(mx);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    v[k] = lane + 32 * k < t ? expf(v[k] - mx) : 0.0f;
+    sum += v[k];
+  }
+  const float inv = 1.0f / warp_sum(sum);
+#pragma unroll
+  for (int k = 0; k < PER; k++) {
+    const uint32_t c = lane + 32 * k;
+    if (c < t) yr[c] = store<T>(v[k] * inv);
+  }
+}
+
 template <typename T>
 __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32_t t, uint32_t rows_per_batch) {
-  const size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
   const uint32_t lane = threadIdx.x & 31;
-  const T *sr = s + row * t, *mr = m + (row / rows_per_batch) * t;
-  T *yr = y + row * t;
+  const T *sr = s + (size_t)row * t, *mr = m + (size_t)(row / rows_per_batch) * t;
+  T *yr = y + (size_t)row * t;
+  if (t <= 64) return mask_softmax_reg<T, 2>(sr, mr, yr, t);
+  if (t <= 128) return mask_softmax_reg<T, 4>(sr, mr, yr, t);
+  if (t <= 256) return mask_softmax_reg<T, 8>(sr, mr, yr, t);
+  if (t <= 512) return mask_softmax_reg<T, 16>(sr, mr, yr, t);
   float mx = -INFINITY;
   for (uint32_t c = lane; c < t; c += 32) mx = fmaxf(mx, load(sr[c]) + load(mr[c]));
   mx = warp_max(mx);
@@ -125,6 +226,10 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
   extern "C" __global__ void mask_softmax_##S(const T *s, const T *m, T *y, uint32_t rows,         \
                                               uint32_t t, uint32_t rows_per_batch) {               \
     mask_softmax<T>(s, m, y, rows, t, rows_per_batch);                                             \
+  }                                                                                                \
+  extern "C" __global__ void merge_heads_##S(const T *x, T *y, uint32_t b, uint32_t heads,         \
+                                             uint32_t t, uint32_t d) {                             \
+    merge_heads<T>(x, y, b, heads, t, d);                                                          \
   }
 
 ATTN(float, f32)

@@ -56,7 +56,7 @@ impl AdamW {
     }
 
     /// Applies `grads[i]` to `params[i]` where present, with `lrs[group]`. f32 parameters on the
-    /// CPU (and on CUDA with `VIRALCLIP_FUSED_CUDA=1`) are updated in place: three passes over
+    /// CPU (and on CUDA unless `VIRALCLIP_FUSED_CUDA=0`) are updated in place: three passes over
     /// memory and no allocation (`engine::model::kernels::adam_*`); others through candle's
     /// operations ([`AdamW::step_ops`]), which compute the same.
     pub fn step(&mut self, grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {

@@ -344,11 +344,7 @@ impl Layer {
             (q, x.clone(), t)
         };
         let probs = kernels::mask_softmax(&q.matmul(&k.t()?)?, &mask.reshape((b, t))?)?;
-        let ctx = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * tq, h))?;
+        let ctx = kernels::merge_heads(&probs.matmul(&v)?)?.reshape((b * tq, h))?;
         let xq2 = xq.reshape((b * tq, h))?;
         // GEMMs without their bias; each bias rides in the fused pass that follows.
         let gemm = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);
