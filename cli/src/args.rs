@@ -146,6 +146,15 @@ pub enum ModelCommand {
         #[arg(long)]
         tune_thresholds: bool,
     },
+    /// Average the weights and thresholds of models fine-tuned from one base (checkpoint
+    /// averaging, "model soup"): measure the result with `model eval` before using it.
+    Average {
+        /// The models to average (at least two).
+        #[arg(required = true, num_args = 2..)]
+        models: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Draw the learning curves of a training report (train-report.json) as a PNG.
     Curves { report: PathBuf, out: PathBuf },
     /// Import the original ViralBERT v2 PyTorch checkpoint (multitask_best.pth).

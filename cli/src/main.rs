@@ -298,6 +298,11 @@ fn model_cmd(a: ModelArgs) -> Result<()> {
             }
             println!("{}", serde_json::json!({"sources": stats, "evaluation": ev}));
         }
+        ModelCommand::Average { models, out } => {
+            let dirs: Vec<&std::path::Path> = models.iter().map(|p| p.as_path()).collect();
+            let m = model::artifact::average(&dirs, &out)?;
+            println!("{}: {}", out.display(), m.name);
+        }
         ModelCommand::Curves { report, out } => {
             let text = std::fs::read_to_string(&report).with_context(|| format!("{}", report.display()))?;
             let r: viralclip_trainer::TrainReport = serde_json::from_str(&text)

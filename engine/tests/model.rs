@@ -265,3 +265,80 @@ fn mean_pooling_averages_the_real_tokens() {
     let scale = max_abs(&pooled).max(1.0);
     assert!(max_abs_diff(&fused, &pooled) < 5e-5 * scale);
 }
+
+/// `model average` gives each tensor the element-wise mean of the models' (fp16 tensors stay
+/// fp16), averages the thresholds, and refuses models that do not share a layout, writing nothing.
+#[test]
+fn averaging_models_means_their_weights_and_refuses_mismatches() {
+    use viralclip_engine::model::Manifest;
+    let dir = tempfile::tempdir().unwrap();
+    let base = BaseEncoder {
+        repo: "intfloat/multilingual-e5-small".into(),
+        revision: None,
+        path: None,
+    };
+    let dev = Device::Cpu;
+    let make = |name: &str, scale: f32, thr: f32, layers: Vec<usize>| {
+        let mut m = Manifest::new(name, base.clone());
+        m.thresholds.emotions = vec![thr; m.labels.len()];
+        m.fine_tuned_layers = layers;
+        let t: HashMap<String, Tensor> = [
+            (
+                "emotion_head.3.weight".to_string(),
+                (Tensor::arange(0f32, 6.0, &dev).unwrap().reshape((2, 3)).unwrap() * scale as f64).unwrap(),
+            ),
+            (
+                "bert.encoder.layer.11.output.dense.weight".to_string(),
+                Tensor::full(scale, (2, 2), &dev)
+                    .unwrap()
+                    .to_dtype(DType::F16)
+                    .unwrap(),
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let path = dir.path().join(name);
+        artifact::save(&path, &m, &t).unwrap();
+        path
+    };
+    let a = make("a", 1.0, 0.2, vec![11]);
+    let b = make("b", 3.0, 0.4, vec![11]);
+    let c = make("c", 5.0, 0.9, vec![11]);
+    let out = dir.path().join("avg");
+    let m = artifact::average(&[a.as_path(), b.as_path(), c.as_path()], &out).unwrap();
+    assert!(
+        (m.thresholds.emotions[0] - 0.5).abs() < 1e-6,
+        "{:?}",
+        m.thresholds.emotions
+    );
+    let t = candle_core::safetensors::load(out.join("weights.safetensors"), &dev).unwrap();
+    let head = t["emotion_head.3.weight"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(head, vec![0.0, 3.0, 6.0, 9.0, 12.0, 15.0]);
+    let layer = &t["bert.encoder.layer.11.output.dense.weight"];
+    assert_eq!(layer.dtype(), DType::F16);
+    let layer = layer
+        .to_dtype(DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(layer, vec![3.0; 4]);
+    // The manifest read back says what it is.
+    let back = Manifest::read(&out).unwrap();
+    assert!(back.name.starts_with("average of 3 models"), "{}", back.name);
+    // Different fine-tuned layers: refused, and nothing written.
+    let d = make("d", 1.0, 0.5, vec![10, 11]);
+    let bad = dir.path().join("bad");
+    let err = artifact::average(&[a.as_path(), d.as_path()], &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("fine-tuned layers"), "{err}");
+    assert!(!bad.exists());
+    // One model is not an average.
+    assert!(artifact::average(&[a.as_path()], &bad).is_err());
+}

@@ -439,6 +439,10 @@ fn default_model_picks_the_sensational_line() {
     // And it is scored above the plain weather lines.
     let peak = report.timeline.iter().map(|p| p.virality).fold(0.0f32, f32::max);
     let plain = &report.timeline[0];
+    eprintln!(
+        "top moment {:?}; peak virality {peak:.3}, first line {:.3}",
+        top.text, plain.virality
+    );
     assert!(
         peak > plain.virality + 0.1,
         "peak {peak} vs first line {}",

@@ -388,6 +388,94 @@ pub fn save(dir: &Path, manifest: &Manifest, tensors: &HashMap<String, Tensor>) 
     manifest.write(dir)
 }
 
+/// Averages the weights of models fine-tuned from one base ("model soup", or checkpoint averaging
+/// along one run): every tensor is the element-wise mean of the models' (computed in f32, stored in
+/// the first model's dtype for it), and so are the per-class emotion thresholds. The models must
+/// agree on the base encoder, labels, pooling, fine-tuned layers and tensor names and shapes, else
+/// nothing is written. The manifest is the first model's, with its name, notes and metrics saying
+/// what was averaged (metrics are cleared: measure the result with `viralclip model eval`).
+pub fn average(models: &[&Path], out: &Path) -> Result<Manifest> {
+    let [first, rest @ ..] = models else {
+        return Err(Error::Model("average: no models given".into()));
+    };
+    if rest.is_empty() {
+        return Err(Error::Model("average: give at least two models".into()));
+    }
+    let read = |dir: &Path| -> Result<(Manifest, HashMap<String, Tensor>)> {
+        let m = Manifest::read(dir)?;
+        let path = dir.join(&m.weights);
+        if !path.is_file() {
+            return Err(Error::NotFound(path));
+        }
+        let t = candle_core::safetensors::load(&path, &Device::Cpu)
+            .map_err(|e| Error::Model(format!("{}: {e}", path.display())))?;
+        Ok((m, t))
+    };
+    let (mut manifest, base) = read(first)?;
+    let mut sums: HashMap<String, Tensor> = base
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_dtype(DType::F32)?)))
+        .collect::<candle_core::Result<_>>()?;
+    let mut thresholds = manifest.thresholds.emotions.clone();
+    for dir in rest {
+        let (m, t) = read(dir)?;
+        let differs = |what: &str| {
+            Error::Model(format!(
+                "average: {} and {} differ in {what}",
+                first.display(),
+                dir.display()
+            ))
+        };
+        if m.base_encoder.repo != manifest.base_encoder.repo {
+            return Err(differs("base encoder"));
+        }
+        if m.labels != manifest.labels || m.thresholds.emotions.len() != thresholds.len() {
+            return Err(differs("labels"));
+        }
+        if m.pooling != manifest.pooling {
+            return Err(differs("pooling"));
+        }
+        if m.fine_tuned_layers != manifest.fine_tuned_layers {
+            return Err(differs("fine-tuned layers"));
+        }
+        if t.len() != sums.len() {
+            return Err(differs("tensors"));
+        }
+        for (k, sum) in sums.iter_mut() {
+            let v = t
+                .get(k)
+                .ok_or_else(|| differs(&format!("tensors ({k} missing)")))?;
+            if v.dims() != sum.dims() {
+                return Err(differs(&format!("the shape of {k}")));
+            }
+            *sum = (&*sum + v.to_dtype(DType::F32)?)?;
+        }
+        for (a, b) in thresholds.iter_mut().zip(&m.thresholds.emotions) {
+            *a += b;
+        }
+    }
+    let n = models.len() as f64;
+    let mean: HashMap<String, Tensor> = sums
+        .into_iter()
+        .map(|(k, v)| {
+            let v = (v / n)?.to_dtype(base[&k].dtype())?;
+            Ok((k, v))
+        })
+        .collect::<candle_core::Result<_>>()?;
+    manifest.thresholds.emotions = thresholds.iter().map(|t| t / n as f32).collect();
+    let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+    manifest.name = format!("average of {} models: {}", models.len(), manifest.name);
+    manifest.notes = format!(
+        "Weights and emotion thresholds averaged over {} ({}). {}",
+        models.len(),
+        names.join(", "),
+        manifest.notes
+    );
+    manifest.metrics = serde_json::Value::Null;
+    save(out, &manifest, &mean)?;
+    Ok(manifest)
+}
+
 /// Imports the original project's PyTorch checkpoint (`multitask_best.pth`: a dict whose
 /// `model_state_dict` holds `bert.*`, `popularity_head.*`, `emotion_head.*`) as an artifact in
 /// `out`. `base` names the encoder whose tokenizer and config it was trained with.
