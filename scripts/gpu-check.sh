@@ -93,6 +93,26 @@ if ((bench)); then
     --shapes "$SHAPES" --dtypes "$PRECISIONS" --secs 1 "${steps[@]}" \
     2>/dev/null | tee "$OUT/bench-pytorch.jsonl"
   pack
+  # The experimental vectorised layer norm (VIRALCLIP_LN_VEC=1): scores against the CPU, speed.
+  log "layer norm, vectorised warp-per-row kernel"
+  for p in bf16 f32; do
+    VIRALCLIP_LN_VEC=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
+      <"$D/demo.txt" >"$OUT/score-cudalnvec-$p.jsonl" || echo "cuda ln-vec $p failed"
+  done
+  "${PYTHON:-python3}" - "$OUT" <<'EOF3' | tee -a "$OUT/correctness.txt"
+import json, sys, os
+out = sys.argv[1]
+load = lambda p: [[r["virality"], r["popularity"]] + list(r["emotions"].values()) for r in map(json.loads, open(p))]
+ref = load(os.path.join(out, "score-cpu-f32.jsonl"))
+for p in ("bf16", "f32"):
+    f = os.path.join(out, f"score-cudalnvec-{p}.jsonl")
+    got = load(f) if os.path.getsize(f) else []
+    d = max((abs(a - b) for ra, rb in zip(ref, got) for a, b in zip(ra, rb)), default=float("nan"))
+    print(f"score-cudalnvec-{p}.jsonl: {len(got)} texts, max |Δ| of probabilities vs CPU fp32 = {d:.2e}")
+EOF3
+  VIRALCLIP_LN_VEC=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-lnvec.jsonl"
+  pack
   ((quick)) && { log done; exit 0; }
   log "bench: viralclip, unfused"
   VIRALCLIP_FUSED_CUDA=0 timeout "${UNFUSED_SECS:-90}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \

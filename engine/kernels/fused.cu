@@ -105,6 +105,63 @@ __device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t rows
   if (blockIdx.x < rows) add_norm_block<T>(x, r, p, y, blockIdx.x, d, eps);
 }
 
+// Experimental (VIRALCLIP_LN_VEC=1, not yet measured on a GPU): one warp per row, the row in
+// registers as 16-byte vectors (up to 4 a lane: d <= 1024 in bf16/f16, 512 in f32). The launcher
+// uses it only when d is a multiple of the vector and every operand is 16-byte aligned.
+template <typename T>
+__device__ void add_norm_vec(const T *x, const T *r, const T *p, T *y, uint32_t rows, uint32_t d, float eps) {
+  constexpr uint32_t V = Vec<T>::N;
+  constexpr int NV = 4;
+  const uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const uint32_t lane = threadIdx.x & 31, nv = d / V;
+  const T *xr = x + (size_t)row * d, *rr = r + (size_t)row * d;
+  T *yr = y + (size_t)row * d;
+  const T *bias = p, *gamma = p + d, *beta = p + 2 * d;
+  float v[NV][V];
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < NV; k++) {
+    const uint32_t j = lane + 32 * k;
+    if (j < nv) {
+      float a[V], b[V];
+      load_vec(xr + j * V, v[k]);
+      load_vec(rr + j * V, a);
+      load_vec(bias + j * V, b);
+#pragma unroll
+      for (uint32_t e = 0; e < V; e++) {
+        v[k][e] += a[e] + b[e];
+        sum += v[k][e];
+      }
+    }
+  }
+  const float mean = warp_sum(sum) / d;
+  float var = 0.0f;
+#pragma unroll
+  for (int k = 0; k < NV; k++) {
+    if (lane + 32 * k < nv) {
+#pragma unroll
+      for (uint32_t e = 0; e < V; e++) {
+        const float c = v[k][e] - mean;
+        var += c * c;
+      }
+    }
+  }
+  const float inv = rsqrtf(warp_sum(var) / d + eps);
+#pragma unroll
+  for (int k = 0; k < NV; k++) {
+    const uint32_t j = lane + 32 * k;
+    if (j < nv) {
+      float g[V], b[V], o[V];
+      load_vec(gamma + j * V, g);
+      load_vec(beta + j * V, b);
+#pragma unroll
+      for (uint32_t e = 0; e < V; e++) o[e] = (v[k][e] - mean) * inv * g[e] + b[e];
+      store_vec(yr + j * V, o);
+    }
+  }
+}
+
 #define FUSED(T, S)                                                                                \
   extern "C" __global__ void bias_gelu_##S(const T *x, const T *b, T *y, uint32_t n, uint32_t d) { \
     bias_gelu<T>(x, b, y, n, d);                                                                   \
@@ -112,6 +169,10 @@ __device__ void add_norm(const T *x, const T *r, const T *p, T *y, uint32_t rows
   extern "C" __global__ void add_norm_##S(const T *x, const T *r, const T *p, T *y, uint32_t rows, \
                                           uint32_t d, float eps) {                                 \
     add_norm<T>(x, r, p, y, rows, d, eps);                                                         \
+  }                                                                                                \
+  extern "C" __global__ void add_norm_vec_##S(const T *x, const T *r, const T *p, T *y,            \
+                                              uint32_t rows, uint32_t d, float eps) {              \
+    add_norm_vec<T>(x, r, p, y, rows, d, eps);                                                     \
   }
 
 FUSED(float, f32)

@@ -547,6 +547,14 @@ pub fn fused_cuda() -> bool {
     false
 }
 
+/// Whether CUDA's layer norm uses the vectorised warp-per-row kernel (`VIRALCLIP_LN_VEC=1`;
+/// experimental until a GPU run has measured it against the block-per-row one).
+#[cfg(feature = "cuda")]
+fn ln_vec() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("VIRALCLIP_LN_VEC").is_ok_and(|v| v == "1"))
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
     //! Launchers for `kernels/fused.cu` (PTX built by build.rs): one generic launcher per kernel,
@@ -676,9 +684,18 @@ mod cuda {
         if n != r.len() || d == 0 || n % d != 0 {
             candle_core::bail!("add-norm: x {n} and residual {} values in rows of {d}", r.len());
         }
+        // The vectorised warp-per-row kernel: opt-in until measured, and only where its 16-byte
+        // loads are aligned (the allocations are; the views' offsets must keep them so).
+        let size = std::mem::size_of::<T>();
+        let per_vec = 16 / size;
+        let aligned = [l1, l2, l3]
+            .iter()
+            .all(|l| l.contiguous_offsets().is_some_and(|(a, _)| (a * size).is_multiple_of(16)));
+        let vec = super::ln_vec() && aligned && d % per_vec == 0 && d / per_vec <= 128;
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let (func, stream) = (kernel(s1, "add_norm")?, dev.cuda_stream());
+        let name = if vec { "add_norm_vec" } else { "add_norm" };
+        let (func, stream) = (kernel(s1, name)?, dev.cuda_stream());
         let (rows, d32) = ((n / d) as u32, d as u32);
         let mut args = stream.launch_builder(&func);
         args.arg(&x)
@@ -688,11 +705,20 @@ mod cuda {
             .arg(&rows)
             .arg(&d32)
             .arg(&eps);
-        // One block per row; a multiple of 32 threads (the kernel reduces with warp shuffles).
-        let cfg = LaunchConfig {
-            grid_dim: (rows, 1, 1),
-            block_dim: ((d32.div_ceil(32) * 32).clamp(32, 256), 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = if vec {
+            // A warp per row, 8 rows a block.
+            LaunchConfig {
+                grid_dim: (rows.div_ceil(8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            }
+        } else {
+            // One block per row; a multiple of 32 threads (the kernel reduces with warp shuffles).
+            LaunchConfig {
+                grid_dim: (rows, 1, 1),
+                block_dim: ((d32.div_ceil(32) * 32).clamp(32, 256), 1, 1),
+                shared_mem_bytes: 0,
+            }
         };
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { args.launch(cfg) }.w()?;
