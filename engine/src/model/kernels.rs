@@ -688,9 +688,10 @@ mod cuda {
         // loads are aligned (the allocations are; the views' offsets must keep them so).
         let size = std::mem::size_of::<T>();
         let per_vec = 16 / size;
-        let aligned = [l1, l2, l3]
-            .iter()
-            .all(|l| l.contiguous_offsets().is_some_and(|(a, _)| (a * size).is_multiple_of(16)));
+        let aligned = [l1, l2, l3].iter().all(|l| {
+            l.contiguous_offsets()
+                .is_some_and(|(a, _)| (a * size).is_multiple_of(16))
+        });
         let vec = super::ln_vec() && aligned && d % per_vec == 0 && d / per_vec <= 128;
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
