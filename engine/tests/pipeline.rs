@@ -23,7 +23,9 @@ fn speech_video() -> &'static Path {
     V.get_or_init(|| {
         common::require_tool("ffmpeg");
         common::require_tool("text2wave");
-        let dir = tempfile::tempdir().unwrap().keep();
+        // In cargo's per-target scratch directory, rewritten each run (not a new /tmp dir each time).
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pipeline-speech");
+        std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("speech.mp4");
         let st = Command::new(common::repo().join("assets/demo/make-demo.sh"))
             .arg(common::repo().join("assets/demo/script.ru.txt"))
@@ -36,9 +38,10 @@ fn speech_video() -> &'static Path {
 }
 
 fn engine(encoder: &Path) -> Engine {
-    let dir = tempfile::tempdir().unwrap().keep();
-    artifact::init(encoder, "intfloat/multilingual-e5-small", &dir, 1).unwrap();
-    let loaded = artifact::load(&dir, None, &Device::Cpu, DType::F32).unwrap();
+    // Loading reads everything; the directory goes when `dir` drops.
+    let dir = tempfile::tempdir().unwrap();
+    artifact::init(encoder, "intfloat/multilingual-e5-small", dir.path(), 1).unwrap();
+    let loaded = artifact::load(dir.path(), None, &Device::Cpu, DType::F32).unwrap();
     Engine::new(Box::new(BertScorer::new(loaded)))
 }
 

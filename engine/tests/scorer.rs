@@ -8,9 +8,10 @@ use viralclip_engine::model::artifact;
 use viralclip_engine::scorer::{BatchLimits, BertScorer, TextScorer};
 
 fn scorer(encoder: &std::path::Path, limits: BatchLimits) -> BertScorer {
-    let dir = tempfile::tempdir().unwrap().keep();
-    artifact::init(encoder, "intfloat/multilingual-e5-small", &dir, 7).unwrap();
-    let loaded = artifact::load(&dir, None, &Device::Cpu, DType::F32).unwrap();
+    // Loading reads everything; the directory goes when `dir` drops.
+    let dir = tempfile::tempdir().unwrap();
+    artifact::init(encoder, "intfloat/multilingual-e5-small", dir.path(), 7).unwrap();
+    let loaded = artifact::load(dir.path(), None, &Device::Cpu, DType::F32).unwrap();
     let mut s = BertScorer::new(loaded);
     s.limits = limits;
     s
