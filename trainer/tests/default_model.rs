@@ -1,0 +1,61 @@
+//! The shipped model (assets/model) keeps the numbers the README and its manifest claim, measured
+//! through the engine on rows it never trained on: Russian emotions (ru_go_emotions validation
+//! #part=60-100) and clickbait headlines (#part=95-100 of each file).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use viralclip_trainer::data::Source;
+
+fn e5() -> Option<PathBuf> {
+    let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/viralclip-fixtures/encoders/multilingual-e5-small")
+        });
+    if p.join("tokenizer.json").is_file() {
+        return Some(p);
+    }
+    let msg = format!("{} missing: run ../shared/tools/fetch-fixtures.sh", p.display());
+    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {msg}");
+        None
+    } else {
+        panic!("{msg}")
+    }
+}
+
+#[test]
+fn default_model_meets_its_held_out_numbers() {
+    let Some(e5) = e5() else { return };
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let data = repo.join("../shared/data");
+    assert!(
+        data.join("goemotions-ru/validation.csv").is_file(),
+        "{} missing (the project's shared data)",
+        data.display()
+    );
+    let src = |s: &str| Source::from_str(&data.join(s).to_string_lossy()).unwrap();
+    let (ev, _, _) = viralclip_trainer::train::evaluate_model(
+        &repo.join("assets/model"),
+        Some(&e5),
+        &[
+            src("goemotions-ru/validation.csv#part=60-100"),
+            src("clickbait/clickbait.txt.gz#label=1#part=95-100"),
+            src("clickbait/non_clickbait.txt.gz#label=0#part=95-100"),
+        ],
+        &candle_core::Device::Cpu,
+        false,
+    )
+    .unwrap();
+    let emo = ev.emotions_tuned.expect("emotion rows");
+    let pop = ev.popularity.expect("headline rows");
+    eprintln!(
+        "Russian held-out: {} rows, macro-F1 {:.4}, micro-F1 {:.4}; headlines: {} rows, accuracy {:.4}, ROC-AUC {:?}",
+        emo.n, emo.macro_f1, emo.micro_f1, pop.n, pop.accuracy, pop.roc_auc
+    );
+    assert_eq!(emo.n, 2157, "the held-out Russian rows changed");
+    assert!(emo.macro_f1 >= 0.40, "Russian macro-F1 {} < 0.40", emo.macro_f1);
+    assert!(pop.accuracy >= 0.98, "headline accuracy {}", pop.accuracy);
+    assert!(pop.roc_auc.unwrap() >= 0.99, "headline ROC-AUC {:?}", pop.roc_auc);
+}
