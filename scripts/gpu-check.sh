@@ -60,9 +60,11 @@ for p in bf16 f16 f32 tf32; do
   VIRALCLIP_FUSED_CUDA=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
     <"$D/demo.txt" >"$OUT/score-cudafused-$p.jsonl" || echo "cuda fused $p failed"
 done
-"${PYTHON:-python3}" - "$OUT" <<'EOF' | tee "$OUT/correctness.txt"
+# The largest difference of each score-$1 file's probabilities from the CPU fp32 run's.
+compare() {
+  "${PYTHON:-python3}" - "$OUT" "$1" <<'EOF' | tee -a "$OUT/correctness.txt"
 import json, sys, glob, os
-out = sys.argv[1]
+out, pattern = sys.argv[1], sys.argv[2]
 def load(p):
     rows = []
     for line in open(p):
@@ -70,13 +72,15 @@ def load(p):
         rows.append([r["virality"], r["popularity"]] + list(r["emotions"].values()))
     return rows
 ref = load(os.path.join(out, "score-cpu-f32.jsonl"))
-for p in sorted(glob.glob(os.path.join(out, "score-cuda*.jsonl"))):
+for p in sorted(glob.glob(os.path.join(out, f"score-{pattern}.jsonl"))):
     got = load(p)
     if len(got) != len(ref):
         print(os.path.basename(p), "rows", len(got), "!=", len(ref)); continue
     d = max(abs(a - b) for ra, rb in zip(ref, got) for a, b in zip(ra, rb))
     print(f"{os.path.basename(p)}: {len(got)} texts, max |Δ| of probabilities vs CPU fp32 = {d:.2e}")
 EOF
+}
+compare 'cuda*'
 pack
 
 if ((bench)); then
@@ -99,17 +103,7 @@ if ((bench)); then
     VIRALCLIP_LN_VEC=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
       <"$D/demo.txt" >"$OUT/score-cudalnvec-$p.jsonl" || echo "cuda ln-vec $p failed"
   done
-  "${PYTHON:-python3}" - "$OUT" <<'EOF3' | tee -a "$OUT/correctness.txt"
-import json, sys, os
-out = sys.argv[1]
-load = lambda p: [[r["virality"], r["popularity"]] + list(r["emotions"].values()) for r in map(json.loads, open(p))]
-ref = load(os.path.join(out, "score-cpu-f32.jsonl"))
-for p in ("bf16", "f32"):
-    f = os.path.join(out, f"score-cudalnvec-{p}.jsonl")
-    got = load(f) if os.path.getsize(f) else []
-    d = max((abs(a - b) for ra, rb in zip(ref, got) for a, b in zip(ra, rb)), default=float("nan"))
-    print(f"score-cudalnvec-{p}.jsonl: {len(got)} texts, max |Δ| of probabilities vs CPU fp32 = {d:.2e}")
-EOF3
+  compare 'cudalnvec-*'
   VIRALCLIP_LN_VEC=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-lnvec.jsonl"
   pack

@@ -617,25 +617,24 @@ pub(crate) fn apply_step(
     clip_norm: f64,
     lrs: &[f64],
 ) -> Result<Option<StepOutcome>> {
+    // The alignment loss of these targets' translated rows, with its weight.
+    let align = |t: &Targets, cls: &Tensor| {
+        t.align
+            .as_ref()
+            .map(|a| Ok::<_, Error>((a.loss(cls)?, a.weight)))
+            .transpose()
+    };
     let (lp, le, al) = if pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
         let (tp, te) = t.each_alone()?;
         let lp = model.heads(&forward(Some(&t.pop_rows))?, Mode::Training)?;
         let ce = forward(Some(&t.emo_rows))?;
         let le = model.heads(&ce, Mode::Training)?;
-        let al = te
-            .align
-            .as_ref()
-            .map(|a| Ok::<_, Error>((a.loss(&ce)?, a.weight)))
-            .transpose()?;
+        let al = align(&te, &ce)?;
         (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1, al)
     } else {
         let cls = forward(None)?;
         let logits = model.heads(&cls, Mode::Training)?;
-        let al = t
-            .align
-            .as_ref()
-            .map(|a| Ok::<_, Error>((a.loss(&cls)?, a.weight)))
-            .transpose()?;
+        let al = align(t, &cls)?;
         let (lp, le) = task_losses(&logits, t, pw)?;
         (lp, le, al)
     };

@@ -2,33 +2,16 @@
 //! through the engine on rows it never trained on: Russian emotions (ru_go_emotions validation
 //! #part=60-100) and clickbait headlines (#part=95-100 of each file).
 
-use std::path::PathBuf;
+#[path = "../../engine/tests/common/mod.rs"]
+mod common;
+
 use std::str::FromStr;
 use viralclip_trainer::data::Source;
 
-fn e5() -> Option<PathBuf> {
-    let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                .join(".cache/viralclip-fixtures/encoders/multilingual-e5-small")
-        });
-    if p.join("tokenizer.json").is_file() {
-        return Some(p);
-    }
-    let msg = format!("{} missing: run ../shared/tools/fetch-fixtures.sh", p.display());
-    if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: {msg}");
-        None
-    } else {
-        panic!("{msg}")
-    }
-}
-
 #[test]
 fn default_model_meets_its_held_out_numbers() {
-    let Some(e5) = e5() else { return };
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let Some(e5) = common::e5() else { return };
+    let repo = common::repo();
     let data = repo.join("../shared/data");
     assert!(
         data.join("goemotions-ru/validation.csv").is_file(),
