@@ -131,16 +131,19 @@ if ((train)); then
   [[ $VARIANTS == *b* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 1e-4 --unfrozen-epochs "$B_EPOCHS" --out "$OUT/model-b") >"$OUT/train-b.log" 2>&1 &
   # The seed's own schedule (batch 16, 2 epochs heads + 3 epochs top 2 with PCGrad), for its wall time.
   # With the fused kernels where this run's checks passed them (optimiser within 1e-5 of candle's
-  # operations, bf16 scores within 2e-2 of the CPU path).
+  # operations, the fused PCGrad + clip + AdamW step within 2e-5, bf16 scores within 2e-2 of the
+  # CPU path).
   fused=$("${PYTHON:-python3}" - "$OUT" <<'EOF2'
 import json, os, re, sys
 out = sys.argv[1]
 ok = False
 try:
+    checks = {}
     for line in open(os.path.join(out, "bench-viralclip-fused.jsonl")):
         r = json.loads(line)
-        if r.get("case") == "adamw_check" and r.get("fused_cuda") and r["max_diff"] < 1e-5:
-            ok = True
+        if r.get("case") in ("adamw_check", "fused_step_check") and r.get("fused_cuda"):
+            checks[r["case"]] = r["max_diff"]
+    ok = checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
     m = re.search(r"score-cudafused-bf16.jsonl: \d+ texts, max .* = ([0-9.e+-]+)", open(os.path.join(out, "correctness.txt")).read())
     ok = ok and m is not None and float(m.group(1)) < 2e-2
 except Exception:

@@ -192,6 +192,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
             })
         );
+        // The fused optimiser step (PCGrad, clipping, AdamW over all tensors) against the same.
+        let (diff, fused) = viralclip_trainer::train::check_fused_step(&dev)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "case": "fused_step_check", "device": device::name(&dev), "fused": fused,
+                "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
+            })
+        );
         for (name, path) in &models {
             let config = match path {
                 Some(p) => viralclip_engine::model::EncoderFiles::open(p)?.config,

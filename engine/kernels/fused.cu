@@ -316,3 +316,102 @@ extern "C" __global__ void adam_update_f32(float *w, const float *m, const float
     w[i] -= lr * step;
   }
 }
+
+// One optimiser step over every trainable tensor (engine/src/model/step.rs, whose CPU passes
+// compute the same): PCGrad's dot products, the merged gradients' norm, AdamW. One block per
+// chunk of STEP_CHUNK elements of one tensor; the chunk table lists (tensor, first element).
+// The merged gradient alpha * a + beta * b is recomputed in each pass, never stored.
+#define STEP_CHUNK 16384u
+struct StepParam {
+  float *w, *m, *v;
+  const float *a, *b; // either may be null (a zero gradient)
+  uint32_t n, shared;
+  float lr, bc1, bc2, eps, decay, pad;
+};
+
+__device__ __forceinline__ float step_grad(const StepParam &p, uint32_t i, float alpha, float beta) {
+  float g = 0.0f;
+  if (p.a) g += alpha * p.a[i];
+  if (p.b) g += beta * p.b[i];
+  return g;
+}
+
+// alpha, beta of a tensor from the dot products in out[0..3] (a.b, |a|^2, |b|^2).
+__device__ __forceinline__ void step_coefficients(const double *out, uint32_t pcgrad, uint32_t shared,
+                                                  float *alpha, float *beta) {
+  *alpha = 1.0f;
+  *beta = 1.0f;
+  const double d = out[0], n1 = out[1], n2 = out[2];
+  if (pcgrad && shared && d < 0.0 && n1 > 0.0 && n2 > 0.0) {
+    *alpha = (float)(1.0 - d / n1);
+    *beta = (float)(1.0 - d / n2);
+  }
+}
+
+// Sums each of K per-thread values over the block and adds them to out[0..K] (256 threads).
+template <int K> __device__ __forceinline__ void step_block_sum(float (&acc)[K], double *out) {
+  __shared__ float part[K][8];
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int k = 0; k < K; k++) {
+    const float s = warp_sum(acc[k]);
+    if (lane == 0) part[k][warp] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+      double s = 0.0;
+      for (uint32_t w = 0; w < (blockDim.x + 31) / 32; w++) s += part[k][w];
+      atomicAdd(out + k, s);
+    }
+  }
+}
+
+extern "C" __global__ void step_dots(const StepParam *ps, const uint32_t *chunks, double *out) {
+  const StepParam p = ps[chunks[2 * blockIdx.x]];
+  if (!p.shared) return; // the whole block leaves: no barrier is skipped
+  const uint32_t start = chunks[2 * blockIdx.x + 1], end = min(start + STEP_CHUNK, p.n);
+  float acc[3] = {0.0f, 0.0f, 0.0f};
+  for (uint32_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    const float x = p.a ? p.a[i] : 0.0f, y = p.b ? p.b[i] : 0.0f;
+    acc[0] += x * y;
+    acc[1] += x * x;
+    acc[2] += y * y;
+  }
+  step_block_sum<3>(acc, out);
+}
+
+extern "C" __global__ void step_norm(const StepParam *ps, const uint32_t *chunks, double *out, uint32_t pcgrad) {
+  const StepParam p = ps[chunks[2 * blockIdx.x]];
+  const uint32_t start = chunks[2 * blockIdx.x + 1], end = min(start + STEP_CHUNK, p.n);
+  float alpha, beta;
+  step_coefficients(out, pcgrad, p.shared, &alpha, &beta);
+  float acc[1] = {0.0f};
+  for (uint32_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    const float g = step_grad(p, i, alpha, beta);
+    acc[0] += g * g;
+  }
+  step_block_sum<1>(acc, out + 3);
+}
+
+extern "C" __global__ void step_adamw(const StepParam *ps, const uint32_t *chunks, const double *out,
+                                      uint32_t pcgrad, double clip, float beta1, float beta2) {
+  const StepParam p = ps[chunks[2 * blockIdx.x]];
+  const uint32_t start = chunks[2 * blockIdx.x + 1], end = min(start + STEP_CHUNK, p.n);
+  float alpha, beta;
+  step_coefficients(out, pcgrad, p.shared, &alpha, &beta);
+  const double norm = sqrt(out[3]);
+  const float scale = norm > clip ? (float)(clip / (norm + 1e-6)) : 1.0f;
+  alpha *= scale;
+  beta *= scale;
+  for (uint32_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+    const float g = step_grad(p, i, alpha, beta);
+    const float m = p.m[i] * beta1 + g * (1.0f - beta1);
+    const float v = p.v[i] * beta2 + g * g * (1.0f - beta2);
+    p.m[i] = m;
+    p.v[i] = v;
+    const float step = (m / p.bc1) / (sqrtf(v / p.bc2) + p.eps) + p.decay * p.w[i];
+    p.w[i] -= p.lr * step;
+  }
+}

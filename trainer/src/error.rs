@@ -19,6 +19,9 @@ pub enum Error {
     Engine(#[from] viralclip_engine::Error),
     #[error("tensor: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// A kernel's self-check disagreed with candle's operations (`bench --train-steps`).
+    #[error("self-check failed: {0}")]
+    Check(String),
     #[error("cancelled")]
     Cancelled,
 }

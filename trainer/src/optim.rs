@@ -6,6 +6,7 @@ use candle_core::{Device, Result, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
 use viralclip_engine::model::kernels;
+use viralclip_engine::model::step::{self, StepConfig, StepParam, StepStats};
 
 /// One trainable tensor.
 pub struct Param {
@@ -16,7 +17,7 @@ pub struct Param {
     pub decay: bool,
     m: Tensor,
     v: Tensor,
-    steps: u64,
+    pub(crate) steps: u64,
 }
 
 pub struct AdamW {
@@ -88,6 +89,73 @@ impl AdamW {
             kernels::adam_update(w, &p.m, &p.v, update)?;
         }
         Ok(())
+    }
+
+    /// One step of every parameter in three fused passes (`engine::model::step`): with `pcgrad`,
+    /// the shared (encoder, group 1) parameters' two task gradients `grads[i] = (a, b)` are
+    /// merged by PCGrad's projection; a head's gradient is whichever of the two it has. Then
+    /// global-norm clipping at `clip_norm` and AdamW. Parameters with no gradient (or a zero rate)
+    /// are left alone, as [`AdamW::step`] leaves them. `None` when the fused passes cannot run on
+    /// these tensors (not f32, or `VIRALCLIP_FUSED_CUDA=0`): nothing was changed, and the caller
+    /// takes candle's operations ([`crate::pcgrad::combine`], [`AdamW::step`]).
+    pub fn step_fused(
+        &mut self,
+        grads: &[(Option<Tensor>, Option<Tensor>)],
+        pcgrad: bool,
+        clip_norm: f64,
+        lrs: &[f64],
+    ) -> Result<Option<StepStats>> {
+        let grads = grads
+            .iter()
+            .map(|(a, b)| {
+                Ok((
+                    a.as_ref().map(Tensor::contiguous).transpose()?,
+                    b.as_ref().map(Tensor::contiguous).transpose()?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let live: Vec<usize> = (0..self.params.len())
+            .filter(|&k| {
+                let (a, b) = &grads[k];
+                (a.is_some() || b.is_some()) && lrs[self.params[k].group] != 0.0
+            })
+            .collect();
+        let (b1, b2, eps, wd) = (self.beta1, self.beta2, self.eps, self.weight_decay);
+        let make = |k: usize, steps: u64| {
+            let p = &self.params[k];
+            let t = steps as i32;
+            StepParam {
+                w: p.var.as_tensor(),
+                m: &p.m,
+                v: &p.v,
+                a: grads[k].0.as_ref(),
+                b: grads[k].1.as_ref(),
+                shared: p.group == 1,
+                update: kernels::AdamUpdate {
+                    lr: lrs[p.group] as f32,
+                    bc1: (1.0 - b1.powi(t)) as f32,
+                    bc2: (1.0 - b2.powi(t)) as f32,
+                    eps: eps as f32,
+                    decay: if p.decay { wd as f32 } else { 0.0 },
+                },
+            }
+        };
+        let params: Vec<StepParam> = live.iter().map(|&k| make(k, self.params[k].steps + 1)).collect();
+        if !step::supported(&params) {
+            return Ok(None);
+        }
+        let cfg = StepConfig {
+            pcgrad,
+            clip_norm,
+            beta1: b1 as f32,
+            beta2: b2 as f32,
+        };
+        let stats = step::fused_step(&params, cfg)?;
+        drop(params);
+        for k in live {
+            self.params[k].steps += 1;
+        }
+        Ok(Some(stats))
     }
 
     /// Step `t` of one parameter through candle's operations (any device and dtype); `hyper`:

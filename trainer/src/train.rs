@@ -639,65 +639,107 @@ pub(crate) fn apply_step(
         (lp, le, al)
     };
     // The alignment term belongs to the emotion task (translated rows are emotion rows).
-    let align_loss = match &al {
-        Some((l, _)) => Some(l.to_scalar::<f32>()? as f64),
-        None => None,
-    };
+    let align_term = al.as_ref().map(|(l, _)| l.clone());
     let le = match (le, al) {
         (Some(le), Some((l, w))) => Some((le + (l * w)?)?),
         (le, _) => le,
     };
-    let mut grads: Vec<Option<Tensor>> = vec![None; opt.params.len()];
-    let batch_loss;
+    // Each parameter's gradient(s): with PCGrad, the shared ones' two tasks' (a, b) and each
+    // head's own task's; else the one backward's.
+    let n = opt.params.len();
+    let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = vec![(None, None); n];
+    let projected = matches!((&lp, &le), (Some(_), Some(_)) if pcgrad);
+    // The losses whose values the step reports (read once, after the update is queued).
+    let mut losses = Vec::new();
+    if projected {
+        let (lp, le) = (lp.expect("both"), le.expect("both"));
+        let (gp, ge) = (lp.backward()?, le.backward()?);
+        for (k, p) in opt.params.iter().enumerate() {
+            let v = p.var.as_tensor();
+            grads[k] = if p.group == 1 {
+                (gp.get(v).cloned(), ge.get(v).cloned())
+            } else if p.name.starts_with("popularity_head.") {
+                (gp.get(v).cloned(), None)
+            } else if p.name.starts_with("emotion_head.") {
+                (None, ge.get(v).cloned())
+            } else {
+                (None, None)
+            };
+        }
+        losses.extend([lp, le]);
+    } else {
+        let total = match (lp, le) {
+            (Some(a), Some(b)) => (a + b)?,
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => return Ok(None),
+        };
+        let gs = total.backward()?;
+        for (k, p) in opt.params.iter().enumerate() {
+            if !(frozen && p.group == 1) {
+                grads[k].0 = gs.get(p.var.as_tensor()).cloned();
+            }
+        }
+        losses.push(total);
+    }
+    let surgery = match opt.step_fused(&grads, projected, clip_norm, lrs)? {
+        Some(stats) => projected.then(|| pcgrad::Surgery {
+            cosine: stats.cosine(),
+            conflict: stats.conflict(),
+        }),
+        None => step_with_ops(opt, grads, projected, clip_norm, lrs)?,
+    };
+    losses.extend(align_term);
+    let values = Tensor::stack(&losses, 0)?.to_vec1::<f32>()?;
+    let tasks = if projected { 2 } else { 1 };
+    Ok(Some(StepOutcome {
+        loss: values[..tasks].iter().map(|&v| v as f64).sum(),
+        align_loss: values.get(tasks).map(|&v| v as f64),
+        surgery,
+    }))
+}
+
+/// [`apply_step`]'s update through candle's operations, one tensor at a time, where the fused
+/// passes cannot run (`AdamW::step_fused`): PCGrad's projection when `projected`, global-norm
+/// clipping, AdamW.
+fn step_with_ops(
+    opt: &mut AdamW,
+    pairs: Vec<(Option<Tensor>, Option<Tensor>)>,
+    projected: bool,
+    clip_norm: f64,
+    lrs: &[f64],
+) -> Result<Option<pcgrad::Surgery>> {
     let mut surgery = None;
-    match (lp, le) {
-        (Some(lp), Some(le)) if pcgrad => {
-            let both = Tensor::stack(&[&lp, &le], 0)?.to_vec1::<f32>()?;
-            batch_loss = both[0] as f64 + both[1] as f64;
-            let (gp, ge) = (lp.backward()?, le.backward()?);
-            let shared: Vec<usize> = (0..opt.params.len())
-                .filter(|&k| opt.params[k].group == 1)
-                .collect();
-            let get = |gs: &candle_core::backprop::GradStore, k: usize| -> candle_core::Result<Tensor> {
-                let v = opt.params[k].var.as_tensor();
-                gs.get(v).cloned().map_or_else(|| v.zeros_like(), Ok)
-            };
-            let g1 = shared
-                .iter()
-                .map(|&k| get(&gp, k))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let g2 = shared
-                .iter()
-                .map(|&k| get(&ge, k))
-                .collect::<candle_core::Result<Vec<_>>>()?;
-            let (merged, s) = pcgrad::combine(&g1, &g2)?;
-            surgery = Some(s);
-            for (k, g) in shared.iter().zip(merged) {
-                grads[*k] = Some(g);
-            }
-            for (k, p) in opt.params.iter().enumerate() {
-                if p.name.starts_with("popularity_head.") {
-                    grads[k] = gp.get(p.var.as_tensor()).cloned();
-                } else if p.name.starts_with("emotion_head.") {
-                    grads[k] = ge.get(p.var.as_tensor()).cloned();
-                }
-            }
+    let mut grads: Vec<Option<Tensor>> = Vec::with_capacity(pairs.len());
+    let shared: Vec<usize> = (0..opt.params.len())
+        .filter(|&k| projected && opt.params[k].group == 1)
+        .collect();
+    if !shared.is_empty() {
+        let zero_or = |g: &Option<Tensor>, k: usize| {
+            g.clone()
+                .map_or_else(|| opt.params[k].var.as_tensor().zeros_like(), Ok)
+        };
+        let g1 = shared
+            .iter()
+            .map(|&k| zero_or(&pairs[k].0, k))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let g2 = shared
+            .iter()
+            .map(|&k| zero_or(&pairs[k].1, k))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let (merged, s) = pcgrad::combine(&g1, &g2)?;
+        surgery = Some(s);
+        let mut merged = merged.into_iter();
+        for (k, (a, b)) in pairs.into_iter().enumerate() {
+            let g = if shared.contains(&k) { merged.next() } else { None };
+            // A tensor neither task reached sits the step out, as the fused passes leave it.
+            grads.push(if a.is_none() && b.is_none() {
+                None
+            } else {
+                g.or(a).or(b)
+            });
         }
-        (lp, le) => {
-            let total = match (lp, le) {
-                (Some(a), Some(b)) => (a + b)?,
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => return Ok(None),
-            };
-            batch_loss = total.to_scalar::<f32>()? as f64;
-            let gs = total.backward()?;
-            for (k, p) in opt.params.iter().enumerate() {
-                if frozen && p.group == 1 {
-                    continue;
-                }
-                grads[k] = gs.get(p.var.as_tensor()).cloned();
-            }
-        }
+    } else {
+        grads.extend(pairs.into_iter().map(|(a, b)| a.or(b)));
     }
     // Clip the global norm: one device reduction and one number to the host.
     let sums = grads
@@ -721,11 +763,88 @@ pub(crate) fn apply_step(
         }
     }
     opt.step(&grads, lrs)?;
-    Ok(Some(StepOutcome {
-        loss: batch_loss,
-        align_loss,
-        surgery,
-    }))
+    Ok(surgery)
+}
+
+/// Runs four steps of the same small model (shared encoder tensors, a norm, a bias, both heads)
+/// on `dev` twice, once through the fused passes (`AdamW::step_fused`) and once through candle's
+/// operations ([`step_with_ops`]), with the tasks conflicting and agreeing, clipped and not, and a
+/// bias that sits one step out; returns the largest difference in weights and whether the fused
+/// passes ran. The tests run it on the CPU, `viralclip bench --train-steps` on its device.
+pub fn check_fused_step(dev: &Device) -> Result<(f32, bool)> {
+    let shapes: [(&str, &[usize], usize); 5] = [
+        ("bert.encoder.layer.1.output.dense.weight", &[24, 40_000 / 24], 1),
+        ("bert.encoder.layer.1.output.LayerNorm.weight", &[24], 1),
+        ("bert.encoder.layer.1.output.dense.bias", &[24], 1),
+        ("popularity_head.0.weight", &[8, 24], 0),
+        ("emotion_head.0.weight", &[8, 24], 0),
+    ];
+    let init = shapes
+        .iter()
+        .map(|(_, s, _)| Tensor::randn(0f32, 1.0, *s, dev))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let opt = || -> Result<AdamW> {
+        let vars = shapes
+            .iter()
+            .zip(&init)
+            .map(|((n, _, g), t)| Ok((n.to_string(), Var::from_tensor(&t.copy()?)?, *g)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(AdamW::new(vars, 0.01)?)
+    };
+    let (mut fused, mut ops) = (opt()?, opt()?);
+    let lrs = [1e-2, 3e-3];
+    let mut ran = true;
+    let mut worst = 0f32;
+    for (step, (sign, clip)) in [(-0.7, 1e9), (0.7, 1e9), (-0.7, 0.3), (0.5, 0.3)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut pairs: Vec<(Option<Tensor>, Option<Tensor>)> = Vec::new();
+        for (k, (name, s, group)) in shapes.iter().enumerate() {
+            let a = Tensor::randn(0f32, 0.1, *s, dev)?;
+            let b = ((&a * sign)? + Tensor::randn(0f32, 0.05, *s, dev)?)?;
+            pairs.push(match (group, name.starts_with("popularity")) {
+                // The bias sits out step 1, so its bias corrections lag the others'.
+                _ if k == 2 && step == 1 => (None, None),
+                (1, _) => (Some(a), Some(b)),
+                (_, true) => (Some(a), None),
+                _ => (None, Some(b)),
+            });
+        }
+        let stats = fused.step_fused(&pairs, true, clip, &lrs)?;
+        if stats.is_none() {
+            ran = false;
+            step_with_ops(&mut fused, pairs.clone(), true, clip, &lrs)?;
+        }
+        let surgery = step_with_ops(&mut ops, pairs, true, clip, &lrs)?;
+        if let (Some(s), Some(o)) = (stats, surgery) {
+            if s.conflict() != o.conflict || (s.cosine() - o.cosine).abs() > 1e-4 {
+                return Err(Error::Check(format!(
+                    "fused step {step}: cosine {} (conflict {}) against {} ({})",
+                    s.cosine(),
+                    s.conflict(),
+                    o.cosine,
+                    o.conflict
+                )));
+            }
+        }
+        for (f, o) in fused.params.iter().zip(&ops.params) {
+            let d = (f.var.as_tensor() - o.var.as_tensor())?.abs()?.max_all()?;
+            worst = worst.max(d.to_scalar::<f32>()?);
+            if f.steps != o.steps {
+                return Err(Error::Check(format!(
+                    "fused step {step}: {} step counts differ",
+                    f.name
+                )));
+            }
+        }
+    }
+    if fused.params[2].steps != 3 {
+        return Err(Error::Check(
+            "fused step: the bias that sat a step out was counted".into(),
+        ));
+    }
+    Ok((worst, ran))
 }
 
 /// What one step did.
@@ -1400,6 +1519,15 @@ pub fn report_path(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The optimiser's fused passes and candle's operations take the same steps through the
+    /// trainer's wiring ([`check_fused_step`]), and a tensor that sits a step out is not counted.
+    #[test]
+    fn fused_optimiser_step_matches_the_operations() {
+        let (diff, fused) = check_fused_step(&Device::Cpu).unwrap();
+        assert!(fused, "f32 on the CPU takes the fused passes");
+        assert!(diff < 2e-5, "fused vs operations: {diff}");
+    }
 
     /// The premise of the task-split PCGrad step: rows never interact in the encoder, so each
     /// task's gradient from its own rows alone (padded to their own length) is its gradient from

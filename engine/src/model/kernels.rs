@@ -556,7 +556,7 @@ fn ln_vec() -> bool {
 }
 
 #[cfg(feature = "cuda")]
-mod cuda {
+pub(crate) mod cuda {
     //! Launchers for `kernels/fused.cu` (PTX built by build.rs): one generic launcher per kernel,
     //! run for the storage's element type by `by_dtype!`.
     use candle_core::backend::BackendStorage;
@@ -566,8 +566,8 @@ mod cuda {
     use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
     use candle_core::{DType, Layout, Result, Shape};
 
-    const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
-    const MODULE: &str = "viralclip_fused";
+    pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
+    pub(crate) const MODULE: &str = "viralclip_fused";
 
     /// The elements of a contiguous input.
     fn view<'a, T: CudaDType>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, T>> {

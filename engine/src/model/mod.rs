@@ -5,6 +5,7 @@ pub mod artifact;
 pub mod bert;
 pub mod heads;
 pub mod kernels;
+pub mod step;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
 pub use bert::{Bert, BertConfig, Mode, Pooling};
