@@ -4,6 +4,8 @@
 #   2. scoring throughput, a per-operation profile of one layer, and training step times, for the
 #      engine and for PyTorch (transformers' BertModel + the two heads) side by side on the card;
 #   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
+# `--quick`: scoring only; `--steps`: training step times only (fused training kernels, candle's
+# operations, PyTorch), each after the correctness checks.
 # Prepared on a build machine (see README "GPU runs"): a `--no-default-features --features cuda`
 # release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
 # the data files at .device/data. Results: $OUT/results.tgz (logs, JSON lines, reports, manifests),
@@ -31,12 +33,13 @@ PROFILE=${PROFILE:-256x128}
 read -r -a EXTRA <<<"${EXTRA:-}"
 VARIANTS=${VARIANTS:-a b seed}                      # which training candidates to run
 B_EPOCHS=${B_EPOCHS:-4}
-bench=1 train=1 quick=0
+bench=1 train=1 quick=0 steps_only=0
 for a in "$@"; do
   case $a in
     --no-train) train=0 ;;
     --train-only) bench=0 ;;
     --quick) quick=1 train=0 ;; # scoring only: fused kernels and PyTorch, no training steps
+    --steps) steps_only=1 ;;   # training steps only: fused training kernels, candle's ops, PyTorch
   esac
 done
 steps=(--train-steps) && ((quick)) && steps=()
@@ -83,11 +86,30 @@ EOF
 compare 'cuda*'
 pack
 
+if ((steps_only)); then
+  # The training step, three ways on the same card: the fused training kernels (layer norm, softmax,
+  # bias + GELU, dropout with their backward passes; the optimiser's one-pass step), candle's
+  # operations, and PyTorch. Each run prints its own checks against candle's operations first.
+  for f in 1 0; do
+    log "train steps: VIRALCLIP_FUSED_TRAIN=$f"
+    VIRALCLIP_FUSED_TRAIN=$f timeout "${STEP_SECS:-100}" "$BIN" bench --no-score --device "$DEV" --rubert-shape \
+      --encoder "$E5" --secs 2 --train-steps --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
+      | tee "$OUT/bench-train-fused$f.jsonl"
+    pack
+  done
+  log "train steps: pytorch"
+  timeout "${STEP_SECS:-100}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
+    --no-score --secs 2 --train-steps 2>/dev/null | tee "$OUT/bench-train-pytorch.jsonl"
+  pack
+  log done
+  exit 0
+fi
+
 if ((bench)); then
   # Most telling first, in case the lease ends early: the fused kernels, then PyTorch, then the
   # unfused path (the "before" of the profile).
   log "bench: viralclip with the fused kernels"
-  VIRALCLIP_FUSED_CUDA=1 timeout "${BENCH_SECS:-140}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+  VIRALCLIP_FUSED_CUDA=1 VIRALCLIP_FUSED_TRAIN=1 timeout "${BENCH_SECS:-140}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "$SHAPES" --precision "$PRECISIONS" --secs 1 --profile "$PROFILE" "${steps[@]}" \
     --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
     | tee "$OUT/bench-viralclip-fused.jsonl"
@@ -141,9 +163,12 @@ try:
     checks = {}
     for line in open(os.path.join(out, "bench-viralclip-fused.jsonl")):
         r = json.loads(line)
-        if r.get("case") in ("adamw_check", "fused_step_check") and r.get("fused_cuda"):
+        if r.get("case") == "adamw_check" and r.get("fused_cuda"):
             checks[r["case"]] = r["max_diff"]
-    ok = checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
+        if r.get("case") in ("fused_step_check", "train_ops_check") and r.get("fused"):
+            checks[r["case"]] = r["max_diff"]
+    ok = (checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
+          and checks.get("train_ops_check", 1) < 1e-3)
     m = re.search(r"score-cudafused-bf16.jsonl: \d+ texts, max .* = ([0-9.e+-]+)", open(os.path.join(out, "correctness.txt")).read())
     ok = ok and m is not None and float(m.group(1)) < 2e-2
 except Exception:
@@ -152,7 +177,7 @@ print(1 if ok else 0)
 EOF2
 )
   log "fused kernels for training: $fused"
-  [[ $VARIANTS == *seed* ]] && (time VIRALCLIP_FUSED_CUDA=$fused timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1 &
+  [[ $VARIANTS == *seed* ]] && (time VIRALCLIP_FUSED_CUDA=$fused VIRALCLIP_FUSED_TRAIN=$fused timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1 &
   wait
   for v in $VARIANTS; do
     log "train $v"

@@ -192,15 +192,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
             })
         );
-        // The fused optimiser step (PCGrad, clipping, AdamW over all tensors) against the same.
+        // The training path's fused passes against candle's operations, on this device: the
+        // optimiser's one-pass step (PCGrad, clipping, AdamW over all tensors), and the layers'
+        // operations with their backward passes (gradients of every parameter of a small model).
         let (diff, fused) = viralclip_trainer::train::check_fused_step(&dev)?;
-        println!(
-            "{}",
-            serde_json::json!({
-                "case": "fused_step_check", "device": device::name(&dev), "fused": fused,
-                "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
-            })
-        );
+        let (grad_diff, grad_fused) = viralclip_engine::model::train_ops::check(&dev)?;
+        for (case, diff, fused) in [
+            ("fused_step_check", diff, fused),
+            ("train_ops_check", grad_diff, grad_fused),
+        ] {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "case": case, "device": device::name(&dev), "fused": fused,
+                    "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
+                    "fused_train_cuda": kernels::fused_train_cuda(),
+                })
+            );
+        }
         for (name, path) in &models {
             let config = match path {
                 Some(p) => viralclip_engine::model::EncoderFiles::open(p)?.config,

@@ -415,3 +415,121 @@ extern "C" __global__ void step_adamw(const StepParam *ps, const uint32_t *chunk
     p.w[i] -= p.lr * step;
   }
 }
+
+// ---- The training path's fused operations, with their backward passes (f32; see
+// engine/src/model/train_ops.rs, whose CPU loops compute the same). Row kernels: one block per row.
+
+// The max over the block of each thread's v, returned to every thread (block_sum above: the
+// sum); shm: 32 floats.
+__device__ __forceinline__ float block_max(float v, float *shm) {
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shm[warp] = v;
+  __syncthreads();
+  return warp_max(lane < warps ? shm[lane] : -INFINITY);
+}
+
+// Mean and 1/sqrt(var + eps) of a row of h.
+__device__ __forceinline__ void row_stats(const float *xr, uint32_t h, float eps, float *shm, float *mean,
+                                          float *rstd) {
+  float s = 0.0f;
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) s += xr[i];
+  const float mu = block_sum(s, shm) / (float)h;
+  float v = 0.0f;
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
+    const float d = xr[i] - mu;
+    v += d * d;
+  }
+  *mean = mu;
+  *rstd = 1.0f / sqrtf(block_sum(v, shm) / (float)h + eps);
+}
+
+// y = (x - mean) / sqrt(var + eps) * g + b, over rows of h.
+extern "C" __global__ void ln_train_fwd_f32(const float *x, const float *g, const float *b, float *y, uint32_t h,
+                                            float eps) {
+  __shared__ float shm[32];
+  const float *xr = x + (size_t)blockIdx.x * h;
+  float *yr = y + (size_t)blockIdx.x * h;
+  float mean, rstd;
+  row_stats(xr, h, eps, shm, &mean, &rstd);
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+}
+
+// out[0 .. rows*h]: dx = rstd * (dy*g - mean(dy*g) - xhat * mean(dy*g*xhat));
+// out[rows*h ..]: dy * xhat (summed over rows by the caller for the gain's gradient).
+extern "C" __global__ void ln_train_bwd_f32(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
+                                            uint32_t h, float eps) {
+  __shared__ float shm[32];
+  const size_t off = (size_t)blockIdx.x * h;
+  const float *xr = x + off, *dyr = dy + off;
+  float mean, rstd;
+  row_stats(xr, h, eps, shm, &mean, &rstd);
+  float sg = 0.0f, sgx = 0.0f;
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
+    const float xh = (xr[i] - mean) * rstd, gi = dyr[i] * g[i];
+    sg += gi;
+    sgx += gi * xh;
+  }
+  sg = block_sum(sg, shm) / (float)h;
+  sgx = block_sum(sgx, shm) / (float)h;
+  float *dx = out + off, *dgx = out + (size_t)rows * h + off;
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
+    const float xh = (xr[i] - mean) * rstd, gi = dyr[i] * g[i];
+    dx[i] = rstd * (gi - sg - xh * sgx);
+    dgx[i] = dyr[i] * xh;
+  }
+}
+
+// p = softmax(scale * s + mask) over rows of t; the additive mask row is m[(row / rows_per_batch) * t ..].
+extern "C" __global__ void softmax_train_fwd_f32(const float *s, const float *m, float *p, uint32_t t,
+                                                 uint32_t rows_per_batch, float scale) {
+  __shared__ float shm[32];
+  const size_t off = (size_t)blockIdx.x * t;
+  const float *sr = s + off, *mr = m + (size_t)(blockIdx.x / rows_per_batch) * t;
+  float *pr = p + off;
+  float mx = -INFINITY;
+  for (uint32_t i = threadIdx.x; i < t; i += blockDim.x) mx = fmaxf(mx, sr[i] * scale + mr[i]);
+  mx = block_max(mx, shm);
+  float sum = 0.0f;
+  for (uint32_t i = threadIdx.x; i < t; i += blockDim.x) sum += expf(sr[i] * scale + mr[i] - mx);
+  const float inv = 1.0f / block_sum(sum, shm);
+  for (uint32_t i = threadIdx.x; i < t; i += blockDim.x) pr[i] = expf(sr[i] * scale + mr[i] - mx) * inv;
+}
+
+// ds = scale * p * (dp - sum(p * dp)) over rows of t.
+extern "C" __global__ void softmax_train_bwd_f32(const float *p, const float *dp, float *ds, uint32_t t, float scale) {
+  __shared__ float shm[32];
+  const size_t off = (size_t)blockIdx.x * t;
+  const float *pr = p + off, *dpr = dp + off;
+  float dot = 0.0f;
+  for (uint32_t i = threadIdx.x; i < t; i += blockDim.x) dot += pr[i] * dpr[i];
+  dot = block_sum(dot, shm);
+  for (uint32_t i = threadIdx.x; i < t; i += blockDim.x) ds[off + i] = scale * pr[i] * (dpr[i] - dot);
+}
+
+// dz = dy * gelu_erf'(x + b): Phi(z) + z * phi(z); x, dy: rows × d.
+extern "C" __global__ void gelu_train_bwd_f32(const float *x, const float *b, const float *dy, float *dz, uint32_t n,
+                                              uint32_t d) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float z = x[i] + b[i % d];
+    const float cdf = 0.5f * (1.0f + erff(z * 0.70710678118654752f));
+    const float pdf = 0.39894228040143268f * expf(-0.5f * z * z);
+    dz[i] = dy[i] * (cdf + z * pdf);
+  }
+}
+
+// Dropout with a mask drawn from (seed, element index) alone, so the backward pass (the same
+// kernel on the gradient) draws the same one: y = x / (1 - p) where kept, 0 where dropped.
+__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+extern "C" __global__ void dropout_f32(const float *x, float *y, uint32_t n, float p, uint64_t seed) {
+  const float keep = 1.0f / (1.0f - p);
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+    y[i] = dropout_uniform(seed, i) >= p ? x[i] * keep : 0.0f;
+}

@@ -7,7 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
-use viralclip_engine::model::{artifact, BaseEncoder, BertConfig, Mode, MultiTask, WeightStore};
+use viralclip_engine::model::{artifact, train_ops, BaseEncoder, BertConfig, Mode, MultiTask, WeightStore};
 
 fn tiny_config() -> BertConfig {
     serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/parity/config.json")).unwrap())
@@ -142,12 +142,28 @@ fn every_parameter_gets_a_gradient() {
     assert!(missing.is_empty(), "no gradient for {missing:?}");
     let missing = zero_grads(&varmap, &model, Mode::Training);
     assert!(missing.is_empty(), "no gradient with dropout for {missing:?}");
+    let missing = train_ops::without_fused(|| zero_grads(&varmap, &model, Mode::Training));
+    assert!(
+        missing.is_empty(),
+        "no gradient through candle's operations for {missing:?}"
+    );
     // The trap this guards against is real: the fused kernels cut the graph.
     let cut = zero_grads(&varmap, &model, Mode::Inference);
     assert!(
         cut.iter().any(|k| k.starts_with("bert.embeddings")),
         "fused path unexpectedly differentiable"
     );
+}
+
+/// The training path's fused operations (layer norm, softmax, bias + GELU, each with its own
+/// backward) give the gradients candle's operations give, for every parameter of a model
+/// (`train_ops::check`, which `bench --train-steps` also runs on its device).
+#[test]
+fn fused_training_ops_give_the_operations_gradients() {
+    let (worst, fused) = train_ops::check(&Device::Cpu).unwrap();
+    println!("largest relative gradient difference: {worst:.2e}");
+    assert!(fused, "the CPU runs the fused operations");
+    assert!(worst < 1e-3, "{worst}");
 }
 
 /// Fused and differentiable kernels compute the same function.

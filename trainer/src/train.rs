@@ -1043,6 +1043,9 @@ pub fn train(
         test_sources.push(st);
     }
     let (mut train_ex, val_ex) = split(all, cfg.val_fraction, cfg.seed);
+    // Dropout masks from the run's seed too (heads are initialised from it, batches shuffled by
+    // it): the same run twice on the CPU trains the same weights.
+    viralclip_engine::model::train_ops::seed_dropout(cfg.seed);
     if let Some(m) = cfg.max_train {
         train_ex.truncate(m);
     }

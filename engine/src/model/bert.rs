@@ -5,8 +5,8 @@
 //! `Inference` uses the fused kernels, `Training` the same maths from differentiable ops (and
 //! dropout). Parameter names mirror Hugging Face checkpoints, so `vb.pp(..)` reads them directly.
 
-use super::kernels;
-use candle_core::{DType, Module, Result, Tensor, D};
+use super::{kernels, train_ops};
+use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
@@ -138,36 +138,24 @@ impl LayerNorm {
             Mode::Inference => {
                 candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
             }
-            Mode::Training | Mode::Autograd => {
-                let dtype = x.dtype();
-                let x = x.to_dtype(DType::F32)?;
-                let mean = x.mean_keepdim(D::Minus1)?;
-                let xc = x.broadcast_sub(&mean)?;
-                let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-                let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-                xn.to_dtype(dtype)?
-                    .broadcast_mul(&self.weight)?
-                    .broadcast_add(&self.bias)
-            }
+            Mode::Training | Mode::Autograd => train_ops::layer_norm(x, &self.weight, &self.bias, self.eps),
         }
     }
 }
 
-/// Softmax over the last dimension: fused for inference, differentiable for training.
-pub fn softmax_last_dim(x: &Tensor, mode: Mode) -> Result<Tensor> {
+/// `softmax(scale · scores + mask)` over the last dimension: candle's fused softmax for
+/// inference, the differentiable one ([`train_ops::scaled_masked_softmax`]) for training.
+fn attention_probs(scores: &Tensor, mask: &Tensor, scale: f64, mode: Mode) -> Result<Tensor> {
     match mode {
-        Mode::Inference => candle_nn::ops::softmax_last_dim(x),
-        Mode::Training | Mode::Autograd => {
-            let max = x.max_keepdim(D::Minus1)?.detach();
-            let e = x.broadcast_sub(&max)?.exp()?;
-            e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-        }
+        Mode::Inference => candle_nn::ops::softmax_last_dim(&(scores * scale)?.broadcast_add(mask)?),
+        Mode::Training | Mode::Autograd => train_ops::scaled_masked_softmax(scores, mask, scale),
     }
 }
 
-fn dropout(x: &Tensor, p: f32, mode: Mode) -> Result<Tensor> {
+/// Dropout in [`Mode::Training`], nothing otherwise.
+pub(crate) fn dropout(x: &Tensor, p: f32, mode: Mode) -> Result<Tensor> {
     if mode == Mode::Training && p > 0.0 {
-        candle_nn::ops::dropout(x, p)
+        train_ops::dropout(x, p)
     } else {
         Ok(x.clone())
     }
@@ -389,16 +377,29 @@ impl Layer {
         let k = split(self.key.forward(x)?, t)?;
         let v = split(self.value.forward(x)?, t)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = dropout(&softmax_last_dim(&scores, mode)?, self.attn_dropout, mode)?;
+        let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale, mode)?;
+        let probs = dropout(&probs, self.attn_dropout, mode)?;
         let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, h))?;
         let attn = dropout(&self.attn_out.forward(&ctx)?, self.dropout, mode)?;
         let attn = self.attn_norm.forward(&(attn + &xq)?, mode)?;
-        let inner = self.intermediate.forward(&attn)?;
-        let inner = match self.act {
-            Activation::GeluErf => inner.gelu_erf()?,
-            Activation::GeluTanh => inner.gelu()?,
-            Activation::Relu => inner.relu()?,
+        let inner = match (self.act, self.intermediate.bias()) {
+            // One differentiable pass for the bias and GELU on the (tokens, features) product.
+            (Activation::GeluErf, Some(bias)) => {
+                let x2 = attn.reshape((b * tq, h))?;
+                train_ops::bias_gelu(&x2.matmul(&self.intermediate.weight().t()?)?, bias)?.reshape((
+                    b,
+                    tq,
+                    (),
+                ))?
+            }
+            (act, _) => {
+                let inner = self.intermediate.forward(&attn)?;
+                match act {
+                    Activation::GeluErf => inner.gelu_erf()?,
+                    Activation::GeluTanh => inner.gelu()?,
+                    Activation::Relu => inner.relu()?,
+                }
+            }
         };
         let out = dropout(&self.output.forward(&inner)?, self.dropout, mode)?;
         self.out_norm.forward(&(out + attn)?, mode)

@@ -6,11 +6,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 fn dropout(x: Tensor, p: f32, mode: Mode) -> Result<Tensor> {
-    if mode == Mode::Training {
-        candle_nn::ops::dropout(&x, p)
-    } else {
-        Ok(x)
-    }
+    super::bert::dropout(&x, p, mode)
 }
 
 /// hidden → 256 → ReLU → Dropout(0.3) → 128 → ReLU → Dropout(0.2) → 1 (a logit).

@@ -547,6 +547,20 @@ pub fn fused_cuda() -> bool {
     false
 }
 
+/// Whether the training path's fused CUDA kernels run (`train_ops`, and the optimiser's one-pass
+/// step in `step`): opt-in with `VIRALCLIP_FUSED_TRAIN=1` (and not `VIRALCLIP_FUSED_CUDA=0`) until a
+/// GPU run has checked them against candle's operations (`viralclip bench --train-steps` prints
+/// `train_ops_check` and `fused_step_check`); on the CPU they always run.
+pub fn fused_train_cuda() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        fused_cuda() && *ON.get_or_init(|| std::env::var("VIRALCLIP_FUSED_TRAIN").is_ok_and(|v| v == "1"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    false
+}
+
 /// Whether CUDA's layer norm uses the vectorised warp-per-row kernel (`VIRALCLIP_LN_VEC=1`;
 /// experimental until a GPU run has measured it against the block-per-row one).
 #[cfg(feature = "cuda")]

@@ -6,6 +6,7 @@ pub mod bert;
 pub mod heads;
 pub mod kernels;
 pub mod step;
+pub mod train_ops;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
 pub use bert::{Bert, BertConfig, Mode, Pooling};

@@ -92,15 +92,17 @@ impl StepStats {
     }
 }
 
-/// Whether [`fused_step`] runs on these parameters: contiguous f32 tensors, all on the CPU or all
-/// on CUDA (unless `VIRALCLIP_FUSED_CUDA=0`).
+/// Whether [`fused_step`] runs on these parameters: contiguous f32 tensors, all on the CPU, or all
+/// on CUDA with `VIRALCLIP_FUSED_TRAIN=1` ([`super::kernels::fused_train_cuda`]).
 pub fn supported(params: &[StepParam]) -> bool {
     let ts: Vec<&Tensor> = params
         .iter()
         .flat_map(|p| [Some(p.w), Some(p.m), Some(p.v), p.a, p.b])
         .flatten()
         .collect();
-    super::kernels::adam_in_place(&ts)
+    let cpu = ts.iter().all(|t| t.device().is_cpu());
+    let cuda = super::kernels::fused_train_cuda() && ts.iter().all(|t| t.device().is_cuda());
+    ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous()) && (cpu || cuda)
 }
 
 /// Applies one step to every parameter (see the module's doc) and returns its reductions. The

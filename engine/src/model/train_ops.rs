@@ -1,0 +1,879 @@
+//! The training path's fused operations, each with its backward pass: layer norm, masked and
+//! scaled softmax, bias + GELU, and dropout. [`super::Mode::Training`] builds a layer from candle's
+//! operations otherwise: about seventy per layer forward, each with its own backward and a zero
+//! gradient plus an addition for every node it reaches. On a GPU the trainer's step is bound by
+//! launching those one at a time; here one operation does each forward pass and one or three do
+//! its backward.
+//!
+//! Each function falls back to candle's operations computing the same where it has no kernel
+//! (dtypes other than f32; CUDA unless `VIRALCLIP_FUSED_TRAIN=1`, see
+//! [`kernels::fused_train_cuda`]), and a test holds each to them,
+//! values and gradients. CPU loops here and CUDA kernels in `kernels/fused.cu` (`*_train_*`,
+//! `dropout_f32`) compute the same.
+
+use super::kernels::{self, fused_train_cuda};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    static OFF: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the fused training operations switched off on this thread (candle's operations
+/// instead): for comparing the two.
+pub fn without_fused<R>(f: impl FnOnce() -> R) -> R {
+    let was = OFF.with(|o| o.replace(true));
+    let r = f();
+    OFF.with(|o| o.set(was));
+    r
+}
+
+/// Whether the fused operations run on these tensors.
+fn usable(ts: &[&Tensor]) -> bool {
+    if OFF.with(|o| o.get()) {
+        return false;
+    }
+    let f32s = ts.iter().all(|t| t.dtype() == DType::F32);
+    let cpu = ts.iter().all(|t| t.device().is_cpu());
+    f32s && (cpu || (fused_train_cuda() && ts.iter().all(|t| t.device().is_cuda())))
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{what}: expected f32")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+/// Mean and 1/√(var + eps) of a row, as the CUDA kernels compute them (two passes).
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let h = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / h;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+// ---------------------------------------------------------------- layer norm
+
+struct LayerNorm {
+    eps: f32,
+}
+
+struct LayerNormBwd {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "layer-norm-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g, b) = (
+            slice(s1, l1, "layer norm x")?,
+            slice(s2, l2, "gain")?,
+            slice(s3, l3, "bias")?,
+        );
+        let h = g.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h).zip(x.par_chunks(h)).for_each(|(y, x)| {
+            let (mean, rstd) = row_stats(x, self.eps);
+            for i in 0..h {
+                y[i] = (x[i] - mean) * rstd * g[i] + b[i];
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::layer_norm(s1, l1, s2, l2, s3, l3, self.eps)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = g.elem_count();
+        let rows = x.elem_count() / h;
+        let dy = dy.contiguous()?;
+        // (2, rows, h): dx, then dy · x̂ (the gain's gradient before the sum over rows).
+        let both = x.apply_op3_no_bwd(g, &dy, &LayerNormBwd { eps: self.eps })?;
+        let dx = both.get(0)?.reshape(x.shape())?;
+        let dg = both.get(1)?.sum(0)?;
+        let db = dy.reshape((rows, h))?.sum(0)?;
+        Ok((Some(dx), Some(dg), Some(db)))
+    }
+}
+
+impl CustomOp3 for LayerNormBwd {
+    fn name(&self) -> &'static str {
+        "layer-norm-train-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, g, dy) = (
+            slice(s1, l1, "layer norm x")?,
+            slice(s2, l2, "gain")?,
+            slice(s3, l3, "dy")?,
+        );
+        let h = g.len();
+        let rows = x.len() / h;
+        let mut out = vec![0f32; 2 * x.len()];
+        let (dx, dgx) = out.split_at_mut(x.len());
+        dx.par_chunks_mut(h)
+            .zip(dgx.par_chunks_mut(h))
+            .zip(x.par_chunks(h).zip(dy.par_chunks(h)))
+            .for_each(|((dx, dgx), (x, dy))| {
+                let (mean, rstd) = row_stats(x, self.eps);
+                let (mut sg, mut sgx) = (0f32, 0f32);
+                for i in 0..h {
+                    let (xh, gi) = ((x[i] - mean) * rstd, dy[i] * g[i]);
+                    sg += gi;
+                    sgx += gi * xh;
+                }
+                let (sg, sgx) = (sg / h as f32, sgx / h as f32);
+                for i in 0..h {
+                    let (xh, gi) = ((x[i] - mean) * rstd, dy[i] * g[i]);
+                    dx[i] = rstd * (gi - sg - xh * sgx);
+                    dgx[i] = dy[i] * xh;
+                }
+            });
+        Ok((CpuStorage::F32(out), Shape::from((2, rows, h))))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps)
+    }
+}
+
+/// Layer norm over the last dimension with gain `g` and bias `b`, differentiable in all three.
+pub fn layer_norm(x: &Tensor, g: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    if usable(&[x, g, b]) && g.rank() == 1 && x.dim(D::Minus1)? == g.elem_count() {
+        return x
+            .contiguous()?
+            .apply_op3(&g.contiguous()?, &b.contiguous()?, LayerNorm { eps: eps as f32 });
+    }
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let xc = x.broadcast_sub(&mean)?;
+    let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = xc.broadcast_div(&(var + eps)?.sqrt()?)?;
+    xn.to_dtype(dtype)?.broadcast_mul(g)?.broadcast_add(b)
+}
+
+// ---------------------------------------------------------------- softmax
+
+struct Softmax {
+    scale: f32,
+}
+
+struct SoftmaxBwd {
+    scale: f32,
+}
+
+impl CustomOp2 for Softmax {
+    fn name(&self) -> &'static str {
+        "softmax-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (s, m) = (slice(s1, l1, "softmax scores")?, slice(s2, l2, "softmax mask")?);
+        let dims = l1.dims();
+        let (b, t) = (dims[0], dims[dims.len() - 1]);
+        let per_text = s.len() / (b * t).max(1);
+        let mut p = vec![0f32; s.len()];
+        p.par_chunks_mut(t)
+            .zip(s.par_chunks(t))
+            .enumerate()
+            .for_each(|(row, (p, s))| {
+                let m = &m[(row / per_text) * t..][..t];
+                let mut mx = f32::NEG_INFINITY;
+                for i in 0..t {
+                    mx = mx.max(s[i] * self.scale + m[i]);
+                }
+                let mut sum = 0f32;
+                for i in 0..t {
+                    p[i] = kernels::exp(s[i] * self.scale + m[i] - mx);
+                    sum += p[i];
+                }
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|p| *p *= inv);
+            });
+        Ok((CpuStorage::F32(p), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::softmax(s1, l1, s2, l2, self.scale)
+    }
+    fn bwd(
+        &self,
+        _s: &Tensor,
+        _m: &Tensor,
+        p: &Tensor,
+        dp: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let ds = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
+        Ok((Some(ds), None))
+    }
+}
+
+impl CustomOp2 for SoftmaxBwd {
+    fn name(&self) -> &'static str {
+        "softmax-train-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (p, dp) = (slice(s1, l1, "softmax p")?, slice(s2, l2, "softmax dp")?);
+        let t = l1.dims()[l1.dims().len() - 1];
+        let mut ds = vec![0f32; p.len()];
+        ds.par_chunks_mut(t)
+            .zip(p.par_chunks(t).zip(dp.par_chunks(t)))
+            .for_each(|(ds, (p, dp))| {
+                let dot: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
+                for i in 0..t {
+                    ds[i] = self.scale * p[i] * (dp[i] - dot);
+                }
+            });
+        Ok((CpuStorage::F32(ds), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::softmax_bwd(s1, l1, s2, l2, self.scale)
+    }
+}
+
+/// `softmax(scale · scores + mask)` over the last dimension, differentiable in `scores`:
+/// `scores` (b, heads, queries, t), `mask` additive (b, 1, 1, t).
+pub fn scaled_masked_softmax(scores: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, _, _, t) = scores.dims4()?;
+    if usable(&[scores, mask]) && mask.elem_count() == b * t {
+        let mask = mask.reshape((b, t))?.contiguous()?;
+        return scores
+            .contiguous()?
+            .apply_op2(&mask, Softmax { scale: scale as f32 });
+    }
+    let x = (scores * scale)?.broadcast_add(mask)?;
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&max)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+// ---------------------------------------------------------------- bias + GELU
+
+struct BiasGelu;
+
+struct GeluBwd;
+
+impl CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "bias-gelu-train"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (slice(s1, l1, "bias-gelu x")?, slice(s2, l2, "bias-gelu bias")?);
+        let d = b.len();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
+            for i in 0..d {
+                y[i] = kernels::gelu_erf(x[i] + b[i]);
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        // The scoring path's kernel (checked on a GPU against the CPU in every precision).
+        kernels::cuda::bias_gelu(s1, l1, s2, l2)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dz = x.apply_op3_no_bwd(b, &dy.contiguous()?, &GeluBwd)?;
+        let d = b.elem_count();
+        let db = dz.reshape((dz.elem_count() / d, d))?.sum(0)?;
+        Ok((Some(dz), Some(db)))
+    }
+}
+
+/// GELU's derivative (erf form): Φ(z) + z·φ(z).
+fn gelu_grad(z: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + kernels::erf(z * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = 0.398_942_3 * kernels::exp(-0.5 * z * z);
+    cdf + z * pdf
+}
+
+impl CustomOp3 for GeluBwd {
+    fn name(&self) -> &'static str {
+        "bias-gelu-train-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b, dy) = (
+            slice(s1, l1, "gelu x")?,
+            slice(s2, l2, "gelu bias")?,
+            slice(s3, l3, "gelu dy")?,
+        );
+        let d = b.len();
+        let mut dz = vec![0f32; x.len()];
+        dz.par_chunks_mut(d)
+            .zip(x.par_chunks(d).zip(dy.par_chunks(d)))
+            .for_each(|(dz, (x, dy))| {
+                for i in 0..d {
+                    dz[i] = dy[i] * gelu_grad(x[i] + b[i]);
+                }
+            });
+        Ok((CpuStorage::F32(dz), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gelu_bwd(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// `gelu_erf(x + bias)` over the last dimension, differentiable in both.
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if usable(&[x, bias]) && bias.rank() == 1 && x.dim(D::Minus1)? == bias.elem_count() {
+        return x.contiguous()?.apply_op2(&bias.contiguous()?, BiasGelu);
+    }
+    x.broadcast_add(bias)?.gelu_erf()
+}
+
+// ---------------------------------------------------------------- dropout
+
+struct Dropout {
+    p: f32,
+    seed: u64,
+}
+
+/// The uniform number in [0, 1) that element `i` of the dropout drawn with `seed` compares with
+/// its rate (splitmix64 of the two; the CUDA kernel computes the same).
+fn dropout_uniform(seed: u64, i: u64) -> f32 {
+    let mut z = seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    (z >> 40) as f32 * (1.0 / 16_777_216.0)
+}
+
+impl CustomOp1 for Dropout {
+    fn name(&self) -> &'static str {
+        "dropout"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1, "dropout x")?;
+        let keep = 1.0 / (1.0 - self.p);
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(1 << 14).enumerate().for_each(|(c, y)| {
+            let start = c << 14;
+            for (k, y) in y.iter_mut().enumerate() {
+                let i = start + k;
+                *y = if dropout_uniform(self.seed, i as u64) >= self.p {
+                    x[i] * keep
+                } else {
+                    0.0
+                };
+            }
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::dropout(s1, l1, self.p, self.seed)
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        // The same mask, the same scale: the op itself, on the gradient.
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Dropout {
+            p: self.p,
+            seed: self.seed,
+        })?))
+    }
+}
+
+thread_local! {
+    static SEED: Cell<u64> = const { Cell::new(0x5EED_D80B) };
+}
+
+/// Restarts this thread's sequence of dropout masks (each call of [`dropout`] draws a new seed
+/// from it), so a seeded training run draws the same masks again.
+pub fn seed_dropout(seed: u64) {
+    SEED.with(|s| s.set(seed));
+}
+
+/// Dropout at rate `p` (kept elements scaled by 1/(1−p)), differentiable; its mask depends only
+/// on a seed drawn from [`seed_dropout`]'s sequence and on each element's position.
+pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
+    if !(0.0..1.0).contains(&p) {
+        candle_core::bail!("dropout rate {p} is not in [0, 1)")
+    }
+    if usable(&[x]) {
+        let seed = SEED.with(|s| {
+            let v = s.get();
+            s.set(v.wrapping_add(0x9E37_79B9_7F4A_7C15));
+            v
+        });
+        return x.contiguous()?.apply_op1(Dropout { p, seed });
+    }
+    candle_nn::ops::dropout(x, p)
+}
+
+/// Gradients of every parameter of a small random model (2 layers, hidden 64, padded texts) on
+/// `dev`, through the fused operations and through candle's ([`super::Mode::Autograd`]); returns
+/// the largest difference relative to each tensor's largest gradient (or to a thousandth of the
+/// model's largest, where that is larger: the keys' bias has a true gradient of zero, and both
+/// paths give rounding noise there), and whether the fused operations ran on `dev`. The tests
+/// run it on the CPU, `viralclip bench --train-steps` on its device (`train_ops_check`).
+pub fn check(dev: &candle_core::Device) -> Result<(f32, bool)> {
+    use super::{BertConfig, Mode, MultiTask};
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": 100, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 128, "max_position_embeddings": 32, "hidden_act": "gelu"
+    }))
+    .map_err(candle_core::Error::msg)?;
+    let varmap = candle_nn::VarMap::new();
+    let model = MultiTask::load(
+        candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, dev),
+        &config,
+        28,
+    )?;
+    // Zero-initialised tensors (biases) would hide mistakes: perturb everything.
+    for var in varmap.all_vars() {
+        var.set(&(var.as_tensor() + var.as_tensor().randn_like(0.0, 0.2)?)?)?;
+    }
+    let ids: Vec<u32> = (0..21).map(|i| (i * 37 % 97 + 2) as u32).collect();
+    let ids = Tensor::from_vec(ids, (3, 7), dev)?;
+    let lens = [5u32, 7, 3];
+    let mask: Vec<u32> = lens
+        .iter()
+        .flat_map(|&l| (0..7).map(move |k| (k < l) as u32))
+        .collect();
+    let mask = Tensor::from_vec(mask, (3, 7), dev)?;
+    let loss = || -> Result<Tensor> {
+        let out = model.forward(&ids, &mask, Mode::Autograd)?;
+        out.popularity.sum_all()? + out.emotions.sqr()?.sum_all()?
+    };
+    let fused = loss()?.backward()?;
+    let ops = without_fused(|| loss()?.backward())?;
+    let vars = varmap.all_vars();
+    let mut largest = Vec::with_capacity(vars.len());
+    for v in &vars {
+        let g = ops
+            .get(v.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("a parameter without a gradient".into()))?;
+        largest.push(g.abs()?.max_all()?.to_scalar::<f32>()?);
+    }
+    let floor = largest.iter().copied().fold(0f32, f32::max) * 1e-3;
+    let mut worst = 0f32;
+    for (v, top) in vars.iter().zip(largest) {
+        let (a, b) = (fused.get(v.as_tensor()), ops.get(v.as_tensor()));
+        let (Some(a), Some(b)) = (a, b) else {
+            candle_core::bail!("a parameter without a gradient on the fused path")
+        };
+        let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        worst = worst.max(d / top.max(floor));
+    }
+    Ok((worst, usable(&[&ids.to_dtype(DType::F32)?])))
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    //! Launchers for the `*_train_*` and `dropout_f32` kernels of `kernels/fused.cu`.
+    use super::kernels::cuda::{MODULE, PTX};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::{CudaStorage, WrapErr};
+    use candle_core::{Layout, Result, Shape};
+
+    fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg(format!("{what}: expected a contiguous tensor")))?;
+        Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
+    }
+
+    fn func(s: &CudaStorage, name: &str) -> Result<CudaFunction> {
+        Ok(s.device()
+            .get_or_load_custom_func(name, MODULE, PTX)?
+            .into_cuda_function())
+    }
+
+    /// One block of 128 threads per row.
+    fn per_row(rows: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        eps: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (x, g, b) = (
+            view(s1, l1, "layer norm x")?,
+            view(s2, l2, "gain")?,
+            view(s3, l3, "bias")?,
+        );
+        let h = g.len();
+        // SAFETY: every element is written by the kernel below.
+        let mut y = unsafe { dev.alloc::<f32>(x.len())? };
+        let (f, stream) = (func(s1, "ln_train_fwd_f32")?, dev.cuda_stream());
+        let h32 = h as u32;
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x).arg(&g).arg(&b).arg(&mut y).arg(&h32).arg(&eps);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(per_row(x.len() / h)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn layer_norm_bwd(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        eps: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (x, g, dy) = (
+            view(s1, l1, "layer norm x")?,
+            view(s2, l2, "gain")?,
+            view(s3, l3, "dy")?,
+        );
+        let h = g.len();
+        let rows = x.len() / h;
+        // SAFETY: every element is written by the kernel below.
+        let mut out = unsafe { dev.alloc::<f32>(2 * x.len())? };
+        let (f, stream) = (func(s1, "ln_train_bwd_f32")?, dev.cuda_stream());
+        let (rows32, h32) = (rows as u32, h as u32);
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x)
+            .arg(&g)
+            .arg(&dy)
+            .arg(&mut out)
+            .arg(&rows32)
+            .arg(&h32)
+            .arg(&eps);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(per_row(rows)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((2, rows, h))))
+    }
+
+    pub fn softmax(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        scale: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (s, m) = (view(s1, l1, "softmax scores")?, view(s2, l2, "softmax mask")?);
+        let dims = l1.dims();
+        let (b, t) = (dims[0], dims[dims.len() - 1]);
+        let rows = s.len() / t;
+        let (t32, per_text) = (t as u32, (rows / b) as u32);
+        // SAFETY: every element is written by the kernel below.
+        let mut p = unsafe { dev.alloc::<f32>(s.len())? };
+        let (f, stream) = (func(s1, "softmax_train_fwd_f32")?, dev.cuda_stream());
+        let mut args = stream.launch_builder(&f);
+        args.arg(&s)
+            .arg(&m)
+            .arg(&mut p)
+            .arg(&t32)
+            .arg(&per_text)
+            .arg(&scale);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(per_row(rows)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(p, dev), l1.shape().clone()))
+    }
+
+    pub fn softmax_bwd(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        scale: f32,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (p, dp) = (view(s1, l1, "softmax p")?, view(s2, l2, "softmax dp")?);
+        let t = l1.dims()[l1.dims().len() - 1];
+        // SAFETY: every element is written by the kernel below.
+        let mut ds = unsafe { dev.alloc::<f32>(p.len())? };
+        let (f, stream) = (func(s1, "softmax_train_bwd_f32")?, dev.cuda_stream());
+        let t32 = t as u32;
+        let mut args = stream.launch_builder(&f);
+        args.arg(&p).arg(&dp).arg(&mut ds).arg(&t32).arg(&scale);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(per_row(p.len() / t)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(ds, dev), l1.shape().clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn gelu_bwd(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (x, b, dy) = (
+            view(s1, l1, "gelu x")?,
+            view(s2, l2, "gelu bias")?,
+            view(s3, l3, "gelu dy")?,
+        );
+        // SAFETY: every element is written by the kernel below.
+        let mut dz = unsafe { dev.alloc::<f32>(x.len())? };
+        let (f, stream) = (func(s1, "gelu_train_bwd_f32")?, dev.cuda_stream());
+        let (n, d) = (x.len() as u32, b.len() as u32);
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x).arg(&b).arg(&dy).arg(&mut dz).arg(&n).arg(&d);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(dz, dev), l1.shape().clone()))
+    }
+
+    pub fn dropout(s1: &CudaStorage, l1: &Layout, p: f32, seed: u64) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let x = view(s1, l1, "dropout x")?;
+        // SAFETY: every element is written by the kernel below.
+        let mut y = unsafe { dev.alloc::<f32>(x.len())? };
+        let (f, stream) = (func(s1, "dropout_f32")?, dev.cuda_stream());
+        let n = x.len() as u32;
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x).arg(&mut y).arg(&n).arg(&p).arg(&seed);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Values and gradients (of `Σ y·r` for a random `r`) of `f` on `inputs`, fused and through
+    /// candle's operations; returns the largest difference of each.
+    fn compare(inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Result<Tensor>) -> (f32, f32) {
+        let run = |fused: bool| {
+            let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+            let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let y = if fused { f(&ts) } else { without_fused(|| f(&ts)) }.unwrap();
+            let r = Tensor::ones(y.shape(), DType::F32, &Device::Cpu)
+                .unwrap()
+                .cumsum(D::Minus1)
+                .unwrap()
+                .sin()
+                .unwrap();
+            let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let gs: Vec<Option<Tensor>> = ts.iter().map(|t| grads.get(t).cloned()).collect();
+            (y, gs)
+        };
+        let ((y1, g1), (y2, g2)) = (run(true), run(false));
+        assert!(g1[0].is_some(), "the first input gets a gradient");
+        let worst = g1
+            .iter()
+            .zip(&g2)
+            .map(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => max_diff(a, b),
+                (None, None) => 0.0,
+                _ => panic!("a gradient on one path only"),
+            })
+            .fold(0f32, f32::max);
+        (max_diff(&y1, &y2), worst)
+    }
+
+    fn randn(shape: &[usize]) -> Tensor {
+        Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn layer_norm_matches_the_operations_and_their_gradients() {
+        let x = randn(&[3, 5, 48]).affine(3.0, 1.0).unwrap();
+        let (g, b) = (randn(&[48]).affine(0.2, 1.0).unwrap(), randn(&[48]));
+        let (dy, dg) = compare(&[x, g, b], |t| layer_norm(&t[0], &t[1], &t[2], 1e-12));
+        assert!(dy < 1e-5, "values: {dy}");
+        assert!(dg < 1e-4, "gradients: {dg}");
+    }
+
+    #[test]
+    fn softmax_matches_the_operations_and_their_gradients() {
+        let s = (randn(&[2, 3, 4, 7]) * 4.0).unwrap();
+        // The second text's last three tokens are padding.
+        let m = Tensor::new(
+            &[0f32, 0., 0., 0., 0., 0., 0., 0., 0., 0., 0., -1e9, -1e9, -1e9],
+            &Device::Cpu,
+        )
+        .unwrap()
+        .reshape((2, 1, 1, 7))
+        .unwrap();
+        let (dy, dg) = compare(&[s, m], |t| scaled_masked_softmax(&t[0], &t[1].detach(), 0.125));
+        assert!(dy < 1e-6, "values: {dy}");
+        assert!(dg < 1e-5, "gradients: {dg}");
+    }
+
+    #[test]
+    fn bias_gelu_matches_the_operations_and_their_gradients() {
+        let x = (randn(&[2, 6, 40]) * 2.0).unwrap();
+        let b = randn(&[40]);
+        let (dy, dg) = compare(&[x, b], |t| bias_gelu(&t[0], &t[1]));
+        assert!(dy < 1e-5, "values: {dy}");
+        assert!(dg < 1e-4, "gradients: {dg}");
+    }
+
+    /// Dropout keeps about 1 − p of the elements, scales them by 1/(1 − p), passes the gradient
+    /// through the same mask, and draws a new mask each call but the same after a reseed.
+    #[test]
+    fn dropout_drops_at_its_rate_and_its_gradient_follows_the_mask() {
+        let x = Var::from_tensor(&Tensor::ones((100, 100), DType::F32, &Device::Cpu).unwrap()).unwrap();
+        seed_dropout(42);
+        let y = dropout(x.as_tensor(), 0.1).unwrap();
+        let ys: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+        let kept = ys.iter().filter(|&&v| v != 0.0).count();
+        assert!(
+            (8_800..=9_200).contains(&kept),
+            "kept {kept} of 10,000 at p = 0.1"
+        );
+        assert!(ys.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gs: Vec<f32> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(gs, ys, "the gradient of Σy is the mask, scaled");
+        let again: Vec<f32> = dropout(x.as_tensor(), 0.1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_ne!(again, ys, "each call draws its own mask");
+        seed_dropout(42);
+        let reseeded: Vec<f32> = dropout(x.as_tensor(), 0.1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(reseeded, ys, "the same seed, the same mask");
+    }
+}
