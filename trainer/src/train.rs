@@ -600,10 +600,10 @@ fn task_losses(
 pub(crate) type Forward<'a> = dyn FnMut(Option<&[usize]>) -> Result<Tensor> + 'a;
 
 /// One optimisation step of a batch: task losses, per-task gradients combined by PCGrad when
-/// `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW. With PCGrad each
-/// task's rows go through the encoder as a batch of their own, so each task's backward pass
-/// covers only its rows (a row only ever trains its own task): one backward's worth of work
-/// instead of two over the whole batch. The alignment loss of translated rows (`t.align`) joins
+/// `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW. With PCGrad on
+/// the CPU each task's rows go through the encoder as a batch of their own, so each task's
+/// backward pass covers only its rows (a row only ever trains its own task): one backward's worth
+/// of work instead of two over the whole batch. The alignment loss of translated rows (`t.align`) joins
 /// the emotion task's. `None` when the batch has no targets.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_step(
@@ -624,7 +624,11 @@ pub(crate) fn apply_step(
             .map(|a| Ok::<_, Error>((a.loss(cls)?, a.weight)))
             .transpose()
     };
-    let (lp, le, al) = if pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
+    // Each task's rows as a batch of their own on the CPU, where the arithmetic is the cost (each
+    // backward pass then covers only its task's rows); one forward pass for both on a GPU, where
+    // launching operations one by one is the cost and two forwards launch twice as many.
+    let split = split_tasks(pw.device());
+    let (lp, le, al) = if split && pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
         let (tp, te) = t.each_alone()?;
         let lp = model.heads(&forward(Some(&t.pop_rows))?, Mode::Training)?;
         let ce = forward(Some(&t.emo_rows))?;
@@ -696,6 +700,15 @@ pub(crate) fn apply_step(
         align_loss: values.get(tasks).map(|&v| v as f64),
         surgery,
     }))
+}
+
+/// Whether [`apply_step`] runs each task's rows as their own batch under PCGrad: on the CPU.
+fn split_tasks(dev: &Device) -> bool {
+    #[cfg(test)]
+    if let Some(split) = tests::SPLIT.with(|s| s.get()) {
+        return split;
+    }
+    dev.is_cpu()
 }
 
 /// [`apply_step`]'s update through candle's operations, one tensor at a time, where the fused
@@ -1522,6 +1535,129 @@ pub fn report_path(out: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Overrides [`split_tasks`] on this thread.
+        pub(super) static SPLIT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// The PCGrad step takes the same step whether each task's rows run as their own batch (the
+    /// CPU's way) or both tasks share one forward pass (a GPU's).
+    #[test]
+    fn one_forward_for_both_tasks_takes_the_split_step() {
+        use candle_nn::{VarBuilder, VarMap};
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let model = MultiTask::load(
+            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+            &crate::tiny_bert(40),
+            EMOTIONS,
+        )
+        .unwrap();
+        let lens = [9usize, 4, 7, 2, 9, 5];
+        let t = 9;
+        let ids: Vec<u32> = (0..lens.len() * t).map(|k| (k * 7 % 37 + 1) as u32).collect();
+        let mask: Vec<u32> = lens
+            .iter()
+            .flat_map(|&l| (0..t).map(move |j| u32::from(j < l)))
+            .collect();
+        let ids = Tensor::from_vec(ids, (lens.len(), t), &dev).unwrap();
+        let mask = Tensor::from_vec(mask, (lens.len(), t), &dev).unwrap();
+        let labels: Vec<Label> = (0..lens.len())
+            .map(|k| {
+                if k % 3 == 0 {
+                    Label::Popularity(k == 0)
+                } else {
+                    Label::Emotions(vec![k, 27])
+                }
+            })
+            .collect();
+        let rows: Vec<usize> = (0..lens.len()).collect();
+        let tg = targets(&labels, &rows, &dev).unwrap();
+        let pw = Tensor::ones(EMOTIONS, DType::F32, &dev).unwrap();
+        let from = 1;
+        let hidden = model
+            .bert
+            .hidden_before(&ids, &mask, from, Mode::Inference)
+            .unwrap()
+            .detach();
+        let mut vars: Vec<(String, Var)> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| {
+                is_head(n) || n.starts_with("bert.encoder.layer.1.") || n.starts_with("bert.encoder.layer.2.")
+            })
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+        let step = |split: bool| -> Vec<Tensor> {
+            for ((_, v), s) in vars.iter().zip(&start) {
+                v.set(s).unwrap();
+            }
+            let params = vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
+                .collect();
+            let mut opt = AdamW::new(params, 0.01).unwrap();
+            // A large epsilon keeps the update smooth in the gradient: with Adam's own, a gradient
+            // element that is zero but for rounding moves by ±lr whichever way it rounded.
+            opt.eps = 1e-3;
+            let mut forward = |part: Option<&[usize]>| -> Result<Tensor> {
+                let (h, m) = match part {
+                    None => (hidden.clone(), mask.clone()),
+                    Some(r) => {
+                        let idx =
+                            Tensor::new(r.iter().map(|&k| k as u32).collect::<Vec<_>>().as_slice(), &dev)?;
+                        (hidden.index_select(&idx, 0)?, mask.index_select(&idx, 0)?)
+                    }
+                };
+                Ok(model.bert.cls_from(&h, &m, from, Mode::Autograd)?)
+            };
+            SPLIT.with(|s| s.set(Some(split)));
+            // Without dropout: the heads' masks would differ between one batch and two.
+            let out = viralclip_engine::model::train_ops::without_dropout(|| {
+                apply_step(
+                    &model,
+                    &mut opt,
+                    &mut forward,
+                    &tg,
+                    &pw,
+                    true,
+                    false,
+                    1.0,
+                    &[0.1, 0.1],
+                )
+            });
+            SPLIT.with(|s| s.set(None));
+            assert!(out.unwrap().unwrap().surgery.is_some(), "PCGrad ran");
+            vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect()
+        };
+        let (joint, split) = (step(false), step(true));
+        for ((name, _), ((a, b), s)) in vars.iter().zip(joint.iter().zip(&split).zip(&start)) {
+            let d = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let moved = (a - s)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-4, "{name}: {d}");
+            // The keys' bias has no gradient (softmax ignores a shift common to all keys).
+            assert!(moved > 1e-6 || name.ends_with("key.bias"), "{name} did not move");
+        }
+    }
 
     /// The optimiser's fused passes and candle's operations take the same steps through the
     /// trainer's wiring ([`check_fused_step`]), and a tensor that sits a step out is not counted.

@@ -365,6 +365,9 @@ impl Layer {
         if let (Mode::Inference, Some(f)) = (mode, &self.fused) {
             return self.forward_fused(f, x, mask, cls_only);
         }
+        // Every projection as one 2-D product over the (tokens, features) rows: one GEMM forward
+        // and two backward, where a batched product with the weight broadcast over the batch
+        // also sums the weight's gradient over it.
         let (b, t, h) = x.dims3()?;
         let split = |y: Tensor, len: usize| -> Result<Tensor> {
             y.reshape((b, len, self.heads, self.head_dim))?
@@ -373,27 +376,23 @@ impl Layer {
         };
         let xq = if cls_only { x.narrow(1, 0, 1)? } else { x.clone() };
         let tq = xq.dim(1)?;
-        let q = split(self.query.forward(&xq)?, tq)?;
-        let k = split(self.key.forward(x)?, t)?;
-        let v = split(self.value.forward(x)?, t)?;
+        let (x2, xq2) = (x.reshape((b * t, h))?, xq.reshape((b * tq, h))?);
+        let q = split(Self::linear2d(&xq2, &self.query)?, tq)?;
+        let k = split(Self::linear2d(&x2, &self.key)?, t)?;
+        let v = split(Self::linear2d(&x2, &self.value)?, t)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale, mode)?;
         let probs = dropout(&probs, self.attn_dropout, mode)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, h))?;
-        let attn = dropout(&self.attn_out.forward(&ctx)?, self.dropout, mode)?;
-        let attn = self.attn_norm.forward(&(attn + &xq)?, mode)?;
+        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * tq, h))?;
+        let attn = dropout(&Self::linear2d(&ctx, &self.attn_out)?, self.dropout, mode)?;
+        let attn = self.attn_norm.forward(&(attn + &xq2)?, mode)?;
         let inner = match (self.act, self.intermediate.bias()) {
-            // One differentiable pass for the bias and GELU on the (tokens, features) product.
+            // One differentiable pass for the bias and GELU.
             (Activation::GeluErf, Some(bias)) => {
-                let x2 = attn.reshape((b * tq, h))?;
-                train_ops::bias_gelu(&x2.matmul(&self.intermediate.weight().t()?)?, bias)?.reshape((
-                    b,
-                    tq,
-                    (),
-                ))?
+                train_ops::bias_gelu(&attn.matmul(&self.intermediate.weight().t()?)?, bias)?
             }
             (act, _) => {
-                let inner = self.intermediate.forward(&attn)?;
+                let inner = Self::linear2d(&attn, &self.intermediate)?;
                 match act {
                     Activation::GeluErf => inner.gelu_erf()?,
                     Activation::GeluTanh => inner.gelu()?,
@@ -401,8 +400,8 @@ impl Layer {
                 }
             }
         };
-        let out = dropout(&self.output.forward(&inner)?, self.dropout, mode)?;
-        self.out_norm.forward(&(out + attn)?, mode)
+        let out = dropout(&Self::linear2d(&inner, &self.output)?, self.dropout, mode)?;
+        self.out_norm.forward(&(out + attn)?, mode)?.reshape((b, tq, h))
     }
 }
 
