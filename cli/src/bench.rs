@@ -239,6 +239,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                             "case": "train_step", "engine": "viralclip", "model": name, "device": device::name(&dev),
                             "threads": threads, "dtype": "f32 (tf32 on cuda)", "batch": 16, "tokens": tokens,
                             "stage": s.stage, "ms_per_step": (s.ms_per_step * 100.0).round() / 100.0, "runs": s.steps,
+                            "tensors_per_step": s.tensors_per_step.round(),
                         })
                     );
                 }
@@ -274,6 +275,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     total / batches.len() as f64 * per_epoch / 1e3
                 };
                 let dynamic = epoch("cache") + 2.0 * epoch("heads") + 3.0 * epoch("top2+pcgrad");
+                let dynamic_ops =
+                    epoch("cache") + 2.0 * epoch("heads") + 3.0 * epoch("top2+pcgrad/candle-ops");
                 let mean_tokens = batches.iter().sum::<usize>() as f64 / batches.len() as f64;
                 for (l, s) in &at[1..] {
                     print_steps(*l, s);
@@ -285,6 +288,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         "rows": lens.len(), "mean_padded_tokens": (mean_tokens * 10.0).round() / 10.0,
                         "steps_per_epoch": per_epoch, "epochs": "2 heads + 3 top-2 with PCGrad",
                         "estimate_s_cached": (dynamic * 10.0).round() / 10.0,
+                        "estimate_s_cached_candle_ops": (dynamic_ops * 10.0).round() / 10.0,
                         "estimate_s_seed_padding": (ours * 10.0).round() / 10.0,
                     })
                 );

@@ -533,3 +533,25 @@ extern "C" __global__ void dropout_f32(const float *x, float *y, uint32_t n, flo
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
     y[i] = dropout_uniform(seed, i) >= p ? x[i] * keep : 0.0f;
 }
+
+// Binary cross-entropy with logits, element by element: l = (1 - y) x + c softplus(-x) with
+// c = 1 + (pw[col] - 1) y when weighted (else 1); its derivative (1 - y) - c sigmoid(-x). x, y: n
+// elements in rows of `cols`.
+__device__ __forceinline__ float bce_coef(const float *y, const float *pw, uint32_t i, uint32_t cols, uint32_t weighted) {
+  return weighted ? 1.0f + (pw[i % cols] - 1.0f) * y[i] : 1.0f;
+}
+extern "C" __global__ void bce_fwd_f32(const float *x, const float *y, const float *pw, float *l, uint32_t n, uint32_t cols,
+                                       uint32_t weighted) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float xi = x[i];
+    const float sp = fmaxf(-xi, 0.0f) + log1pf(expf(-fabsf(xi)));
+    l[i] = (1.0f - y[i]) * xi + bce_coef(y, pw, i, cols, weighted) * sp;
+  }
+}
+extern "C" __global__ void bce_grad_f32(const float *x, const float *y, const float *pw, float *d, uint32_t n, uint32_t cols,
+                                        uint32_t weighted) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float sig_neg = 1.0f / (1.0f + expf(x[i]));
+    d[i] = (1.0f - y[i]) - bce_coef(y, pw, i, cols, weighted) * sig_neg;
+  }
+}

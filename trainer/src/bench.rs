@@ -9,7 +9,7 @@ use crate::train::{apply_step, targets};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::time::Instant;
-use viralclip_engine::model::{BertConfig, Mode, MultiTask};
+use viralclip_engine::model::{train_ops, BertConfig, Mode, MultiTask};
 
 /// Mean time of one step of a stage.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -20,6 +20,19 @@ pub struct StepTiming {
     pub stage: String,
     pub ms_per_step: f64,
     pub steps: usize,
+    /// Tensors candle created per step (each operation makes one; views too): on a GPU, where
+    /// each operation is a kernel launch, what bounds a small step.
+    pub tensors_per_step: f64,
+}
+
+/// How many tensors candle has created so far (its tensor ids count up from 1).
+fn tensors_created() -> usize {
+    let id = format!("{:?}", Tensor::new(0f32, &Device::Cpu).map(|t| t.id()));
+    id.chars()
+        .filter(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or(0)
 }
 
 fn sync(dev: &Device) -> Result<()> {
@@ -27,18 +40,20 @@ fn sync(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize)> {
+/// Milliseconds and tensors created per call of `f`, and the number of calls timed.
+fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize, f64)> {
     f()?; // warm-up
     f()?;
     sync(dev)?;
-    let start = Instant::now();
+    let (start, first) = (Instant::now(), tensors_created());
     let mut n = 0;
     while n < 3 || start.elapsed().as_secs_f64() < secs {
         f()?;
         n += 1;
     }
     sync(dev)?;
-    Ok((start.elapsed().as_secs_f64() * 1e3 / n as f64, n))
+    let tensors = (tensors_created() - first).saturating_sub(1) as f64 / n as f64;
+    Ok((start.elapsed().as_secs_f64() * 1e3 / n as f64, n, tensors))
 }
 
 /// Times the seed's stages at `batch` × `tokens` (every text that long, as the seed pads) with the
@@ -115,7 +130,7 @@ pub fn step_times(
         .detach();
     let mut out = Vec::new();
 
-    let (ms, n) = timed(dev, secs, || {
+    let (ms, n, tensors) = timed(dev, secs, || {
         let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
         h.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         Ok(())
@@ -124,6 +139,7 @@ pub fn step_times(
         stage: "cache".into(),
         ms_per_step: ms,
         steps: n,
+        tensors_per_step: tensors,
     });
     // A batch's rows at these positions (all of it for `None`).
     let pick = |x: &Tensor, part: Option<&[usize]>| -> Result<Tensor> {
@@ -135,7 +151,7 @@ pub fn step_times(
             }
         })
     };
-    let (ms, n) = timed(dev, secs, || {
+    let (ms, n, tensors) = timed(dev, secs, || {
         let mut f = |part: Option<&[usize]>| pick(&cls, part);
         apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
         Ok(())
@@ -144,8 +160,9 @@ pub fn step_times(
         stage: "heads".into(),
         ms_per_step: ms,
         steps: n,
+        tensors_per_step: tensors,
     });
-    let (ms, n) = timed(dev, secs, || {
+    let (ms, n, tensors) = timed(dev, secs, || {
         let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
             let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
             Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
@@ -157,8 +174,27 @@ pub fn step_times(
         stage: format!("top{top}+pcgrad"),
         ms_per_step: ms,
         steps: n,
+        tensors_per_step: tensors,
     });
-    let (ms, n) = timed(dev, secs, || {
+    // The same step through candle's operations alone (no fused training operations, no fused
+    // optimiser step): the "before" of both, in the same run.
+    let (ms, n, tensors) = train_ops::without_fused(|| {
+        timed(dev, secs, || {
+            let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+                let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
+                Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+            };
+            apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
+            Ok(())
+        })
+    })?;
+    out.push(StepTiming {
+        stage: format!("top{top}+pcgrad/candle-ops"),
+        ms_per_step: ms,
+        steps: n,
+        tensors_per_step: tensors,
+    });
+    let (ms, n, tensors) = timed(dev, secs, || {
         let h = model
             .bert
             .hidden_before(&ids, &mask, from, Mode::Inference)?
@@ -174,6 +210,7 @@ pub fn step_times(
         stage: format!("top{top}+pcgrad+frozen-forward"),
         ms_per_step: ms,
         steps: n,
+        tensors_per_step: tensors,
     });
     Ok(out)
 }
@@ -229,8 +266,20 @@ mod tests {
         let stages: Vec<&str> = t.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(
             stages,
-            ["cache", "heads", "top2+pcgrad", "top2+pcgrad+frozen-forward"]
+            [
+                "cache",
+                "heads",
+                "top2+pcgrad",
+                "top2+pcgrad/candle-ops",
+                "top2+pcgrad+frozen-forward"
+            ]
         );
         assert!(t.iter().all(|s| s.ms_per_step > 0.0 && s.steps >= 3));
+        // Tensors made per step (not asserted: tests running beside this one make tensors too,
+        // and candle counts them all; `viralclip bench --train-steps` runs alone).
+        let made = |stage: &str| t.iter().find(|s| s.stage == stage).unwrap().tensors_per_step;
+        let (fused, ops) = (made("top2+pcgrad"), made("top2+pcgrad/candle-ops"));
+        println!("tensors per top-2 step: fused {fused}, candle's operations {ops}");
+        assert!(fused > 0.0 && ops > 0.0);
     }
 }

@@ -360,14 +360,7 @@ pub fn pos_weights(examples: &[Example]) -> Vec<f32> {
 
 /// Mean binary cross-entropy on logits, with per-class positive weights when given.
 pub fn bce_with_logits(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    // softplus(-x) = relu(-x) + log(1 + exp(-|x|)), stable for any x.
-    let sp = (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let neg_part = ((1.0 - y)? * x)?;
-    let coef = match pos_weight {
-        Some(pw) => (y.broadcast_mul(&(pw - 1.0)?)? + 1.0)?,
-        None => y.ones_like()?,
-    };
-    (neg_part + (coef * sp)?)?.mean_all()
+    viralclip_engine::model::train_ops::bce_with_logits(x, y, pos_weight)
 }
 
 struct Tokenized {
@@ -571,7 +564,7 @@ pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<
     })
 }
 
-fn task_losses(
+pub(crate) fn task_losses(
     logits: &viralclip_engine::model::Logits,
     t: &Targets,
     pw: &Tensor,

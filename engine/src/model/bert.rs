@@ -369,30 +369,27 @@ impl Layer {
         // and two backward, where a batched product with the weight broadcast over the batch
         // also sums the weight's gradient over it.
         let (b, t, h) = x.dims3()?;
-        let split = |y: Tensor, len: usize| -> Result<Tensor> {
-            y.reshape((b, len, self.heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()
-        };
+        let split = |y: Tensor, len: usize| train_ops::split_heads(&y, b, len, self.heads);
+        let linear = |x: &Tensor, l: &Linear| train_ops::linear(x, l.weight(), l.bias());
         let xq = if cls_only { x.narrow(1, 0, 1)? } else { x.clone() };
         let tq = xq.dim(1)?;
         let (x2, xq2) = (x.reshape((b * t, h))?, xq.reshape((b * tq, h))?);
-        let q = split(Self::linear2d(&xq2, &self.query)?, tq)?;
-        let k = split(Self::linear2d(&x2, &self.key)?, t)?;
-        let v = split(Self::linear2d(&x2, &self.value)?, t)?;
+        let q = split(linear(&xq2, &self.query)?, tq)?;
+        let k = split(linear(&x2, &self.key)?, t)?;
+        let v = split(linear(&x2, &self.value)?, t)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let probs = attention_probs(&q.matmul(&k.t()?)?, mask, scale, mode)?;
         let probs = dropout(&probs, self.attn_dropout, mode)?;
-        let ctx = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * tq, h))?;
-        let attn = dropout(&Self::linear2d(&ctx, &self.attn_out)?, self.dropout, mode)?;
+        let ctx = train_ops::merge_heads(&probs.matmul(&v)?)?;
+        let attn = dropout(&linear(&ctx, &self.attn_out)?, self.dropout, mode)?;
         let attn = self.attn_norm.forward(&(attn + &xq2)?, mode)?;
         let inner = match (self.act, self.intermediate.bias()) {
             // One differentiable pass for the bias and GELU.
             (Activation::GeluErf, Some(bias)) => {
-                train_ops::bias_gelu(&attn.matmul(&self.intermediate.weight().t()?)?, bias)?
+                train_ops::bias_gelu(&train_ops::linear(&attn, self.intermediate.weight(), None)?, bias)?
             }
             (act, _) => {
-                let inner = Self::linear2d(&attn, &self.intermediate)?;
+                let inner = linear(&attn, &self.intermediate)?;
                 match act {
                     Activation::GeluErf => inner.gelu_erf()?,
                     Activation::GeluTanh => inner.gelu()?,
@@ -400,7 +397,7 @@ impl Layer {
                 }
             }
         };
-        let out = dropout(&Self::linear2d(&inner, &self.output)?, self.dropout, mode)?;
+        let out = dropout(&linear(&inner, &self.output)?, self.dropout, mode)?;
         self.out_norm.forward(&(out + attn)?, mode)?.reshape((b, tq, h))
     }
 }

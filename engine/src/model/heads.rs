@@ -9,6 +9,16 @@ fn dropout(x: Tensor, p: f32, mode: Mode) -> Result<Tensor> {
     super::bert::dropout(&x, p, mode)
 }
 
+/// A head's linear layer: candle's for scoring, one graph node for training
+/// ([`super::train_ops::linear`]).
+fn linear(l: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    if mode.differentiable() {
+        super::train_ops::linear(x, l.weight(), l.bias())
+    } else {
+        l.forward(x)
+    }
+}
+
 /// hidden → 256 → ReLU → Dropout(0.3) → 128 → ReLU → Dropout(0.2) → 1 (a logit).
 #[derive(Debug, Clone)]
 pub struct PopularityHead {
@@ -28,9 +38,9 @@ impl PopularityHead {
 
     /// (b, hidden) → (b,) logits.
     pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = dropout(self.l0.forward(cls)?.relu()?, 0.3, mode)?;
-        let x = dropout(self.l3.forward(&x)?.relu()?, 0.2, mode)?;
-        self.l6.forward(&x)?.squeeze(1)
+        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, 0.3, mode)?;
+        let x = dropout(linear(&self.l3, &x, mode)?.relu()?, 0.2, mode)?;
+        linear(&self.l6, &x, mode)?.squeeze(1)
     }
 }
 
@@ -51,8 +61,8 @@ impl EmotionHead {
 
     /// (b, hidden) → (b, labels) logits.
     pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = dropout(self.l0.forward(cls)?.relu()?, 0.3, mode)?;
-        self.l3.forward(&x)
+        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, 0.3, mode)?;
+        linear(&self.l3, &x, mode)
     }
 }
 

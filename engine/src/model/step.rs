@@ -93,7 +93,8 @@ impl StepStats {
 }
 
 /// Whether [`fused_step`] runs on these parameters: contiguous f32 tensors, all on the CPU, or all
-/// on CUDA with `VIRALCLIP_FUSED_TRAIN=1` ([`super::kernels::fused_train_cuda`]).
+/// on CUDA with `VIRALCLIP_FUSED_TRAIN=1` ([`super::kernels::fused_train_cuda`]), unless
+/// [`super::train_ops::without_fused`] switched it off on this thread.
 pub fn supported(params: &[StepParam]) -> bool {
     let ts: Vec<&Tensor> = params
         .iter()
@@ -102,7 +103,8 @@ pub fn supported(params: &[StepParam]) -> bool {
         .collect();
     let cpu = ts.iter().all(|t| t.device().is_cpu());
     let cuda = super::kernels::fused_train_cuda() && ts.iter().all(|t| t.device().is_cuda());
-    ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous()) && (cpu || cuda)
+    let on = !super::train_ops::switched_off();
+    on && ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous()) && (cpu || cuda)
 }
 
 /// Applies one step to every parameter (see the module's doc) and returns its reductions. The

@@ -12,6 +12,7 @@
 //! `dropout_f32`) compute the same.
 
 use super::kernels::{self, fused_train_cuda};
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -30,8 +31,9 @@ pub fn without_dropout<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Runs `f` with the fused training operations switched off on this thread (candle's operations
-/// instead): for comparing the two.
+/// Runs `f` with the fused training operations and the fused optimiser step
+/// ([`super::step`]) switched off on this thread (candle's operations instead): for comparing the
+/// two.
 pub fn without_fused<R>(f: impl FnOnce() -> R) -> R {
     let was = OFF.with(|o| o.replace(true));
     let r = f();
@@ -39,9 +41,14 @@ pub fn without_fused<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Whether [`without_fused`] switched the fused passes off on this thread.
+pub(crate) fn switched_off() -> bool {
+    OFF.with(|o| o.get())
+}
+
 /// Whether the fused operations run on these tensors.
 fn usable(ts: &[&Tensor]) -> bool {
-    if OFF.with(|o| o.get()) {
+    if switched_off() {
         return false;
     }
     let f32s = ts.iter().all(|t| t.dtype() == DType::F32);
@@ -438,6 +445,319 @@ pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     x.broadcast_add(bias)?.gelu_erf()
 }
 
+// ---------------------------------------------------------------- projections and heads
+//
+// Built from candle's own storage operations (its GEMM, its broadcast add, its strided copy), so
+// the same code runs on every backend: no kernel of ours. What they save is graph nodes: candle's
+// backward pass adds a zero tensor and an addition for every edge it follows, so a projection
+// made of a transpose, a product, a broadcast and an addition costs some ten launches more on
+// the way back than one node with the same backward.
+
+/// `x · wᵀ (+ b)` with `x` (rows, k), `w` (n, k), `b` (n), on any backend.
+fn project<S: BackendStorage>(
+    x: &S,
+    lx: &Layout,
+    w: &S,
+    lw: &Layout,
+    b: Option<(&S, &Layout)>,
+) -> Result<(S, Shape)> {
+    let (m, k) = lx.shape().dims2()?;
+    let (n, k2) = lw.shape().dims2()?;
+    if k != k2 {
+        candle_core::bail!("projection: {k} inputs against a weight of {n} × {k2}")
+    }
+    let y = x.matmul(w, (1, m, n, k), lx, &lw.transpose(0, 1)?)?;
+    let shape = Shape::from((m, n));
+    match b {
+        None => Ok((y, shape)),
+        Some((b, lb)) => {
+            let y = y.binary_impl::<candle_core::op::Add>(
+                b,
+                &Layout::contiguous(&shape),
+                &lb.broadcast_as(&shape)?,
+            )?;
+            Ok((y, shape))
+        }
+    }
+}
+
+struct Project;
+
+impl CustomOp2 for Project {
+    fn name(&self) -> &'static str {
+        "project"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        project(s1, l1, s2, l2, None)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        project(s1, l1, s2, l2, None)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?)))
+    }
+}
+
+struct ProjectBias;
+
+impl CustomOp3 for ProjectBias {
+    fn name(&self) -> &'static str {
+        "project-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        project(s1, l1, s2, l2, Some((s3, l3)))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        project(s1, l1, s2, l2, Some((s3, l3)))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(dy.matmul(w)?), Some(dy.t()?.matmul(x)?), Some(dy.sum(0)?)))
+    }
+}
+
+/// `x · wᵀ + b` (without `b`: `x · wᵀ`) over the rows of `x` (rows, k), differentiable in all:
+/// one graph node.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let ok = match b {
+        Some(b) => usable(&[x, w, b]) && b.rank() == 1,
+        None => usable(&[x, w]),
+    };
+    if ok && x.rank() == 2 && w.rank() == 2 {
+        let x = x.contiguous()?;
+        return match b {
+            Some(b) => x.apply_op3(w, &b.contiguous()?, ProjectBias),
+            None => x.apply_op2(w, Project),
+        };
+    }
+    let y = x.matmul(&w.t()?)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// Swaps dimensions 1 and 2 of a (b, p, q, d) tensor into a new contiguous one (candle's strided
+/// copy); its own backward.
+struct Swap12;
+
+fn swap12<S>(x: &S, l: &Layout) -> Result<(S, Shape)>
+where
+    S: BackendStorage,
+    S::Device: BackendDevice<Storage = S>,
+{
+    let &[b, p, q, d] = l.dims() else {
+        candle_core::bail!("swap: expected 4 dimensions, got {:?}", l.dims())
+    };
+    let shape = Shape::from((b, q, p, d));
+    // SAFETY: the copy below writes every element.
+    let mut out = unsafe { x.device().alloc_uninit(&shape, x.dtype())? };
+    x.copy_strided_src(&mut out, 0, &l.transpose(1, 2)?)?;
+    Ok((out, shape))
+}
+
+impl CustomOp1 for Swap12 {
+    fn name(&self) -> &'static str {
+        "swap12"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
+        swap12(s1, l1)
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        swap12(s1, l1)
+    }
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(dy.contiguous()?.apply_op1_no_bwd(&Swap12)?))
+    }
+}
+
+/// (b·t, heads·d) rows → (b, heads, t, d), contiguous: one graph node (a reshape, a transpose and
+/// a copy otherwise).
+pub fn split_heads(x: &Tensor, b: usize, t: usize, heads: usize) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)? / heads;
+    let x = x.reshape((b, t, heads, d))?;
+    if usable(&[&x]) {
+        return x.contiguous()?.apply_op1(Swap12);
+    }
+    x.transpose(1, 2)?.contiguous()
+}
+
+/// (b, heads, t, d) → (b·t, heads·d) rows: [`split_heads`] undone, one graph node.
+pub fn merge_heads(x: &Tensor) -> Result<Tensor> {
+    let (b, heads, t, d) = x.dims4()?;
+    let y = if usable(&[x]) {
+        x.contiguous()?.apply_op1(Swap12)?
+    } else {
+        x.transpose(1, 2)?.contiguous()?
+    };
+    y.reshape((b * t, heads * d))
+}
+
+// ---------------------------------------------------------------- loss
+
+/// Binary cross-entropy with logits, per element: `(1 − y)·x + c·softplus(−x)`, with
+/// `c = 1 + (pw[col] − 1)·y` when `weighted` (the positive class's weight per column).
+struct Bce {
+    weighted: bool,
+    /// Element-wise derivative `(1 − y) − c·σ(−x)` instead of the loss (the backward pass).
+    grad: bool,
+}
+
+impl CustomOp3 for Bce {
+    fn name(&self) -> &'static str {
+        "bce-with-logits"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, y, pw) = (
+            slice(s1, l1, "bce x")?,
+            slice(s2, l2, "bce y")?,
+            slice(s3, l3, "bce weight")?,
+        );
+        let cols = if self.weighted { pw.len() } else { 1 };
+        let out: Vec<f32> = (0..x.len())
+            .map(|i| {
+                let c = if self.weighted {
+                    1.0 + (pw[i % cols] - 1.0) * y[i]
+                } else {
+                    1.0
+                };
+                let xi = x[i];
+                if self.grad {
+                    (1.0 - y[i]) - c / (1.0 + kernels::exp(xi))
+                } else {
+                    let sp = (-xi).max(0.0) + kernels::exp(-xi.abs()).ln_1p();
+                    (1.0 - y[i]) * xi + c * sp
+                }
+            })
+            .collect();
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bce(s1, l1, s2, l2, s3, l3, self.weighted, self.grad)
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        pw: &Tensor,
+        _l: &Tensor,
+        dl: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let d = x.apply_op3_no_bwd(
+            y,
+            pw,
+            &Bce {
+                weighted: self.weighted,
+                grad: true,
+            },
+        )?;
+        Ok((Some((d * dl)?), None, None))
+    }
+}
+
+/// The mean binary cross-entropy of logits `x` against 0/1 targets `y` (same shape), with the
+/// positive class of column `j` weighted by `pos_weight[j]` (rows of `pos_weight.len()`):
+/// PyTorch's `BCEWithLogitsLoss(pos_weight=…)`, stable for any `x`, differentiable in `x`.
+pub fn bce_with_logits(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> Result<Tensor> {
+    let cols_ok = pos_weight.is_none_or(|pw| x.dim(D::Minus1).is_ok_and(|c| c == pw.elem_count()));
+    let args: Vec<&Tensor> = [Some(x), Some(y), pos_weight].into_iter().flatten().collect();
+    if usable(&args) && cols_ok && x.shape() == y.shape() {
+        let (x, y) = (x.contiguous()?, y.contiguous()?);
+        let l = match pos_weight {
+            Some(pw) => x.apply_op3(
+                &y,
+                &pw.contiguous()?,
+                Bce {
+                    weighted: true,
+                    grad: false,
+                },
+            )?,
+            // The third operand is not read.
+            None => x.apply_op3(
+                &y,
+                &y,
+                Bce {
+                    weighted: false,
+                    grad: false,
+                },
+            )?,
+        };
+        return l.mean_all();
+    }
+    // softplus(-x) = relu(-x) + log(1 + exp(-|x|)), stable for any x.
+    let sp = (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let neg_part = ((1.0 - y)? * x)?;
+    let coef = match pos_weight {
+        Some(pw) => (y.broadcast_mul(&(pw - 1.0)?)? + 1.0)?,
+        None => y.ones_like()?,
+    };
+    (neg_part + (coef * sp)?)?.mean_all()
+}
+
 // ---------------------------------------------------------------- dropout
 
 struct Dropout {
@@ -542,10 +862,30 @@ pub fn check(dev: &candle_core::Device) -> Result<(f32, bool)> {
         &config,
         28,
     )?;
-    // Zero-initialised tensors (biases) would hide mistakes: perturb everything.
-    for var in varmap.all_vars() {
-        var.set(&(var.as_tensor() + var.as_tensor().randn_like(0.0, 0.2)?)?)?;
+    // Seeded weights (candle's CPU random numbers cannot be seeded), none zero (zero biases
+    // would hide mistakes): the same check gives the same numbers every run on the CPU.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let gain = if name.ends_with("LayerNorm.weight") {
+            1.0
+        } else {
+            0.0
+        };
+        let values: Vec<f32> = (0..var.elem_count())
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                gain + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.6
+            })
+            .collect();
+        var.set(&Tensor::from_vec(values, var.shape(), dev)?)?;
     }
+    drop(data);
     let ids: Vec<u32> = (0..21).map(|i| (i * 37 % 97 + 2) as u32).collect();
     let ids = Tensor::from_vec(ids, (3, 7), dev)?;
     let lens = [5u32, 7, 3];
@@ -750,6 +1090,45 @@ mod cuda {
         Ok((CudaStorage::wrap_cuda_slice(dz, dev), l1.shape().clone()))
     }
 
+    #[allow(clippy::too_many_arguments)]
+    pub fn bce(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+        weighted: bool,
+        grad: bool,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (x, y, pw) = (
+            view(s1, l1, "bce x")?,
+            view(s2, l2, "bce y")?,
+            view(s3, l3, "bce weight")?,
+        );
+        // SAFETY: every element is written by the kernel below.
+        let mut out = unsafe { dev.alloc::<f32>(x.len())? };
+        let name = if grad { "bce_grad_f32" } else { "bce_fwd_f32" };
+        let (f, stream) = (func(s1, name)?, dev.cuda_stream());
+        let (n, cols, w) = (
+            x.len() as u32,
+            if weighted { pw.len() as u32 } else { 1 },
+            weighted as u32,
+        );
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x)
+            .arg(&y)
+            .arg(&pw)
+            .arg(&mut out)
+            .arg(&n)
+            .arg(&cols)
+            .arg(&w);
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l1.shape().clone()))
+    }
+
     pub fn dropout(s1: &CudaStorage, l1: &Layout, p: f32, seed: u64) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
         let x = view(s1, l1, "dropout x")?;
@@ -788,12 +1167,16 @@ mod tests {
             let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
             let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
             let y = if fused { f(&ts) } else { without_fused(|| f(&ts)) }.unwrap();
-            let r = Tensor::ones(y.shape(), DType::F32, &Device::Cpu)
-                .unwrap()
-                .cumsum(D::Minus1)
-                .unwrap()
-                .sin()
-                .unwrap();
+            let r = if y.rank() == 0 {
+                Tensor::new(1.7f32, &Device::Cpu).unwrap()
+            } else {
+                Tensor::ones(y.shape(), DType::F32, &Device::Cpu)
+                    .unwrap()
+                    .cumsum(D::Minus1)
+                    .unwrap()
+                    .sin()
+                    .unwrap()
+            };
             let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gs: Vec<Option<Tensor>> = ts.iter().map(|t| grads.get(t).cloned()).collect();
             (y, gs)
@@ -848,6 +1231,38 @@ mod tests {
         let (dy, dg) = compare(&[x, b], |t| bias_gelu(&t[0], &t[1]));
         assert!(dy < 1e-5, "values: {dy}");
         assert!(dg < 1e-4, "gradients: {dg}");
+    }
+
+    #[test]
+    fn projections_match_the_operations_and_their_gradients() {
+        let (x, w, b) = (randn(&[6, 24]), randn(&[10, 24]), randn(&[10]));
+        let (dy, dg) = compare(&[x.clone(), w.clone(), b], |t| linear(&t[0], &t[1], Some(&t[2])));
+        assert!(dy < 1e-5 && dg < 1e-4, "with a bias: values {dy}, gradients {dg}");
+        let (dy, dg) = compare(&[x, w], |t| linear(&t[0], &t[1], None));
+        assert!(dy < 1e-5 && dg < 1e-4, "without: values {dy}, gradients {dg}");
+    }
+
+    #[test]
+    fn head_split_and_merge_match_the_operations_and_their_gradients() {
+        let x = randn(&[2 * 5, 3 * 4]);
+        let (dy, dg) = compare(std::slice::from_ref(&x), |t| split_heads(&t[0], 2, 5, 3));
+        assert!(dy == 0.0 && dg == 0.0, "split: values {dy}, gradients {dg}");
+        let (dy, dg) = compare(&[x], |t| merge_heads(&split_heads(&t[0], 2, 5, 3)?.sin()?));
+        assert!(dy == 0.0 && dg < 1e-6, "merge: values {dy}, gradients {dg}");
+    }
+
+    #[test]
+    fn bce_matches_the_operations_and_its_gradient() {
+        let x = randn(&[5, 28]).affine(4.0, 0.0).unwrap();
+        let y = randn(&[5, 28]).ge(0.7).unwrap().to_dtype(DType::F32).unwrap();
+        let pw = randn(&[28]).abs().unwrap().affine(3.0, 0.1).unwrap();
+        let (dy, dg) = compare(&[x.clone(), y.clone(), pw], |t| {
+            bce_with_logits(&t[0], &t[1].detach(), Some(&t[2].detach()))
+        });
+        assert!(dy < 1e-5 && dg < 1e-6, "weighted: values {dy}, gradients {dg}");
+        let (x, y) = (x.flatten_all().unwrap(), y.flatten_all().unwrap());
+        let (dy, dg) = compare(&[x, y], |t| bce_with_logits(&t[0], &t[1].detach(), None));
+        assert!(dy < 1e-5 && dg < 1e-6, "unweighted: values {dy}, gradients {dg}");
     }
 
     /// Dropout keeps about 1 − p of the elements, scales them by 1/(1 − p), passes the gradient
