@@ -425,3 +425,27 @@ fn mean_pooling_round_trips_through_the_artifact() {
     let err = train::train(&other, &Device::Cpu, &mut |_| {}, &quiet).unwrap_err();
     assert!(err.to_string().contains("pooling"), "{err}");
 }
+
+/// A seeded run is reproducible on the CPU: the heads' initial weights, the batches and the
+/// dropout masks all come from `--seed`, so the same run twice writes the same weights, bit for
+/// bit, and another seed writes others.
+#[test]
+fn a_seeded_run_trains_the_same_weights_twice() {
+    let run = |seed: u64| -> Vec<u8> {
+        let (dir, mut cfg) = tiny_setup().expect("the tokenizer fixture");
+        cfg.frozen_epochs = 1;
+        cfg.unfrozen_epochs = 1;
+        cfg.unfreeze_layers = 1;
+        cfg.head_lr = Some(3e-3);
+        cfg.patience = 0;
+        cfg.seed = seed;
+        train::train(&cfg, &Device::Cpu, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+        std::fs::read(dir.path().join("model/weights.safetensors")).unwrap()
+    };
+    if minilm_tokenizer().is_none() {
+        return;
+    }
+    let (a, b, c) = (run(42), run(42), run(7));
+    assert!(a == b, "the same seed trained different weights");
+    assert!(a != c, "another seed trained the same weights");
+}

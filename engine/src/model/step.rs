@@ -193,7 +193,8 @@ fn check_len(p: &StepParam) -> Result<usize> {
 }
 
 /// The sums of `f` over the chunks of `0..n` (in parallel when there is more than one), each
-/// chunk's partial sums in f32 and their total in f64, as the CUDA blocks add theirs.
+/// chunk's partial sums in f32 and their total in f64, as the CUDA blocks add theirs; the partial
+/// sums are added in chunk order, so the result does not depend on how threads shared the work.
 fn over_chunks<const K: usize>(n: usize, f: impl Fn(std::ops::Range<usize>) -> [f64; K] + Sync) -> [f64; K] {
     let chunk = |c: usize| f(c * CHUNK..((c + 1) * CHUNK).min(n));
     let add = |mut p: [f64; K], q: [f64; K]| {
@@ -203,7 +204,12 @@ fn over_chunks<const K: usize>(n: usize, f: impl Fn(std::ops::Range<usize>) -> [
     match n.div_ceil(CHUNK) {
         0 => [0.0; K],
         1 => chunk(0),
-        c => (0..c).into_par_iter().map(chunk).reduce(|| [0.0; K], add),
+        c => (0..c)
+            .into_par_iter()
+            .map(chunk)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .fold([0.0; K], add),
     }
 }
 
