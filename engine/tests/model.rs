@@ -166,6 +166,79 @@ fn fused_training_ops_give_the_operations_gradients() {
     assert!(worst < 1e-3, "{worst}");
 }
 
+/// Training by hand (the layers' taped forward and backward passes, the heads through candle's
+/// graph) gives the graph's gradients for every trainable parameter: without dropout, and with
+/// it (both draw the same masks from the same seed).
+#[test]
+fn training_by_hand_gives_the_graphs_gradients() {
+    let (varmap, model) = random_model(&tiny_config(), 28);
+    let (ids, mask) = padded_inputs();
+    let from = 0;
+    let hidden = model
+        .bert
+        .hidden_before(&ids, &mask, from, Mode::Inference)
+        .unwrap()
+        .detach();
+    let loss = |cls: &Tensor, mode: Mode| {
+        let out = model.heads(cls, mode).unwrap();
+        (out.popularity.sum_all().unwrap() + out.emotions.sqr().unwrap().sum_all().unwrap()).unwrap()
+    };
+    let vars: Vec<(String, Var)> = {
+        let data = varmap.data().lock().unwrap();
+        let mut v: Vec<_> = data
+            .iter()
+            .filter(|(n, _)| !n.starts_with("bert.embeddings"))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    for mode in [Mode::Autograd, Mode::Training] {
+        train_ops::seed_dropout(9);
+        let graph = loss(&model.bert.cls_from(&hidden, &mask, from, mode).unwrap(), mode)
+            .backward()
+            .unwrap();
+        train_ops::seed_dropout(9);
+        let (cls, tape) = model
+            .bert
+            .cls_from_taped(&hidden, &mask, from, mode)
+            .unwrap()
+            .expect("this model trains by hand");
+        let leaf = Var::from_tensor(&cls).unwrap();
+        let heads = loss(leaf.as_tensor(), mode).backward().unwrap();
+        let by_hand = model
+            .bert
+            .backward_taped(&tape, heads.get(leaf.as_tensor()).unwrap())
+            .unwrap();
+        let mut worst = (0f32, String::new());
+        let mut seen = 0;
+        for (name, var) in &vars {
+            let want = graph.get(var.as_tensor()).unwrap();
+            let got = if name.starts_with("bert.") {
+                let found: Vec<_> = by_hand
+                    .iter()
+                    .filter(|(p, _)| p.id() == var.as_tensor().id())
+                    .collect();
+                assert_eq!(found.len(), 1, "{name}: {} gradients by hand", found.len());
+                found[0].1.clone()
+            } else {
+                heads.get(var.as_tensor()).unwrap().clone()
+            };
+            seen += 1;
+            let rel = max_abs_diff(&got, want) / max_abs(want).max(1e-3);
+            if rel > worst.0 {
+                worst = (rel, name.clone());
+            }
+        }
+        println!(
+            "{mode:?}: {seen} parameters, largest relative difference {:.2e} ({})",
+            worst.0, worst.1
+        );
+        assert_eq!(by_hand.len(), 32, "16 tensors a layer");
+        assert!(worst.0 < 1e-4, "{mode:?}: {worst:?}");
+    }
+}
+
 /// Fused and differentiable kernels compute the same function.
 #[test]
 fn fused_and_differentiable_paths_agree() {

@@ -5,7 +5,7 @@
 use crate::data::{Label, EMOTIONS};
 use crate::error::Result;
 use crate::optim::AdamW;
-use crate::train::{apply_step, targets};
+use crate::train::{apply_step, forward_layers, targets, Forwarded};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::time::Instant;
@@ -152,7 +152,7 @@ pub fn step_times(
         })
     };
     let (ms, n, tensors) = timed(dev, secs, || {
-        let mut f = |part: Option<&[usize]>| pick(&cls, part);
+        let mut f = |part: Option<&[usize]>| pick(&cls, part).map(Forwarded::from);
         apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
         Ok(())
     })?;
@@ -163,9 +163,9 @@ pub fn step_times(
         tensors_per_step: tensors,
     });
     let (ms, n, tensors) = timed(dev, secs, || {
-        let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+        let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
             let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
-            Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+            forward_layers(&model, &h, &m, from, Mode::Training)
         };
         apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
         Ok(())
@@ -180,9 +180,9 @@ pub fn step_times(
     // optimiser step): the "before" of both, in the same run.
     let (ms, n, tensors) = train_ops::without_fused(|| {
         timed(dev, secs, || {
-            let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+            let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
                 let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
-                Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+                forward_layers(&model, &h, &m, from, Mode::Training)
             };
             apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
             Ok(())
@@ -199,9 +199,9 @@ pub fn step_times(
             .bert
             .hidden_before(&ids, &mask, from, Mode::Inference)?
             .detach();
-        let mut f = |part: Option<&[usize]>| -> Result<Tensor> {
+        let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
             let (h, m) = (pick(&h, part)?, pick(&mask, part)?);
-            Ok(model.bert.cls_from(&h, &m, from, Mode::Training)?)
+            forward_layers(&model, &h, &m, from, Mode::Training)
         };
         apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
         Ok(())

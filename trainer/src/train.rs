@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use viralclip_engine::model::{
-    artifact, BaseEncoder, EncoderFiles, Manifest, Mode, MultiTask, Pooling, WeightStore,
+    artifact, BaseEncoder, BertTape, EncoderFiles, Manifest, Mode, MultiTask, Pooling, WeightStore,
 };
 use viralclip_engine::scorer::{pad_batch, plan_batches, BatchLimits};
 
@@ -588,9 +588,59 @@ pub(crate) fn task_losses(
     Ok((pop, emo))
 }
 
-/// Computes the [CLS] states (with `Mode::Training`, so the graph reaches the unfrozen layers) of
-/// the batch's rows at these positions, or of the whole batch for `None`.
-pub(crate) type Forward<'a> = dyn FnMut(Option<&[usize]>) -> Result<Tensor> + 'a;
+/// Computes the [CLS] states of the batch's rows at these positions, or of the whole batch for
+/// `None`: through candle's graph (with `Mode::Training`, so it reaches the unfrozen layers), or
+/// by hand ([`forward_layers`]).
+pub(crate) type Forward<'a> = dyn FnMut(Option<&[usize]>) -> Result<Forwarded> + 'a;
+
+/// What a [`Forward`] computed: the [CLS] states, and when the trainable layers ran by hand
+/// (`Bert::cls_from_taped`), their tape, `cls` then being a leaf whose gradient the tape's
+/// backward pass starts from.
+pub(crate) struct Forwarded {
+    pub cls: Tensor,
+    pub tape: Option<BertTape>,
+}
+
+impl From<Tensor> for Forwarded {
+    /// States with nothing trainable below them, or with the graph reaching it.
+    fn from(cls: Tensor) -> Self {
+        Forwarded { cls, tape: None }
+    }
+}
+
+/// The trainable layers `from..` on hidden states `h` (mask `m`): by hand where they can run so
+/// (`Bert::cls_from_taped`: the same kernels, a third of the graph's operations), through
+/// candle's graph otherwise.
+pub(crate) fn forward_layers(
+    model: &MultiTask,
+    h: &Tensor,
+    m: &Tensor,
+    from: usize,
+    mode: Mode,
+) -> Result<Forwarded> {
+    Ok(match model.bert.cls_from_taped(h, m, from, mode)? {
+        Some((cls, tape)) => Forwarded {
+            cls: Var::from_tensor(&cls)?.as_tensor().clone(),
+            tape: Some(tape),
+        },
+        None => model.bert.cls_from(h, m, from, mode)?.into(),
+    })
+}
+
+/// The trainable layers' gradients of one backward pass `gs` (which reached `f.cls`): through
+/// `f`'s tape when it has one, else what the graph gave them.
+fn layer_grads(
+    model: &MultiTask,
+    f: &Forwarded,
+    gs: &candle_core::backprop::GradStore,
+) -> Result<Option<HashMap<candle_core::TensorId, Tensor>>> {
+    let Some(tape) = &f.tape else { return Ok(None) };
+    let Some(dcls) = gs.get(&f.cls) else {
+        return Ok(Some(HashMap::new()));
+    };
+    let grads = model.bert.backward_taped(tape, dcls)?;
+    Ok(Some(grads.into_iter().map(|(p, g)| (p.id(), g)).collect()))
+}
 
 /// One optimisation step of a batch: task losses, per-task gradients combined by PCGrad when
 /// `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW. With PCGrad on
@@ -621,20 +671,26 @@ pub(crate) fn apply_step(
     // backward pass then covers only its task's rows); one forward pass for both on a GPU, where
     // launching operations one by one is the cost and two forwards launch twice as many.
     let split = split_tasks(pw.device());
+    // The forward passes: the popularity task's and the emotion task's (the same one unless split).
+    let (fp, fe);
     let (lp, le, al) = if split && pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
         let (tp, te) = t.each_alone()?;
-        let lp = model.heads(&forward(Some(&t.pop_rows))?, Mode::Training)?;
-        let ce = forward(Some(&t.emo_rows))?;
-        let le = model.heads(&ce, Mode::Training)?;
-        let al = align(&te, &ce)?;
+        fp = forward(Some(&t.pop_rows))?;
+        let lp = model.heads(&fp.cls, Mode::Training)?;
+        fe = Some(forward(Some(&t.emo_rows))?);
+        let ce = &fe.as_ref().expect("set").cls;
+        let le = model.heads(ce, Mode::Training)?;
+        let al = align(&te, ce)?;
         (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1, al)
     } else {
-        let cls = forward(None)?;
-        let logits = model.heads(&cls, Mode::Training)?;
-        let al = align(t, &cls)?;
+        fp = forward(None)?;
+        fe = None;
+        let logits = model.heads(&fp.cls, Mode::Training)?;
+        let al = align(t, &fp.cls)?;
         let (lp, le) = task_losses(&logits, t, pw)?;
         (lp, le, al)
     };
+    let fe = fe.as_ref().unwrap_or(&fp);
     // The alignment term belongs to the emotion task (translated rows are emotion rows).
     let align_term = al.as_ref().map(|(l, _)| l.clone());
     let le = match (le, al) {
@@ -651,10 +707,17 @@ pub(crate) fn apply_step(
     if projected {
         let (lp, le) = (lp.expect("both"), le.expect("both"));
         let (gp, ge) = (lp.backward()?, le.backward()?);
+        let (hp, he) = (layer_grads(model, &fp, &gp)?, layer_grads(model, fe, &ge)?);
+        let layer = |by_hand: &Option<HashMap<candle_core::TensorId, Tensor>>,
+                     gs: &candle_core::backprop::GradStore,
+                     v: &Tensor| match by_hand {
+            Some(h) => h.get(&v.id()).cloned(),
+            None => gs.get(v).cloned(),
+        };
         for (k, p) in opt.params.iter().enumerate() {
             let v = p.var.as_tensor();
             grads[k] = if p.group == 1 {
-                (gp.get(v).cloned(), ge.get(v).cloned())
+                (layer(&hp, &gp, v), layer(&he, &ge, v))
             } else if p.name.starts_with("popularity_head.") {
                 (gp.get(v).cloned(), None)
             } else if p.name.starts_with("emotion_head.") {
@@ -671,9 +734,14 @@ pub(crate) fn apply_step(
             (None, None) => return Ok(None),
         };
         let gs = total.backward()?;
+        let by_hand = layer_grads(model, &fp, &gs)?;
         for (k, p) in opt.params.iter().enumerate() {
             if !(frozen && p.group == 1) {
-                grads[k].0 = gs.get(p.var.as_tensor()).cloned();
+                let v = p.var.as_tensor();
+                grads[k].0 = match (&by_hand, p.group) {
+                    (Some(h), 1) => h.get(&v.id()).cloned(),
+                    _ => gs.get(v).cloned(),
+                };
             }
         }
         losses.push(total);
@@ -1233,22 +1301,22 @@ pub fn train(
                     cfg.lr * cfg.unfrozen_lr_mult * f
                 },
             ];
-            let mut forward = |part: Option<&[usize]>| -> Result<Tensor> {
+            let mut forward = |part: Option<&[usize]>| -> Result<Forwarded> {
                 let picked: Vec<usize> = match part {
                     Some(p) => p.iter().map(|&k| rows[k]).collect(),
                     None => rows.clone(),
                 };
                 Ok(if frozen {
-                    Tensor::stack(
+                    Forwarded::from(Tensor::stack(
                         &picked
                             .iter()
                             .map(|&i| cache_train.cls[i].clone())
                             .collect::<Vec<_>>(),
                         0,
-                    )?
+                    )?)
                 } else {
                     let (h, m) = batch_hidden(&cache_train, &picked, device)?;
-                    model.bert.cls_from(&h, &m, from, Mode::Training)?
+                    forward_layers(&model, &h, &m, from, Mode::Training)?
                 })
             };
             let mut t = targets(&tok_train.labels, rows, device)?;
@@ -1535,9 +1603,10 @@ mod tests {
     }
 
     /// The PCGrad step takes the same step whether each task's rows run as their own batch (the
-    /// CPU's way) or both tasks share one forward pass (a GPU's).
+    /// CPU's way) or both tasks share one forward pass (a GPU's), and whether the trainable
+    /// layers run through candle's graph or by hand.
     #[test]
-    fn one_forward_for_both_tasks_takes_the_split_step() {
+    fn every_way_of_running_the_step_takes_the_same_step() {
         use candle_nn::{VarBuilder, VarMap};
         let dev = Device::Cpu;
         let varmap = VarMap::new();
@@ -1586,7 +1655,7 @@ mod tests {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
-        let step = |split: bool| -> Vec<Tensor> {
+        let step = |split: bool, by_hand: bool| -> Vec<Tensor> {
             for ((_, v), s) in vars.iter().zip(&start) {
                 v.set(s).unwrap();
             }
@@ -1594,11 +1663,12 @@ mod tests {
                 .iter()
                 .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
                 .collect();
-            let mut opt = AdamW::new(params, 0.01).unwrap();
-            // A large epsilon keeps the update smooth in the gradient: with Adam's own, a gradient
-            // element that is zero but for rounding moves by ±lr whichever way it rounded.
-            opt.eps = 1e-3;
-            let mut forward = |part: Option<&[usize]>| -> Result<Tensor> {
+            // An epsilon far above every gradient and a rate as large make the first step move
+            // each weight by its gradient (lr·g/(|g| + eps) ≈ g): Adam's own would move it by
+            // ±lr whatever the gradient's size, and hide a wrong gradient of the right sign.
+            let mut opt = AdamW::new(params, 0.0).unwrap();
+            opt.eps = 1e3;
+            let mut forward = |part: Option<&[usize]>| -> Result<Forwarded> {
                 let (h, m) = match part {
                     None => (hidden.clone(), mask.clone()),
                     Some(r) => {
@@ -1607,7 +1677,13 @@ mod tests {
                         (hidden.index_select(&idx, 0)?, mask.index_select(&idx, 0)?)
                     }
                 };
-                Ok(model.bert.cls_from(&h, &m, from, Mode::Autograd)?)
+                if by_hand {
+                    let f = forward_layers(&model, &h, &m, from, Mode::Autograd)?;
+                    assert!(f.tape.is_some(), "this model trains by hand");
+                    Ok(f)
+                } else {
+                    Ok(model.bert.cls_from(&h, &m, from, Mode::Autograd)?.into())
+                }
             };
             SPLIT.with(|s| s.set(Some(split)));
             // Without dropout: the heads' masks would differ between one batch and two.
@@ -1621,23 +1697,31 @@ mod tests {
                     true,
                     false,
                     1.0,
-                    &[0.1, 0.1],
+                    &[1e3, 1e3],
                 )
             });
             SPLIT.with(|s| s.set(None));
             assert!(out.unwrap().unwrap().surgery.is_some(), "PCGrad ran");
             vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect()
         };
-        let (joint, split) = (step(false), step(true));
-        for ((name, _), ((a, b), s)) in vars.iter().zip(joint.iter().zip(&split).zip(&start)) {
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+        // Each task's rows apart through candle's graph; both tasks in one pass; and both of
+        // these with the trainable layers by hand (their taped backward from the [CLS] leaf).
+        let reference = step(true, false);
+        for (split, by_hand) in [(false, false), (true, true), (false, true)] {
+            let other = step(split, by_hand);
+            for ((name, _), (a, b)) in vars.iter().zip(other.iter().zip(&reference)) {
+                let d = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-4, "split {split}, by hand {by_hand}, {name}: {d}");
+            }
+        }
+        for ((name, _), (a, s)) in vars.iter().zip(reference.iter().zip(&start)) {
             let moved = (a - s)
                 .unwrap()
                 .abs()
@@ -1646,7 +1730,6 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(d < 1e-4, "{name}: {d}");
             // The keys' bias has no gradient (softmax ignores a shift common to all keys).
             assert!(moved > 1e-6 || name.ends_with("key.bias"), "{name} did not move");
         }

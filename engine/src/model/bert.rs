@@ -402,6 +402,187 @@ impl Layer {
     }
 }
 
+/// What a layer's taped training pass ([`Layer::forward_taped`]) keeps for its backward pass.
+struct LayerTape {
+    /// Input rows (b·t, h) and query rows (b·tq, h): the same unless only [CLS] is queried.
+    x: Tensor,
+    xq: Tensor,
+    /// Heads (b, heads, tq|t, d).
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    /// Attention probabilities, and after dropout.
+    p: Tensor,
+    pd: Tensor,
+    /// Context rows (b·tq, h); the first norm's input and output; the FFN product before its
+    /// bias, and after bias + GELU; the second norm's input.
+    c: Tensor,
+    r1: Tensor,
+    y1: Tensor,
+    u: Tensor,
+    g: Tensor,
+    r2: Tensor,
+    /// Dropout seeds: attention probabilities, attention output, FFN output.
+    seeds: [Option<u64>; 3],
+    b: usize,
+    t: usize,
+    tq: usize,
+}
+
+/// Weights' gradients of a backward pass by hand: (the parameter's tensor, its gradient).
+pub type ParamGrads = Vec<(Tensor, Tensor)>;
+
+impl Layer {
+    /// Whether this layer can be trained by hand: GELU (erf) with biases everywhere, on tensors
+    /// the fused training passes run on.
+    fn by_hand(&self, x: &Tensor) -> bool {
+        let biased = [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attn_out,
+            &self.intermediate,
+            &self.output,
+        ]
+        .iter()
+        .all(|l| l.bias().is_some());
+        matches!(self.act, Activation::GeluErf) && biased && train_ops::by_hand(&[x, self.query.weight()])
+    }
+
+    /// The training forward pass outside any graph, keeping what [`Layer::backward`] needs.
+    /// `x`: (b, t, h) detached; `mask`: additive (b, 1, 1, t). Dropout as `mode` says.
+    fn forward_taped(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        mode: Mode,
+        cls_only: bool,
+    ) -> Result<(Tensor, LayerTape)> {
+        let (b, t, h) = x.dims3()?;
+        let w = |l: &Linear| l.weight().detach();
+        let bias = |l: &Linear| l.bias().expect("biases (by_hand)").detach();
+        let lin = |x: &Tensor, l: &Linear| train_ops::linear(x, &w(l), Some(&bias(l)));
+        let seed = |p: f32| {
+            if mode == Mode::Training {
+                train_ops::dropout_seed(p)
+            } else {
+                None
+            }
+        };
+        let tq = if cls_only { 1 } else { t };
+        let x2 = x.reshape((b * t, h))?;
+        let xq = if cls_only {
+            x.narrow(1, 0, 1)?.contiguous()?.reshape((b, h))?
+        } else {
+            x2.clone()
+        };
+        let q = train_ops::split_heads(&lin(&xq, &self.query)?, b, tq, self.heads)?;
+        let k = train_ops::split_heads(&lin(&x2, &self.key)?, b, t, self.heads)?;
+        let v = train_ops::split_heads(&lin(&x2, &self.value)?, b, t, self.heads)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let p = train_ops::scaled_masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
+        let seeds = [seed(self.attn_dropout), seed(self.dropout), seed(self.dropout)];
+        let pd = train_ops::dropout_with(&p, self.attn_dropout, seeds[0])?;
+        let c = train_ops::merge_heads(&pd.matmul(&v)?)?;
+        let a = train_ops::dropout_with(&lin(&c, &self.attn_out)?, self.dropout, seeds[1])?;
+        let r1 = (a + &xq)?;
+        let y1 = train_ops::layer_norm(
+            &r1,
+            &self.attn_norm.weight.detach(),
+            &self.attn_norm.bias.detach(),
+            self.attn_norm.eps,
+        )?;
+        let u = train_ops::linear(&y1, &w(&self.intermediate), None)?;
+        let g = train_ops::bias_gelu(&u, &bias(&self.intermediate))?;
+        let o = train_ops::dropout_with(&lin(&g, &self.output)?, self.dropout, seeds[2])?;
+        let r2 = (o + &y1)?;
+        let y2 = train_ops::layer_norm(
+            &r2,
+            &self.out_norm.weight.detach(),
+            &self.out_norm.bias.detach(),
+            self.out_norm.eps,
+        )?;
+        let tape = LayerTape {
+            x: x2,
+            xq,
+            q,
+            k,
+            v,
+            p,
+            pd,
+            c,
+            r1,
+            y1,
+            u,
+            g,
+            r2,
+            seeds,
+            b,
+            t,
+            tq,
+        };
+        Ok((y2.reshape((b, tq, h))?, tape))
+    }
+
+    /// The backward pass of [`Layer::forward_taped`]: from the output rows' gradient `dy`
+    /// (b·tq, h), the input's gradient (b, t, h), and every weight's into `grads`.
+    fn backward(&self, tape: &LayerTape, dy: &Tensor, grads: &mut ParamGrads) -> Result<Tensor> {
+        let LayerTape { b, t, tq, .. } = *tape;
+        let h = tape.x.dim(1)?;
+        let w = |l: &Linear| l.weight().detach();
+        // A projection's weight and bias gradients from its input rows and output gradient;
+        // returns the input's gradient.
+        let project = |l: &Linear, x: &Tensor, dy: &Tensor, grads: &mut ParamGrads| -> Result<Tensor> {
+            grads.push((l.weight().clone(), dy.t()?.matmul(x)?));
+            if let Some(bias) = l.bias() {
+                grads.push((bias.clone(), dy.sum(0)?));
+            }
+            dy.matmul(&w(l))
+        };
+        let (dr2, dg2, db2) =
+            train_ops::layer_norm_backward(&tape.r2, &self.out_norm.weight, dy, self.out_norm.eps)?;
+        grads.push((self.out_norm.weight.clone(), dg2));
+        grads.push((self.out_norm.bias.clone(), db2));
+        let d_out = train_ops::dropout_with(&dr2, self.dropout, tape.seeds[2])?;
+        let dg = project(&self.output, &tape.g, &d_out, grads)?;
+        let bias1 = self.intermediate.bias().expect("biases (by_hand)");
+        let (du, dbias1) = train_ops::bias_gelu_backward(&tape.u, &bias1.detach(), &dg)?;
+        grads.push((self.intermediate.weight().clone(), du.t()?.matmul(&tape.y1)?));
+        grads.push((bias1.clone(), dbias1));
+        let dy1 = (dr2 + du.matmul(&w(&self.intermediate))?)?;
+        let (dr1, dg1, db1) =
+            train_ops::layer_norm_backward(&tape.r1, &self.attn_norm.weight, &dy1, self.attn_norm.eps)?;
+        grads.push((self.attn_norm.weight.clone(), dg1));
+        grads.push((self.attn_norm.bias.clone(), db1));
+        let da = train_ops::dropout_with(&dr1, self.dropout, tape.seeds[1])?;
+        let dc = project(&self.attn_out, &tape.c, &da, grads)?;
+        let dctx = train_ops::split_heads(&dc, b, tq, self.heads)?;
+        let dpd = dctx.matmul(&tape.v.t()?)?;
+        let dv = tape.pd.t()?.matmul(&dctx)?;
+        let dp = train_ops::dropout_with(&dpd, self.attn_dropout, tape.seeds[0])?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let ds = train_ops::softmax_backward(&tape.p, &dp, scale)?;
+        let dq = ds.matmul(&tape.k)?;
+        let dk = ds.t()?.matmul(&tape.q)?;
+        let dxq = (dr1 + project(&self.query, &tape.xq, &train_ops::merge_heads(&dq)?, grads)?)?;
+        let dx = (project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, grads)?
+            + project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, grads)?)?;
+        let dx = dx.reshape((b, t, h))?;
+        if tq == t {
+            return dx + dxq.reshape((b, t, h))?;
+        }
+        // Only [CLS] was queried: its gradient joins the first token's.
+        let first = (dx.narrow(1, 0, 1)? + dxq.reshape((b, 1, h))?)?;
+        Tensor::cat(&[&first, &dx.narrow(1, 1, t - 1)?], 1)
+    }
+}
+
+/// What [`Bert::cls_from_taped`] keeps for [`Bert::backward_taped`].
+pub struct BertTape {
+    layers: Vec<LayerTape>,
+    from: usize,
+}
+
 /// The encoder: embeddings and `num_hidden_layers` transformer layers.
 #[derive(Debug, Clone)]
 pub struct Bert {
@@ -529,6 +710,47 @@ impl Bert {
             x = layer.forward(&x, &add, mode, cls_only && i + 1 == n)?;
         }
         self.pool(&x, mask)
+    }
+
+    /// [`Bert::cls_from`] for training, by hand: the layers from `from` run outside any graph,
+    /// keeping what [`Bert::backward_taped`] needs, and the [CLS] state comes back detached (make
+    /// it a leaf, run the heads and their loss through candle's graph, and hand its gradient to
+    /// `backward_taped`). About a third of the operations of the graph's backward pass, which
+    /// adds a zero tensor and an addition for every edge. `None` where it cannot run (mean
+    /// pooling, other activations, tensors the fused training passes do not run on): use
+    /// [`Bert::cls_from`].
+    pub fn cls_from_taped(
+        &self,
+        hidden: &Tensor,
+        mask: &Tensor,
+        from: usize,
+        mode: Mode,
+    ) -> Result<Option<(Tensor, BertTape)>> {
+        let layers = &self.layers[from.min(self.layers.len())..];
+        if self.pooling != Pooling::Cls || layers.is_empty() || !layers.iter().all(|l| l.by_hand(hidden)) {
+            return Ok(None);
+        }
+        let add = Self::additive_mask(mask, hidden.dtype())?;
+        let mut x = hidden.detach();
+        let mut tapes = Vec::with_capacity(layers.len());
+        for (i, layer) in layers.iter().enumerate() {
+            let (y, tape) = layer.forward_taped(&x, &add, mode, i + 1 == layers.len())?;
+            tapes.push(tape);
+            x = y;
+        }
+        Ok(Some((x.squeeze(1)?, BertTape { layers: tapes, from })))
+    }
+
+    /// The backward pass of [`Bert::cls_from_taped`] from the [CLS] state's gradient (b, h):
+    /// every trainable layer's weight gradients, as (the parameter's tensor, its gradient).
+    pub fn backward_taped(&self, tape: &BertTape, dcls: &Tensor) -> Result<ParamGrads> {
+        let mut grads = ParamGrads::new();
+        let mut dy = dcls.clone();
+        for (layer, lt) in self.layers[tape.from..].iter().zip(&tape.layers).rev() {
+            let dx = layer.backward(lt, &dy, &mut grads)?;
+            dy = dx.reshape((lt.b * lt.t, ()))?;
+        }
+        Ok(grads)
     }
 
     /// `x`: the last layer's output, one row per token, or only [CLS]'s when the last layer ran

@@ -9,5 +9,5 @@ pub mod step;
 pub mod train_ops;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
-pub use bert::{Bert, BertConfig, Mode, Pooling};
+pub use bert::{Bert, BertConfig, BertTape, Mode, ParamGrads, Pooling};
 pub use heads::{init_heads, EmotionHead, Logits, MultiTask, PopularityHead};

@@ -833,14 +833,80 @@ pub fn dropout(x: &Tensor, p: f32) -> Result<Tensor> {
         return Ok(x.clone());
     }
     if usable(&[x]) {
-        let seed = SEED.with(|s| {
-            let v = s.get();
-            s.set(v.wrapping_add(0x9E37_79B9_7F4A_7C15));
-            v
-        });
-        return x.contiguous()?.apply_op1(Dropout { p, seed });
+        return x.contiguous()?.apply_op1(Dropout { p, seed: next_seed() });
     }
     candle_nn::ops::dropout(x, p)
+}
+
+/// The next seed of this thread's dropout sequence.
+fn next_seed() -> u64 {
+    SEED.with(|s| {
+        let v = s.get();
+        s.set(v.wrapping_add(0x9E37_79B9_7F4A_7C15));
+        v
+    })
+}
+
+// ------------------------------------------------ the passes alone, for a backward pass by hand
+//
+// A layer trained by hand ([`super::bert`]'s taped forward and backward) calls these on tensors
+// outside any graph: the same kernels, no graph nodes. They run where [`usable`] says the fused
+// operations run.
+
+/// Whether the hand-written training pass can run on these tensors (those of [`usable`]).
+pub fn by_hand(ts: &[&Tensor]) -> bool {
+    usable(ts)
+}
+
+/// A dropout mask's seed for a pass by hand, `None` when dropout is off (rate 0, or
+/// [`without_dropout`]); the same sequence [`dropout`] draws from.
+pub fn dropout_seed(p: f32) -> Option<u64> {
+    (p > 0.0 && !NO_DROPOUT.with(|o| o.get())).then(next_seed)
+}
+
+/// Dropout with a given seed (the identity for `None`): forward, and backward on a gradient.
+pub fn dropout_with(x: &Tensor, p: f32, seed: Option<u64>) -> Result<Tensor> {
+    match seed {
+        Some(seed) => x.contiguous()?.apply_op1_no_bwd(&Dropout { p, seed }),
+        None => Ok(x.clone()),
+    }
+}
+
+/// Layer norm's backward pass: `(dx, dgain, dbias)` from its input `x` (rows of h), gain and the
+/// output's gradient.
+pub fn layer_norm_backward(
+    x: &Tensor,
+    g: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let h = g.elem_count();
+    let rows = x.elem_count() / h;
+    let dy = dy.contiguous()?;
+    let both = x
+        .contiguous()?
+        .apply_op3_no_bwd(g, &dy, &LayerNormBwd { eps: eps as f32 })?;
+    Ok((
+        both.get(0)?.reshape(x.shape())?,
+        both.get(1)?.sum(0)?,
+        dy.reshape((rows, h))?.sum(0)?,
+    ))
+}
+
+/// [`scaled_masked_softmax`]'s backward pass: the scores' gradient from its output `p` and the
+/// output's gradient.
+pub fn softmax_backward(p: &Tensor, dp: &Tensor, scale: f64) -> Result<Tensor> {
+    p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxBwd { scale: scale as f32 })
+}
+
+/// [`bias_gelu`]'s backward pass: `(dz, dbias)` with `dz` the gradient of `x + bias`.
+pub fn bias_gelu_backward(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dz = x
+        .contiguous()?
+        .apply_op3_no_bwd(bias, &dy.contiguous()?, &GeluBwd)?;
+    let d = bias.elem_count();
+    let db = dz.reshape((dz.elem_count() / d, d))?.sum(0)?;
+    Ok((dz, db))
 }
 
 /// Gradients of every parameter of a small random model (2 layers, hidden 64, padded texts) on
