@@ -128,19 +128,20 @@ pub fn step_times(
         .bert
         .cls_from(&hidden, &mask, from, Mode::Inference)?
         .detach();
-    let mut out = Vec::new();
-
-    let (ms, n, tensors) = timed(dev, secs, || {
-        let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
-        h.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-        Ok(())
-    })?;
-    out.push(StepTiming {
-        stage: "cache".into(),
+    let stage = |name: &str, (ms, n, tensors): (f64, usize, f64)| StepTiming {
+        stage: name.to_string(),
         ms_per_step: ms,
         steps: n,
         tensors_per_step: tensors,
-    });
+    };
+    let mut out = vec![stage(
+        "cache",
+        timed(dev, secs, || {
+            let h = model.bert.hidden_before(&ids, &mask, from, Mode::Inference)?;
+            h.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+            Ok(())
+        })?,
+    )];
     // A batch's rows at these positions (all of it for `None`).
     let pick = |x: &Tensor, part: Option<&[usize]>| -> Result<Tensor> {
         Ok(match part {
@@ -151,67 +152,44 @@ pub fn step_times(
             }
         })
     };
-    let (ms, n, tensors) = timed(dev, secs, || {
-        let mut f = |part: Option<&[usize]>| pick(&cls, part).map(Forwarded::from);
-        apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
-        Ok(())
-    })?;
-    out.push(StepTiming {
-        stage: "heads".into(),
-        ms_per_step: ms,
-        steps: n,
-        tensors_per_step: tensors,
-    });
-    let (ms, n, tensors) = timed(dev, secs, || {
-        let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
-            let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
-            forward_layers(&model, &h, &m, from, Mode::Training)
-        };
-        apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
-        Ok(())
-    })?;
-    out.push(StepTiming {
-        stage: format!("top{top}+pcgrad"),
-        ms_per_step: ms,
-        steps: n,
-        tensors_per_step: tensors,
-    });
-    // The same step through candle's operations alone (no fused training operations, no fused
-    // optimiser step): the "before" of both, in the same run.
-    let (ms, n, tensors) = train_ops::without_fused(|| {
+    out.push(stage(
+        "heads",
         timed(dev, secs, || {
-            let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
-                let (h, m) = (pick(&hidden, part)?, pick(&mask, part)?);
-                forward_layers(&model, &h, &m, from, Mode::Training)
-            };
-            apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
+            let mut f = |part: Option<&[usize]>| pick(&cls, part).map(Forwarded::from);
+            apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
             Ok(())
-        })
-    })?;
-    out.push(StepTiming {
-        stage: format!("top{top}+pcgrad/candle-ops"),
-        ms_per_step: ms,
-        steps: n,
-        tensors_per_step: tensors,
-    });
-    let (ms, n, tensors) = timed(dev, secs, || {
-        let h = model
-            .bert
-            .hidden_before(&ids, &mask, from, Mode::Inference)?
-            .detach();
+        })?,
+    ));
+    // A top-layers PCGrad step from these hidden states (the cache, or this step's own forward
+    // pass through the frozen layers).
+    let top_step = |opt: &mut AdamW, hidden: &Tensor| -> Result<()> {
         let mut f = |part: Option<&[usize]>| -> Result<Forwarded> {
-            let (h, m) = (pick(&h, part)?, pick(&mask, part)?);
+            let (h, m) = (pick(hidden, part)?, pick(&mask, part)?);
             forward_layers(&model, &h, &m, from, Mode::Training)
         };
-        apply_step(&model, &mut opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
+        apply_step(&model, opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
         Ok(())
-    })?;
-    out.push(StepTiming {
-        stage: format!("top{top}+pcgrad+frozen-forward"),
-        ms_per_step: ms,
-        steps: n,
-        tensors_per_step: tensors,
-    });
+    };
+    out.push(stage(
+        &format!("top{top}+pcgrad"),
+        timed(dev, secs, || top_step(&mut opt, &hidden))?,
+    ));
+    // The same step through candle's operations alone (no fused training operations, no fused
+    // optimiser step, no training by hand): the "before" of all three, in the same run.
+    out.push(stage(
+        &format!("top{top}+pcgrad/candle-ops"),
+        train_ops::without_fused(|| timed(dev, secs, || top_step(&mut opt, &hidden)))?,
+    ));
+    out.push(stage(
+        &format!("top{top}+pcgrad+frozen-forward"),
+        timed(dev, secs, || {
+            let h = model
+                .bert
+                .hidden_before(&ids, &mask, from, Mode::Inference)?
+                .detach();
+            top_step(&mut opt, &h)
+        })?,
+    ));
     Ok(out)
 }
 

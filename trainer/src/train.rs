@@ -1602,11 +1602,22 @@ mod tests {
         pub(super) static SPLIT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
     }
 
-    /// The PCGrad step takes the same step whether each task's rows run as their own batch (the
-    /// CPU's way) or both tasks share one forward pass (a GPU's), and whether the trainable
-    /// layers run through candle's graph or by hand.
-    #[test]
-    fn every_way_of_running_the_step_takes_the_same_step() {
+    /// A tiny model (trainable from layer 1) and a batch of six rows of different lengths
+    /// (padding differs between the whole batch and its parts), both tasks present.
+    struct Batch {
+        dev: Device,
+        varmap: candle_nn::VarMap,
+        model: MultiTask,
+        lens: [usize; 6],
+        mask: Tensor,
+        labels: Vec<Label>,
+        tg: Targets,
+        pw: Tensor,
+        from: usize,
+        hidden: Tensor,
+    }
+
+    fn small_batch() -> Batch {
         use candle_nn::{VarBuilder, VarMap};
         let dev = Device::Cpu;
         let varmap = VarMap::new();
@@ -1643,6 +1654,36 @@ mod tests {
             .hidden_before(&ids, &mask, from, Mode::Inference)
             .unwrap()
             .detach();
+        Batch {
+            dev,
+            varmap,
+            model,
+            lens,
+            mask,
+            labels,
+            tg,
+            pw,
+            from,
+            hidden,
+        }
+    }
+
+    /// The PCGrad step takes the same step whether each task's rows run as their own batch (the
+    /// CPU's way) or both tasks share one forward pass (a GPU's), and whether the trainable
+    /// layers run through candle's graph or by hand.
+    #[test]
+    fn every_way_of_running_the_step_takes_the_same_step() {
+        let Batch {
+            dev,
+            varmap,
+            model,
+            mask,
+            tg,
+            pw,
+            from,
+            hidden,
+            ..
+        } = small_batch();
         let mut vars: Vec<(String, Var)> = varmap
             .data()
             .lock()
@@ -1749,44 +1790,18 @@ mod tests {
     /// the whole batch.
     #[test]
     fn task_split_forward_gives_the_whole_batch_gradients() {
-        use candle_nn::{VarBuilder, VarMap};
-        let dev = Device::Cpu;
-        let config = crate::tiny_bert(40);
-        let varmap = VarMap::new();
-        let model = MultiTask::load(
-            VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-            &config,
-            EMOTIONS,
-        )
-        .unwrap();
-        // Six rows of different lengths (padding differs between the whole batch and the parts).
-        let lens = [9usize, 4, 7, 2, 9, 5];
-        let t = 9;
-        let ids: Vec<u32> = (0..lens.len() * t).map(|k| (k * 7 % 37 + 1) as u32).collect();
-        let mask: Vec<u32> = lens
-            .iter()
-            .flat_map(|&l| (0..t).map(move |j| u32::from(j < l)))
-            .collect();
-        let ids = Tensor::from_vec(ids, (lens.len(), t), &dev).unwrap();
-        let mask = Tensor::from_vec(mask, (lens.len(), t), &dev).unwrap();
-        let labels: Vec<Label> = (0..lens.len())
-            .map(|k| {
-                if k % 3 == 0 {
-                    Label::Popularity(k == 0)
-                } else {
-                    Label::Emotions(vec![k, 27])
-                }
-            })
-            .collect();
-        let rows: Vec<usize> = (0..lens.len()).collect();
-        let tg = targets(&labels, &rows, &dev).unwrap();
-        let pw = Tensor::ones(EMOTIONS, DType::F32, &dev).unwrap();
-        let from = 1;
-        let hidden = model
-            .bert
-            .hidden_before(&ids, &mask, from, Mode::Inference)
-            .unwrap()
-            .detach();
+        let Batch {
+            dev,
+            varmap,
+            model,
+            lens,
+            mask,
+            labels,
+            tg,
+            pw,
+            from,
+            hidden,
+        } = small_batch();
         let shared: Vec<_> = varmap
             .data()
             .lock()

@@ -133,6 +133,11 @@ impl LayerNorm {
         })
     }
 
+    /// The training forward pass outside any graph (for training by hand).
+    fn outside_graph(&self, x: &Tensor) -> Result<Tensor> {
+        train_ops::layer_norm(x, &self.weight.detach(), &self.bias.detach(), self.eps)
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         match mode {
             Mode::Inference => {
@@ -486,22 +491,12 @@ impl Layer {
         let c = train_ops::merge_heads(&pd.matmul(&v)?)?;
         let a = train_ops::dropout_with(&lin(&c, &self.attn_out)?, self.dropout, seeds[1])?;
         let r1 = (a + &xq)?;
-        let y1 = train_ops::layer_norm(
-            &r1,
-            &self.attn_norm.weight.detach(),
-            &self.attn_norm.bias.detach(),
-            self.attn_norm.eps,
-        )?;
+        let y1 = self.attn_norm.outside_graph(&r1)?;
         let u = train_ops::linear(&y1, &w(&self.intermediate), None)?;
         let g = train_ops::bias_gelu(&u, &bias(&self.intermediate))?;
         let o = train_ops::dropout_with(&lin(&g, &self.output)?, self.dropout, seeds[2])?;
         let r2 = (o + &y1)?;
-        let y2 = train_ops::layer_norm(
-            &r2,
-            &self.out_norm.weight.detach(),
-            &self.out_norm.bias.detach(),
-            self.out_norm.eps,
-        )?;
+        let y2 = self.out_norm.outside_graph(&r2)?;
         let tape = LayerTape {
             x: x2,
             xq,

@@ -132,14 +132,7 @@ impl CustomOp3 for LayerNorm {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let h = g.elem_count();
-        let rows = x.elem_count() / h;
-        let dy = dy.contiguous()?;
-        // (2, rows, h): dx, then dy · x̂ (the gain's gradient before the sum over rows).
-        let both = x.apply_op3_no_bwd(g, &dy, &LayerNormBwd { eps: self.eps })?;
-        let dx = both.get(0)?.reshape(x.shape())?;
-        let dg = both.get(1)?.sum(0)?;
-        let db = dy.reshape((rows, h))?.sum(0)?;
+        let (dx, dg, db) = layer_norm_backward(x, g, dy, self.eps as f64)?;
         Ok((Some(dx), Some(dg), Some(db)))
     }
 }
@@ -278,8 +271,7 @@ impl CustomOp2 for Softmax {
         p: &Tensor,
         dp: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let ds = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxBwd { scale: self.scale })?;
-        Ok((Some(ds), None))
+        Ok((Some(softmax_backward(p, dp, self.scale as f64)?), None))
     }
 }
 
@@ -380,9 +372,7 @@ impl CustomOp2 for BiasGelu {
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dz = x.apply_op3_no_bwd(b, &dy.contiguous()?, &GeluBwd)?;
-        let d = b.elem_count();
-        let db = dz.reshape((dz.elem_count() / d, d))?.sum(0)?;
+        let (dz, db) = bias_gelu_backward(x, b, dy)?;
         Ok((Some(dz), Some(db)))
     }
 }
