@@ -92,13 +92,13 @@ if ((steps_only)); then
   # operations, and PyTorch. Each run prints its own checks against candle's operations first.
   for f in 1 0; do
     log "train steps: VIRALCLIP_FUSED_TRAIN=$f"
-    VIRALCLIP_FUSED_TRAIN=$f timeout "${STEP_SECS:-100}" "$BIN" bench --no-score --device "$DEV" --rubert-shape \
-      --encoder "$E5" --secs 2 --train-steps --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
+    VIRALCLIP_FUSED_TRAIN=$f timeout "${STEP_SECS:-150}" "$BIN" bench --no-score --device "$DEV" --rubert-shape \
+      --encoder "$E5" --secs 1 --train-steps --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
       | tee "$OUT/bench-train-fused$f.jsonl"
     pack
   done
   log "train steps: pytorch"
-  timeout "${STEP_SECS:-100}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
+  timeout "${STEP_SECS:-150}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
     --no-score --secs 2 --train-steps 2>/dev/null | tee "$OUT/bench-train-pytorch.jsonl"
   pack
   log done
