@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use viralclip_engine::model::train_ops::bce_with_logits;
 use viralclip_engine::model::{
     artifact, BaseEncoder, BertTape, EncoderFiles, Manifest, Mode, MultiTask, Pooling, WeightStore,
 };
@@ -358,11 +359,6 @@ pub fn pos_weights(examples: &[Example]) -> Vec<f32> {
         .collect()
 }
 
-/// Mean binary cross-entropy on logits, with per-class positive weights when given.
-pub fn bce_with_logits(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    viralclip_engine::model::train_ops::bce_with_logits(x, y, pos_weight)
-}
-
 struct Tokenized {
     ids: Vec<Vec<u32>>,
     labels: Vec<Label>,
@@ -564,7 +560,7 @@ pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<
     })
 }
 
-pub(crate) fn task_losses(
+fn task_losses(
     logits: &viralclip_engine::model::Logits,
     t: &Targets,
     pw: &Tensor,

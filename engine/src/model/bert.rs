@@ -451,7 +451,7 @@ impl Layer {
         ]
         .iter()
         .all(|l| l.bias().is_some());
-        matches!(self.act, Activation::GeluErf) && biased && train_ops::by_hand(&[x, self.query.weight()])
+        matches!(self.act, Activation::GeluErf) && biased && train_ops::usable(&[x, self.query.weight()])
     }
 
     /// The training forward pass outside any graph, keeping what [`Layer::backward`] needs.

@@ -101,10 +101,7 @@ pub fn supported(params: &[StepParam]) -> bool {
         .flat_map(|p| [Some(p.w), Some(p.m), Some(p.v), p.a, p.b])
         .flatten()
         .collect();
-    let cpu = ts.iter().all(|t| t.device().is_cpu());
-    let cuda = super::kernels::fused_train_cuda() && ts.iter().all(|t| t.device().is_cuda());
-    let on = !super::train_ops::switched_off();
-    on && ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous()) && (cpu || cuda)
+    ts.iter().all(|t| t.is_contiguous()) && super::train_ops::usable(&ts)
 }
 
 /// Applies one step to every parameter (see the module's doc) and returns its reductions. The
@@ -136,6 +133,15 @@ fn read<R>(t: Option<&Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> R
         candle_core::bail!("fused step: expected contiguous tensors")
     };
     f(Some(&v[a..b]))
+}
+
+/// [`read`] of both of a parameter's gradients.
+fn read_both<R>(
+    a: Option<&Tensor>,
+    b: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>, Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
+    read(a, |a| read(b, |b| f(a, b)))
 }
 
 /// Runs `f` on a contiguous f32 CPU tensor's elements, mutably (candle's in-place op interface).
@@ -222,22 +228,20 @@ fn cpu_step(params: &[StepParam], cfg: StepConfig) -> Result<StepStats> {
     let (mut dot, mut n1, mut n2) = (0f64, 0f64, 0f64);
     if cfg.pcgrad {
         for (p, &n) in params.iter().zip(&lens).filter(|(p, _)| p.shared) {
-            let [d, x, y] = read(p.a, |a| {
-                read(p.b, |b| {
-                    Ok(over_chunks(n, |range| {
-                        let (mut u, mut w) = ([0f32; CHUNK], [0f32; CHUNK]);
-                        let (u, w) = (&mut u[..range.len()], &mut w[..range.len()]);
-                        merged(a, None, range.clone(), 1.0, 0.0, u);
-                        merged(None, b, range, 0.0, 1.0, w);
-                        let (mut d, mut x, mut y) = (0f32, 0f32, 0f32);
-                        for (&u, &w) in u.iter().zip(w.iter()) {
-                            d += u * w;
-                            x += u * u;
-                            y += w * w;
-                        }
-                        [d as f64, x as f64, y as f64]
-                    }))
-                })
+            let [d, x, y] = read_both(p.a, p.b, |a, b| {
+                Ok(over_chunks(n, |range| {
+                    let (mut u, mut w) = ([0f32; CHUNK], [0f32; CHUNK]);
+                    let (u, w) = (&mut u[..range.len()], &mut w[..range.len()]);
+                    merged(a, None, range.clone(), 1.0, 0.0, u);
+                    merged(None, b, range, 0.0, 1.0, w);
+                    let (mut d, mut x, mut y) = (0f32, 0f32, 0f32);
+                    for (&u, &w) in u.iter().zip(w.iter()) {
+                        d += u * w;
+                        x += u * u;
+                        y += w * w;
+                    }
+                    [d as f64, x as f64, y as f64]
+                }))
             })?;
             (dot, n1, n2) = (dot + d, n1 + x, n2 + y);
         }
@@ -253,15 +257,13 @@ fn cpu_step(params: &[StepParam], cfg: StepConfig) -> Result<StepStats> {
     let mut norm2 = 0f64;
     for (p, &n) in params.iter().zip(&lens) {
         let (alpha, beta) = coef(p);
-        norm2 += read(p.a, |a| {
-            read(p.b, |b| {
-                Ok(over_chunks(n, |range| {
-                    let mut g = [0f32; CHUNK];
-                    let g = &mut g[..range.len()];
-                    merged(a, b, range, alpha, beta, g);
-                    [g.iter().map(|g| g * g).sum::<f32>() as f64]
-                })[0])
-            })
+        norm2 += read_both(p.a, p.b, |a, b| {
+            Ok(over_chunks(n, |range| {
+                let mut g = [0f32; CHUNK];
+                let g = &mut g[..range.len()];
+                merged(a, b, range, alpha, beta, g);
+                [g.iter().map(|g| g * g).sum::<f32>() as f64]
+            })[0])
         })?;
     }
     // Pass 3: AdamW on the clipped merged gradients.
@@ -270,35 +272,32 @@ fn cpu_step(params: &[StepParam], cfg: StepConfig) -> Result<StepStats> {
     for p in params {
         let (alpha, beta) = coef(p);
         let (alpha, beta, u) = (alpha * scale, beta * scale, p.update);
-        read(p.a, |a| {
-            read(p.b, |b| {
-                write(p.w, |w| {
-                    write(p.m, |m| {
-                        write(p.v, |v| {
-                            let update = |(c, ((w, m), v)): Chunk3| {
-                                let mut g = [0f32; CHUNK];
-                                let g = &mut g[..w.len()];
-                                merged(a, b, c * CHUNK..c * CHUNK + w.len(), alpha, beta, g);
-                                for k in 0..w.len() {
-                                    let g = g[k];
-                                    m[k] = m[k] * b1 + g * (1.0 - b1);
-                                    v[k] = v[k] * b2 + g * g * (1.0 - b2);
-                                    let step =
-                                        (m[k] / u.bc1) / ((v[k] / u.bc2).sqrt() + u.eps) + u.decay * w[k];
-                                    w[k] -= u.lr * step;
-                                }
-                            };
-                            if w.len() <= CHUNK {
-                                update((0, ((w, m), v)));
-                            } else {
-                                w.par_chunks_mut(CHUNK)
-                                    .zip(m.par_chunks_mut(CHUNK))
-                                    .zip(v.par_chunks_mut(CHUNK))
-                                    .enumerate()
-                                    .for_each(update);
+        read_both(p.a, p.b, |a, b| {
+            write(p.w, |w| {
+                write(p.m, |m| {
+                    write(p.v, |v| {
+                        let update = |(c, ((w, m), v)): Chunk3| {
+                            let mut g = [0f32; CHUNK];
+                            let g = &mut g[..w.len()];
+                            merged(a, b, c * CHUNK..c * CHUNK + w.len(), alpha, beta, g);
+                            for k in 0..w.len() {
+                                let g = g[k];
+                                m[k] = m[k] * b1 + g * (1.0 - b1);
+                                v[k] = v[k] * b2 + g * g * (1.0 - b2);
+                                let step = (m[k] / u.bc1) / ((v[k] / u.bc2).sqrt() + u.eps) + u.decay * w[k];
+                                w[k] -= u.lr * step;
                             }
-                            Ok(())
-                        })
+                        };
+                        if w.len() <= CHUNK {
+                            update((0, ((w, m), v)));
+                        } else {
+                            w.par_chunks_mut(CHUNK)
+                                .zip(m.par_chunks_mut(CHUNK))
+                                .zip(v.par_chunks_mut(CHUNK))
+                                .enumerate()
+                                .for_each(update);
+                        }
+                        Ok(())
                     })
                 })
             })
@@ -504,16 +503,7 @@ mod tests {
         (out.0, out.1, out.2, stats)
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::kernels::tests::max_diff;
 
     /// The fused passes give what candle's operations give: projected (conflicting tasks) and
     /// summed (agreeing ones), clipped and not, with a tensor longer than one chunk, a head with

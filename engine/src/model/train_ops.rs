@@ -41,14 +41,10 @@ pub fn without_fused<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// Whether [`without_fused`] switched the fused passes off on this thread.
-pub(crate) fn switched_off() -> bool {
-    OFF.with(|o| o.get())
-}
-
-/// Whether the fused operations run on these tensors.
-fn usable(ts: &[&Tensor]) -> bool {
-    if switched_off() {
+/// Whether the fused operations (and training by hand, and the fused optimiser step) run on
+/// these tensors.
+pub(crate) fn usable(ts: &[&Tensor]) -> bool {
+    if OFF.with(|o| o.get()) {
         return false;
     }
     let f32s = ts.iter().all(|t| t.dtype() == DType::F32);
@@ -843,11 +839,6 @@ fn next_seed() -> u64 {
 // outside any graph: the same kernels, no graph nodes. They run where [`usable`] says the fused
 // operations run.
 
-/// Whether the hand-written training pass can run on these tensors (those of [`usable`]).
-pub fn by_hand(ts: &[&Tensor]) -> bool {
-    usable(ts)
-}
-
 /// A dropout mask's seed for a pass by hand, `None` when dropout is off (rate 0, or
 /// [`without_dropout`]); the same sequence [`dropout`] draws from.
 pub fn dropout_seed(p: f32) -> Option<u64> {
@@ -1205,16 +1196,7 @@ mod tests {
     use super::*;
     use candle_core::{Device, Var};
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::kernels::tests::max_diff;
 
     /// Values and gradients (of `Σ y·r` for a random `r`) of `f` on `inputs`, fused and through
     /// candle's operations; returns the largest difference of each.
