@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
 source "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env"
 cargo build --release -q -p viralclip
-bin=target/release/viralclip
+bin=${CARGO_TARGET_DIR:-target}/release/viralclip  # where cargo put it
 model=assets/model
 if [[ ! -f $model/model.json ]]; then
   # No default model: untrained heads over the e5 encoder (scores mean nothing).
