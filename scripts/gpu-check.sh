@@ -4,7 +4,7 @@
 #   2. scoring throughput, a per-operation profile of one layer, and training step times, for the
 #      engine and for PyTorch (transformers' BertModel + the two heads) side by side on the card;
 #   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
-# `--quick`: scoring only; `--steps`: training step times only (fused training kernels, candle's
+# `--quick`: scoring only (with the experimental one-kernel attention and layer norm); `--steps`: training step times only (fused training kernels, candle's
 # operations, PyTorch), each after the correctness checks.
 # Prepared on a build machine (see README "GPU runs"): a `--no-default-features --features cuda`
 # release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
@@ -113,6 +113,19 @@ if ((bench)); then
     --shapes "$SHAPES" --precision "$PRECISIONS" --secs 1 --profile "$PROFILE" "${steps[@]}" \
     --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
     | tee "$OUT/bench-viralclip-fused.jsonl"
+  pack
+  # The experimental one-kernel attention (VIRALCLIP_FUSED_ATTN=1): its own check (attention_check
+  # in the JSON lines), scores against the CPU, speed; alone and with the vectorised layer norm.
+  log "attention in one kernel"
+  for p in bf16 f16; do
+    VIRALCLIP_FUSED_ATTN=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
+      <"$D/demo.txt" >"$OUT/score-cudaattn-$p.jsonl" || echo "cuda attention $p failed"
+  done
+  compare 'cudaattn-*'
+  VIRALCLIP_FUSED_ATTN=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16,f16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-attn.jsonl"
+  VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 | tee "$OUT/bench-viralclip-attn-lnvec.jsonl"
   pack
   log "bench: pytorch"
   timeout "${BENCH_SECS:-140}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \

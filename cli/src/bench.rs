@@ -130,6 +130,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.rubert_shape {
         models.push(("rubert-base-shape".into(), None));
     }
+    let mut checked = std::collections::HashSet::new();
     for (name, path) in &models {
         for prec in &a.precision {
             let dtype = prec.dtype(&dev);
@@ -141,6 +142,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     (random_model(&c, &dev, dtype)?, c)
                 }
             };
+            if checked.insert(dtype) {
+                // The one-kernel attention against candle's operations, in this dtype.
+                let (diff, fused) = kernels::check_attention(&dev, dtype)?;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "case": "attention_check", "device": device::name(&dev),
+                        "dtype": format!("{prec:?}").to_lowercase(), "fused": fused,
+                        "max_rel_diff": diff,
+                    })
+                );
+            }
             if let Some(shape) = &a.profile {
                 let (b, t) = parse_shape(shape)?;
                 profile_layer(name, &config, &dev, dtype, b, t)?;
@@ -436,6 +449,16 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             Box::new(|| kernels::add_norm(&x, &x, &packed, 1e-12)),
         ),
     ];
+    // The one-kernel attention (where it runs: bf16/f16 on a recent GPU, VIRALCLIP_FUSED_ATTN=1),
+    // replacing the QKV split, both attention products, the softmax and the merge.
+    let mut ops = ops;
+    let fused_attn = kernels::attention_fits(&qkv, t, d);
+    if fused_attn {
+        ops.push((
+            "fused_attention",
+            Box::new(|| kernels::attention(&qkv, &b_qkv, &mask2, b, t, t, heads, d)),
+        ));
+    }
     let mut rows = Vec::new();
     for (op, f) in &ops {
         f()?;
@@ -472,10 +495,27 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         .iter()
         .map(|(op, us)| match *op {
             "fused_bias_residual_norm" => 2.0 * us,
+            "fused_attention" => 0.0,
             op if replaced.contains(&op) => 0.0,
             _ => *us,
         })
         .sum();
+    // The same with the one-kernel attention instead of what it replaces.
+    let attention_total = fused_attn.then(|| {
+        let us = |name: &str| rows.iter().find(|r| r.0 == name).map_or(0.0, |r| r.1);
+        fused_total
+            - [
+                "fused_qkv_bias_split",
+                "scores_gemm",
+                "fused_mask_softmax",
+                "context_gemm",
+                "fused_merge_heads",
+            ]
+            .iter()
+            .map(|op| us(op))
+            .sum::<f64>()
+            + us("fused_attention")
+    });
     for (op, us) in &rows {
         println!(
             "{}",
@@ -495,6 +535,9 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "texts_per_s_if_serial": (b as f64 / (total * c.num_hidden_layers as f64 / 1e6)).round(),
             "fused_us": fused_total.round(),
             "fused_texts_per_s_if_serial": (b as f64 / (fused_total * c.num_hidden_layers as f64 / 1e6)).round(),
+            "fused_attention_us": attention_total.map(f64::round),
+            "fused_attention_texts_per_s_if_serial":
+                attention_total.map(|us| (b as f64 / (us * c.num_hidden_layers as f64 / 1e6)).round()),
         })
     );
     Ok(())

@@ -297,6 +297,150 @@ ATTN(float, f32)
 ATTN(__half, f16)
 ATTN(__nv_bfloat16, bf16)
 
+// Attention in one kernel for short texts (t ≤ 256), on tensor cores: the packed projection
+// `qkv` (b·t, 3·h) without its bias, `bias` (3·h; the query's part already scaled by 1/√d),
+// the additive mask (b, t); `out` (b, tq, h), the context in token order. It replaces the QKV bias +
+// head split, the scores' product, the mask + softmax, the context's product and the head merge:
+// the scores never leave shared memory. One block per (64 queries, head, text), four warps of 16
+// queries each. In shared memory: the block's queries and the text's keys and values with their
+// bias (rows past t zeroed, so tp = t rounded up to 16), the scores in f32 and, over them, the
+// probabilities in T, and the context in f32. Strides are padded (+8 elements, +4 floats) so the
+// fragments' rows do not all start on one bank. Only the first `tq` queries (t, or 1 for the
+// [CLS] alone) are computed and written. Needs sm_80 (bf16/f16 WMMA); T is __half or
+// __nv_bfloat16, D the head size (32 or 64).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#include <mma.h>
+#define ATTN_TC 1
+#endif
+constexpr uint32_t ATTN_QUERIES = 64, ATTN_WARPS = 4;
+
+__host__ __device__ constexpr uint32_t attn_pad16(uint32_t t) { return (t + 15) & ~15u; }
+
+template <typename T, uint32_t D>
+__device__ void attention(const T *qkv, const T *bias, const T *mask, T *out, uint32_t t, uint32_t tq,
+                          uint32_t heads) {
+#ifdef ATTN_TC
+  using namespace nvcuda;
+  constexpr uint32_t LD = D + 8, OLD = D + 4, VPR = D / 8;  // strides; 16-byte vectors per row
+  const uint32_t tp = attn_pad16(t), sld = tp + 4, h = heads * D;
+  const uint32_t head = blockIdx.y, bi = blockIdx.z, q0 = blockIdx.x * ATTN_QUERIES;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T *qs = reinterpret_cast<T *>(smem);                        // ATTN_QUERIES × LD
+  T *ks = qs + ATTN_QUERIES * LD;                             // tp × LD
+  T *vs = ks + tp * LD;                                       // tp × LD
+  float *ss = reinterpret_cast<float *>(vs + tp * LD);        // ATTN_QUERIES × sld
+  float *os = ss + ATTN_QUERIES * sld;                        // ATTN_QUERIES × OLD
+  // Queries, keys and values with their bias, 16 bytes at a time; rows past the text are zeros.
+  const uint32_t rows = ATTN_QUERIES + 2 * tp;
+  for (uint32_t i = threadIdx.x; i < rows * VPR; i += blockDim.x) {
+    const uint32_t row = i / VPR, c = (i % VPR) * 8;
+    uint32_t part, src;
+    T *dst;
+    bool valid;
+    if (row < ATTN_QUERIES) {
+      part = 0, src = q0 + row, dst = qs + row * LD + c, valid = src < tq;
+    } else if (row < ATTN_QUERIES + tp) {
+      part = 1, src = row - ATTN_QUERIES, dst = ks + src * LD + c, valid = src < t;
+    } else {
+      part = 2, src = row - ATTN_QUERIES - tp, dst = vs + src * LD + c, valid = src < t;
+    }
+    float v[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid) {
+      const uint32_t col = part * h + head * D + c;
+      float bb[8];
+      load_vec(qkv + ((size_t)bi * t + src) * 3 * h + col, v);
+      load_vec(bias + col, bb);
+#pragma unroll
+      for (int k = 0; k < 8; k++) v[k] += bb[k];
+    }
+    store_vec(dst, v);
+  }
+  __syncthreads();
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = warp * 16;
+  if (q0 + r0 >= tq) return;  // no query of this warp's is wanted
+  // Scores: this warp's 16 queries against every key, f32, into shared memory.
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa[D / 16];
+#pragma unroll
+  for (uint32_t kk = 0; kk < D / 16; kk++) wmma::load_matrix_sync(qa[kk], qs + r0 * LD + kk * 16, LD);
+  for (uint32_t n = 0; n < tp / 16; n++) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+    for (uint32_t kk = 0; kk < D / 16; kk++) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;  // keys as Kᵀ
+      wmma::load_matrix_sync(kb, ks + n * 16 * LD + kk * 16, LD);
+      wmma::mma_sync(acc, qa[kk], kb, acc);
+    }
+    wmma::store_matrix_sync(ss + r0 * sld + n * 16, acc, sld, wmma::mem_row_major);
+  }
+  __syncwarp();
+  // Mask + softmax row by row (a row is read whole into registers before its probabilities, in
+  // T with stride 2·sld, are written over its first half).
+  T *ps = reinterpret_cast<T *>(ss);
+  const T *mr = mask + (size_t)bi * t;
+  for (uint32_t r = r0; r < r0 + 16; r++) {
+    float v[8];
+    float mx = -INFINITY;
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++) {
+      const uint32_t j = lane + 32 * k;
+      v[k] = j < t ? ss[r * sld + j] + load(mr[j]) : -INFINITY;
+      mx = fmaxf(mx, v[k]);
+    }
+    mx = warp_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++) {
+      v[k] = lane + 32 * k < t ? expf(v[k] - mx) : 0.0f;
+      sum += v[k];
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    __syncwarp();
+#pragma unroll
+    for (uint32_t k = 0; k < 8; k++) {
+      const uint32_t j = lane + 32 * k;
+      if (j < tp) ps[r * 2 * sld + j] = store<T>(v[k] * inv);
+    }
+    __syncwarp();
+  }
+  // Context: probabilities × values, f32, into shared memory.
+#pragma unroll
+  for (uint32_t n = 0; n < D / 16; n++) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (uint32_t kk = 0; kk < tp / 16; kk++) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+      wmma::load_matrix_sync(pa, ps + r0 * 2 * sld + kk * 16, 2 * sld);
+      wmma::load_matrix_sync(vb, vs + kk * 16 * LD + n * 16, LD);
+      wmma::mma_sync(acc, pa, vb, acc);
+    }
+    wmma::store_matrix_sync(os + r0 * OLD + n * 16, acc, OLD, wmma::mem_row_major);
+  }
+  __syncwarp();
+  // This warp's rows of the context, in token order at the head's columns.
+  for (uint32_t i = lane; i < 16 * VPR; i += 32) {
+    const uint32_t r = i / VPR, c = (i % VPR) * 8, q = q0 + r0 + r;
+    if (q < tq) store_vec(out + ((size_t)bi * tq + q) * h + head * D + c, os + (r0 + r) * OLD + c);
+  }
+#else
+  (void)ATTN_QUERIES;
+  __trap();  // built for an architecture without bf16/f16 tensor-core fragments
+#endif
+}
+
+#define ATTENTION(T, S, D)                                                                         \
+  extern "C" __global__ void __launch_bounds__(ATTN_WARPS * 32)                                    \
+      attention_d##D##_##S(const T *qkv, const T *bias, const T *mask, T *out, uint32_t t,          \
+                           uint32_t tq, uint32_t heads) {                                          \
+    attention<T, D>(qkv, bias, mask, out, t, tq, heads);                                           \
+  }
+
+ATTENTION(__half, f16, 32)
+ATTENTION(__half, f16, 64)
+ATTENTION(__nv_bfloat16, bf16, 32)
+ATTENTION(__nv_bfloat16, bf16, 64)
+
 // AdamW's passes over f32 master weights, in place (the trainer's optimiser step; see
 // adam_moment / adam_update in engine/src/model/kernels.rs, whose CPU loops compute the same).
 // x = beta * x + (1 - beta) * g (g * g when square): a moment.

@@ -317,27 +317,28 @@ impl Layer {
     fn forward_fused(&self, f: &Fused, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let x2 = x.contiguous()?.reshape((b * t, h))?;
-        // (b·t, 3h) -> (3, b, heads, t, d) with the bias added: one pass for all three.
-        let qkv = kernels::qkv_split(
-            &x2.matmul(&f.qkv_w.t()?)?,
-            &f.qkv_b,
-            b,
-            t,
-            self.heads,
-            self.head_dim,
-        )?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let (q, xq, tq) = if cls_only {
-            (
-                q.narrow(2, 0, 1)?.contiguous()?,
-                x.narrow(1, 0, 1)?.contiguous()?,
-                1,
-            )
+        let qkv = x2.matmul(&f.qkv_w.t()?)?;
+        let mask = mask.reshape((b, t))?;
+        let (xq, tq) = if cls_only {
+            (x.narrow(1, 0, 1)?.contiguous()?, 1)
         } else {
-            (q, x.clone(), t)
+            (x.clone(), t)
         };
-        let probs = kernels::mask_softmax(&q.matmul(&k.t()?)?, &mask.reshape((b, t))?)?;
-        let ctx = kernels::merge_heads(&probs.matmul(&v)?)?.reshape((b * tq, h))?;
+        let ctx = if kernels::attention_fits(&qkv, t, self.head_dim) {
+            // One kernel from the packed projection to the context in token order.
+            kernels::attention(&qkv, &f.qkv_b, &mask, b, t, tq, self.heads, self.head_dim)?
+        } else {
+            // (b·t, 3h) -> (3, b, heads, t, d) with the bias added: one pass for all three.
+            let qkv = kernels::qkv_split(&qkv, &f.qkv_b, b, t, self.heads, self.head_dim)?;
+            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+            let q = if cls_only {
+                q.narrow(2, 0, 1)?.contiguous()?
+            } else {
+                q
+            };
+            let probs = kernels::mask_softmax(&q.matmul(&k.t()?)?, &mask)?;
+            kernels::merge_heads(&probs.matmul(&v)?)?.reshape((b * tq, h))?
+        };
         let xq2 = xq.reshape((b * tq, h))?;
         // GEMMs without their bias; each bias rides in the fused pass that follows.
         let gemm = |x: &Tensor, l: &Linear| x.matmul(&l.weight().t()?);

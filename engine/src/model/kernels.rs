@@ -400,6 +400,241 @@ pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, t))?)?)
 }
 
+/// Attention in one pass for short texts, from the packed projection: see [`attention`].
+struct Attention {
+    b: usize,
+    t: usize,
+    /// Queries computed: `t`, or 1 for the [CLS] alone (the last layer).
+    tq: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl Attention {
+    /// The shapes [`attention`] expects, as an error message when they are not these.
+    fn check(&self, qkv: &Layout, bias: &Layout, mask: &Layout) -> Result<()> {
+        let Attention { b, t, tq, heads, d } = *self;
+        let h = heads * d;
+        if qkv.dims() != [b * t, 3 * h]
+            || bias.dims() != [3 * h]
+            || mask.dims() != [b, t]
+            || tq > t
+            || tq == 0
+        {
+            candle_core::bail!(
+                "attention: qkv {:?}, bias {:?}, mask {:?} for b {b}, t {t}, tq {tq}, heads {heads}, d {d}",
+                qkv.dims(),
+                bias.dims(),
+                mask.dims()
+            )
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+
+    /// The same arithmetic as the CUDA kernel in f32 (scores, mask, softmax, context), text by
+    /// text and head by head; it checks the op's layout on the CPU.
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.check(l1, l2, l3)?;
+        let qkv = contiguous_f32(s1, l1, "attention qkv")?;
+        let bias = contiguous_f32(s2, l2, "attention bias")?;
+        let mask = contiguous_f32(s3, l3, "attention mask")?;
+        let Attention { b, t, tq, heads, d } = *self;
+        let h = heads * d;
+        // Row `j` of text `bi`, part 0/1/2 (query, key, value) of head `head`, with its bias.
+        let row = |bi: usize, j: usize, part: usize, head: usize| -> Vec<f32> {
+            let col = part * h + head * d;
+            let x = &qkv[(bi * t + j) * 3 * h + col..][..d];
+            x.iter().zip(&bias[col..col + d]).map(|(x, b)| x + b).collect()
+        };
+        let mut out = vec![0f32; b * tq * h];
+        out.par_chunks_mut(tq * h).enumerate().for_each(|(bi, o)| {
+            for head in 0..heads {
+                let keys: Vec<Vec<f32>> = (0..t).map(|j| row(bi, j, 1, head)).collect();
+                let values: Vec<Vec<f32>> = (0..t).map(|j| row(bi, j, 2, head)).collect();
+                for qi in 0..tq {
+                    let q = row(bi, qi, 0, head);
+                    let scores: Vec<f32> = keys
+                        .iter()
+                        .zip(&mask[bi * t..(bi + 1) * t])
+                        .map(|(k, m)| q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() + m)
+                        .collect();
+                    let mx = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let p: Vec<f32> = scores.iter().map(|s| exp(s - mx)).collect();
+                    let inv = 1.0 / p.iter().sum::<f32>();
+                    let ctx = &mut o[qi * h + head * d..][..d];
+                    for (p, v) in p.iter().zip(&values) {
+                        for (c, v) in ctx.iter_mut().zip(v) {
+                            *c += p * inv * v;
+                        }
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(out), Shape::from((b, tq, h))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.check(l1, l2, l3)?;
+        cuda::attention(
+            [self.b, self.t, self.tq, self.heads, self.d],
+            s1,
+            l1,
+            s2,
+            l2,
+            s3,
+            l3,
+        )
+    }
+}
+
+/// The longest text [`attention`]'s CUDA kernel takes (its scores and keys live in shared memory).
+pub const ATTENTION_MAX_TOKENS: usize = 256;
+
+/// Whether the scoring path runs attention as one CUDA kernel ([`attention`]) for these inputs:
+/// the fused kernels on, `VIRALCLIP_FUSED_ATTN=1` (opt-in until a GPU run has checked it: `viralclip
+/// bench` prints `attention_check`), bf16 or f16, a head size of 32 or 64, at most
+/// [`ATTENTION_MAX_TOKENS`] tokens, and a GPU with bf16/f16 tensor cores (compute capability 8+).
+pub fn attention_fits(qkv: &Tensor, t: usize, d: usize) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("VIRALCLIP_FUSED_ATTN").is_ok_and(|v| v == "1"));
+        on && fused_cuda()
+            && matches!(qkv.dtype(), DType::BF16 | DType::F16)
+            && matches!(d, 32 | 64)
+            && (1..=ATTENTION_MAX_TOKENS).contains(&t)
+            && cuda::tensor_cores(qkv.device())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (qkv, t, d);
+        false
+    }
+}
+
+/// Multi-head attention from the packed projection `qkv` (b·t, 3·heads·d), without its bias,
+/// plus `bias` (3·heads·d; the query's part scaled by 1/√d with the query weights), under the
+/// additive `mask` (b, t): the context (b·tq, heads·d) of the first `tq` queries (`t`, or 1 for
+/// the [CLS] alone), in token order. One op instead of the bias + head split, the scores'
+/// product, mask + softmax, the context's product and the head merge; on CUDA one kernel whose
+/// scores stay in shared memory (bf16/f16; where [`attention_fits`]). The CPU runs it in f32 (the
+/// scoring path there keeps its GEMMs, which are faster; this checks the op).
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    qkv: &Tensor,
+    bias: &Tensor,
+    mask: &Tensor,
+    b: usize,
+    t: usize,
+    tq: usize,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let ctx = qkv.contiguous()?.apply_op3_no_bwd(
+        &bias.contiguous()?,
+        &mask.contiguous()?,
+        &Attention { b, t, tq, heads, d },
+    )?;
+    ctx.reshape((b * tq, heads * d))
+}
+
+/// [`attention`] against candle's own operations in f32 on `dev`, over texts of 1 to 256 tokens
+/// with padding, both head sizes, and [CLS]-only queries: the largest difference relative to the
+/// largest context value, and whether the fused op ran (on CUDA where [`attention_fits`], in
+/// `dtype`; on the CPU its f32 version; else `false` and 0). The reference gets the same inputs
+/// rounded to `dtype`, so what is left is the kernel's own rounding (bf16 about 1e-2, f16 2e-3).
+pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let dtype = if dev.is_cpu() { DType::F32 } else { dtype };
+    // Seeded numbers (xorshift64), uniform in [-0.5, 0.5): the same check every run.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut worst = 0f32;
+    // (texts, tokens, heads, head size, queries)
+    for (b, t, heads, d, tq) in [
+        (3, 1, 2, 32, 1),
+        (2, 7, 4, 64, 7),
+        (2, 33, 3, 32, 33),
+        (2, 33, 3, 32, 1),
+        (1, 128, 2, 64, 128),
+        (5, 70, 12, 64, 70),
+        (2, 200, 2, 64, 200),
+        (1, 256, 1, 32, 256),
+    ] {
+        let h = heads * d;
+        // Spread like N(0, sd²) (a uniform of the same variance).
+        let mut normal = |n: usize, sd: f32| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|_| uniform() * 3.46 * sd).collect();
+            Tensor::from_vec(v, n, dev)?.to_dtype(dtype)
+        };
+        let qkv = normal(b * t * 3 * h, 1.0)?.reshape((b * t, 3 * h))?;
+        let bias = normal(3 * h, 0.5)?;
+        // Text i keeps its first t - i·t/(b+1) tokens (at least one).
+        let mut m = vec![0f32; b * t];
+        for bi in 0..b {
+            let keep = (t - bi * t / (b + 1)).max(1);
+            m[bi * t + keep..(bi + 1) * t].fill(-1e4);
+        }
+        let mask = Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)?;
+        let fused = if dev.is_cpu() || attention_fits(&qkv, t, d) {
+            attention(&qkv, &bias, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?
+        } else {
+            return Ok((0.0, false));
+        };
+        let f = |x: &Tensor| x.to_dtype(DType::F32);
+        let split = f(&qkv)?
+            .broadcast_add(&f(&bias)?)?
+            .reshape((b, t, 3, heads, d))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (
+            split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
+            split.get(1)?,
+            split.get(2)?,
+        );
+        let scores = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&f(&mask)?.reshape((b, 1, 1, t))?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let want = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * tq, h))?;
+        let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        worst = worst.max(diff / scale);
+    }
+    Ok((worst, true))
+}
+
 /// AdamW's update from its moments, for [`adam_update`]:
 /// `w ← w − lr·(m / bc1 / (√(v / bc2) + eps) + decay·w)`.
 #[derive(Debug, Clone, Copy)]
@@ -844,6 +1079,89 @@ pub(crate) mod cuda {
         by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
     }
 
+    /// Whether `dev` is a GPU with bf16/f16 tensor cores (compute capability 8.0 or later).
+    pub fn tensor_cores(dev: &candle_core::Device) -> bool {
+        let candle_core::Device::Cuda(d) = dev else {
+            return false;
+        };
+        d.cuda_stream()
+            .context()
+            .compute_capability()
+            .is_ok_and(|(major, _)| major >= 8)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_t<T: CudaDType + DeviceRepr>(
+        dims: [usize; 5],
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute;
+        let dev = s1.device().clone();
+        let (qkv, bias, mask) = (
+            view::<T>(s1, l1, "attention qkv")?,
+            view::<T>(s2, l2, "attention bias")?,
+            view::<T>(s3, l3, "attention mask")?,
+        );
+        let [b, t, tq, heads, d] = dims;
+        let h = heads * d;
+        // The kernel moves 16-byte vectors: the inputs must start on 16 bytes.
+        let size = std::mem::size_of::<T>();
+        let starts = [l1, l2, l3].map(|l| (l.start_offset() * size).is_multiple_of(16));
+        if !matches!(d, 32 | 64) || t > super::ATTENTION_MAX_TOKENS || starts.contains(&false) {
+            candle_core::bail!("attention: no kernel for head size {d}, {t} tokens, or unaligned inputs");
+        }
+        // Shared memory as the kernel lays it out (see kernels/fused.cu).
+        let (tp, ld, queries) = (t.div_ceil(16) * 16, d + 8, 64);
+        let smem = (queries * ld + 2 * tp * ld) * size + (queries * (tp + 4) + queries * (d + 4)) * 4;
+        // SAFETY: the kernel writes every element of the first tq queries of every text: all of it.
+        let mut y = unsafe { dev.alloc::<T>(b * tq * h)? };
+        let func = kernel(s1, &format!("attention_d{d}"))?;
+        func.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .w()?;
+        let stream = dev.cuda_stream();
+        let [t32, tq32, h32] = [t, tq, heads].map(|v| v as u32);
+        let mut args = stream.launch_builder(&func);
+        args.arg(&qkv)
+            .arg(&bias)
+            .arg(&mask)
+            .arg(&mut y)
+            .arg(&t32)
+            .arg(&tq32)
+            .arg(&h32);
+        let cfg = LaunchConfig {
+            grid_dim: (tq.div_ceil(queries) as u32, heads as u32, b as u32),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // SAFETY: the argument list matches the kernel's signature; the shapes were checked.
+        unsafe { args.launch(cfg) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((b, tq, h))))
+    }
+
+    pub fn attention(
+        dims: [usize; 5],
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F16 => attention_t::<half::f16>(dims, s1, l1, s2, l2, s3, l3),
+            DType::BF16 => attention_t::<half::bf16>(dims, s1, l1, s2, l2, s3, l3),
+            d => candle_core::bail!("attention: no {d:?} kernel (bf16 and f16 only)"),
+        }
+    }
+
     /// The elements of a contiguous f32 storage, for writing.
     fn span(l: &Layout, what: &str) -> Result<(usize, usize)> {
         l.contiguous_offsets()
@@ -988,6 +1306,48 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(got16.dtype(), DType::F16);
+    }
+
+    #[test]
+    fn attention_in_one_op_matches_candle_ops() {
+        let (diff, ran) = check_attention(&Device::Cpu, DType::F32).unwrap();
+        assert!(ran);
+        assert!(diff < 1e-5, "attention differs by {diff} (relative)");
+        // The op reads the layout the scoring path gives it: the same context as its own passes.
+        let dev = Device::Cpu;
+        let (b, t, heads, d) = (2, 9, 3, 8);
+        let h = heads * d;
+        let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * h), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 3 * h, &dev).unwrap();
+        let mut m = vec![0f32; b * t];
+        m[t + 6..].fill(-1e9);
+        let mask = Tensor::from_vec(m, (b, t), &dev).unwrap();
+        let split = qkv_split(&qkv, &bias, b, t, heads, d).unwrap();
+        let (q, k, v) = (
+            split.get(0).unwrap(),
+            split.get(1).unwrap(),
+            split.get(2).unwrap(),
+        );
+        let probs = mask_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &mask).unwrap();
+        let want = merge_heads(&probs.matmul(&v).unwrap())
+            .unwrap()
+            .reshape((b * t, h))
+            .unwrap();
+        let got = attention(&qkv, &bias, &mask, b, t, t, heads, d).unwrap();
+        assert!(max_diff(&want, &got) < 1e-5);
+        // [CLS] alone: the first query of each text.
+        let got1 = attention(&qkv, &bias, &mask, b, t, 1, heads, d).unwrap();
+        let want1 = want
+            .reshape((b, t, h))
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .reshape((b, h))
+            .unwrap();
+        assert!(max_diff(&want1, &got1) < 1e-5);
+        // Shapes that do not fit are an error, not a wrong answer.
+        assert!(attention(&qkv, &bias, &mask, b, t + 1, t, heads, d).is_err());
+        assert!(attention(&qkv, &bias, &mask, b, t, t + 1, heads, d).is_err());
     }
 
     #[test]
