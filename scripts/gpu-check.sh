@@ -4,7 +4,7 @@
 #   2. scoring throughput, a per-operation profile of one layer, and training step times, for the
 #      engine and for PyTorch (transformers' BertModel + the two heads) side by side on the card;
 #   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
-# `--quick`: scoring only (with the experimental one-kernel attention and layer norm); `--steps`: training step times only (fused training kernels, candle's
+# `--quick`: scoring only (with the experimental passes, alone and together); `--steps`: training step times only (fused training kernels, candle's
 # operations, PyTorch), each after the correctness checks.
 # Prepared on a build machine (see README "GPU runs"): a `--no-default-features --features cuda`
 # release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
@@ -106,41 +106,37 @@ if ((steps_only)); then
 fi
 
 if ((bench)); then
-  # Most telling first, in case the lease ends early: the fused kernels, then PyTorch, then the
-  # unfused path (the "before" of the profile).
+  # Most telling first, in case the lease ends early: the fused kernels, the experimental passes,
+  # then PyTorch, then the unfused path (the "before" of the profile).
   log "bench: viralclip with the fused kernels"
   VIRALCLIP_FUSED_CUDA=1 VIRALCLIP_FUSED_TRAIN=1 timeout "${BENCH_SECS:-140}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "$SHAPES" --precision "$PRECISIONS" --secs 1 --profile "$PROFILE" "${steps[@]}" \
     --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
     | tee "$OUT/bench-viralclip-fused.jsonl"
   pack
-  # The experimental one-kernel attention (VIRALCLIP_FUSED_ATTN=1): its own check (attention_check
-  # in the JSON lines), scores against the CPU, speed; alone and with the vectorised layer norm.
-  log "attention in one kernel"
-  for p in bf16 f16; do
-    VIRALCLIP_FUSED_ATTN=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-      <"$D/demo.txt" >"$OUT/score-cudaattn-$p.jsonl" || echo "cuda attention $p failed"
+  # The experimental passes, each alone and all together: the vectorised layer norm
+  # (VIRALCLIP_LN_VEC=1), attention in one kernel (VIRALCLIP_FUSED_ATTN=1), the FFN's GEMM with
+  # cuBLASLt's bias + GELU epilogue (VIRALCLIP_GEMM_GELU=1). Each: scores against the CPU, its own
+  # checks (attention_check, gemm_gelu_check in the JSON lines), speed and the layer's profile.
+  for v in "lnvec:VIRALCLIP_LN_VEC=1" "attn:VIRALCLIP_FUSED_ATTN=1" "gemmgelu:VIRALCLIP_GEMM_GELU=1" \
+    "all:VIRALCLIP_LN_VEC=1 VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_GEMM_GELU=1"; do
+    name=${v%%:*}
+    read -r -a flags <<<"${v#*:}"
+    log "experimental: $name (${flags[*]})"
+    for p in bf16 f16 f32; do
+      env "${flags[@]}" "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
+        <"$D/demo.txt" >"$OUT/score-cuda$name-$p.jsonl" || echo "cuda $name $p failed"
+    done
+    compare "cuda$name-*"
+    env "${flags[@]}" timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+      --shapes "${EXP_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" \
+      | tee "$OUT/bench-viralclip-$name.jsonl"
+    pack
   done
-  compare 'cudaattn-*'
-  VIRALCLIP_FUSED_ATTN=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16,f16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-attn.jsonl"
-  VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 | tee "$OUT/bench-viralclip-attn-lnvec.jsonl"
-  pack
   log "bench: pytorch"
   timeout "${BENCH_SECS:-140}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
     --shapes "$SHAPES" --dtypes "$PRECISIONS" --secs 1 "${steps[@]}" \
     2>/dev/null | tee "$OUT/bench-pytorch.jsonl"
-  pack
-  # The experimental vectorised layer norm (VIRALCLIP_LN_VEC=1): scores against the CPU, speed.
-  log "layer norm, vectorised warp-per-row kernel"
-  for p in bf16 f32; do
-    VIRALCLIP_LN_VEC=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-      <"$D/demo.txt" >"$OUT/score-cudalnvec-$p.jsonl" || echo "cuda ln-vec $p failed"
-  done
-  compare 'cudalnvec-*'
-  VIRALCLIP_LN_VEC=1 timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "${LNVEC_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-lnvec.jsonl"
   pack
   ((quick)) && { log done; exit 0; }
   log "bench: viralclip, unfused"

@@ -143,16 +143,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 }
             };
             if checked.insert(dtype) {
-                // The one-kernel attention against candle's operations, in this dtype.
-                let (diff, fused) = kernels::check_attention(&dev, dtype)?;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "case": "attention_check", "device": device::name(&dev),
-                        "dtype": format!("{prec:?}").to_lowercase(), "fused": fused,
-                        "max_rel_diff": diff,
-                    })
-                );
+                // The experimental fused passes against candle's operations, in this dtype.
+                for (case, (diff, fused)) in [
+                    ("attention_check", kernels::check_attention(&dev, dtype)?),
+                    ("gemm_gelu_check", kernels::check_gemm_gelu(&dev, dtype)?),
+                ] {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "case": case, "device": device::name(&dev),
+                            "dtype": format!("{prec:?}").to_lowercase(), "fused": fused,
+                            "max_rel_diff": diff,
+                        })
+                    );
+                }
             }
             if let Some(shape) = &a.profile {
                 let (b, t) = parse_shape(shape)?;
@@ -451,6 +455,8 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     ];
     // The one-kernel attention (where it runs: bf16/f16 on a recent GPU, VIRALCLIP_FUSED_ATTN=1),
     // replacing the QKV split, both attention products, the softmax and the merge.
+    // And the FFN's first GEMM with cuBLASLt's bias + GELU epilogue (VIRALCLIP_GEMM_GELU=1),
+    // replacing the plain GEMM and the fused bias + GELU.
     let mut ops = ops;
     let fused_attn = kernels::attention_fits(&qkv, t, d);
     if fused_attn {
@@ -458,6 +464,10 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "fused_attention",
             Box::new(|| kernels::attention(&qkv, &b_qkv, &mask2, b, t, t, heads, d)),
         ));
+    }
+    let gemm_gelu = kernels::gemm_gelu_fits(&x);
+    if gemm_gelu {
+        ops.push(("fused_gemm_gelu", Box::new(|| kernels::gemm_gelu(&x, &w_i, &b_i))));
     }
     let mut rows = Vec::new();
     for (op, f) in &ops {
@@ -495,27 +505,31 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         .iter()
         .map(|(op, us)| match *op {
             "fused_bias_residual_norm" => 2.0 * us,
-            "fused_attention" => 0.0,
+            "fused_attention" | "fused_gemm_gelu" => 0.0,
             op if replaced.contains(&op) => 0.0,
             _ => *us,
         })
         .sum();
-    // The same with the one-kernel attention instead of what it replaces.
-    let attention_total = fused_attn.then(|| {
-        let us = |name: &str| rows.iter().find(|r| r.0 == name).map_or(0.0, |r| r.1);
-        fused_total
-            - [
-                "fused_qkv_bias_split",
-                "scores_gemm",
-                "fused_mask_softmax",
-                "context_gemm",
-                "fused_merge_heads",
-            ]
-            .iter()
-            .map(|op| us(op))
-            .sum::<f64>()
-            + us("fused_attention")
-    });
+    // The same with the experimental passes that ran instead of what they replace.
+    let us = |name: &str| rows.iter().find(|r| r.0 == name).map_or(0.0, |r| r.1);
+    let mut experimental = Vec::new();
+    let mut experimental_total = fused_total;
+    if fused_attn {
+        experimental.push("fused_attention");
+        let replaced = [
+            "fused_qkv_bias_split",
+            "scores_gemm",
+            "fused_mask_softmax",
+            "context_gemm",
+            "fused_merge_heads",
+        ];
+        experimental_total += us("fused_attention") - replaced.iter().map(|op| us(op)).sum::<f64>();
+    }
+    if gemm_gelu {
+        experimental.push("fused_gemm_gelu");
+        experimental_total += us("fused_gemm_gelu") - us("ffn_in_gemm") - us("fused_bias_gelu");
+    }
+    let experimental_total = (!experimental.is_empty()).then_some(experimental_total);
     for (op, us) in &rows {
         println!(
             "{}",
@@ -535,9 +549,10 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "texts_per_s_if_serial": (b as f64 / (total * c.num_hidden_layers as f64 / 1e6)).round(),
             "fused_us": fused_total.round(),
             "fused_texts_per_s_if_serial": (b as f64 / (fused_total * c.num_hidden_layers as f64 / 1e6)).round(),
-            "fused_attention_us": attention_total.map(f64::round),
-            "fused_attention_texts_per_s_if_serial":
-                attention_total.map(|us| (b as f64 / (us * c.num_hidden_layers as f64 / 1e6)).round()),
+            "experimental": experimental,
+            "experimental_us": experimental_total.map(f64::round),
+            "experimental_texts_per_s_if_serial":
+                experimental_total.map(|us| (b as f64 / (us * c.num_hidden_layers as f64 / 1e6)).round()),
         })
     );
     Ok(())

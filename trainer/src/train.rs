@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use viralclip_engine::model::train_ops::bce_with_logits;
+use viralclip_engine::model::train_ops::{self, bce_with_logits};
 use viralclip_engine::model::{
-    artifact, BaseEncoder, BertTape, EncoderFiles, Manifest, Mode, MultiTask, Pooling, WeightStore,
+    artifact, BaseEncoder, BertTape, EncoderFiles, Manifest, Mode, MultiTask, ParamGrads, Pooling,
+    WeightStore,
 };
 use viralclip_engine::scorer::{pad_batch, plan_batches, BatchLimits};
 
@@ -666,12 +667,19 @@ pub(crate) fn apply_step(
     // Each task's rows as a batch of their own on the CPU, where the arithmetic is the cost (each
     // backward pass then covers only its task's rows); one forward pass for both on a GPU, where
     // launching operations one by one is the cost and two forwards launch twice as many.
-    let split = split_tasks(pw.device());
+    let split = split_tasks(pw.device()) && pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty();
     // The forward passes: the popularity task's and the emotion task's (the same one unless split).
-    let (fp, fe);
-    let (lp, le, al) = if split && pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty() {
+    let fp = forward(split.then_some(t.pop_rows.as_slice()))?;
+    // The heads and losses by hand where the layers below ran so (or are frozen) and the fused
+    // passes run; the alignment loss goes through the graph.
+    if t.align.is_none() && (frozen || fp.tape.is_some()) && model.heads_by_hand(&fp.cls) {
+        return step_by_hand(
+            model, opt, forward, fp, t, split, pw, pcgrad, frozen, clip_norm, lrs,
+        );
+    }
+    let fe;
+    let (lp, le, al) = if split {
         let (tp, te) = t.each_alone()?;
-        fp = forward(Some(&t.pop_rows))?;
         let lp = model.heads(&fp.cls, Mode::Training)?;
         fe = Some(forward(Some(&t.emo_rows))?);
         let ce = &fe.as_ref().expect("set").cls;
@@ -679,7 +687,6 @@ pub(crate) fn apply_step(
         let al = align(&te, ce)?;
         (task_losses(&lp, &tp, pw)?.0, task_losses(&le, &te, pw)?.1, al)
     } else {
-        fp = forward(None)?;
         fe = None;
         let logits = model.heads(&fp.cls, Mode::Training)?;
         let al = align(t, &fp.cls)?;
@@ -742,6 +749,21 @@ pub(crate) fn apply_step(
         }
         losses.push(total);
     }
+    losses.extend(align_term);
+    finish_step(opt, grads, projected, clip_norm, lrs, losses)
+}
+
+/// The update from each parameter's gradient(s) (`projected`: two tasks' under PCGrad) and the
+/// step's report from its losses (the tasks' — one, or two when projected — then the alignment
+/// loss, if any): read once, after the update is queued.
+fn finish_step(
+    opt: &mut AdamW,
+    grads: Vec<(Option<Tensor>, Option<Tensor>)>,
+    projected: bool,
+    clip_norm: f64,
+    lrs: &[f64],
+    losses: Vec<Tensor>,
+) -> Result<Option<StepOutcome>> {
     let surgery = match opt.step_fused(&grads, projected, clip_norm, lrs)? {
         Some(stats) => projected.then(|| pcgrad::Surgery {
             cosine: stats.cosine(),
@@ -749,7 +771,6 @@ pub(crate) fn apply_step(
         }),
         None => step_with_ops(opt, grads, projected, clip_norm, lrs)?,
     };
-    losses.extend(align_term);
     let values = Tensor::stack(&losses, 0)?.to_vec1::<f32>()?;
     let tasks = if projected { 2 } else { 1 };
     Ok(Some(StepOutcome {
@@ -757,6 +778,141 @@ pub(crate) fn apply_step(
         align_loss: values.get(tasks).map(|&v| v as f64),
         surgery,
     }))
+}
+
+/// A task's loss (the mean BCE) and its logits' gradient, outside candle's graph: `x` the whole
+/// batch's logits, (b,) or (b, labels); `idx` and `y` the task's rows and targets.
+fn loss_by_hand(x: &Tensor, (idx, y): &(Tensor, Tensor), pw: Option<&Tensor>) -> Result<(Tensor, Tensor)> {
+    // Rows are listed in order, so a task with all of them has them as they are.
+    let all = idx.dim(0)? == x.dim(0)?;
+    let sel = if all { x.clone() } else { x.index_select(idx, 0)? };
+    let loss = bce_with_logits(&sel, y, pw)?;
+    let dsel = train_ops::bce_with_logits_grad(&sel, y, pw)?;
+    let dx = if all {
+        dsel
+    } else {
+        x.zeros_like()?.index_add(idx, &dsel, 0)?
+    };
+    Ok((loss, dx))
+}
+
+/// [`apply_step`] with the heads and losses by hand ([`MultiTask::heads_taped`], their backward
+/// passes from the losses' gradients), and the layers by hand from the [CLS] gradients they give
+/// (`fp`'s tape; with `split`, the emotion task's own forward pass's): no graph at all. `fp` is
+/// the first forward pass (the popularity task's rows with `split`, else the batch).
+#[allow(clippy::too_many_arguments)]
+fn step_by_hand(
+    model: &MultiTask,
+    opt: &mut AdamW,
+    forward: &mut Forward<'_>,
+    fp: Forwarded,
+    t: &Targets,
+    split: bool,
+    pw: &Tensor,
+    pcgrad: bool,
+    frozen: bool,
+    clip_norm: f64,
+    lrs: &[f64],
+) -> Result<Option<StepOutcome>> {
+    let (has_pop, has_emo) = (t.pop_idx.is_some(), t.emo_idx.is_some());
+    // The heads' forward passes, then each task's loss, logits' gradient and backward pass
+    // through its head: ([CLS] gradient, head gradients, loss).
+    type Task = (Tensor, ParamGrads, Tensor);
+    let (pop, emo, fe): (Option<Task>, Option<Task>, Option<Forwarded>) = if split {
+        let (tp, te) = t.each_alone()?;
+        let hp = model.heads_taped(&fp.cls, Mode::Training, true, false)?;
+        let fe = forward(Some(&t.emo_rows))?;
+        let he = model.heads_taped(&fe.cls, Mode::Training, false, true)?;
+        if !frozen && fe.tape.is_none() {
+            // Both forward passes run under the same conditions; this would lose the gradient.
+            return Err(Error::Config(
+                "the emotion rows' forward pass ran through the graph, the popularity rows' by hand".into(),
+            ));
+        }
+        let (xp, tape_p) = hp.popularity.expect("asked for");
+        let (xe, tape_e) = he.emotions.expect("asked for");
+        let (lp, dp) = loss_by_hand(
+            &xp.squeeze(1)?,
+            tp.pop_idx.as_ref().expect("a popularity row"),
+            None,
+        )?;
+        let (le, de) = loss_by_hand(&xe, te.emo_idx.as_ref().expect("an emotion row"), Some(pw))?;
+        let (cp, gp) = model.popularity_backward(&tape_p, &dp.unsqueeze(1)?)?;
+        let (ce, ge) = model.emotion_backward(&tape_e, &de)?;
+        (Some((cp, gp, lp)), Some((ce, ge, le)), Some(fe))
+    } else {
+        let h = model.heads_taped(&fp.cls, Mode::Training, has_pop, has_emo)?;
+        let pop = match (h.popularity, &t.pop_idx) {
+            (Some((x, tape)), Some(target)) => {
+                let (l, d) = loss_by_hand(&x.squeeze(1)?, target, None)?;
+                let (c, g) = model.popularity_backward(&tape, &d.unsqueeze(1)?)?;
+                Some((c, g, l))
+            }
+            _ => None,
+        };
+        let emo = match (h.emotions, &t.emo_idx) {
+            (Some((x, tape)), Some(target)) => {
+                let (l, d) = loss_by_hand(&x, target, Some(pw))?;
+                let (c, g) = model.emotion_backward(&tape, &d)?;
+                Some((c, g, l))
+            }
+            _ => None,
+        };
+        (pop, emo, None)
+    };
+    let fe = fe.as_ref().unwrap_or(&fp);
+    let projected = pcgrad && pop.is_some() && emo.is_some();
+    // The layers' gradients from a [CLS] gradient through a forward pass's tape (none frozen).
+    let layers = |f: &Forwarded, dcls: &Tensor| -> Result<HashMap<candle_core::TensorId, Tensor>> {
+        Ok(match (&f.tape, frozen) {
+            (Some(tape), false) => model
+                .bert
+                .backward_taped(tape, dcls)?
+                .into_iter()
+                .map(|(p, g)| (p.id(), g))
+                .collect(),
+            _ => HashMap::new(),
+        })
+    };
+    let by_id = |g: &ParamGrads| -> HashMap<candle_core::TensorId, Tensor> {
+        g.iter().map(|(p, g)| (p.id(), g.clone())).collect()
+    };
+    let (pop_heads, emo_heads) = (
+        pop.as_ref().map(|p| by_id(&p.1)).unwrap_or_default(),
+        emo.as_ref().map(|e| by_id(&e.1)).unwrap_or_default(),
+    );
+    let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = vec![(None, None); opt.params.len()];
+    let losses;
+    if projected {
+        let ((cp, _, lp), (ce, _, le)) = (pop.expect("both"), emo.expect("both"));
+        let (hp, he) = (layers(&fp, &cp)?, layers(fe, &ce)?);
+        for (k, p) in opt.params.iter().enumerate() {
+            let id = p.var.as_tensor().id();
+            grads[k] = if p.group == 1 {
+                (hp.get(&id).cloned(), he.get(&id).cloned())
+            } else {
+                (pop_heads.get(&id).cloned(), emo_heads.get(&id).cloned())
+            };
+        }
+        losses = vec![lp, le];
+    } else {
+        let (dcls, total) = match (pop, emo) {
+            (Some((cp, _, lp)), Some((ce, _, le))) => ((cp + ce)?, (lp + le)?),
+            (Some((c, _, l)), None) | (None, Some((c, _, l))) => (c, l),
+            (None, None) => return Ok(None),
+        };
+        let h = layers(&fp, &dcls)?;
+        for (k, p) in opt.params.iter().enumerate() {
+            let id = p.var.as_tensor().id();
+            grads[k].0 = if p.group == 1 {
+                h.get(&id).cloned()
+            } else {
+                pop_heads.get(&id).or(emo_heads.get(&id)).cloned()
+            };
+        }
+        losses = vec![total];
+    }
+    finish_step(opt, grads, projected, clip_norm, lrs, losses)
 }
 
 /// Whether [`apply_step`] runs each task's rows as their own batch under PCGrad: on the CPU.
@@ -1772,6 +1928,101 @@ mod tests {
                 .unwrap();
             // The keys' bias has no gradient (softmax ignores a shift common to all keys).
             assert!(moved > 1e-6 || name.ends_with("key.bias"), "{name} did not move");
+        }
+    }
+
+    /// Without PCGrad (one backward pass of the summed losses) and with the layers frozen (the
+    /// heads-only stage), the step by hand (heads, losses and layers outside candle's graph)
+    /// takes the step that candle's graph and operations take, with the emotion classes weighted.
+    #[test]
+    fn the_step_by_hand_takes_the_graphs_step() {
+        let Batch {
+            dev,
+            varmap,
+            model,
+            mask,
+            tg,
+            from,
+            hidden,
+            ..
+        } = small_batch();
+        let pw: Vec<f32> = (0..EMOTIONS).map(|k| 0.5 + (k % 5) as f32 * 0.6).collect();
+        let pw = Tensor::from_vec(pw, EMOTIONS, &dev).unwrap();
+        let vars: Vec<(String, Var)> = {
+            let mut v: Vec<(String, Var)> = varmap
+                .data()
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(n, _)| is_head(n) || n.starts_with("bert.encoder.layer.1."))
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
+        let step = |frozen: bool| -> (Vec<Tensor>, f64) {
+            for ((_, v), s) in vars.iter().zip(&start) {
+                v.set(s).unwrap();
+            }
+            let params = vars
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
+                .collect();
+            let mut opt = AdamW::new(params, 0.0).unwrap();
+            opt.eps = 1e3;
+            let cls = model
+                .bert
+                .cls_from(&hidden, &mask, from, Mode::Inference)
+                .unwrap()
+                .detach();
+            let mut forward = |part: Option<&[usize]>| -> Result<Forwarded> {
+                assert!(part.is_none(), "one forward pass without PCGrad");
+                if frozen {
+                    Ok(cls.clone().into())
+                } else {
+                    forward_layers(&model, &hidden, &mask, from, Mode::Autograd)
+                }
+            };
+            let out = viralclip_engine::model::train_ops::without_dropout(|| {
+                apply_step(
+                    &model,
+                    &mut opt,
+                    &mut forward,
+                    &tg,
+                    &pw,
+                    false,
+                    frozen,
+                    1.0,
+                    &[1e3, 1e3],
+                )
+            })
+            .unwrap()
+            .unwrap();
+            assert!(out.surgery.is_none());
+            (
+                vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect(),
+                out.loss,
+            )
+        };
+        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for frozen in [false, true] {
+            let (by_hand, loss) = step(frozen);
+            let (graph, graph_loss) = viralclip_engine::model::train_ops::without_fused(|| step(frozen));
+            assert!(
+                (loss - graph_loss).abs() < 1e-5,
+                "frozen {frozen}: loss {loss} vs {graph_loss}"
+            );
+            for (((name, _), a), (b, s)) in vars.iter().zip(&by_hand).zip(graph.iter().zip(&start)) {
+                let d = max_abs(&(a - b).unwrap());
+                assert!(d < 1e-4, "frozen {frozen}, {name}: {d}");
+                let moved = max_abs(&(a - s).unwrap());
+                let trained = is_head(name) || !frozen;
+                // The keys' bias has no gradient (softmax ignores a shift common to all keys).
+                if !name.ends_with("key.bias") {
+                    assert_eq!(moved > 1e-6, trained, "frozen {frozen}, {name} moved {moved}");
+                }
+            }
         }
     }
 

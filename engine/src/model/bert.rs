@@ -350,6 +350,9 @@ impl Layer {
         )?;
         let inner = match self.act {
             Activation::GeluErf => match self.intermediate.bias() {
+                Some(bias) if kernels::gemm_gelu_fits(&attn) => {
+                    kernels::gemm_gelu(&attn, self.intermediate.weight(), bias)?
+                }
                 Some(bias) => kernels::bias_gelu(&gemm(&attn, &self.intermediate)?, bias)?,
                 None => gemm(&attn, &self.intermediate)?.gelu_erf()?,
             },

@@ -1,7 +1,8 @@
 //! The seed's two heads on the [CLS] vector, with its parameter names (`nn.Sequential` indices),
 //! and the multitask model that joins them to the encoder.
 
-use super::bert::{Bert, BertConfig, Mode};
+use super::bert::{Bert, BertConfig, Mode, ParamGrads};
+use super::train_ops;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -38,8 +39,9 @@ impl PopularityHead {
 
     /// (b, hidden) → (b,) logits.
     pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, 0.3, mode)?;
-        let x = dropout(linear(&self.l3, &x, mode)?.relu()?, 0.2, mode)?;
+        let [p0, p3] = POPULARITY_DROPOUT;
+        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, p0, mode)?;
+        let x = dropout(linear(&self.l3, &x, mode)?.relu()?, p3, mode)?;
         linear(&self.l6, &x, mode)?.squeeze(1)
     }
 }
@@ -61,9 +63,83 @@ impl EmotionHead {
 
     /// (b, hidden) → (b, labels) logits.
     pub fn forward(&self, cls: &Tensor, mode: Mode) -> Result<Tensor> {
-        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, 0.3, mode)?;
+        let x = dropout(linear(&self.l0, cls, mode)?.relu()?, EMOTION_DROPOUT[0], mode)?;
         linear(&self.l3, &x, mode)
     }
+}
+
+/// What a head's forward pass by hand keeps for its backward pass: each hidden layer's input,
+/// pre-activation and dropout seed, and the last layer's input.
+pub struct HeadTape {
+    hidden: Vec<(Tensor, Tensor, Option<u64>)>,
+    last_in: Tensor,
+}
+
+/// A head's forward pass outside candle's graph: hidden layers (linear, ReLU, dropout with the
+/// given seed) and a last linear layer; the logits and the tape.
+fn head_taped(
+    hidden: &[&Linear],
+    seeds: &[(f32, Option<u64>)],
+    last: &Linear,
+    cls: &Tensor,
+) -> Result<(Tensor, HeadTape)> {
+    let lin = |l: &Linear, x: &Tensor| {
+        train_ops::linear(x, &l.weight().detach(), l.bias().map(|b| b.detach()).as_ref())
+    };
+    let mut x = cls.detach();
+    let mut tape = Vec::with_capacity(hidden.len());
+    for (l, &(p, seed)) in hidden.iter().zip(seeds) {
+        let z = lin(l, &x)?;
+        let a = train_ops::dropout_with(&z.relu()?, p, seed)?;
+        tape.push((x, z, seed));
+        x = a;
+    }
+    let y = lin(last, &x)?;
+    Ok((
+        y,
+        HeadTape {
+            hidden: tape,
+            last_in: x,
+        },
+    ))
+}
+
+/// The backward pass of [`head_taped`] from the logits' gradient `dy` (b, out): the input's
+/// gradient (b, hidden) and every weight's.
+fn head_backward(
+    hidden: &[&Linear],
+    p: &[f32],
+    last: &Linear,
+    tape: &HeadTape,
+    dy: &Tensor,
+) -> Result<(Tensor, ParamGrads)> {
+    let mut grads = ParamGrads::new();
+    let mut project = |l: &Linear, x: &Tensor, dy: &Tensor| -> Result<Tensor> {
+        grads.push((l.weight().clone(), dy.t()?.matmul(x)?));
+        if let Some(b) = l.bias() {
+            grads.push((b.clone(), dy.sum(0)?));
+        }
+        dy.matmul(&l.weight().detach())
+    };
+    let mut dx = project(last, &tape.last_in, dy)?;
+    for ((l, &p), (x, z, seed)) in hidden.iter().zip(p).zip(&tape.hidden).rev() {
+        let da = train_ops::dropout_with(&dx, p, *seed)?;
+        let dz = (da * z.gt(0f32)?.to_dtype(z.dtype())?)?;
+        dx = project(l, x, &dz)?;
+    }
+    Ok((dx, grads))
+}
+
+/// The popularity head's dropout rates, as [`PopularityHead::forward`] applies them.
+const POPULARITY_DROPOUT: [f32; 2] = [0.3, 0.2];
+/// The emotion head's.
+const EMOTION_DROPOUT: [f32; 1] = [0.3];
+
+/// Both heads' forward passes by hand ([`MultiTask::heads_taped`]): each head's logits and tape,
+/// where it was asked for.
+pub struct HeadsTaped {
+    pub popularity: Option<(Tensor, HeadTape)>,
+    pub emotions: Option<(Tensor, HeadTape)>,
 }
 
 /// Logits of both tasks for a batch.
@@ -114,6 +190,61 @@ impl MultiTask {
     }
 }
 
+impl MultiTask {
+    /// Whether the heads can train by hand on these [CLS] states ([`MultiTask::heads_taped`]):
+    /// where the training path's fused passes run.
+    pub fn heads_by_hand(&self, cls: &Tensor) -> bool {
+        train_ops::usable(&[cls, self.emotion.l0.weight(), self.popularity.l0.weight()])
+    }
+
+    /// The heads' training forward pass outside candle's graph, keeping what their backward
+    /// passes need ([`MultiTask::popularity_backward`], [`MultiTask::emotion_backward`]): the
+    /// same arithmetic as [`MultiTask::heads`] and, with dropout on (`Mode::Training`), the same
+    /// masks, drawn in the same order (the popularity head's two, then the emotion head's) even
+    /// for a head not asked for. The popularity logits are (b, 1) here.
+    pub fn heads_taped(
+        &self,
+        cls: &Tensor,
+        mode: Mode,
+        popularity: bool,
+        emotions: bool,
+    ) -> Result<HeadsTaped> {
+        let seed = |p: f32| {
+            (
+                p,
+                (mode == Mode::Training)
+                    .then(|| train_ops::dropout_seed(p))
+                    .flatten(),
+            )
+        };
+        let pop_seeds = POPULARITY_DROPOUT.map(seed);
+        let emo_seeds = EMOTION_DROPOUT.map(seed);
+        let p = &self.popularity;
+        let e = &self.emotion;
+        Ok(HeadsTaped {
+            popularity: popularity
+                .then(|| head_taped(&[&p.l0, &p.l3], &pop_seeds, &p.l6, cls))
+                .transpose()?,
+            emotions: emotions
+                .then(|| head_taped(&[&e.l0], &emo_seeds, &e.l3, cls))
+                .transpose()?,
+        })
+    }
+
+    /// The popularity head's backward pass from its logits' gradient (b, 1): the [CLS] states'
+    /// gradient and the head's weights'.
+    pub fn popularity_backward(&self, tape: &HeadTape, dlogits: &Tensor) -> Result<(Tensor, ParamGrads)> {
+        let p = &self.popularity;
+        head_backward(&[&p.l0, &p.l3], &POPULARITY_DROPOUT, &p.l6, tape, dlogits)
+    }
+
+    /// The emotion head's backward pass from its logits' gradient (b, labels).
+    pub fn emotion_backward(&self, tape: &HeadTape, dlogits: &Tensor) -> Result<(Tensor, ParamGrads)> {
+        let e = &self.emotion;
+        head_backward(&[&e.l0], &EMOTION_DROPOUT, &e.l3, tape, dlogits)
+    }
+}
+
 /// Fresh head weights, initialised as PyTorch's `nn.Linear` does (uniform ±1/√fan_in for weights
 /// and biases), from a deterministic generator seeded with `seed`.
 pub fn init_heads(
@@ -150,4 +281,82 @@ pub fn init_heads(
         out.insert(format!("{name}.bias"), b);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::tests::max_diff;
+    use candle_core::{DType, Device, Var};
+
+    /// The heads by hand (forward, dropout masks, backward) give the graph's logits and
+    /// gradients, for the [CLS] states and every head weight, with dropout on and off.
+    #[test]
+    fn heads_by_hand_give_the_graphs_gradients() {
+        let dev = Device::Cpu;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let (hidden, labels, b) = (32, 28, 6);
+        let model = MultiTask {
+            bert: Bert::load(
+                vb.pp("bert"),
+                &serde_json::from_str(
+                    r#"{"vocab_size": 50, "hidden_size": 32, "num_hidden_layers": 1,
+                        "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 16}"#,
+                )
+                .unwrap(),
+            )
+            .unwrap(),
+            popularity: PopularityHead::load(vb.pp("popularity_head"), hidden).unwrap(),
+            emotion: EmotionHead::load(vb.pp("emotion_head"), hidden, labels).unwrap(),
+        };
+        let cls = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, hidden), &dev).unwrap()).unwrap();
+        // The gradient of a random linear function of the logits is these weights.
+        let wp = Tensor::randn(0f32, 1.0, b, &dev).unwrap();
+        let we = Tensor::randn(0f32, 1.0, (b, labels), &dev).unwrap();
+        let heads: Vec<Tensor> = {
+            let data = varmap.data().lock().unwrap();
+            data.iter()
+                .filter(|(n, _)| n.contains("_head."))
+                .map(|(_, v)| v.as_tensor().clone())
+                .collect()
+        };
+        assert_eq!(heads.len(), 10);
+        assert!(model.heads_by_hand(cls.as_tensor()));
+        for mode in [Mode::Training, Mode::Autograd] {
+            train_ops::seed_dropout(41);
+            let logits = model.heads(cls.as_tensor(), mode).unwrap();
+            let loss = ((&logits.popularity * &wp).unwrap().sum_all().unwrap()
+                + (&logits.emotions * &we).unwrap().sum_all().unwrap())
+            .unwrap();
+            let gs = loss.backward().unwrap();
+            train_ops::seed_dropout(41);
+            let h = model.heads_taped(cls.as_tensor(), mode, true, true).unwrap();
+            let (xp, tp) = h.popularity.unwrap();
+            let (xe, te) = h.emotions.unwrap();
+            assert_eq!(
+                max_diff(&xp.squeeze(1).unwrap(), &logits.popularity),
+                0.0,
+                "{mode:?}"
+            );
+            assert_eq!(max_diff(&xe, &logits.emotions), 0.0, "{mode:?}");
+            let (cp, gp) = model.popularity_backward(&tp, &wp.unsqueeze(1).unwrap()).unwrap();
+            let (ce, ge) = model.emotion_backward(&te, &we).unwrap();
+            let dcls = (cp + ce).unwrap();
+            let want = gs.get(cls.as_tensor()).unwrap();
+            assert!(max_diff(&dcls, want) < 1e-5, "{mode:?}: [CLS] gradient");
+            let by_hand: Vec<(Tensor, Tensor)> = gp.into_iter().chain(ge).collect();
+            assert_eq!(by_hand.len(), heads.len());
+            for p in &heads {
+                let (_, g) = by_hand
+                    .iter()
+                    .find(|(q, _)| q.id() == p.id())
+                    .expect("a gradient");
+                let want = gs.get(p).unwrap();
+                let d = max_diff(g, want);
+                assert!(d < 1e-5, "{mode:?}: {:?} differs by {d}", p.dims());
+                assert!(want.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+            }
+        }
+    }
 }

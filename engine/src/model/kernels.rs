@@ -635,6 +635,93 @@ pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
     Ok((worst, true))
 }
 
+/// `gelu(x · wᵀ + b)` as one cuBLASLt GEMM with its bias + GELU epilogue: see [`gemm_gelu`].
+struct GemmGelu;
+
+impl CustomOp3 for GemmGelu {
+    fn name(&self) -> &'static str {
+        "gemm-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gemm-gelu: a cuBLASLt epilogue, CUDA only (the CPU takes bias_gelu)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::gemm_gelu(s1, l1, s2, l2, s3, l3)
+    }
+}
+
+/// Whether the feed-forward layer's first GEMM takes its bias and GELU in cuBLASLt's epilogue
+/// ([`gemm_gelu`]): CUDA with the fused kernels on, bf16 or f16, `VIRALCLIP_GEMM_GELU=1` (opt-in
+/// until a GPU run has checked it: `viralclip bench` prints `gemm_gelu_check`).
+pub fn gemm_gelu_fits(x: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("VIRALCLIP_GEMM_GELU").is_ok_and(|v| v == "1"));
+        on && fused_cuda() && x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = x;
+        false
+    }
+}
+
+/// `gelu(x · wᵀ + b)` for `x` (m, k), `w` (n, k), `b` (n): one cuBLASLt GEMM whose epilogue adds
+/// the bias and applies GELU as it writes, so the (m, n) product is written once and never read
+/// back. cuBLASLt's GELU is the tanh approximation, within 5e-4 of erf's: below the rounding of
+/// bf16 and f16, the only types it runs for ([`gemm_gelu_fits`]); f32 keeps erf.
+pub fn gemm_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &GemmGelu)
+}
+
+/// [`gemm_gelu`] against `gelu_erf(x · wᵀ + b)` in f32 on `dev`, in `dtype` (inputs rounded to it
+/// for both): the largest difference relative to the largest output, and whether it ran (false
+/// and 0 where it does not fit).
+pub fn check_gemm_gelu(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let mut worst = 0f32;
+    for (m, k, n) in [(37, 64, 96), (130, 384, 1536), (4096, 768, 3072)] {
+        let r = |shape: (usize, usize), scale: f64| -> Result<Tensor> {
+            let v: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|i| (((i * 7919 + shape.1 * 31) % 1000) as f32 / 1000.0 - 0.5) * scale as f32)
+                .collect();
+            Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)
+        };
+        let (x, w) = (r((m, k), 2.0)?, r((n, k), 4.0 / (k as f64).sqrt())?);
+        let b = r((1, n), 1.0)?.reshape(n)?;
+        if !gemm_gelu_fits(&x) {
+            return Ok((0.0, false));
+        }
+        let got = gemm_gelu(&x, &w, &b)?.to_dtype(DType::F32)?;
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = f(&x)?.matmul(&f(&w)?.t()?)?.broadcast_add(&f(&b)?)?.gelu_erf()?;
+        let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+        worst = worst.max(diff / scale);
+    }
+    Ok((worst, true))
+}
+
 /// AdamW's update from its moments, for [`adam_update`]:
 /// `w ← w − lr·(m / bc1 / (√(v / bc2) + eps) + decay·w)`.
 #[derive(Debug, Clone, Copy)]
@@ -1077,6 +1164,109 @@ pub(crate) mod cuda {
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
+    }
+
+    /// One cuBLASLt handle (with its workspace) per device, made on first use.
+    fn blas_lt(
+        dev: &candle_core::CudaDevice,
+    ) -> Result<std::sync::Arc<candle_core::cuda_backend::cudarc::cublaslt::CudaBlasLT>> {
+        use candle_core::cuda_backend::cudarc::cublaslt::CudaBlasLT;
+        use std::sync::{Arc, Mutex, OnceLock};
+        type Handles = Mutex<Vec<(candle_core::cuda_backend::DeviceId, Arc<CudaBlasLT>)>>;
+        static HANDLES: OnceLock<Handles> = OnceLock::new();
+        let mut handles = HANDLES
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("cublasLt handles: poisoned lock".into()))?;
+        if let Some((_, h)) = handles.iter().find(|(id, _)| *id == dev.id()) {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(
+            CudaBlasLT::new(dev.cuda_stream())
+                .map_err(|e| candle_core::Error::Msg(format!("cublasLt handle: {e:?}")))?,
+        );
+        handles.push((dev.id(), h.clone()));
+        Ok(h)
+    }
+
+    fn gemm_gelu_t<T>(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)>
+    where
+        T: CudaDType + DeviceRepr,
+        candle_core::cuda_backend::cudarc::cublaslt::CudaBlasLT:
+            candle_core::cuda_backend::cudarc::cublaslt::Matmul<T>,
+    {
+        use candle_core::cuda_backend::cudarc::cublaslt::{Activation, Matmul, MatmulConfig};
+        let dev = s1.device().clone();
+        let (&[m, k], &[n, k2], &[nb]) = (l1.dims(), l2.dims(), l3.dims()) else {
+            candle_core::bail!(
+                "gemm-gelu: x {:?}, w {:?}, b {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        };
+        if k != k2 || nb != n {
+            candle_core::bail!(
+                "gemm-gelu: x {:?}, w {:?}, b {:?}",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            )
+        }
+        let (x, w, b) = (
+            view::<T>(s1, l1, "gemm-gelu x")?,
+            view::<T>(s2, l2, "gemm-gelu w")?,
+            view::<T>(s3, l3, "gemm-gelu b")?,
+        );
+        // SAFETY: the GEMM writes all m·n elements (beta 0: nothing is read from y).
+        let mut y = unsafe { dev.alloc::<T>(m * n)? };
+        // Column-major: yᵀ (n × m) = w (n × k, stored as k × n: transposed) · xᵀ (k × m); the
+        // epilogue's bias runs along yᵀ's rows, the output features.
+        let cfg = MatmulConfig {
+            transa: true,
+            transb: false,
+            transc: false,
+            m: n as u64,
+            n: m as u64,
+            k: k as u64,
+            alpha: 1.0,
+            lda: k as i64,
+            ldb: k as i64,
+            beta: 0.0,
+            ldc: n as i64,
+            stride_a: None,
+            stride_b: None,
+            stride_c: None,
+            stride_bias: None,
+            batch_size: None,
+        };
+        let lt = blas_lt(&dev)?;
+        // SAFETY: the shapes were checked above; the views and y hold exactly these matrices.
+        unsafe { lt.matmul(cfg, &w, &x, &mut y, Some(&b), Some(&Activation::Gelu)) }
+            .map_err(|e| candle_core::Error::Msg(format!("gemm-gelu: cublasLt: {e:?}")))?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((m, n))))
+    }
+
+    pub fn gemm_gelu(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F16 => gemm_gelu_t::<half::f16>(s1, l1, s2, l2, s3, l3),
+            DType::BF16 => gemm_gelu_t::<half::bf16>(s1, l1, s2, l2, s3, l3),
+            d => candle_core::bail!("gemm-gelu: no {d:?} epilogue here (bf16 and f16 only)"),
+        }
     }
 
     /// Whether `dev` is a GPU with bf16/f16 tensor cores (compute capability 8.0 or later).

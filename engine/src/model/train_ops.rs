@@ -853,6 +853,24 @@ pub fn dropout_with(x: &Tensor, p: f32, seed: Option<u64>) -> Result<Tensor> {
     }
 }
 
+/// The gradient of [`bce_with_logits`] (the mean) in its logits `x`, for a backward pass by hand:
+/// `((1 − y) − c·σ(−x)) / n`, element by element (see [`bce_with_logits`] for `c`). Where the
+/// fused passes run ([`usable`]).
+pub fn bce_with_logits_grad(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>) -> Result<Tensor> {
+    let args: Vec<&Tensor> = [Some(x), Some(y), pos_weight].into_iter().flatten().collect();
+    if !usable(&args) || x.shape() != y.shape() {
+        candle_core::bail!("bce-with-logits gradient by hand: not where the fused passes run")
+    }
+    let bce = Bce {
+        weighted: pos_weight.is_some(),
+        grad: true,
+    };
+    let (x, y) = (x.contiguous()?, y.contiguous()?);
+    // Without a weight the third operand is not read.
+    let pw = pos_weight.map_or(Ok(y.clone()), |pw| pw.contiguous())?;
+    x.apply_op3_no_bwd(&y, &pw, &bce)? * (1.0 / x.elem_count().max(1) as f64)
+}
+
 /// Layer norm's backward pass: `(dx, dgain, dbias)` from its input `x` (rows of h), gain and the
 /// output's gradient.
 pub fn layer_norm_backward(
