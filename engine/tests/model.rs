@@ -239,6 +239,60 @@ fn training_by_hand_gives_the_graphs_gradients() {
     }
 }
 
+/// One backward pass by hand from two tasks' [CLS] gradients, each on its own texts (the first
+/// `k`, the rest), split by rows (`backward_taped_split`), gives each task's own gradients: what a
+/// backward pass from that task's gradient alone gives (PCGrad's two backward passes in one).
+#[test]
+fn one_backward_pass_gives_each_tasks_gradients() {
+    let (_varmap, model) = random_model(&tiny_config(), 28);
+    let (ids, mask) = padded_inputs();
+    let b = ids.dim(0).unwrap();
+    let k = 2;
+    assert!(k < b);
+    for from in [0, 1] {
+        let hidden = model
+            .bert
+            .hidden_before(&ids, &mask, from, Mode::Inference)
+            .unwrap()
+            .detach();
+        train_ops::seed_dropout(5);
+        let (cls, tape) = model
+            .bert
+            .cls_from_taped(&hidden, &mask, from, Mode::Training)
+            .unwrap()
+            .expect("this model trains by hand");
+        let h = cls.dim(1).unwrap();
+        // Each task's gradient: random on its own texts, zero on the other's.
+        let g = Tensor::randn(0f32, 1.0, (b, h), &Device::Cpu).unwrap();
+        let rows = |a: usize, n: usize| {
+            let m: Vec<f32> = (0..b).map(|r| f32::from(r >= a && r < a + n)).collect();
+            g.broadcast_mul(&Tensor::from_vec(m, (b, 1), &Device::Cpu).unwrap())
+                .unwrap()
+        };
+        let (ga, gb) = (rows(0, k), rows(k, b - k));
+        let (first, rest) = model
+            .bert
+            .backward_taped_split(&tape, &(&ga + &gb).unwrap(), k)
+            .unwrap();
+        let alone_a = model.bert.backward_taped(&tape, &ga).unwrap();
+        let alone_b = model.bert.backward_taped(&tape, &gb).unwrap();
+        for (split, alone) in [(&first, &alone_a), (&rest, &alone_b)] {
+            assert_eq!(split.len(), alone.len());
+            assert_eq!(split.len(), 16 * (2 - from));
+            for ((p, x), (q, y)) in split.iter().zip(alone) {
+                assert_eq!(p.id(), q.id());
+                let scale = max_abs(y).max(1e-3);
+                assert!(max_abs_diff(x, y) / scale < 1e-4, "from {from}: {:?}", p.dims());
+            }
+        }
+        // And the two parts add up to the whole.
+        let whole = model.bert.backward_taped(&tape, &(&ga + &gb).unwrap()).unwrap();
+        for (((_, w), (_, x)), (_, y)) in whole.iter().zip(&first).zip(&rest) {
+            assert!(max_abs_diff(w, &(x + y).unwrap()) / max_abs(w).max(1e-3) < 1e-4);
+        }
+    }
+}
+
 /// Fused and differentiable kernels compute the same function.
 #[test]
 fn fused_and_differentiable_paths_agree() {

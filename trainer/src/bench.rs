@@ -174,6 +174,12 @@ pub fn step_times(
         &format!("top{top}+pcgrad"),
         timed(dev, secs, || top_step(&mut opt, &hidden))?,
     ));
+    // The step as a GPU runs it, on this device: both tasks' rows in one forward pass and one
+    // backward pass (by hand), each weight's gradient summed over each task's rows.
+    out.push(stage(
+        &format!("top{top}+pcgrad/joint"),
+        crate::train::with_tasks_split(false, || timed(dev, secs, || top_step(&mut opt, &hidden)))?,
+    ));
     // The same step through candle's operations alone (no fused training operations, no fused
     // optimiser step, no training by hand): the "before" of all three, in the same run.
     out.push(stage(
@@ -248,6 +254,7 @@ mod tests {
                 "cache",
                 "heads",
                 "top2+pcgrad",
+                "top2+pcgrad/joint",
                 "top2+pcgrad/candle-ops",
                 "top2+pcgrad+frozen-forward"
             ]

@@ -517,6 +517,37 @@ impl Targets {
     }
 }
 
+impl Targets {
+    /// For a batch with both tasks: its rows in task order (the popularity task's, then the
+    /// emotion task's) and these targets for the batch in that order.
+    fn by_task(&self) -> Result<(Vec<usize>, Targets)> {
+        let order: Vec<usize> = self.pop_rows.iter().chain(&self.emo_rows).copied().collect();
+        let (np, n) = (self.pop_rows.len(), order.len());
+        let (Some((pi, py)), Some((_, ey))) = (&self.pop_idx, &self.emo_idx) else {
+            return Err(Error::Config("by_task: a batch without both tasks".into()));
+        };
+        let range = |a: usize, b: usize| Tensor::arange(a as u32, b as u32, pi.device());
+        // Translated rows are emotion rows: after the popularity rows, in the same order.
+        let align = self.align.as_ref().map(|a| Align {
+            rows: a
+                .rows
+                .iter()
+                .map(|r| np + self.emo_rows.iter().position(|e| e == r).expect("an emotion row"))
+                .collect(),
+            target: a.target.clone(),
+            weight: a.weight,
+        });
+        let t = Targets {
+            pop_idx: Some((range(0, np)?, py.clone())),
+            emo_idx: Some((range(np, n)?, ey.clone())),
+            pop_rows: (0..np).collect(),
+            emo_rows: (np..n).collect(),
+            align,
+        };
+        Ok((order, t))
+    }
+}
+
 pub(crate) fn targets(labels: &[Label], rows: &[usize], dev: &Device) -> Result<Targets> {
     let (mut pi, mut py, mut ei, mut ey) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (k, &i) in rows.iter().enumerate() {
@@ -667,9 +698,19 @@ pub(crate) fn apply_step(
     // Each task's rows as a batch of their own on the CPU, where the arithmetic is the cost (each
     // backward pass then covers only its task's rows); one forward pass for both on a GPU, where
     // launching operations one by one is the cost and two forwards launch twice as many.
-    let split = split_tasks(pw.device()) && pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty();
-    // The forward passes: the popularity task's and the emotion task's (the same one unless split).
-    let fp = forward(split.then_some(t.pop_rows.as_slice()))?;
+    let both = pcgrad && !t.pop_rows.is_empty() && !t.emo_rows.is_empty();
+    let split = both && split_tasks(pw.device());
+    // The forward passes: the popularity task's and the emotion task's (the same one unless
+    // split). One pass for both tasks takes the rows in task order, so that each task's texts
+    // are a block of rows (a backward pass by hand then serves both tasks: `step_by_hand`).
+    let ordered;
+    let (t, rows) = if both && !split {
+        ordered = t.by_task()?;
+        (&ordered.1, Some(ordered.0.as_slice()))
+    } else {
+        (t, split.then_some(t.pop_rows.as_slice()))
+    };
+    let fp = forward(rows)?;
     // The heads and losses by hand where the layers below ran so (or are frozen) and the fused
     // passes run; the alignment loss goes through the graph.
     if t.align.is_none() && (frozen || fp.tape.is_some()) && model.heads_by_hand(&fp.cls) {
@@ -885,7 +926,19 @@ fn step_by_hand(
     let losses;
     if projected {
         let ((cp, _, lp), (ce, _, le)) = (pop.expect("both"), emo.expect("both"));
-        let (hp, he) = (layers(&fp, &cp)?, layers(fe, &ce)?);
+        let (hp, he) = match (&fp.tape, split || frozen) {
+            // One forward pass over the rows in task order (`apply_step`): one backward pass
+            // from both tasks' gradients, each weight's gradient summed over each task's rows.
+            (Some(tape), false) => {
+                let by_id =
+                    |g: ParamGrads| g.into_iter().map(|(p, g)| (p.id(), g)).collect::<HashMap<_, _>>();
+                let (a, b) = model
+                    .bert
+                    .backward_taped_split(tape, &(cp + ce)?, t.pop_rows.len())?;
+                (by_id(a), by_id(b))
+            }
+            _ => (layers(&fp, &cp)?, layers(fe, &ce)?),
+        };
         for (k, p) in opt.params.iter().enumerate() {
             let id = p.var.as_tensor().id();
             grads[k] = if p.group == 1 {
@@ -917,11 +970,22 @@ fn step_by_hand(
 
 /// Whether [`apply_step`] runs each task's rows as their own batch under PCGrad: on the CPU.
 fn split_tasks(dev: &Device) -> bool {
-    #[cfg(test)]
-    if let Some(split) = tests::SPLIT.with(|s| s.get()) {
-        return split;
-    }
-    dev.is_cpu()
+    SPLIT.with(|s| s.get()).unwrap_or(dev.is_cpu())
+}
+
+thread_local! {
+    /// Overrides [`split_tasks`] on this thread (tests; the bench's stage that runs the GPU's
+    /// way on any device).
+    static SPLIT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with [`apply_step`] splitting the tasks' rows into two batches (`true`, the CPU's
+/// way) or not (a GPU's way) whatever the device.
+pub(crate) fn with_tasks_split<R>(split: bool, f: impl FnOnce() -> R) -> R {
+    let was = SPLIT.with(|s| s.replace(Some(split)));
+    let r = f();
+    SPLIT.with(|s| s.set(was));
+    r
 }
 
 /// [`apply_step`]'s update through candle's operations, one tensor at a time, where the fused
@@ -1752,11 +1816,6 @@ pub fn report_path(out: &Path) -> PathBuf {
 mod tests {
     use super::*;
 
-    thread_local! {
-        /// Overrides [`split_tasks`] on this thread.
-        pub(super) static SPLIT: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
-    }
-
     /// A tiny model (trainable from layer 1) and a batch of six rows of different lengths
     /// (padding differs between the whole batch and its parts), both tasks present.
     struct Batch {
@@ -1881,31 +1940,37 @@ mod tests {
                     Ok(model.bert.cls_from(&h, &m, from, Mode::Autograd)?.into())
                 }
             };
-            SPLIT.with(|s| s.set(Some(split)));
             // Without dropout: the heads' masks would differ between one batch and two.
-            let out = viralclip_engine::model::train_ops::without_dropout(|| {
-                apply_step(
-                    &model,
-                    &mut opt,
-                    &mut forward,
-                    &tg,
-                    &pw,
-                    true,
-                    false,
-                    1.0,
-                    &[1e3, 1e3],
-                )
+            let out = with_tasks_split(split, || {
+                viralclip_engine::model::train_ops::without_dropout(|| {
+                    apply_step(
+                        &model,
+                        &mut opt,
+                        &mut forward,
+                        &tg,
+                        &pw,
+                        true,
+                        false,
+                        1.0,
+                        &[1e3, 1e3],
+                    )
+                })
             });
-            SPLIT.with(|s| s.set(None));
-            assert!(out.unwrap().unwrap().surgery.is_some(), "PCGrad ran");
-            vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect()
+            let surgery = out.unwrap().unwrap().surgery.expect("PCGrad ran");
+            // The two tasks' gradients' cosine: each task's gradient, not only their sum.
+            let cosine = Tensor::new(&[surgery.cosine as f32], &dev).unwrap();
+            vars.iter()
+                .map(|(_, v)| v.as_tensor().copy().unwrap())
+                .chain([cosine])
+                .collect::<Vec<_>>()
         };
         // Each task's rows apart through candle's graph; both tasks in one pass; and both of
         // these with the trainable layers by hand (their taped backward from the [CLS] leaf).
         let reference = step(true, false);
+        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).chain(["cosine"]).collect();
         for (split, by_hand) in [(false, false), (true, true), (false, true)] {
             let other = step(split, by_hand);
-            for ((name, _), (a, b)) in vars.iter().zip(other.iter().zip(&reference)) {
+            for (name, (a, b)) in names.iter().zip(other.iter().zip(&reference)) {
                 let d = (a - b)
                     .unwrap()
                     .abs()

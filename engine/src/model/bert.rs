@@ -441,6 +441,36 @@ struct LayerTape {
 /// Weights' gradients of a backward pass by hand: (the parameter's tensor, its gradient).
 pub type ParamGrads = Vec<(Tensor, Tensor)>;
 
+/// Where a layer's backward pass by hand puts its weights' gradients: one set, or (`split`: the
+/// number of texts of the first part) two sets, each summed over its own texts' rows only. Rows
+/// never meet in a layer, so one backward pass from the gradient of two tasks' losses (each on
+/// its own texts) gives each task's own weight gradients this way.
+struct Sink<'a> {
+    first: &'a mut ParamGrads,
+    rest: Option<(&'a mut ParamGrads, usize)>,
+}
+
+impl Sink<'_> {
+    /// A weight's gradient, a sum over rows (`per_text` a text) that `f` computes from its
+    /// inputs' rows, which it narrows with the function it is given.
+    fn push(
+        &mut self,
+        param: &Tensor,
+        per_text: usize,
+        f: impl Fn(&dyn Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor>,
+    ) -> Result<()> {
+        match &mut self.rest {
+            None => self.first.push((param.clone(), f(&|x| Ok(x.clone()))?)),
+            Some((rest, texts)) => {
+                let cut = *texts * per_text;
+                self.first.push((param.clone(), f(&|x| x.narrow(0, 0, cut))?));
+                rest.push((param.clone(), f(&|x| x.narrow(0, cut, x.dim(0)? - cut))?));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Layer {
     /// Whether this layer can be trained by hand: GELU (erf) with biases everywhere, on tensors
     /// the fused training passes run on.
@@ -525,36 +555,40 @@ impl Layer {
 
     /// The backward pass of [`Layer::forward_taped`]: from the output rows' gradient `dy`
     /// (b·tq, h), the input's gradient (b, t, h), and every weight's into `grads`.
-    fn backward(&self, tape: &LayerTape, dy: &Tensor, grads: &mut ParamGrads) -> Result<Tensor> {
+    fn backward(&self, tape: &LayerTape, dy: &Tensor, grads: &mut Sink) -> Result<Tensor> {
         let LayerTape { b, t, tq, .. } = *tape;
         let h = tape.x.dim(1)?;
         let w = |l: &Linear| l.weight().detach();
-        // A projection's weight and bias gradients from its input rows and output gradient;
-        // returns the input's gradient.
-        let project = |l: &Linear, x: &Tensor, dy: &Tensor, grads: &mut ParamGrads| -> Result<Tensor> {
-            grads.push((l.weight().clone(), dy.t()?.matmul(x)?));
-            if let Some(bias) = l.bias() {
-                grads.push((bias.clone(), dy.sum(0)?));
-            }
-            dy.matmul(&w(l))
+        // A projection's weight and bias gradients from its input rows and output gradient
+        // (`per_text` rows a text); returns the input's gradient.
+        let project =
+            |l: &Linear, x: &Tensor, dy: &Tensor, per_text: usize, grads: &mut Sink| -> Result<Tensor> {
+                grads.push(l.weight(), per_text, |n| n(dy)?.t()?.matmul(&n(x)?))?;
+                if let Some(bias) = l.bias() {
+                    grads.push(bias, per_text, |n| n(dy)?.sum(0))?;
+                }
+                dy.matmul(&w(l))
+            };
+        // A layer norm's input gradient, and its gain's and bias's into `grads`.
+        let norm = |ln: &LayerNorm, x: &Tensor, dy: &Tensor, grads: &mut Sink| -> Result<Tensor> {
+            let (dx, dgx) = train_ops::layer_norm_backward_rows(x, &ln.weight, dy, ln.eps)?;
+            grads.push(&ln.weight, tq, |n| n(&dgx)?.sum(0))?;
+            grads.push(&ln.bias, tq, |n| n(dy)?.sum(0))?;
+            Ok(dx)
         };
-        let (dr2, dg2, db2) =
-            train_ops::layer_norm_backward(&tape.r2, &self.out_norm.weight, dy, self.out_norm.eps)?;
-        grads.push((self.out_norm.weight.clone(), dg2));
-        grads.push((self.out_norm.bias.clone(), db2));
+        let dr2 = norm(&self.out_norm, &tape.r2, dy, grads)?;
         let d_out = train_ops::dropout_with(&dr2, self.dropout, tape.seeds[2])?;
-        let dg = project(&self.output, &tape.g, &d_out, grads)?;
+        let dg = project(&self.output, &tape.g, &d_out, tq, grads)?;
         let bias1 = self.intermediate.bias().expect("biases (by_hand)");
-        let (du, dbias1) = train_ops::bias_gelu_backward(&tape.u, &bias1.detach(), &dg)?;
-        grads.push((self.intermediate.weight().clone(), du.t()?.matmul(&tape.y1)?));
-        grads.push((bias1.clone(), dbias1));
+        let du = train_ops::gelu_backward(&tape.u, &bias1.detach(), &dg)?;
+        grads.push(self.intermediate.weight(), tq, |n| {
+            n(&du)?.t()?.matmul(&n(&tape.y1)?)
+        })?;
+        grads.push(bias1, tq, |n| n(&du)?.sum(0))?;
         let dy1 = (dr2 + du.matmul(&w(&self.intermediate))?)?;
-        let (dr1, dg1, db1) =
-            train_ops::layer_norm_backward(&tape.r1, &self.attn_norm.weight, &dy1, self.attn_norm.eps)?;
-        grads.push((self.attn_norm.weight.clone(), dg1));
-        grads.push((self.attn_norm.bias.clone(), db1));
+        let dr1 = norm(&self.attn_norm, &tape.r1, &dy1, grads)?;
         let da = train_ops::dropout_with(&dr1, self.dropout, tape.seeds[1])?;
-        let dc = project(&self.attn_out, &tape.c, &da, grads)?;
+        let dc = project(&self.attn_out, &tape.c, &da, tq, grads)?;
         let dctx = train_ops::split_heads(&dc, b, tq, self.heads)?;
         let dpd = dctx.matmul(&tape.v.t()?)?;
         let dv = tape.pd.t()?.matmul(&dctx)?;
@@ -563,9 +597,9 @@ impl Layer {
         let ds = train_ops::softmax_backward(&tape.p, &dp, scale)?;
         let dq = ds.matmul(&tape.k)?;
         let dk = ds.t()?.matmul(&tape.q)?;
-        let dxq = (dr1 + project(&self.query, &tape.xq, &train_ops::merge_heads(&dq)?, grads)?)?;
-        let dx = (project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, grads)?
-            + project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, grads)?)?;
+        let dxq = (dr1 + project(&self.query, &tape.xq, &train_ops::merge_heads(&dq)?, tq, grads)?)?;
+        let dx = (project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, t, grads)?
+            + project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, t, grads)?)?;
         let dx = dx.reshape((b, t, h))?;
         if tq == t {
             return dx + dxq.reshape((b, t, h))?;
@@ -744,12 +778,46 @@ impl Bert {
     /// every trainable layer's weight gradients, as (the parameter's tensor, its gradient).
     pub fn backward_taped(&self, tape: &BertTape, dcls: &Tensor) -> Result<ParamGrads> {
         let mut grads = ParamGrads::new();
+        self.backward_sink(
+            tape,
+            dcls,
+            Sink {
+                first: &mut grads,
+                rest: None,
+            },
+        )?;
+        Ok(grads)
+    }
+
+    /// [`Bert::backward_taped`] with the weights' gradients in two sets: over the batch's first
+    /// `texts` texts and over the rest. One backward pass from the sum of two tasks' [CLS]
+    /// gradients, each task's on its own texts (the first `texts`, the rest), gives each task's
+    /// own gradients, as two backward passes would.
+    pub fn backward_taped_split(
+        &self,
+        tape: &BertTape,
+        dcls: &Tensor,
+        texts: usize,
+    ) -> Result<(ParamGrads, ParamGrads)> {
+        let (mut first, mut rest) = (ParamGrads::new(), ParamGrads::new());
+        self.backward_sink(
+            tape,
+            dcls,
+            Sink {
+                first: &mut first,
+                rest: Some((&mut rest, texts)),
+            },
+        )?;
+        Ok((first, rest))
+    }
+
+    fn backward_sink(&self, tape: &BertTape, dcls: &Tensor, mut grads: Sink) -> Result<()> {
         let mut dy = dcls.clone();
         for (layer, lt) in self.layers[tape.from..].iter().zip(&tape.layers).rev() {
             let dx = layer.backward(lt, &dy, &mut grads)?;
             dy = dx.reshape((lt.b * lt.t, ()))?;
         }
-        Ok(grads)
+        Ok(())
     }
 
     /// `x`: the last layer's output, one row per token, or only [CLS]'s when the last layer ran

@@ -881,15 +881,17 @@ pub fn layer_norm_backward(
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let h = g.elem_count();
     let rows = x.elem_count() / h;
-    let dy = dy.contiguous()?;
+    let (dx, dgx) = layer_norm_backward_rows(x, g, dy, eps)?;
+    Ok((dx, dgx.sum(0)?, dy.reshape((rows, h))?.sum(0)?))
+}
+
+/// [`layer_norm_backward`] before its sums over rows: `dx` and each row's share of the gain's
+/// gradient (rows, h) (the bias's is the rows of `dy`), for sums over parts of the rows.
+pub fn layer_norm_backward_rows(x: &Tensor, g: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
     let both = x
         .contiguous()?
-        .apply_op3_no_bwd(g, &dy, &LayerNormBwd { eps: eps as f32 })?;
-    Ok((
-        both.get(0)?.reshape(x.shape())?,
-        both.get(1)?.sum(0)?,
-        dy.reshape((rows, h))?.sum(0)?,
-    ))
+        .apply_op3_no_bwd(g, &dy.contiguous()?, &LayerNormBwd { eps: eps as f32 })?;
+    Ok((both.get(0)?.reshape(x.shape())?, both.get(1)?))
 }
 
 /// [`scaled_masked_softmax`]'s backward pass: the scores' gradient from its output `p` and the
@@ -900,12 +902,16 @@ pub fn softmax_backward(p: &Tensor, dp: &Tensor, scale: f64) -> Result<Tensor> {
 
 /// [`bias_gelu`]'s backward pass: `(dz, dbias)` with `dz` the gradient of `x + bias`.
 pub fn bias_gelu_backward(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
-    let dz = x
-        .contiguous()?
-        .apply_op3_no_bwd(bias, &dy.contiguous()?, &GeluBwd)?;
+    let dz = gelu_backward(x, bias, dy)?;
     let d = bias.elem_count();
     let db = dz.reshape((dz.elem_count() / d, d))?.sum(0)?;
     Ok((dz, db))
+}
+
+/// The gradient of `x + bias` in [`bias_gelu`] (whose bias's gradient is its sum over rows).
+pub fn gelu_backward(x: &Tensor, bias: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(bias, &dy.contiguous()?, &GeluBwd)
 }
 
 /// Gradients of every parameter of a small random model (2 layers, hidden 64, padded texts) on
