@@ -237,6 +237,10 @@ struct Fused {
     /// output and its norm (see [`super::kernels::add_norm`]).
     attn_add_norm: Tensor,
     out_add_norm: Tensor,
+    /// On the CPU, the FFN output weight transposed once, (intermediate, hidden) row-major: gemm
+    /// takes a product with a long inner dimension several times faster from it than from the
+    /// transposed view (ruBert-base shape, one text of 128 tokens: 6.0 → 1.6 ms a layer).
+    output_wt: Option<Tensor>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -295,11 +299,17 @@ impl Layer {
         )?;
         let out_add_norm =
             kernels::pack_add_norm(&bias(&self.output)?, &self.out_norm.weight, &self.out_norm.bias)?;
+        let output_wt = if q_w.device().is_cpu() {
+            Some(self.output.weight().t()?.contiguous()?)
+        } else {
+            None
+        };
         self.fused = Some(Fused {
             qkv_w,
             qkv_b,
             attn_add_norm,
             out_add_norm,
+            output_wt,
         });
         Ok(())
     }
@@ -359,13 +369,11 @@ impl Layer {
             Activation::GeluTanh => Self::linear2d(&attn, &self.intermediate)?.gelu()?,
             Activation::Relu => Self::linear2d(&attn, &self.intermediate)?.relu()?,
         };
-        kernels::add_norm(
-            &gemm(&inner, &self.output)?,
-            &attn,
-            &f.out_add_norm,
-            self.out_norm.eps,
-        )?
-        .reshape((b, tq, h))
+        let out = match &f.output_wt {
+            Some(wt) => inner.matmul(wt)?,
+            None => gemm(&inner, &self.output)?,
+        };
+        kernels::add_norm(&out, &attn, &f.out_add_norm, self.out_norm.eps)?.reshape((b, tq, h))
     }
 
     /// `x`: (b, t, h); `mask`: additive (b, 1, 1, t). With `cls_only`, only the first token's
