@@ -227,20 +227,49 @@ struct Layer {
     fused: Option<Fused>,
 }
 
+/// A projection's weight on the scoring path, (out, in) as stored. On the CPU it is transposed
+/// once, to (in, out) row-major: at the CPU's batch sizes (up to 2,048 tokens) gemm takes the
+/// layer's products faster so than through the transposed view, up to 3.75× for the FFN output's
+/// inner dimension of 3,072 (ruBert-base shape, 4 × 128 tokens: 10.6 → 5.3 ms; `bench
+/// --profile`). cuBLAS takes either layout alike, so CUDA keeps the stored one (no copy). Used
+/// for the packed QKV weight (a copy anyway) and the FFN output's; the attention output's and
+/// the FFN input's gained a few percent at most, not worth a second copy of their weights.
+#[derive(Debug, Clone)]
+enum ScoringWeight {
+    Stored(Tensor),
+    RowMajor(Tensor),
+}
+
+impl ScoringWeight {
+    fn new(w: &Tensor) -> Result<Self> {
+        Ok(if w.device().is_cpu() {
+            ScoringWeight::RowMajor(w.t()?.contiguous()?)
+        } else {
+            ScoringWeight::Stored(w.clone())
+        })
+    }
+
+    /// `x · wᵀ`.
+    fn product(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            ScoringWeight::Stored(w) => x.matmul(&w.t()?),
+            ScoringWeight::RowMajor(wt) => x.matmul(wt),
+        }
+    }
+}
+
 /// Weights repacked for scoring: one (3h, h) query/key/value matrix with the attention scale
 /// folded into the query rows, so each layer runs one projection GEMM over all tokens at once.
 #[derive(Debug, Clone)]
 struct Fused {
-    qkv_w: Tensor,
+    /// Query (scaled by 1/√d), key and value weights packed as one (3h, h).
+    qkv_w: ScoringWeight,
     qkv_b: Tensor,
     /// [bias; gamma; beta] of the attention output projection and its norm, then of the FFN
     /// output and its norm (see [`super::kernels::add_norm`]).
     attn_add_norm: Tensor,
     out_add_norm: Tensor,
-    /// On the CPU, the FFN output weight transposed once, (intermediate, hidden) row-major: gemm
-    /// takes a product with a long inner dimension several times faster from it than from the
-    /// transposed view (ruBert-base shape, one text of 128 tokens: 6.0 → 1.6 ms a layer).
-    output_wt: Option<Tensor>,
+    output_w: ScoringWeight,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -290,7 +319,7 @@ impl Layer {
                 None => Tensor::zeros(l.weight().dim(0)?, q_w.dtype(), q_w.device()),
             }
         };
-        let qkv_w = Tensor::cat(&[&q_w, self.key.weight(), self.value.weight()], 0)?.contiguous()?;
+        let qkv_w = ScoringWeight::new(&Tensor::cat(&[&q_w, self.key.weight(), self.value.weight()], 0)?)?;
         let qkv_b = Tensor::cat(&[&q_b, &bias(&self.key)?, &bias(&self.value)?], 0)?;
         let attn_add_norm = kernels::pack_add_norm(
             &bias(&self.attn_out)?,
@@ -299,17 +328,12 @@ impl Layer {
         )?;
         let out_add_norm =
             kernels::pack_add_norm(&bias(&self.output)?, &self.out_norm.weight, &self.out_norm.bias)?;
-        let output_wt = if q_w.device().is_cpu() {
-            Some(self.output.weight().t()?.contiguous()?)
-        } else {
-            None
-        };
         self.fused = Some(Fused {
             qkv_w,
             qkv_b,
             attn_add_norm,
             out_add_norm,
-            output_wt,
+            output_w: ScoringWeight::new(self.output.weight())?,
         });
         Ok(())
     }
@@ -327,7 +351,7 @@ impl Layer {
     fn forward_fused(&self, f: &Fused, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let x2 = x.contiguous()?.reshape((b * t, h))?;
-        let qkv = x2.matmul(&f.qkv_w.t()?)?;
+        let qkv = f.qkv_w.product(&x2)?;
         let mask = mask.reshape((b, t))?;
         let (xq, tq) = if cls_only {
             (x.narrow(1, 0, 1)?.contiguous()?, 1)
@@ -369,11 +393,13 @@ impl Layer {
             Activation::GeluTanh => Self::linear2d(&attn, &self.intermediate)?.gelu()?,
             Activation::Relu => Self::linear2d(&attn, &self.intermediate)?.relu()?,
         };
-        let out = match &f.output_wt {
-            Some(wt) => inner.matmul(wt)?,
-            None => gemm(&inner, &self.output)?,
-        };
-        kernels::add_norm(&out, &attn, &f.out_add_norm, self.out_norm.eps)?.reshape((b, tq, h))
+        kernels::add_norm(
+            &f.output_w.product(&inner)?,
+            &attn,
+            &f.out_add_norm,
+            self.out_norm.eps,
+        )?
+        .reshape((b, tq, h))
     }
 
     /// `x`: (b, t, h); `mask`: additive (b, 1, 1, t). With `cls_only`, only the first token's
