@@ -1882,6 +1882,23 @@ mod tests {
         }
     }
 
+    /// Sets `vars` back to `start` and gives an optimiser over them (heads in group 0, layers in
+    /// group 1) whose first step (at a rate of 1e3) moves each weight by about its gradient: an
+    /// epsilon far above every gradient makes lr·g/(|g| + eps) ≈ g, where Adam's own would move
+    /// it by ±lr whatever the gradient's size, and hide a wrong gradient of the right sign.
+    fn plain_steps_from(vars: &[(String, Var)], start: &[Tensor]) -> AdamW {
+        for ((_, v), s) in vars.iter().zip(start) {
+            v.set(s).unwrap();
+        }
+        let params = vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
+            .collect();
+        let mut opt = AdamW::new(params, 0.0).unwrap();
+        opt.eps = 1e3;
+        opt
+    }
+
     /// The PCGrad step takes the same step whether each task's rows run as their own batch (the
     /// CPU's way) or both tasks share one forward pass (a GPU's), and whether the trainable
     /// layers run through candle's graph or by hand.
@@ -1911,18 +1928,7 @@ mod tests {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
         let step = |split: bool, by_hand: bool| -> Vec<Tensor> {
-            for ((_, v), s) in vars.iter().zip(&start) {
-                v.set(s).unwrap();
-            }
-            let params = vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
-                .collect();
-            // An epsilon far above every gradient and a rate as large make the first step move
-            // each weight by its gradient (lr·g/(|g| + eps) ≈ g): Adam's own would move it by
-            // ±lr whatever the gradient's size, and hide a wrong gradient of the right sign.
-            let mut opt = AdamW::new(params, 0.0).unwrap();
-            opt.eps = 1e3;
+            let mut opt = plain_steps_from(&vars, &start);
             let mut forward = |part: Option<&[usize]>| -> Result<Forwarded> {
                 let (h, m) = match part {
                     None => (hidden.clone(), mask.clone()),
@@ -2027,15 +2033,7 @@ mod tests {
         };
         let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
         let step = |frozen: bool| -> (Vec<Tensor>, f64) {
-            for ((_, v), s) in vars.iter().zip(&start) {
-                v.set(s).unwrap();
-            }
-            let params = vars
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone(), if is_head(n) { 0 } else { 1 }))
-                .collect();
-            let mut opt = AdamW::new(params, 0.0).unwrap();
-            opt.eps = 1e3;
+            let mut opt = plain_steps_from(&vars, &start);
             let cls = model
                 .bert
                 .cls_from(&hidden, &mask, from, Mode::Inference)
