@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use viralclip_engine::model::train_ops::{self, bce_with_logits};
 use viralclip_engine::model::{
-    artifact, BaseEncoder, BertTape, EncoderFiles, Manifest, Mode, MultiTask, ParamGrads, Pooling,
+    artifact, BaseEncoder, BertTape, EncoderFiles, HeadTape, Manifest, Mode, MultiTask, ParamGrads, Pooling,
     WeightStore,
 };
 use viralclip_engine::scorer::{pad_batch, plan_batches, BatchLimits};
@@ -661,13 +661,19 @@ fn layer_grads(
     model: &MultiTask,
     f: &Forwarded,
     gs: &candle_core::backprop::GradStore,
-) -> Result<Option<HashMap<candle_core::TensorId, Tensor>>> {
+) -> Result<Option<GradsById>> {
     let Some(tape) = &f.tape else { return Ok(None) };
     let Some(dcls) = gs.get(&f.cls) else {
         return Ok(Some(HashMap::new()));
     };
-    let grads = model.bert.backward_taped(tape, dcls)?;
-    Ok(Some(grads.into_iter().map(|(p, g)| (p.id(), g)).collect()))
+    Ok(Some(by_id(model.bert.backward_taped(tape, dcls)?)))
+}
+
+/// Gradients of a backward pass by hand, by their parameter's tensor id.
+type GradsById = HashMap<candle_core::TensorId, Tensor>;
+
+fn by_id(grads: ParamGrads) -> GradsById {
+    grads.into_iter().map(|(p, g)| (p.id(), g)).collect()
 }
 
 /// One optimisation step of a batch: task losses, per-task gradients combined by PCGrad when
@@ -752,12 +758,11 @@ pub(crate) fn apply_step(
         let (lp, le) = (lp.expect("both"), le.expect("both"));
         let (gp, ge) = (lp.backward()?, le.backward()?);
         let (hp, he) = (layer_grads(model, &fp, &gp)?, layer_grads(model, fe, &ge)?);
-        let layer = |by_hand: &Option<HashMap<candle_core::TensorId, Tensor>>,
-                     gs: &candle_core::backprop::GradStore,
-                     v: &Tensor| match by_hand {
-            Some(h) => h.get(&v.id()).cloned(),
-            None => gs.get(v).cloned(),
-        };
+        let layer =
+            |by_hand: &Option<GradsById>, gs: &candle_core::backprop::GradStore, v: &Tensor| match by_hand {
+                Some(h) => h.get(&v.id()).cloned(),
+                None => gs.get(v).cloned(),
+            };
         for (k, p) in opt.params.iter().enumerate() {
             let v = p.var.as_tensor();
             grads[k] = if p.group == 1 {
@@ -855,11 +860,20 @@ fn step_by_hand(
     clip_norm: f64,
     lrs: &[f64],
 ) -> Result<Option<StepOutcome>> {
-    let (has_pop, has_emo) = (t.pop_idx.is_some(), t.emo_idx.is_some());
-    // The heads' forward passes, then each task's loss, logits' gradient and backward pass
-    // through its head: ([CLS] gradient, head gradients, loss).
-    type Task = (Tensor, ParamGrads, Tensor);
-    let (pop, emo, fe): (Option<Task>, Option<Task>, Option<Forwarded>) = if split {
+    // Each task's loss by hand and its backward pass through its head: ([CLS] gradient, head
+    // gradients, loss).
+    type Task = (Tensor, GradsById, Tensor);
+    let pop_task = |((x, tape), target): ((Tensor, HeadTape), &(Tensor, Tensor))| -> Result<Task> {
+        let (l, d) = loss_by_hand(&x.squeeze(1)?, target, None)?;
+        let (c, g) = model.popularity_backward(&tape, &d.unsqueeze(1)?)?;
+        Ok((c, by_id(g), l))
+    };
+    let emo_task = |((x, tape), target): ((Tensor, HeadTape), &(Tensor, Tensor))| -> Result<Task> {
+        let (l, d) = loss_by_hand(&x, target, Some(pw))?;
+        let (c, g) = model.emotion_backward(&tape, &d)?;
+        Ok((c, by_id(g), l))
+    };
+    let (pop, emo, fe) = if split {
         let (tp, te) = t.each_alone()?;
         let hp = model.heads_taped(&fp.cls, Mode::Training, true, false)?;
         let fe = forward(Some(&t.emo_rows))?;
@@ -870,101 +884,69 @@ fn step_by_hand(
                 "the emotion rows' forward pass ran through the graph, the popularity rows' by hand".into(),
             ));
         }
-        let (xp, tape_p) = hp.popularity.expect("asked for");
-        let (xe, tape_e) = he.emotions.expect("asked for");
-        let (lp, dp) = loss_by_hand(
-            &xp.squeeze(1)?,
-            tp.pop_idx.as_ref().expect("a popularity row"),
-            None,
-        )?;
-        let (le, de) = loss_by_hand(&xe, te.emo_idx.as_ref().expect("an emotion row"), Some(pw))?;
-        let (cp, gp) = model.popularity_backward(&tape_p, &dp.unsqueeze(1)?)?;
-        let (ce, ge) = model.emotion_backward(&tape_e, &de)?;
-        (Some((cp, gp, lp)), Some((ce, ge, le)), Some(fe))
+        let pop = hp.popularity.zip(tp.pop_idx.as_ref()).map(pop_task).transpose()?;
+        let emo = he.emotions.zip(te.emo_idx.as_ref()).map(emo_task).transpose()?;
+        (pop, emo, Some(fe))
     } else {
-        let h = model.heads_taped(&fp.cls, Mode::Training, has_pop, has_emo)?;
-        let pop = match (h.popularity, &t.pop_idx) {
-            (Some((x, tape)), Some(target)) => {
-                let (l, d) = loss_by_hand(&x.squeeze(1)?, target, None)?;
-                let (c, g) = model.popularity_backward(&tape, &d.unsqueeze(1)?)?;
-                Some((c, g, l))
-            }
-            _ => None,
-        };
-        let emo = match (h.emotions, &t.emo_idx) {
-            (Some((x, tape)), Some(target)) => {
-                let (l, d) = loss_by_hand(&x, target, Some(pw))?;
-                let (c, g) = model.emotion_backward(&tape, &d)?;
-                Some((c, g, l))
-            }
-            _ => None,
-        };
+        let h = model.heads_taped(&fp.cls, Mode::Training, t.pop_idx.is_some(), t.emo_idx.is_some())?;
+        let pop = h.popularity.zip(t.pop_idx.as_ref()).map(pop_task).transpose()?;
+        let emo = h.emotions.zip(t.emo_idx.as_ref()).map(emo_task).transpose()?;
         (pop, emo, None)
     };
     let fe = fe.as_ref().unwrap_or(&fp);
-    let projected = pcgrad && pop.is_some() && emo.is_some();
     // The layers' gradients from a [CLS] gradient through a forward pass's tape (none frozen).
-    let layers = |f: &Forwarded, dcls: &Tensor| -> Result<HashMap<candle_core::TensorId, Tensor>> {
+    let layers = |f: &Forwarded, dcls: &Tensor| -> Result<GradsById> {
         Ok(match (&f.tape, frozen) {
-            (Some(tape), false) => model
-                .bert
-                .backward_taped(tape, dcls)?
-                .into_iter()
-                .map(|(p, g)| (p.id(), g))
-                .collect(),
+            (Some(tape), false) => by_id(model.bert.backward_taped(tape, dcls)?),
             _ => HashMap::new(),
         })
     };
-    let by_id = |g: &ParamGrads| -> HashMap<candle_core::TensorId, Tensor> {
-        g.iter().map(|(p, g)| (p.id(), g.clone())).collect()
-    };
-    let (pop_heads, emo_heads) = (
-        pop.as_ref().map(|p| by_id(&p.1)).unwrap_or_default(),
-        emo.as_ref().map(|e| by_id(&e.1)).unwrap_or_default(),
-    );
+    let no_grads = HashMap::new();
+    let pop_heads = pop.as_ref().map_or(&no_grads, |p| &p.1);
+    let emo_heads = emo.as_ref().map_or(&no_grads, |e| &e.1);
     let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = vec![(None, None); opt.params.len()];
-    let losses;
-    if projected {
-        let ((cp, _, lp), (ce, _, le)) = (pop.expect("both"), emo.expect("both"));
-        let (hp, he) = match (&fp.tape, split || frozen) {
-            // One forward pass over the rows in task order (`apply_step`): one backward pass
-            // from both tasks' gradients, each weight's gradient summed over each task's rows.
-            (Some(tape), false) => {
-                let by_id =
-                    |g: ParamGrads| g.into_iter().map(|(p, g)| (p.id(), g)).collect::<HashMap<_, _>>();
-                let (a, b) = model
-                    .bert
-                    .backward_taped_split(tape, &(cp + ce)?, t.pop_rows.len())?;
-                (by_id(a), by_id(b))
+    let (projected, losses) = match (&pop, &emo) {
+        (Some((cp, _, lp)), Some((ce, _, le))) if pcgrad => {
+            let (hp, he) = match (&fp.tape, split || frozen) {
+                // One forward pass over the rows in task order (`apply_step`): one backward pass
+                // from both tasks' gradients, each weight's gradient summed over each task's rows.
+                (Some(tape), false) => {
+                    let (a, b) = model
+                        .bert
+                        .backward_taped_split(tape, &(cp + ce)?, t.pop_rows.len())?;
+                    (by_id(a), by_id(b))
+                }
+                _ => (layers(&fp, cp)?, layers(fe, ce)?),
+            };
+            for (k, p) in opt.params.iter().enumerate() {
+                let id = p.var.as_tensor().id();
+                let (a, b) = if p.group == 1 {
+                    (&hp, &he)
+                } else {
+                    (pop_heads, emo_heads)
+                };
+                grads[k] = (a.get(&id).cloned(), b.get(&id).cloned());
             }
-            _ => (layers(&fp, &cp)?, layers(fe, &ce)?),
-        };
-        for (k, p) in opt.params.iter().enumerate() {
-            let id = p.var.as_tensor().id();
-            grads[k] = if p.group == 1 {
-                (hp.get(&id).cloned(), he.get(&id).cloned())
-            } else {
-                (pop_heads.get(&id).cloned(), emo_heads.get(&id).cloned())
-            };
+            (true, vec![lp.clone(), le.clone()])
         }
-        losses = vec![lp, le];
-    } else {
-        let (dcls, total) = match (pop, emo) {
-            (Some((cp, _, lp)), Some((ce, _, le))) => ((cp + ce)?, (lp + le)?),
-            (Some((c, _, l)), None) | (None, Some((c, _, l))) => (c, l),
-            (None, None) => return Ok(None),
-        };
-        let h = layers(&fp, &dcls)?;
-        for (k, p) in opt.params.iter().enumerate() {
-            let id = p.var.as_tensor().id();
-            grads[k].0 = if p.group == 1 {
-                h.get(&id).cloned()
-            } else {
-                pop_heads.get(&id).or(emo_heads.get(&id)).cloned()
+        _ => {
+            let (dcls, total) = match (&pop, &emo) {
+                (Some((cp, _, lp)), Some((ce, _, le))) => ((cp + ce)?, (lp + le)?),
+                (Some((c, _, l)), None) | (None, Some((c, _, l))) => (c.clone(), l.clone()),
+                (None, None) => return Ok(None),
             };
+            let h = layers(&fp, &dcls)?;
+            for (k, p) in opt.params.iter().enumerate() {
+                let id = p.var.as_tensor().id();
+                grads[k].0 = if p.group == 1 {
+                    h.get(&id).cloned()
+                } else {
+                    pop_heads.get(&id).or(emo_heads.get(&id)).cloned()
+                };
+            }
+            (false, vec![total])
         }
-        losses = vec![total];
-    }
+    };
     finish_step(opt, grads, projected, clip_norm, lrs, losses)
 }
 
@@ -1882,6 +1864,11 @@ mod tests {
         }
     }
 
+    /// The largest magnitude in `t`.
+    fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     /// Sets `vars` back to `start` and gives an optimiser over them (heads in group 0, layers in
     /// group 1) whose first step (at a rate of 1e3) moves each weight by about its gradient: an
     /// epsilon far above every gradient makes lr·g/(|g| + eps) ≈ g, where Adam's own would move
@@ -1977,26 +1964,12 @@ mod tests {
         for (split, by_hand) in [(false, false), (true, true), (false, true)] {
             let other = step(split, by_hand);
             for (name, (a, b)) in names.iter().zip(other.iter().zip(&reference)) {
-                let d = (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = max_abs(&(a - b).unwrap());
                 assert!(d < 1e-4, "split {split}, by hand {by_hand}, {name}: {d}");
             }
         }
         for ((name, _), (a, s)) in vars.iter().zip(reference.iter().zip(&start)) {
-            let moved = (a - s)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let moved = max_abs(&(a - s).unwrap());
             // The keys' bias has no gradient (softmax ignores a shift common to all keys).
             assert!(moved > 1e-6 || name.ends_with("key.bias"), "{name} did not move");
         }
@@ -2068,7 +2041,6 @@ mod tests {
                 out.loss,
             )
         };
-        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         for frozen in [false, true] {
             let (by_hand, loss) = step(frozen);
             let (graph, graph_loss) = viralclip_engine::model::train_ops::without_fused(|| step(frozen));
@@ -2164,7 +2136,6 @@ mod tests {
         .1
         .unwrap();
         let (gp2, ge2) = (lp2.backward().unwrap(), le2.backward().unwrap());
-        let max_abs = |t: &Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         for v in &shared {
             for (a, b) in [(&gp, &gp2), (&ge, &ge2)] {
                 let x = a.get(v.as_tensor()).unwrap();

@@ -479,12 +479,30 @@ pub type ParamGrads = Vec<(Tensor, Tensor)>;
 /// number of texts of the first part) two sets, each summed over its own texts' rows only. Rows
 /// never meet in a layer, so one backward pass from the gradient of two tasks' losses (each on
 /// its own texts) gives each task's own weight gradients this way.
-struct Sink<'a> {
+pub(crate) struct Sink<'a> {
     first: &'a mut ParamGrads,
     rest: Option<(&'a mut ParamGrads, usize)>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    /// One set of gradients, summed over all rows.
+    pub(crate) fn new(grads: &'a mut ParamGrads) -> Self {
+        Sink {
+            first: grads,
+            rest: None,
+        }
+    }
+
+    /// A projection's weight and bias gradients from its input rows `x` and output gradient `dy`
+    /// (`per_text` rows a text); returns the input's gradient.
+    pub(crate) fn project(&mut self, l: &Linear, x: &Tensor, dy: &Tensor, per_text: usize) -> Result<Tensor> {
+        self.push(l.weight(), per_text, |n| n(dy)?.t()?.matmul(&n(x)?))?;
+        if let Some(bias) = l.bias() {
+            self.push(bias, per_text, |n| n(dy)?.sum(0))?;
+        }
+        dy.matmul(&l.weight().detach())
+    }
+
     /// A weight's gradient, a sum over rows (`per_text` a text) that `f` computes from its
     /// inputs' rows, which it narrows with the function it is given.
     fn push(
@@ -592,17 +610,6 @@ impl Layer {
     fn backward(&self, tape: &LayerTape, dy: &Tensor, grads: &mut Sink) -> Result<Tensor> {
         let LayerTape { b, t, tq, .. } = *tape;
         let h = tape.x.dim(1)?;
-        let w = |l: &Linear| l.weight().detach();
-        // A projection's weight and bias gradients from its input rows and output gradient
-        // (`per_text` rows a text); returns the input's gradient.
-        let project =
-            |l: &Linear, x: &Tensor, dy: &Tensor, per_text: usize, grads: &mut Sink| -> Result<Tensor> {
-                grads.push(l.weight(), per_text, |n| n(dy)?.t()?.matmul(&n(x)?))?;
-                if let Some(bias) = l.bias() {
-                    grads.push(bias, per_text, |n| n(dy)?.sum(0))?;
-                }
-                dy.matmul(&w(l))
-            };
         // A layer norm's input gradient, and its gain's and bias's into `grads`.
         let norm = |ln: &LayerNorm, x: &Tensor, dy: &Tensor, grads: &mut Sink| -> Result<Tensor> {
             let (dx, dgx) = train_ops::layer_norm_backward_rows(x, &ln.weight, dy, ln.eps)?;
@@ -612,17 +619,13 @@ impl Layer {
         };
         let dr2 = norm(&self.out_norm, &tape.r2, dy, grads)?;
         let d_out = train_ops::dropout_with(&dr2, self.dropout, tape.seeds[2])?;
-        let dg = project(&self.output, &tape.g, &d_out, tq, grads)?;
+        let dg = grads.project(&self.output, &tape.g, &d_out, tq)?;
         let bias1 = self.intermediate.bias().expect("biases (by_hand)");
         let du = train_ops::gelu_backward(&tape.u, &bias1.detach(), &dg)?;
-        grads.push(self.intermediate.weight(), tq, |n| {
-            n(&du)?.t()?.matmul(&n(&tape.y1)?)
-        })?;
-        grads.push(bias1, tq, |n| n(&du)?.sum(0))?;
-        let dy1 = (dr2 + du.matmul(&w(&self.intermediate))?)?;
+        let dy1 = (dr2 + grads.project(&self.intermediate, &tape.y1, &du, tq)?)?;
         let dr1 = norm(&self.attn_norm, &tape.r1, &dy1, grads)?;
         let da = train_ops::dropout_with(&dr1, self.dropout, tape.seeds[1])?;
-        let dc = project(&self.attn_out, &tape.c, &da, tq, grads)?;
+        let dc = grads.project(&self.attn_out, &tape.c, &da, tq)?;
         let dctx = train_ops::split_heads(&dc, b, tq, self.heads)?;
         let dpd = dctx.matmul(&tape.v.t()?)?;
         let dv = tape.pd.t()?.matmul(&dctx)?;
@@ -631,9 +634,9 @@ impl Layer {
         let ds = train_ops::softmax_backward(&tape.p, &dp, scale)?;
         let dq = ds.matmul(&tape.k)?;
         let dk = ds.t()?.matmul(&tape.q)?;
-        let dxq = (dr1 + project(&self.query, &tape.xq, &train_ops::merge_heads(&dq)?, tq, grads)?)?;
-        let dx = (project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, t, grads)?
-            + project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, t, grads)?)?;
+        let dxq = (dr1 + grads.project(&self.query, &tape.xq, &train_ops::merge_heads(&dq)?, tq)?)?;
+        let dx = (grads.project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, t)?
+            + grads.project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, t)?)?;
         let dx = dx.reshape((b, t, h))?;
         if tq == t {
             return dx + dxq.reshape((b, t, h))?;
@@ -812,14 +815,7 @@ impl Bert {
     /// every trainable layer's weight gradients, as (the parameter's tensor, its gradient).
     pub fn backward_taped(&self, tape: &BertTape, dcls: &Tensor) -> Result<ParamGrads> {
         let mut grads = ParamGrads::new();
-        self.backward_sink(
-            tape,
-            dcls,
-            Sink {
-                first: &mut grads,
-                rest: None,
-            },
-        )?;
+        self.backward_sink(tape, dcls, Sink::new(&mut grads))?;
         Ok(grads)
     }
 

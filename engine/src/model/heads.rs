@@ -1,7 +1,7 @@
 //! The seed's two heads on the [CLS] vector, with its parameter names (`nn.Sequential` indices),
 //! and the multitask model that joins them to the encoder.
 
-use super::bert::{Bert, BertConfig, Mode, ParamGrads};
+use super::bert::{Bert, BertConfig, Mode, ParamGrads, Sink};
 use super::train_ops;
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
@@ -69,17 +69,17 @@ impl EmotionHead {
 }
 
 /// What a head's forward pass by hand keeps for its backward pass: each hidden layer's input,
-/// pre-activation and dropout seed, and the last layer's input.
+/// pre-activation, dropout rate and seed, and the last layer's input.
 pub struct HeadTape {
-    hidden: Vec<(Tensor, Tensor, Option<u64>)>,
+    hidden: Vec<(Tensor, Tensor, f32, Option<u64>)>,
     last_in: Tensor,
 }
 
-/// A head's forward pass outside candle's graph: hidden layers (linear, ReLU, dropout with the
-/// given seed) and a last linear layer; the logits and the tape.
+/// A head's forward pass outside candle's graph: hidden layers (linear, ReLU, dropout at the
+/// given rate with the given seed) and a last linear layer; the logits and the tape.
 fn head_taped(
     hidden: &[&Linear],
-    seeds: &[(f32, Option<u64>)],
+    dropout: &[(f32, Option<u64>)],
     last: &Linear,
     cls: &Tensor,
 ) -> Result<(Tensor, HeadTape)> {
@@ -88,10 +88,10 @@ fn head_taped(
     };
     let mut x = cls.detach();
     let mut tape = Vec::with_capacity(hidden.len());
-    for (l, &(p, seed)) in hidden.iter().zip(seeds) {
+    for (l, &(p, seed)) in hidden.iter().zip(dropout) {
         let z = lin(l, &x)?;
         let a = train_ops::dropout_with(&z.relu()?, p, seed)?;
-        tape.push((x, z, seed));
+        tape.push((x, z, p, seed));
         x = a;
     }
     let y = lin(last, &x)?;
@@ -108,24 +108,17 @@ fn head_taped(
 /// gradient (b, hidden) and every weight's.
 fn head_backward(
     hidden: &[&Linear],
-    p: &[f32],
     last: &Linear,
     tape: &HeadTape,
     dy: &Tensor,
 ) -> Result<(Tensor, ParamGrads)> {
     let mut grads = ParamGrads::new();
-    let mut project = |l: &Linear, x: &Tensor, dy: &Tensor| -> Result<Tensor> {
-        grads.push((l.weight().clone(), dy.t()?.matmul(x)?));
-        if let Some(b) = l.bias() {
-            grads.push((b.clone(), dy.sum(0)?));
-        }
-        dy.matmul(&l.weight().detach())
-    };
-    let mut dx = project(last, &tape.last_in, dy)?;
-    for ((l, &p), (x, z, seed)) in hidden.iter().zip(p).zip(&tape.hidden).rev() {
-        let da = train_ops::dropout_with(&dx, p, *seed)?;
+    let mut sink = Sink::new(&mut grads);
+    let mut dx = sink.project(last, &tape.last_in, dy, 1)?;
+    for (l, (x, z, p, seed)) in hidden.iter().zip(&tape.hidden).rev() {
+        let da = train_ops::dropout_with(&dx, *p, *seed)?;
         let dz = (da * z.gt(0f32)?.to_dtype(z.dtype())?)?;
-        dx = project(l, x, &dz)?;
+        dx = sink.project(l, x, &dz, 1)?;
     }
     Ok((dx, grads))
 }
@@ -235,13 +228,13 @@ impl MultiTask {
     /// gradient and the head's weights'.
     pub fn popularity_backward(&self, tape: &HeadTape, dlogits: &Tensor) -> Result<(Tensor, ParamGrads)> {
         let p = &self.popularity;
-        head_backward(&[&p.l0, &p.l3], &POPULARITY_DROPOUT, &p.l6, tape, dlogits)
+        head_backward(&[&p.l0, &p.l3], &p.l6, tape, dlogits)
     }
 
     /// The emotion head's backward pass from its logits' gradient (b, labels).
     pub fn emotion_backward(&self, tape: &HeadTape, dlogits: &Tensor) -> Result<(Tensor, ParamGrads)> {
         let e = &self.emotion;
-        head_backward(&[&e.l0], &EMOTION_DROPOUT, &e.l3, tape, dlogits)
+        head_backward(&[&e.l0], &e.l3, tape, dlogits)
     }
 }
 

@@ -521,8 +521,8 @@ pub fn attention_fits(qkv: &Tensor, t: usize, d: usize) -> bool {
     #[cfg(feature = "cuda")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("VIRALCLIP_FUSED_ATTN").is_ok_and(|v| v == "1"));
-        on && fused_cuda()
+        env_is(&ON, "VIRALCLIP_FUSED_ATTN", "1")
+            && fused_cuda()
             && matches!(qkv.dtype(), DType::BF16 | DType::F16)
             && matches!(d, 32 | 64)
             && (1..=ATTENTION_MAX_TOKENS).contains(&t)
@@ -628,11 +628,16 @@ pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b * tq, h))?;
-        let diff = (fused - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
-        worst = worst.max(diff / scale);
+        worst = worst.max(relative_diff(&fused, &want)?);
     }
     Ok((worst, true))
+}
+
+/// The largest difference of `got` from `want`, relative to `want`'s largest magnitude (the
+/// experimental passes' checks).
+fn relative_diff(got: &Tensor, want: &Tensor) -> Result<f32> {
+    let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(diff / want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6))
 }
 
 /// `gelu(x · wᵀ + b)` as one cuBLASLt GEMM with its bias + GELU epilogue: see [`gemm_gelu`].
@@ -676,8 +681,10 @@ pub fn gemm_gelu_fits(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("VIRALCLIP_GEMM_GELU").is_ok_and(|v| v == "1"));
-        on && fused_cuda() && x.device().is_cuda() && matches!(x.dtype(), DType::BF16 | DType::F16)
+        env_is(&ON, "VIRALCLIP_GEMM_GELU", "1")
+            && fused_cuda()
+            && x.device().is_cuda()
+            && matches!(x.dtype(), DType::BF16 | DType::F16)
     }
     #[cfg(not(feature = "cuda"))]
     {
@@ -715,9 +722,7 @@ pub fn check_gemm_gelu(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
         let got = gemm_gelu(&x, &w, &b)?.to_dtype(DType::F32)?;
         let f = |t: &Tensor| t.to_dtype(DType::F32);
         let want = f(&x)?.matmul(&f(&w)?.t()?)?.broadcast_add(&f(&b)?)?.gelu_erf()?;
-        let diff = (got - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-        let scale = want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
-        worst = worst.max(diff / scale);
+        worst = worst.max(relative_diff(&got, &want)?);
     }
     Ok((worst, true))
 }
@@ -862,8 +867,8 @@ fn usable(ts: &[&Tensor]) -> bool {
 pub fn fused_cuda() -> bool {
     #[cfg(feature = "cuda")]
     {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *ON.get_or_init(|| !std::env::var("VIRALCLIP_FUSED_CUDA").is_ok_and(|v| v == "0"))
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        !env_is(&OFF, "VIRALCLIP_FUSED_CUDA", "0")
     }
     #[cfg(not(feature = "cuda"))]
     false
@@ -877,7 +882,7 @@ pub fn fused_train_cuda() -> bool {
     #[cfg(feature = "cuda")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        fused_cuda() && *ON.get_or_init(|| std::env::var("VIRALCLIP_FUSED_TRAIN").is_ok_and(|v| v == "1"))
+        fused_cuda() && env_is(&ON, "VIRALCLIP_FUSED_TRAIN", "1")
     }
     #[cfg(not(feature = "cuda"))]
     false
@@ -888,7 +893,13 @@ pub fn fused_train_cuda() -> bool {
 #[cfg(feature = "cuda")]
 fn ln_vec() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("VIRALCLIP_LN_VEC").is_ok_and(|v| v == "1"))
+    env_is(&ON, "VIRALCLIP_LN_VEC", "1")
+}
+
+/// Whether environment variable `var` is `value`, read once into `cell` (the kernels' switches).
+#[cfg(feature = "cuda")]
+fn env_is(cell: &std::sync::OnceLock<bool>, var: &str, value: &str) -> bool {
+    *cell.get_or_init(|| std::env::var(var).is_ok_and(|v| v == value))
 }
 
 #[cfg(feature = "cuda")]
@@ -1204,22 +1215,10 @@ pub(crate) mod cuda {
     {
         use candle_core::cuda_backend::cudarc::cublaslt::{Activation, Matmul, MatmulConfig};
         let dev = s1.device().clone();
-        let (&[m, k], &[n, k2], &[nb]) = (l1.dims(), l2.dims(), l3.dims()) else {
-            candle_core::bail!(
-                "gemm-gelu: x {:?}, w {:?}, b {:?}",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            )
+        let (m, k, n) = match (l1.dims(), l2.dims(), l3.dims()) {
+            (&[m, k], &[n, k2], &[nb]) if k == k2 && nb == n => (m, k, n),
+            (x, w, b) => candle_core::bail!("gemm-gelu: x {x:?}, w {w:?}, b {b:?}"),
         };
-        if k != k2 || nb != n {
-            candle_core::bail!(
-                "gemm-gelu: x {:?}, w {:?}, b {:?}",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            )
-        }
         let (x, w, b) = (
             view::<T>(s1, l1, "gemm-gelu x")?,
             view::<T>(s2, l2, "gemm-gelu w")?,

@@ -10,4 +10,4 @@ pub mod train_ops;
 
 pub use artifact::{BaseEncoder, EncoderFiles, LoadedModel, Manifest, Thresholds, WeightStore};
 pub use bert::{Bert, BertConfig, BertTape, Mode, ParamGrads, Pooling};
-pub use heads::{init_heads, EmotionHead, Logits, MultiTask, PopularityHead};
+pub use heads::{init_heads, EmotionHead, HeadTape, Logits, MultiTask, PopularityHead};
