@@ -501,23 +501,27 @@ impl Targets {
             align,
         };
         // Translated rows are emotion rows: their positions among those.
-        let align = self.align.as_ref().map(|a| Align {
-            rows: a
-                .rows
-                .iter()
-                .map(|r| self.emo_rows.iter().position(|e| e == r).expect("an emotion row"))
-                .collect(),
-            target: a.target.clone(),
-            weight: a.weight,
-        });
+        let align = self.align_from(0);
         Ok((
             only(alone(&self.pop_idx)?, None, None),
             only(None, alone(&self.emo_idx)?, align),
         ))
     }
-}
 
-impl Targets {
+    /// The alignment rows for a batch whose emotion rows, in the same order, start at row
+    /// `first` (translated rows are emotion rows).
+    fn align_from(&self, first: usize) -> Option<Align> {
+        self.align.as_ref().map(|a| Align {
+            rows: a
+                .rows
+                .iter()
+                .map(|r| first + self.emo_rows.iter().position(|e| e == r).expect("an emotion row"))
+                .collect(),
+            target: a.target.clone(),
+            weight: a.weight,
+        })
+    }
+
     /// For a batch with both tasks: its rows in task order (the popularity task's, then the
     /// emotion task's) and these targets for the batch in that order.
     fn by_task(&self) -> Result<(Vec<usize>, Targets)> {
@@ -528,15 +532,7 @@ impl Targets {
         };
         let range = |a: usize, b: usize| Tensor::arange(a as u32, b as u32, pi.device());
         // Translated rows are emotion rows: after the popularity rows, in the same order.
-        let align = self.align.as_ref().map(|a| Align {
-            rows: a
-                .rows
-                .iter()
-                .map(|r| np + self.emo_rows.iter().position(|e| e == r).expect("an emotion row"))
-                .collect(),
-            target: a.target.clone(),
-            weight: a.weight,
-        });
+        let align = self.align_from(np);
         let t = Targets {
             pop_idx: Some((range(0, np)?, py.clone())),
             emo_idx: Some((range(np, n)?, ey.clone())),
