@@ -313,6 +313,10 @@ ATTN(__nv_bfloat16, bf16)
 #define ATTN_TC 1
 #endif
 constexpr uint32_t ATTN_QUERIES = 64, ATTN_WARPS = 4;
+// The block's dynamic shared memory (kernels/emu/cuda_emu.h gives its own on the CPU).
+#ifndef DYNAMIC_SMEM
+#define DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 __host__ __device__ constexpr uint32_t attn_pad16(uint32_t t) { return (t + 15) & ~15u; }
 
@@ -324,7 +328,7 @@ __device__ void attention(const T *qkv, const T *bias, const T *mask, T *out, ui
   constexpr uint32_t LD = D + 8, OLD = D + 4, VPR = D / 8;  // strides; 16-byte vectors per row
   const uint32_t tp = attn_pad16(t), sld = tp + 4, h = heads * D;
   const uint32_t head = blockIdx.y, bi = blockIdx.z, q0 = blockIdx.x * ATTN_QUERIES;
-  extern __shared__ __align__(128) unsigned char smem[];
+  DYNAMIC_SMEM(smem);
   T *qs = reinterpret_cast<T *>(smem);                        // ATTN_QUERIES × LD
   T *ks = qs + ATTN_QUERIES * LD;                             // tp × LD
   T *vs = ks + tp * LD;                                       // tp × LD

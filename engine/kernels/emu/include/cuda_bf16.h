@@ -1,0 +1,2 @@
+// CPU emulation: see ../cuda_emu.h.
+#include "../cuda_emu.h"

@@ -1,0 +1,124 @@
+//! The CUDA kernels (`kernels/fused.cu`) on the CPU: `kernels/emu/check.cpp` runs every kernel
+//! through a CUDA emulation (`kernels/emu/cuda_emu.h`: a std::thread per CUDA thread, barriers,
+//! warp shuffles, WMMA tiles), launched as the engine's launchers launch them, and compares each
+//! with a plain double-precision reference. Built with ThreadSanitizer, so a missing
+//! `__syncthreads()` or `__syncwarp()` is a reported race, and with the alignment check, so a
+//! misaligned 16-byte vector is an error. No GPU is needed: CI checks the kernels' arithmetic and
+//! indexing on every run; what only a GPU shows (speed, the hardware's own fragment layout) is for
+//! `scripts/gpu-check.sh`.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The C++ compiler: $CXX, else the first of c++, g++, clang++ that runs.
+fn compiler() -> String {
+    let candidates: Vec<String> = std::env::var("CXX")
+        .ok()
+        .into_iter()
+        .chain(["c++", "g++", "clang++"].map(String::from))
+        .collect();
+    candidates
+        .iter()
+        .find(|c| {
+            Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!("no C++20 compiler (tried {candidates:?}): install g++ or clang, or set CXX")
+        })
+}
+
+fn build(cxx: &str, out: &PathBuf, sanitize: bool) -> std::process::Output {
+    let emu = common::repo().join("engine/kernels/emu");
+    let mut cmd = Command::new(cxx);
+    cmd.args([
+        "-std=c++20",
+        "-O2",
+        "-g",
+        "-pthread",
+        "-fno-strict-aliasing",
+        "-Wall",
+    ])
+    .arg("-Wno-unknown-pragmas")
+    .arg(format!("-I{}", emu.join("include").display()));
+    if sanitize {
+        cmd.args(["-fsanitize=thread,alignment", "-fno-sanitize-recover=all"]);
+    }
+    cmd.arg(emu.join("check.cpp")).arg("-o").arg(out);
+    cmd.output().expect("running the C++ compiler")
+}
+
+#[test]
+fn cuda_kernels_match_plain_references_in_cpu_emulation() {
+    let cxx = compiler();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let bin = dir.join("kernels-emulated");
+    let built = build(&cxx, &bin, true);
+    let sanitized = built.status.success();
+    if !sanitized {
+        // A compiler without ThreadSanitizer still checks the arithmetic; say what is missing.
+        eprintln!(
+            "NOTE: {cxx} could not build with ThreadSanitizer ({}); checking without race detection",
+            String::from_utf8_lossy(&built.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        );
+        let plain = build(&cxx, &bin, false);
+        assert!(
+            plain.status.success(),
+            "{cxx} failed on kernels/emu/check.cpp:\n{}",
+            String::from_utf8_lossy(&plain.stderr)
+        );
+    }
+    let run = Command::new(&bin)
+        .env("TSAN_OPTIONS", "halt_on_error=1")
+        .output()
+        .expect("running the emulated kernels");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    println!("{stdout}");
+    assert!(
+        run.status.success(),
+        "the emulated kernels failed ({}):\n{stdout}\n{stderr}",
+        run.status
+    );
+    // Every kernel of fused.cu has a case: its name (for those a macro stamps out per element
+    // type, the name before the type) starts a line of the report.
+    let cu = std::fs::read_to_string(common::repo().join("engine/kernels/fused.cu")).unwrap();
+    let kernels: Vec<&str> = cu
+        .split("__global__ void")
+        .skip(1)
+        .map(|rest| {
+            // Skips white space, a macro's line continuations and __launch_bounds__(...).
+            fn skip(s: &str) -> &str {
+                s.trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+            }
+            let rest = skip(rest);
+            let rest = match rest.strip_prefix("__launch_bounds__(") {
+                Some(r) => skip(r.split_once(')').expect("__launch_bounds__(...)").1),
+                None => rest,
+            };
+            let name = rest.split('(').next().unwrap_or("");
+            name.split("##").next().unwrap_or(name).trim_end_matches('_')
+        })
+        .collect();
+    assert!(kernels.len() >= 20, "found only {kernels:?} in fused.cu");
+    for name in &kernels {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.get(5..).is_some_and(|l| l.starts_with(name))),
+            "kernel {name} has no case in kernels/emu/check.cpp"
+        );
+    }
+    assert!(
+        stdout.lines().any(|l| l.ends_with(" 0 off")),
+        "no summary line in:\n{stdout}"
+    );
+}
