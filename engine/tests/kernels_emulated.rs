@@ -1,15 +1,16 @@
 //! The CUDA kernels (`kernels/fused.cu`) on the CPU: `kernels/emu/check.cpp` runs every kernel
 //! through a CUDA emulation (`kernels/emu/cuda_emu.h`: a std::thread per CUDA thread, barriers,
 //! warp shuffles, WMMA tiles), launched as the engine's launchers launch them, and compares each
-//! with a plain double-precision reference. Built with ThreadSanitizer, so a missing
-//! `__syncthreads()` or `__syncwarp()` is a reported race, and with the alignment check, so a
-//! misaligned 16-byte vector is an error. No GPU is needed: CI checks the kernels' arithmetic and
+//! with a plain double-precision reference. It runs twice: built with AddressSanitizer, so a read or
+//! write past an input, an output or the shared memory is an error; and with ThreadSanitizer, so a
+//! missing `__syncthreads()` or `__syncwarp()` is a reported race (and a misaligned 16-byte vector
+//! an error). No GPU is needed: CI checks the kernels' arithmetic and
 //! indexing on every run; what only a GPU shows (speed, the hardware's own fragment layout) is for
 //! `scripts/gpu-check.sh`.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The C++ compiler: $CXX, else the first of c++, g++, clang++ that runs.
@@ -33,7 +34,7 @@ fn compiler() -> String {
         })
 }
 
-fn build(cxx: &str, out: &PathBuf, sanitize: bool) -> std::process::Output {
+fn build(cxx: &str, out: &Path, sanitize: Option<&str>) -> std::process::Output {
     let emu = common::repo().join("engine/kernels/emu");
     let mut cmd = Command::new(cxx);
     cmd.args([
@@ -46,48 +47,73 @@ fn build(cxx: &str, out: &PathBuf, sanitize: bool) -> std::process::Output {
     ])
     .arg("-Wno-unknown-pragmas")
     .arg(format!("-I{}", emu.join("include").display()));
-    if sanitize {
-        cmd.args(["-fsanitize=thread,alignment", "-fno-sanitize-recover=all"]);
+    if let Some(s) = sanitize {
+        cmd.args([
+            &format!("-fsanitize={s}"),
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+        ]);
     }
     cmd.arg(emu.join("check.cpp")).arg("-o").arg(out);
     cmd.output().expect("running the C++ compiler")
 }
 
-#[test]
-fn cuda_kernels_match_plain_references_in_cpu_emulation() {
+/// Builds check.cpp with each sanitizer the compiler has (a plain build if it has none) and runs
+/// it; returns the report of the last run. Panics when a build or a run fails.
+fn run_checks() -> String {
     let cxx = compiler();
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let bin = dir.join("kernels-emulated");
-    let built = build(&cxx, &bin, true);
-    let sanitized = built.status.success();
-    if !sanitized {
-        // A compiler without ThreadSanitizer still checks the arithmetic; say what is missing.
-        eprintln!(
-            "NOTE: {cxx} could not build with ThreadSanitizer ({}); checking without race detection",
-            String::from_utf8_lossy(&built.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-        );
-        let plain = build(&cxx, &bin, false);
+    // Out-of-bounds reads and writes (global and shared memory), then races between threads (a
+    // missing barrier) and misaligned 16-byte vectors.
+    let variants = [("address,undefined", "asan"), ("thread,alignment", "tsan")];
+    let mut report = None;
+    for (sanitize, tag) in variants {
+        let bin = dir.join(format!("kernels-emulated-{tag}"));
+        let built = build(&cxx, &bin, Some(sanitize));
+        if !built.status.success() {
+            eprintln!(
+                "NOTE: {cxx} could not build with -fsanitize={sanitize} ({}); that run is left out",
+                String::from_utf8_lossy(&built.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+            continue;
+        }
+        report = Some(run(&bin, sanitize));
+    }
+    report.unwrap_or_else(|| {
+        let bin = dir.join("kernels-emulated");
+        let plain = build(&cxx, &bin, None);
         assert!(
             plain.status.success(),
             "{cxx} failed on kernels/emu/check.cpp:\n{}",
             String::from_utf8_lossy(&plain.stderr)
         );
-    }
-    let run = Command::new(&bin)
+        run(&bin, "no sanitizer")
+    })
+}
+
+fn run(bin: &Path, what: &str) -> String {
+    let started = std::time::Instant::now();
+    let run = Command::new(bin)
         .env("TSAN_OPTIONS", "halt_on_error=1")
         .output()
         .expect("running the emulated kernels");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&run.stderr);
-    println!("{stdout}");
+    println!("-- {what}, {:.0} s:\n{stdout}", started.elapsed().as_secs_f64());
     assert!(
         run.status.success(),
-        "the emulated kernels failed ({}):\n{stdout}\n{stderr}",
+        "the emulated kernels failed under {what} ({}):\n{stdout}\n{stderr}",
         run.status
     );
+    stdout
+}
+
+#[test]
+fn cuda_kernels_match_plain_references_in_cpu_emulation() {
+    let stdout = run_checks();
     // Every kernel of fused.cu has a case: its name (for those a macro stamps out per element
     // type, the name before the type) starts a line of the report.
     let cu = std::fs::read_to_string(common::repo().join("engine/kernels/fused.cu")).unwrap();

@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -119,22 +120,28 @@ struct Warp {
 };
 
 struct Block {
-  Block(unsigned threads, size_t smem) : bar(threads), smem(smem + 128, 0xFF) {
+  // The dynamic shared memory is exactly the launch's size (AddressSanitizer sees past its end),
+  // 128-byte aligned.
+  Block(unsigned threads, size_t bytes)
+      : bar(threads), smem(bytes ? static_cast<unsigned char *>(::operator new(bytes, std::align_val_t(128))) : nullptr) {
     for (unsigned t = 0; t < threads; t += 32) warps.push_back(std::make_unique<Warp>(std::min(32u, threads - t)));
+    if (smem) std::memset(smem, 0xFF, bytes);
   }
+  ~Block() {
+    if (smem) ::operator delete(smem, std::align_val_t(128));
+  }
+  Block(const Block &) = delete;
+  Block &operator=(const Block &) = delete;
   std::barrier<> bar;
   std::vector<std::unique_ptr<Warp>> warps;
-  std::vector<unsigned char> smem;
+  unsigned char *smem;
 };
 
 inline thread_local Block *block = nullptr;
 
 inline unsigned lane() { return threadIdx.x & 31; }
 inline Warp &warp() { return *block->warps[threadIdx.x >> 5]; }
-inline unsigned char *dynamic_smem() {
-  const uintptr_t p = (uintptr_t)block->smem.data();
-  return (unsigned char *)((p + 127) & ~(uintptr_t)127);
-}
+inline unsigned char *dynamic_smem() { return block->smem; }
 
 // A warp-collective operation: all 32 lanes must take part.
 inline Warp &whole_warp(unsigned mask, const char *what) {
