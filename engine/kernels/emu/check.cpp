@@ -202,8 +202,8 @@ void attention_case(K kernel, uint32_t b, uint32_t heads, uint32_t t, bool cls_o
           want[(bi * tq + q) * h + head * D + j] = c;
         }
       }
-  report(std::string("attention_d") + std::to_string(D) + "_" + type_name<T>() + " t=" + std::to_string(t) +
-             (cls_only ? " [CLS] only" : ""),
+  report(std::string("attention_d") + std::to_string(D) + "_" + type_name<T>() + " " + std::to_string(b) + " x " +
+             std::to_string(heads) + " heads, t=" + std::to_string(t) + (cls_only ? ", [CLS] only" : ""),
          max_error(out, want), tolerance<T>());
 }
 
@@ -448,9 +448,10 @@ int main(int argc, char **argv) {
     bias_gelu_case<__half>(bias_gelu_f16, 5, 96, 1);
     bias_gelu_case<__nv_bfloat16>(bias_gelu_bf16, 5, 96, 0);
     bias_gelu_case<__nv_bfloat16>(bias_gelu_bf16, 3, 37, 0);
+    bias_gelu_case<__nv_bfloat16>(bias_gelu_bf16, 3, 3072, 0);  // ruBert-base's FFN
   }
   if (want("add_norm")) {
-    for (uint32_t d : {37u, 96u, 384u}) {
+    for (uint32_t d : {37u, 96u, 384u, 768u}) {
       add_norm_case<float>(add_norm_f32, false, 5, d);
       add_norm_case<__half>(add_norm_f16, false, 5, d);
       add_norm_case<__nv_bfloat16>(add_norm_bf16, false, 5, d);
@@ -459,7 +460,7 @@ int main(int argc, char **argv) {
   // The vectorised one where its launcher uses it: d a multiple of the vector, d / vector ≤ 128.
   if (want("add_norm_vec")) {
     for (uint32_t d : {96u, 512u}) add_norm_case<float>(add_norm_vec_f32, true, 11, d);
-    for (uint32_t d : {96u, 1024u}) {
+    for (uint32_t d : {96u, 768u, 1024u}) {
       add_norm_case<__half>(add_norm_vec_f16, true, 11, d);
       add_norm_case<__nv_bfloat16>(add_norm_vec_bf16, true, 11, d);
     }
@@ -490,6 +491,8 @@ int main(int argc, char **argv) {
       }
     attention_case<__nv_bfloat16, 32>(attention_d32_bf16, 1, 2, 70, false);
     attention_case<__half, 64>(attention_d64_f16, 1, 2, 70, false);
+    // ruBert-base's shape: 12 heads of 64.
+    attention_case<__nv_bfloat16, 64>(attention_d64_bf16, 1, 12, 128, false);
   }
   // The training path's (f32).
   if (want("adam_")) adam_cases();
