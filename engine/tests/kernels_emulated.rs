@@ -80,7 +80,7 @@ fn run_checks() -> String {
             );
             continue;
         }
-        report = Some(run(&bin, sanitize));
+        report = run(&bin, sanitize).or(report);
     }
     report.unwrap_or_else(|| {
         let bin = dir.join("kernels-emulated");
@@ -90,11 +90,13 @@ fn run_checks() -> String {
             "{cxx} failed on kernels/emu/check.cpp:\n{}",
             String::from_utf8_lossy(&plain.stderr)
         );
-        run(&bin, "no sanitizer")
+        run(&bin, "no sanitizer").expect("a build without a sanitizer starts")
     })
 }
 
-fn run(bin: &Path, what: &str) -> String {
+/// Runs the checks; `None` when the sanitizer's runtime could not start on this machine (before
+/// `main`: some kernels' address-space layouts defeat ThreadSanitizer), which is said, not hidden.
+fn run(bin: &Path, what: &str) -> Option<String> {
     let started = std::time::Instant::now();
     let run = Command::new(bin)
         .env("TSAN_OPTIONS", "halt_on_error=1")
@@ -103,12 +105,16 @@ fn run(bin: &Path, what: &str) -> String {
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&run.stderr);
     println!("-- {what}, {:.0} s:\n{stdout}", started.elapsed().as_secs_f64());
+    if stdout.is_empty() && stderr.contains("FATAL:") && stderr.contains("Sanitizer") {
+        eprintln!("NOTE: the {what} runtime did not start here; that run is left out:\n{stderr}");
+        return None;
+    }
     assert!(
         run.status.success(),
         "the emulated kernels failed under {what} ({}):\n{stdout}\n{stderr}",
         run.status
     );
-    stdout
+    Some(stdout)
 }
 
 #[test]

@@ -438,6 +438,7 @@ void bce_case(bool weighted) {
 }  // namespace
 
 int main(int argc, char **argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // every line out before a sanitizer stops the run
   // An argument runs only the kernels whose names contain it.
   auto want = [&](const char *kernel) { return argc < 2 || std::strstr(kernel, argv[1]) != nullptr; };
   // The scoring path's kernels, each element type.
