@@ -6,9 +6,10 @@
 #   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
 # `--quick`: scoring only (with the experimental passes, alone and together); `--steps`: training step times only (fused training kernels, candle's
 # operations, PyTorch), each after the correctness checks.
-# Prepared on a build machine (see README "GPU runs"): a `--no-default-features --features cuda`
+# Prepared on a build machine (README, "GPU (CUDA)"): a `--no-default-features --features cuda`
 # release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
-# the data files at .device/data. Results: $OUT/results.tgz (logs, JSON lines, reports, manifests),
+# the data files at .device/data, and the kernels' own checks at .device/kernels-gpu
+# (engine/kernels/emu/README.md: `nvcc -x cu ... check.cpp`). Results: $OUT/results.tgz (logs, JSON lines, reports, manifests),
 # and the candidates' weights as $OUT/weights-{a,b}.safetensors (default $OUT: /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +55,17 @@ log gpu
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt" || true
 "${PYTHON:-python3}" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 [[ -f $E5/model.safetensors ]] || "${PYTHON:-python3}" bench/shrink_encoder.py --unpack "$E5"
+
+# First, every kernel of kernels/fused.cu alone on this card against plain references: the cases
+# CI runs on its CPU emulation, so a kernel that is wrong here is wrong on the hardware, not in
+# the engine's launchers or in candle.
+KERNELS=${KERNELS:-.device/kernels-gpu}
+if [[ -x $KERNELS && $DEV == cuda ]]; then
+  log "kernels alone on the GPU vs plain references"
+  timeout 120 "$KERNELS" | tee "$OUT/kernels-gpu.txt"
+  echo "kernels-gpu: exit ${PIPESTATUS[0]}" | tee -a "$OUT/kernels-gpu.txt"
+  pack
+fi
 
 log "correctness: CUDA vs fp32 CPU on the demo script"
 "$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 <"$D/demo.txt" >"$OUT/score-cpu-f32.jsonl"

@@ -1,12 +1,18 @@
-// Runs every kernel of kernels/fused.cu on the CPU (cuda_emu.h), launched as the engine's launchers
-// launch them (engine/src/model/kernels.rs, train_ops.rs, step.rs), and compares each with a plain
-// reference written here in double precision. Prints one line per case and exits with 1 if any
-// case is off. Built and run by engine/tests/kernels_emulated.rs.
+// Runs every kernel of kernels/fused.cu, launched as the engine's launchers launch them
+// (engine/src/model/kernels.rs, train_ops.rs, step.rs), and compares each with a plain reference
+// written here in double precision. Prints one line per case and exits with 1 if any case is off.
+// Two builds: on the CPU (cuda_emu.h; engine/tests/kernels_emulated.rs builds and runs it in CI),
+// and on a GPU (cuda_real.h; `nvcc -x cu`, see README.md here; scripts/gpu-check.sh runs it).
+#ifdef __CUDACC__
+#include "cuda_real.h"
+#else
 #include "cuda_emu.h"
+#endif
 
 #include "../fused.cu"
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -35,16 +41,16 @@ template <> double tolerance<float>() { return 1e-5; }
 template <> double tolerance<__half>() { return 2e-3; }
 template <> double tolerance<__nv_bfloat16>() { return 1e-2; }
 
-template <typename T> std::vector<T> random_vec(size_t n, float lo = -1.0f, float hi = 1.0f) {
-  std::vector<T> v(n);
-  for (auto &e : v) e = store<T>(uniform(lo, hi));
+template <typename T> double value(T x) { return emu::to_float(x); }
+template <typename T> T rounded(double x) { return emu::from_float<T>((float)x); }
+template <typename T> buf<T> random_vec(size_t n, float lo = -1.0f, float hi = 1.0f) {
+  buf<T> v(n);
+  for (auto &e : v) e = rounded<T>(uniform(lo, hi));
   return v;
 }
-template <typename T> double value(T x) { return load(x); }
-template <typename T> T rounded(double x) { return store<T>((float)x); }
 
 // max over i of |got[i] - want[i]| / max(1, |want[i]|); NaN if any value is NaN.
-template <typename T> double max_error(const std::vector<T> &got, const std::vector<double> &want) {
+template <typename T> double max_error(const buf<T> &got, const std::vector<double> &want) {
   if (got.size() != want.size()) return NAN;
   double e = 0.0;
   for (size_t i = 0; i < got.size(); i++) {
@@ -66,7 +72,7 @@ double gelu(double v) { return 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0))); }
 template <typename T, typename K> void bias_gelu_case(K kernel, uint32_t rows, uint32_t d, uint32_t offset) {
   // `offset` elements in front of every operand: 16-byte vectors no longer fit, the element loop runs.
   auto x = random_vec<T>(offset + rows * d, -3, 3), b = random_vec<T>(offset + d, -1, 1);
-  std::vector<T> y(offset + rows * d);
+  buf<T> y(offset + rows * d);
   const uint32_t n = rows * d;
   emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data() + offset, (const T *)b.data() + offset,
               y.data() + offset, n, d);
@@ -74,12 +80,12 @@ template <typename T, typename K> void bias_gelu_case(K kernel, uint32_t rows, u
   for (uint32_t i = 0; i < n; i++) want[i] = gelu(value(x[offset + i]) + value(b[offset + i % d]));
   report(std::string("bias_gelu_") + type_name<T>() + " " + std::to_string(rows) + "x" + std::to_string(d) +
              (offset ? " unaligned" : ""),
-         max_error(std::vector<T>(y.begin() + offset, y.end()), want), tolerance<T>());
+         max_error(buf<T>(y.begin() + offset, y.end()), want), tolerance<T>());
 }
 
 template <typename T, typename K> void add_norm_case(K kernel, bool vec, uint32_t rows, uint32_t d) {
   auto x = random_vec<T>(rows * d, -2, 2), r = random_vec<T>(rows * d, -2, 2), p = random_vec<T>(3 * d, -1, 1);
-  std::vector<T> y(rows * d);
+  buf<T> y(rows * d);
   const float eps = 1e-12f;
   const dim3 grid = vec ? dim3{(rows + 7) / 8, 1, 1} : dim3{rows, 1, 1};
   const dim3 block = vec ? threads256 : dim3{std::clamp((d + 31) / 32 * 32, 32u, 256u), 1, 1};
@@ -103,7 +109,7 @@ template <typename T, typename K> void add_norm_case(K kernel, bool vec, uint32_
 template <typename T, typename K> void qkv_split_case(K kernel, uint32_t b, uint32_t t, uint32_t heads, uint32_t d) {
   const uint32_t h = heads * d, n = b * t * 3 * h;
   auto x = random_vec<T>(n), bias = random_vec<T>(3 * h);
-  std::vector<T> y(n);
+  buf<T> y(n);
   emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data(), (const T *)bias.data(), y.data(), b, t,
               heads, d);
   std::vector<double> want(n);
@@ -122,7 +128,7 @@ template <typename T, typename K> void qkv_split_case(K kernel, uint32_t b, uint
 template <typename T, typename K> void merge_heads_case(K kernel, uint32_t b, uint32_t heads, uint32_t t, uint32_t d) {
   const uint32_t n = b * heads * t * d;
   auto x = random_vec<T>(n);
-  std::vector<T> y(n);
+  buf<T> y(n);
   emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data(), y.data(), b, heads, t, d);
   std::vector<double> want(n);
   size_t o = 0;
@@ -134,11 +140,11 @@ template <typename T, typename K> void merge_heads_case(K kernel, uint32_t b, ui
 }
 
 // The engine's additive mask: 0 where attended, -1e9 where padded; text i has t - 2i tokens.
-template <typename T> std::vector<T> padding_mask(uint32_t b, uint32_t t) {
-  std::vector<T> m(b * t);
+template <typename T> buf<T> padding_mask(uint32_t b, uint32_t t) {
+  buf<T> m(b * t);
   for (uint32_t i = 0; i < b; i++) {
     const uint32_t len = t > 2 * i ? t - 2 * i : 1;
-    for (uint32_t j = 0; j < t; j++) m[i * t + j] = store<T>(j < len ? 0.0f : -1e9f);
+    for (uint32_t j = 0; j < t; j++) m[i * t + j] = rounded<T>(j < len ? 0.0f : -1e9f);
   }
   return m;
 }
@@ -157,7 +163,7 @@ template <typename T, typename K> void mask_softmax_case(K kernel, uint32_t b, u
   const uint32_t rows = b * per_text;
   auto s = random_vec<T>(rows * t, -4, 4);
   auto m = padding_mask<T>(b, t);
-  std::vector<T> y(rows * t);
+  buf<T> y(rows * t);
   emu::launch(dim3{(rows + 7) / 8, 1, 1}, threads256, 0, kernel, (const T *)s.data(), (const T *)m.data(), y.data(),
               rows, t, per_text);
   std::vector<double> want;
@@ -177,7 +183,7 @@ void attention_case(K kernel, uint32_t b, uint32_t heads, uint32_t t, bool cls_o
   const uint32_t h = heads * D, tq = cls_only ? 1 : t, tp = attn_pad16(t);
   auto qkv = random_vec<T>(b * t * 3 * h), bias = random_vec<T>(3 * h, -0.5, 0.5);
   auto mask = padding_mask<T>(b, t);
-  std::vector<T> out(b * tq * h);
+  buf<T> out(b * tq * h);
   const size_t smem = (64 * (D + 8) + 2 * tp * (D + 8)) * sizeof(T) + (64 * (tp + 4) + 64 * (D + 4)) * 4;
   emu::launch(dim3{(tq + 63) / 64, heads, b}, threads128, smem, kernel, (const T *)qkv.data(), (const T *)bias.data(),
               (const T *)mask.data(), out.data(), t, tq, heads);
@@ -236,7 +242,7 @@ void step_case(bool pcgrad, bool conflict, double clip) {
   struct Tensor {
     uint32_t n;
     bool shared, has_a, has_b;
-    std::vector<float> w, m, v, a, b;
+    buf<float> w, m, v, a, b;
   };
   std::vector<Tensor> ts = {{2 * STEP_CHUNK + 1000, true, true, true, {}, {}, {}, {}, {}},
                                 {100, true, true, false, {}, {}, {}, {}, {}},
@@ -251,8 +257,8 @@ void step_case(bool pcgrad, bool conflict, double clip) {
     for (uint32_t i = 0; i < t.n; i++) t.b[i] = (conflict ? -0.6f : 0.6f) * t.a[i] + 0.5f * t.b[i];
   }
   const float lr = 2e-3f, bc1 = 0.19f, bc2 = 0.002f, eps = 1e-8f, decay = 0.01f, beta1 = 0.9f, beta2 = 0.999f;
-  std::vector<StepParam> params;
-  std::vector<uint32_t> chunks;
+  buf<StepParam> params;
+  buf<uint32_t> chunks;
   auto got = ts;
   for (size_t k = 0; k < got.size(); k++) {
     auto &t = got[k];
@@ -260,14 +266,14 @@ void step_case(bool pcgrad, bool conflict, double clip) {
                       t.has_b ? t.b.data() : nullptr, t.n, t.shared, lr, bc1, bc2, eps, decay, 0.0f});
     for (uint32_t c = 0; c * STEP_CHUNK < t.n; c++) chunks.insert(chunks.end(), {(uint32_t)k, c * STEP_CHUNK});
   }
-  double out[4] = {0, 0, 0, 0};
+  buf<double> out(4, 0.0);
   const dim3 grid{(uint32_t)chunks.size() / 2, 1, 1};
   const StepParam *table = params.data();
   const uint32_t *chunk_table = chunks.data();
-  if (pcgrad) emu::launch(grid, threads256, 0, step_dots, table, chunk_table, out);
-  emu::launch(grid, threads256, 0, step_norm, table, chunk_table, out, (uint32_t)pcgrad);
-  emu::launch(grid, threads256, 0, step_adamw, table, chunk_table, (const double *)out, (uint32_t)pcgrad, clip, beta1,
-              beta2);
+  if (pcgrad) emu::launch(grid, threads256, 0, step_dots, table, chunk_table, out.data());
+  emu::launch(grid, threads256, 0, step_norm, table, chunk_table, out.data(), (uint32_t)pcgrad);
+  emu::launch(grid, threads256, 0, step_adamw, table, chunk_table, (const double *)out.data(), (uint32_t)pcgrad, clip,
+              beta1, beta2);
   // The reference.
   double dot = 0, n1 = 0, n2 = 0, norm2 = 0;
   auto grad = [](const Tensor &t, uint32_t i, double alpha, double beta) {
@@ -318,7 +324,7 @@ void layer_norm_cases(uint32_t rows, uint32_t h) {
   auto x = random_vec<float>(rows * h, -2, 2), g = random_vec<float>(h), b = random_vec<float>(h),
        dy = random_vec<float>(rows * h);
   const float eps = 1e-12f;
-  std::vector<float> y(rows * h), out(2 * rows * h);
+  buf<float> y(rows * h), out(2 * rows * h);
   emu::launch(dim3{rows, 1, 1}, threads128, 0, ln_train_fwd_f32, (const float *)x.data(), (const float *)g.data(),
               (const float *)b.data(), y.data(), h, eps);
   emu::launch(dim3{rows, 1, 1}, threads128, 0, ln_train_bwd_f32, (const float *)x.data(), (const float *)g.data(),
@@ -352,7 +358,7 @@ void softmax_train_cases(uint32_t rows, uint32_t per_text, uint32_t t) {
   const float scale = 0.125f;
   auto s = random_vec<float>(rows * t, -8, 8), dp = random_vec<float>(rows * t);
   auto m = padding_mask<float>(rows / per_text, t);
-  std::vector<float> p(rows * t), ds(rows * t);
+  buf<float> p(rows * t), ds(rows * t);
   emu::launch(dim3{rows, 1, 1}, threads128, 0, softmax_train_fwd_f32, (const float *)s.data(), (const float *)m.data(),
               p.data(), t, per_text, scale);
   emu::launch(dim3{rows, 1, 1}, threads128, 0, softmax_train_bwd_f32, (const float *)p.data(), (const float *)dp.data(),
@@ -376,7 +382,7 @@ void softmax_train_cases(uint32_t rows, uint32_t per_text, uint32_t t) {
 void gelu_train_case(uint32_t rows, uint32_t d) {
   const uint32_t n = rows * d;
   auto x = random_vec<float>(n, -4, 4), b = random_vec<float>(d), dy = random_vec<float>(n);
-  std::vector<float> dz(n);
+  buf<float> dz(n);
   emu::launch(for_num_elems(n), threads1024, 0, gelu_train_bwd_f32, (const float *)x.data(), (const float *)b.data(),
               (const float *)dy.data(), dz.data(), n, d);
   // The derivative by central differences of gelu in double.
@@ -392,9 +398,9 @@ void dropout_case() {
   const uint32_t n = 20000;
   const float p = 0.1f;
   auto x = random_vec<float>(n, 0.5f, 1.5f), g = random_vec<float>(n, 0.5f, 1.5f);
-  std::vector<float> y(n), y2(n), gy(n), other(n);
+  buf<float> y(n), y2(n), gy(n), other(n);
   const uint64_t seed = 0x5eed;
-  auto run = [&](const std::vector<float> &in, std::vector<float> &out, uint64_t s) {
+  auto run = [&](const buf<float> &in, buf<float> &out, uint64_t s) {
     emu::launch(for_num_elems(n), threads1024, 0, dropout_f32, (const float *)in.data(), out.data(), n, p, s);
   };
   run(x, y, seed), run(x, y2, seed), run(g, gy, seed), run(x, other, seed + 1);
@@ -418,7 +424,7 @@ void dropout_case() {
 void bce_case(bool weighted) {
   const uint32_t rows = 40, cols = 28, n = rows * cols;
   auto x = random_vec<float>(n, -6, 6), pw = random_vec<float>(cols, 0.1f, 10.0f);
-  std::vector<float> y(n), l(n), d(n);
+  buf<float> y(n), l(n), d(n);
   for (auto &e : y) e = uniform(0, 1) < 0.3f ? 1.0f : 0.0f;
   const float *w = weighted ? pw.data() : nullptr;  // unweighted: never read
   emu::launch(for_num_elems(n), threads1024, 0, bce_fwd_f32, (const float *)x.data(), (const float *)y.data(), w,

@@ -105,6 +105,17 @@ inline void atomicAdd(double *p, double v) {
 
 namespace emu {
 
+// What check.cpp shares with cuda_real.h: host buffers the kernels read and write (here plain
+// memory), and conversions to and from the storage types.
+template <typename T> using allocator = std::allocator<T>;
+inline float to_float(float x) { return x; }
+inline float to_float(__half x) { return __half2float(x); }
+inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> T from_float(float x);
+template <> inline float from_float<float>(float x) { return x; }
+template <> inline __half from_float<__half>(float x) { return __float2half(x); }
+template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+
 [[noreturn]] inline void fail(const char *what) {
   std::fprintf(stderr, "emu: %s (block %u,%u,%u thread %u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z,
                threadIdx.x);
@@ -186,6 +197,8 @@ void launch(dim3 grid, dim3 threads, size_t smem, void (*kernel)(P...), A... arg
 
 }  // namespace emu
 
+template <typename T> using buf = std::vector<T, emu::allocator<T>>;
+
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   emu::whole_warp(mask, "__syncwarp with a lane gone").bar.arrive_and_wait();
@@ -209,9 +222,7 @@ struct row_major {};
 struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
 
-inline float to_float(float x) { return x; }
-inline float to_float(__half x) { return __half2float(x); }
-inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+using emu::to_float;
 
 // The tile, row-major, in f32 (exact for the 16-bit inputs). An accumulator's lane holds only its
 // share (element i for i % 32 == lane) as far as anyone can tell: only that share is stored.
