@@ -103,18 +103,13 @@ inline void atomicAdd(double *p, double v) {
   *p += v;
 }
 
+#include "convert.h"
+
 namespace emu {
 
-// What check.cpp shares with cuda_real.h: host buffers the kernels read and write (here plain
-// memory), and conversions to and from the storage types.
+// What check.cpp shares with cuda_real.h: the buffers the kernels read and write (here plain
+// memory).
 template <typename T> using allocator = std::allocator<T>;
-inline float to_float(float x) { return x; }
-inline float to_float(__half x) { return __half2float(x); }
-inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> T from_float(float x);
-template <> inline float from_float<float>(float x) { return x; }
-template <> inline __half from_float<__half>(float x) { return __float2half(x); }
-template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 [[noreturn]] inline void fail(const char *what) {
   std::fprintf(stderr, "emu: %s (block %u,%u,%u thread %u)\n", what, blockIdx.x, blockIdx.y, blockIdx.z,

@@ -11,6 +11,8 @@
 #include <cuda_runtime.h>
 #include <vector>
 
+#include "convert.h"
+
 namespace emu {
 
 inline void check(cudaError_t e, const char *what) {
@@ -33,14 +35,6 @@ template <typename T> struct allocator {
   template <typename U> bool operator==(const allocator<U> &) const { return true; }
   template <typename U> bool operator!=(const allocator<U> &) const { return false; }
 };
-
-inline float to_float(float x) { return x; }
-inline float to_float(__half x) { return __half2float(x); }
-inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-template <typename T> T from_float(float x);
-template <> inline float from_float<float>(float x) { return x; }
-template <> inline __half from_float<__half>(float x) { return __float2half(x); }
-template <> inline __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 
 // `kernel<<<grid, threads, smem>>>(args...)`, with the dynamic shared memory allowed first where it
 // is over the default 48 KiB (as the attention's launcher does), then checked and waited for.
