@@ -17,6 +17,7 @@
 #pragma once
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -157,6 +158,30 @@ inline Warp &whole_warp(unsigned mask, const char *what) {
   return w;
 }
 
+// A barrier that some thread never reaches (a __syncthreads() or __syncwarp() in a branch not
+// every thread takes) hangs the GPU and would hang the emulation: a launch still running after
+// two minutes ends the process with exit code 3 and says so.
+inline std::atomic<long long> launch_started{0};  // steady-clock ms; 0: no launch running
+inline long long now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+inline void start_watchdog() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    std::thread([] {
+      for (;;) {
+        std::this_thread::sleep_for(std::chrono::seconds(1));
+        const long long s = launch_started.load();
+        if (s != 0 && now_ms() - s > 120000) {
+          std::fprintf(stderr, "emu: a launch still runs after 120 s: a barrier some thread never reaches?\n");
+          std::_Exit(3);
+        }
+      }
+    }).detach();
+  });
+}
+
 // Runs `kernel(args...)` on a grid of blocks of blockDim.x threads (1-D blocks), one block at a
 // time: blockDim.x std::threads take every block in turn, each block with its own barriers and
 // shared memory, and all wait for the block to end before the next begins.
@@ -165,6 +190,8 @@ void launch(dim3 grid, dim3 threads, size_t smem, void (*kernel)(P...), A... arg
   if (threads.y != 1 || threads.z != 1) fail("1-D blocks only");
   if (threads.x > 1024) fail("more than 1,024 threads in a block");
   if (smem > 227 * 1024) fail("more dynamic shared memory than an sm_90 block may have (227 KiB)");
+  start_watchdog();
+  launch_started = now_ms();
   std::vector<std::unique_ptr<Block>> blocks;
   for (unsigned i = 0; i < grid.x * grid.y * grid.z; i++) blocks.push_back(std::make_unique<Block>(threads.x, smem));
   std::barrier<> between(threads.x);
@@ -188,6 +215,7 @@ void launch(dim3 grid, dim3 threads, size_t smem, void (*kernel)(P...), A... arg
       }
     });
   for (auto &t : ts) t.join();
+  launch_started = 0;
 }
 
 }  // namespace emu
