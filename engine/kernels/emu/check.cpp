@@ -482,7 +482,7 @@ int main(int argc, char **argv) {
   }
   if (want("mask_softmax")) {
     // Every register width (t ≤ 64, 128, 256, 512) and the loop past them.
-    for (uint32_t t : {5u, 64u, 100u, 256u, 300u, 600u}) {
+    for (uint32_t t : {5u, 64u, 65u, 100u, 128u, 129u, 256u, 257u, 300u, 512u, 513u, 600u}) {
       mask_softmax_case<float>(mask_softmax_f32, 2, 3, t);
       mask_softmax_case<__nv_bfloat16>(mask_softmax_bf16, 2, 3, t);
     }
@@ -496,6 +496,8 @@ int main(int argc, char **argv) {
         attention_case<__nv_bfloat16, 64>(attention_d64_bf16, 2, 2, t, cls);
         attention_case<__half, 32>(attention_d32_f16, 2, 3, t, cls);
       }
+    // Tile and block boundaries: one tile exactly, one past it, one query block exactly, one past.
+    for (uint32_t t : {16u, 17u, 64u, 65u, 255u}) attention_case<__half, 32>(attention_d32_f16, 2, 1, t, false);
     attention_case<__nv_bfloat16, 32>(attention_d32_bf16, 1, 2, 70, false);
     attention_case<__half, 64>(attention_d64_f16, 1, 2, 70, false);
     // ruBert-base's shape: 12 heads of 64.
