@@ -122,9 +122,14 @@ struct Warp {
   explicit Warp(unsigned lanes) : lanes(lanes), bar(lanes) {}
   unsigned lanes;
   std::barrier<> bar;
-  std::atomic<unsigned> gone{0};
+  // The fewest warp-collective operations a lane that returned had taken part in (none returned:
+  // the maximum): a lane that returned after k of them must not be missing from the (k+1)th.
+  std::atomic<unsigned> left_after{~0u};
   float buf[32];
 };
+
+// Warp-collective operations this thread has taken part in, in the current block.
+inline thread_local unsigned warp_ops = 0;
 
 struct Block {
   // The dynamic shared memory is exactly the launch's size (AddressSanitizer sees past its end),
@@ -150,12 +155,19 @@ inline unsigned lane() { return threadIdx.x & 31; }
 inline Warp &warp() { return *block->warps[threadIdx.x >> 5]; }
 inline unsigned char *dynamic_smem() { return block->smem; }
 
-// A warp-collective operation: all 32 lanes must take part.
+// A warp-collective operation: all 32 lanes must take part. Checked on the way in and again once
+// the warp has met (`met`: a lane that returns drops out of the barrier, so the others meet
+// without it), so a lane that returned instead of joining is caught either way.
 inline Warp &whole_warp(unsigned mask, const char *what) {
   Warp &w = warp();
   if (mask != 0xffffffffu) fail("only the full mask is emulated");
-  if (w.lanes != 32 || w.gone.load() != 0) fail(what);
+  warp_ops++;
+  if (w.lanes != 32 || w.left_after.load() < warp_ops) fail(what);
   return w;
+}
+inline void met(Warp &w, const char *what) {
+  w.bar.arrive_and_wait();
+  if (w.left_after.load() < warp_ops) fail(what);
 }
 
 // A barrier that some thread never reaches (a __syncthreads() or __syncwarp() in a branch not
@@ -205,10 +217,12 @@ void launch(dim3 grid, dim3 threads, size_t smem, void (*kernel)(P...), A... arg
       for (unsigned i = 0; i < blocks.size(); i++) {
         block = blocks[i].get();
         blockIdx = {i % grid.x, i / grid.x % grid.y, i / (grid.x * grid.y)};
+        warp_ops = 0;
         kernel(args...);
         // The thread has returned: it no longer counts at this block's barriers.
         Warp &w = warp();
-        w.gone.fetch_add(1);
+        for (unsigned seen = w.left_after.load(); warp_ops < seen && !w.left_after.compare_exchange_weak(seen, warp_ops);) {
+        }
         w.bar.arrive_and_drop();
         block->bar.arrive_and_drop();
         between.arrive_and_wait();
@@ -224,12 +238,14 @@ template <typename T> using buf = std::vector<T, emu::allocator<T>>;
 
 inline void __syncthreads() { emu::block->bar.arrive_and_wait(); }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  emu::whole_warp(mask, "__syncwarp with a lane gone").bar.arrive_and_wait();
+  const char *what = "__syncwarp with a lane gone";
+  emu::met(emu::whole_warp(mask, what), what);
 }
 inline float __shfl_xor_sync(unsigned mask, float v, int o) {
-  emu::Warp &w = emu::whole_warp(mask, "__shfl_xor_sync with a lane gone");
+  const char *what = "__shfl_xor_sync with a lane gone";
+  emu::Warp &w = emu::whole_warp(mask, what);
   w.buf[emu::lane()] = v;
-  w.bar.arrive_and_wait();
+  emu::met(w, what);
   const float r = w.buf[emu::lane() ^ (unsigned)o];
   w.bar.arrive_and_wait();
   return r;
@@ -255,7 +271,7 @@ struct fragment {
   float x[256];
 };
 
-inline void enter(const char *what) { emu::whole_warp(0xffffffffu, what).bar.arrive_and_wait(); }
+inline void enter(const char *what) { emu::met(emu::whole_warp(0xffffffffu, what), what); }
 
 // What the hardware requires of a fragment's memory: a 256-bit aligned pointer, and a stride that is
 // a multiple of 16 bytes.
