@@ -461,6 +461,7 @@ pub(crate) struct Targets {
 
 /// Rows of a batch (positions in it) and the [CLS] each should move toward, for the alignment
 /// loss `weight · Σ‖cls − target‖² / Σ‖target‖²`.
+#[derive(Clone)]
 pub(crate) struct Align {
     rows: Vec<usize>,
     target: Tensor,
@@ -472,15 +473,34 @@ impl Align {
         Align { rows, target, weight }
     }
 
+    /// The translated rows' positions, as an index tensor on `dev`.
+    fn positions(&self, dev: &Device) -> Result<Tensor> {
+        let pos: Vec<u32> = self.rows.iter().map(|&r| r as u32).collect();
+        Ok(Tensor::from_vec(pos, self.rows.len(), dev)?)
+    }
+
     /// The unweighted loss of these [CLS] states (all the batch's rows, in order).
     fn loss(&self, cls: &Tensor) -> Result<Tensor> {
-        let pos: Vec<u32> = self.rows.iter().map(|&r| r as u32).collect();
-        let pos = Tensor::from_vec(pos, self.rows.len(), cls.device())?;
-        let student = cls.to_dtype(DType::F32)?.index_select(&pos, 0)?;
+        let student = cls
+            .to_dtype(DType::F32)?
+            .index_select(&self.positions(cls.device())?, 0)?;
         let target = self.target.to_dtype(DType::F32)?;
         let num = (student - &target)?.sqr()?.sum_all()?;
         let den = (target.sqr()?.sum_all()? + 1e-12)?;
         Ok((num / den)?)
+    }
+
+    /// [`Align::loss`] outside candle's graph (`cls` f32, as training by hand has it), with the
+    /// gradient of the weighted loss with respect to `cls`: `2·weight·(s − t)/Σ‖t‖²` on the
+    /// translated rows, zero elsewhere (the targets are constants).
+    fn loss_and_grad(&self, cls: &Tensor) -> Result<(Tensor, Tensor)> {
+        let pos = self.positions(cls.device())?;
+        let target = self.target.to_dtype(DType::F32)?;
+        let diff = (cls.index_select(&pos, 0)? - &target)?;
+        let den = (target.sqr()?.sum_all()? + 1e-12)?;
+        let loss = diff.sqr()?.sum_all()?.div(&den)?;
+        let d = diff.broadcast_mul(&(den.recip()? * (2.0 * self.weight))?)?;
+        Ok((loss, cls.zeros_like()?.index_add(&pos, &d, 0)?))
     }
 }
 
@@ -713,9 +733,9 @@ pub(crate) fn apply_step(
         (t, split.then_some(t.pop_rows.as_slice()))
     };
     let fp = forward(rows)?;
-    // The heads and losses by hand where the layers below ran so (or are frozen) and the fused
-    // passes run; the alignment loss goes through the graph.
-    if t.align.is_none() && (frozen || fp.tape.is_some()) && model.heads_by_hand(&fp.cls) {
+    // The heads and losses (the alignment loss among them) by hand where the layers below ran so
+    // (or are frozen) and the fused passes run.
+    if (frozen || fp.tape.is_some()) && model.heads_by_hand(&fp.cls) {
         return step_by_hand(
             model, opt, forward, fp, t, split, pw, pcgrad, frozen, clip_norm, lrs,
         );
@@ -869,7 +889,7 @@ fn step_by_hand(
         let (c, g) = model.emotion_backward(&tape, &d)?;
         Ok((c, by_id(g), l))
     };
-    let (pop, emo, fe) = if split {
+    let (pop, emo, fe, align) = if split {
         let (tp, te) = t.each_alone()?;
         let hp = model.heads_taped(&fp.cls, Mode::Training, true, false)?;
         let fe = forward(Some(&t.emo_rows))?;
@@ -882,14 +902,29 @@ fn step_by_hand(
         }
         let pop = hp.popularity.zip(tp.pop_idx.as_ref()).map(pop_task).transpose()?;
         let emo = he.emotions.zip(te.emo_idx.as_ref()).map(emo_task).transpose()?;
-        (pop, emo, Some(fe))
+        (pop, emo, Some(fe), te.align)
     } else {
         let h = model.heads_taped(&fp.cls, Mode::Training, t.pop_idx.is_some(), t.emo_idx.is_some())?;
         let pop = h.popularity.zip(t.pop_idx.as_ref()).map(pop_task).transpose()?;
         let emo = h.emotions.zip(t.emo_idx.as_ref()).map(emo_task).transpose()?;
-        (pop, emo, None)
+        (pop, emo, None, t.align.clone())
     };
     let fe = fe.as_ref().unwrap_or(&fp);
+    // The alignment term belongs to the emotion task (translated rows are emotion rows): its
+    // weighted loss joins that task's, its gradient that task's [CLS] gradient; the unweighted
+    // loss is reported after the tasks'.
+    let mut align_term = None;
+    let emo = match (emo, align) {
+        (emo, Some(a)) => {
+            let (l, d) = a.loss_and_grad(&fe.cls)?;
+            let emo = emo
+                .map(|(c, g, le)| Ok::<_, Error>(((c + d)?, g, (le + (&l * a.weight)?)?)))
+                .transpose()?;
+            align_term = Some(l);
+            emo
+        }
+        (emo, None) => emo,
+    };
     // The layers' gradients from a [CLS] gradient through a forward pass's tape (none frozen).
     let layers = |f: &Forwarded, dcls: &Tensor| -> Result<GradsById> {
         Ok(match (&f.tape, frozen) {
@@ -943,6 +978,8 @@ fn step_by_hand(
             (false, vec![total])
         }
     };
+    let mut losses = losses;
+    losses.extend(align_term);
     finish_step(opt, grads, projected, clip_norm, lrs, losses)
 }
 
@@ -1910,7 +1947,8 @@ mod tests {
             .collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
-        let step = |split: bool, by_hand: bool| -> Vec<Tensor> {
+        let aligned = with_alignment(&tg, &model);
+        let step = |tg: &Targets, split: bool, by_hand: bool| -> Vec<Tensor> {
             let mut opt = plain_steps_from(&vars, &start);
             let mut forward = |part: Option<&[usize]>| -> Result<Forwarded> {
                 let (h, m) = match part {
@@ -1936,7 +1974,7 @@ mod tests {
                         &model,
                         &mut opt,
                         &mut forward,
-                        &tg,
+                        tg,
                         &pw,
                         true,
                         false,
@@ -1945,29 +1983,58 @@ mod tests {
                     )
                 })
             });
-            let surgery = out.unwrap().unwrap().surgery.expect("PCGrad ran");
-            // The two tasks' gradients' cosine: each task's gradient, not only their sum.
-            let cosine = Tensor::new(&[surgery.cosine as f32], &dev).unwrap();
+            let out = out.unwrap().unwrap();
+            let surgery = out.surgery.expect("PCGrad ran");
+            // The two tasks' gradients' cosine: each task's gradient, not only their sum; and
+            // the losses (the alignment term's too, when there is one).
+            let reported = [surgery.cosine, out.loss, out.align_loss.unwrap_or(-1.0)].map(|v| v as f32);
+            assert_eq!(out.align_loss.is_some(), tg.align.is_some());
             vars.iter()
                 .map(|(_, v)| v.as_tensor().copy().unwrap())
-                .chain([cosine])
+                .chain([Tensor::new(&reported, &dev).unwrap()])
                 .collect::<Vec<_>>()
         };
         // Each task's rows apart through candle's graph; both tasks in one pass; and both of
-        // these with the trainable layers by hand (their taped backward from the [CLS] leaf).
-        let reference = step(true, false);
-        let names: Vec<&str> = vars.iter().map(|(n, _)| n.as_str()).chain(["cosine"]).collect();
-        for (split, by_hand) in [(false, false), (true, true), (false, true)] {
-            let other = step(split, by_hand);
-            for (name, (a, b)) in names.iter().zip(other.iter().zip(&reference)) {
-                let d = max_abs(&(a - b).unwrap());
-                assert!(d < 1e-4, "split {split}, by hand {by_hand}, {name}: {d}");
+        // these with the trainable layers by hand (their taped backward from the [CLS] leaf);
+        // without translated rows and with (the alignment loss by hand, or through the graph).
+        let names: Vec<&str> = vars
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(["cosine, losses"])
+            .collect();
+        for (tg, what) in [(&tg, "plain"), (&aligned, "aligned")] {
+            let reference = step(tg, true, false);
+            for (split, by_hand) in [(false, false), (true, true), (false, true)] {
+                let other = step(tg, split, by_hand);
+                for (name, (a, b)) in names.iter().zip(other.iter().zip(&reference)) {
+                    let d = max_abs(&(a - b).unwrap());
+                    assert!(d < 1e-4, "{what}: split {split}, by hand {by_hand}, {name}: {d}");
+                }
+            }
+            for ((name, _), (a, s)) in vars.iter().zip(reference.iter().zip(&start)) {
+                let moved = max_abs(&(a - s).unwrap());
+                // The keys' bias has no gradient (softmax ignores a shift common to all keys).
+                assert!(
+                    moved > 1e-6 || name.ends_with("key.bias"),
+                    "{what}: {name} did not move"
+                );
             }
         }
-        for ((name, _), (a, s)) in vars.iter().zip(reference.iter().zip(&start)) {
-            let moved = max_abs(&(a - s).unwrap());
-            // The keys' bias has no gradient (softmax ignores a shift common to all keys).
-            assert!(moved > 1e-6 || name.ends_with("key.bias"), "{name} did not move");
+    }
+
+    /// `tg` with two of its emotion rows (the batch's rows 2 and 4) pulled toward fixed vectors
+    /// by a weighted alignment loss.
+    fn with_alignment(tg: &Targets, model: &MultiTask) -> Targets {
+        let h = model.bert.config().hidden_size;
+        let target: Vec<f32> = (0..2 * h).map(|k| ((k * 37 % 23) as f32 - 11.0) / 8.0).collect();
+        let target = Tensor::from_vec(target, (2, h), &Device::Cpu).unwrap();
+        assert!([2, 4].iter().all(|r| tg.emo_rows.contains(r)), "emotion rows");
+        Targets {
+            pop_idx: tg.pop_idx.clone(),
+            emo_idx: tg.emo_idx.clone(),
+            pop_rows: tg.pop_rows.clone(),
+            emo_rows: tg.emo_rows.clone(),
+            align: Some(Align::new(vec![2, 4], target, 0.7)),
         }
     }
 
@@ -2001,7 +2068,8 @@ mod tests {
             v
         };
         let start: Vec<Tensor> = vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect();
-        let step = |frozen: bool| -> (Vec<Tensor>, f64) {
+        let aligned = with_alignment(&tg, &model);
+        let step = |tg: &Targets, frozen: bool| -> (Vec<Tensor>, [f64; 2]) {
             let mut opt = plain_steps_from(&vars, &start);
             let cls = model
                 .bert
@@ -2021,7 +2089,7 @@ mod tests {
                     &model,
                     &mut opt,
                     &mut forward,
-                    &tg,
+                    tg,
                     &pw,
                     false,
                     frozen,
@@ -2034,24 +2102,39 @@ mod tests {
             assert!(out.surgery.is_none());
             (
                 vars.iter().map(|(_, v)| v.as_tensor().copy().unwrap()).collect(),
-                out.loss,
+                [out.loss, out.align_loss.unwrap_or(-1.0)],
             )
         };
-        for frozen in [false, true] {
-            let (by_hand, loss) = step(frozen);
-            let (graph, graph_loss) = viralclip_engine::model::train_ops::without_fused(|| step(frozen));
-            assert!(
-                (loss - graph_loss).abs() < 1e-5,
-                "frozen {frozen}: loss {loss} vs {graph_loss}"
-            );
-            for (((name, _), a), (b, s)) in vars.iter().zip(&by_hand).zip(graph.iter().zip(&start)) {
-                let d = max_abs(&(a - b).unwrap());
-                assert!(d < 1e-4, "frozen {frozen}, {name}: {d}");
-                let moved = max_abs(&(a - s).unwrap());
-                let trained = is_head(name) || !frozen;
-                // The keys' bias has no gradient (softmax ignores a shift common to all keys).
-                if !name.ends_with("key.bias") {
-                    assert_eq!(moved > 1e-6, trained, "frozen {frozen}, {name} moved {moved}");
+        for (tg, what) in [(&tg, "plain"), (&aligned, "aligned")] {
+            for frozen in [false, true] {
+                let (by_hand, losses) = step(tg, frozen);
+                let (graph, graph_losses) =
+                    viralclip_engine::model::train_ops::without_fused(|| step(tg, frozen));
+                // The batch's loss, then the unweighted alignment loss (-1: none).
+                for (a, b) in losses.iter().zip(&graph_losses) {
+                    assert!(
+                        (a - b).abs() < 1e-5 * b.abs().max(1.0),
+                        "{what}, frozen {frozen}: losses {losses:?} vs {graph_losses:?}"
+                    );
+                }
+                assert_eq!(
+                    losses[1] >= 0.0,
+                    tg.align.is_some(),
+                    "{what}: the alignment loss reported"
+                );
+                for (((name, _), a), (b, s)) in vars.iter().zip(&by_hand).zip(graph.iter().zip(&start)) {
+                    let d = max_abs(&(a - b).unwrap());
+                    assert!(d < 1e-4, "{what}, frozen {frozen}, {name}: {d}");
+                    let moved = max_abs(&(a - s).unwrap());
+                    let trained = is_head(name) || !frozen;
+                    // The keys' bias has no gradient (softmax ignores a shift common to all keys).
+                    if !name.ends_with("key.bias") {
+                        assert_eq!(
+                            moved > 1e-6,
+                            trained,
+                            "{what}, frozen {frozen}, {name} moved {moved}"
+                        );
+                    }
                 }
             }
         }
