@@ -651,6 +651,9 @@ impl Layer {
 pub struct BertTape {
     layers: Vec<LayerTape>,
     from: usize,
+    /// With [`Pooling::Mean`], each token's share of the pooled state, (b, t, 1): 1/count for a
+    /// real token, 0 for padding.
+    mean_weights: Option<Tensor>,
 }
 
 /// The encoder: embeddings and `num_hidden_layers` transformer layers.
@@ -783,12 +786,12 @@ impl Bert {
     }
 
     /// [`Bert::cls_from`] for training, by hand: the layers from `from` run outside any graph,
-    /// keeping what [`Bert::backward_taped`] needs, and the [CLS] state comes back detached (make
-    /// it a leaf, run the heads and their loss through candle's graph, and hand its gradient to
-    /// `backward_taped`). About a third of the operations of the graph's backward pass, which
-    /// adds a zero tensor and an addition for every edge. `None` where it cannot run (mean
-    /// pooling, other activations, tensors the fused training passes do not run on): use
-    /// [`Bert::cls_from`].
+    /// keeping what [`Bert::backward_taped`] needs, and the heads' input (the [CLS] state, or the
+    /// mean of the real tokens' with [`Pooling::Mean`]) comes back detached (make it a leaf, run
+    /// the heads and their loss, and hand its gradient to `backward_taped`). About a third of the
+    /// operations of the graph's backward pass, which adds a zero tensor and an addition for
+    /// every edge. `None` where it cannot run (other activations, tensors the fused training
+    /// passes do not run on): use [`Bert::cls_from`].
     pub fn cls_from_taped(
         &self,
         hidden: &Tensor,
@@ -797,18 +800,33 @@ impl Bert {
         mode: Mode,
     ) -> Result<Option<(Tensor, BertTape)>> {
         let layers = &self.layers[from.min(self.layers.len())..];
-        if self.pooling != Pooling::Cls || layers.is_empty() || !layers.iter().all(|l| l.by_hand(hidden)) {
+        if layers.is_empty() || !layers.iter().all(|l| l.by_hand(hidden)) {
             return Ok(None);
         }
         let add = Self::additive_mask(mask, hidden.dtype())?;
+        let mean = self.pooling == Pooling::Mean;
         let mut x = hidden.detach();
         let mut tapes = Vec::with_capacity(layers.len());
         for (i, layer) in layers.iter().enumerate() {
-            let (y, tape) = layer.forward_taped(&x, &add, mode, i + 1 == layers.len())?;
+            // [CLS] pooling needs only the first token's row of the last layer.
+            let (y, tape) = layer.forward_taped(&x, &add, mode, !mean && i + 1 == layers.len())?;
             tapes.push(tape);
             x = y;
         }
-        Ok(Some((x.squeeze(1)?, BertTape { layers: tapes, from })))
+        let (pooled, mean_weights) = if mean {
+            // The mean over real tokens as a weighted sum: the same weights carry its gradient.
+            let m = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
+            let w = m.broadcast_div(&m.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)?;
+            (x.broadcast_mul(&w)?.sum(1)?, Some(w))
+        } else {
+            (x.squeeze(1)?, None)
+        };
+        let tape = BertTape {
+            layers: tapes,
+            from,
+            mean_weights,
+        };
+        Ok(Some((pooled, tape)))
     }
 
     /// The backward pass of [`Bert::cls_from_taped`] from the [CLS] state's gradient (b, h):
@@ -842,7 +860,11 @@ impl Bert {
     }
 
     fn backward_sink(&self, tape: &BertTape, dcls: &Tensor, mut grads: Sink) -> Result<()> {
-        let mut dy = dcls.clone();
+        // Mean pooling hands each token its share of the pooled state's gradient.
+        let mut dy = match &tape.mean_weights {
+            None => dcls.clone(),
+            Some(w) => dcls.unsqueeze(1)?.broadcast_mul(w)?.reshape(((), dcls.dim(1)?))?,
+        };
         for (layer, lt) in self.layers[tape.from..].iter().zip(&tape.layers).rev() {
             let dx = layer.backward(lt, &dy, &mut grads)?;
             dy = dx.reshape((lt.b * lt.t, ()))?;
