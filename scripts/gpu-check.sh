@@ -60,7 +60,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 # CI runs on its CPU emulation, so a kernel that is wrong here is wrong on the hardware, not in
 # the engine's launchers or in candle.
 KERNELS=${KERNELS:-.device/kernels-gpu}
-if [[ -x $KERNELS && $DEV == cuda ]]; then
+if [[ -f $KERNELS && $DEV == cuda ]]; then
+  chmod +x "$KERNELS"
   log "kernels alone on the GPU vs plain references"
   timeout 120 "$KERNELS" | tee "$OUT/kernels-gpu.txt"
   echo "kernels-gpu: exit ${PIPESTATUS[0]}" | tee -a "$OUT/kernels-gpu.txt"
