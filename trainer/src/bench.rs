@@ -5,7 +5,7 @@
 use crate::data::{Label, EMOTIONS};
 use crate::error::Result;
 use crate::optim::AdamW;
-use crate::train::{apply_step, forward_layers, targets, Forwarded};
+use crate::train::{apply_step, forward_layers, targets, Forwarded, StepRule};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::time::Instant;
@@ -119,6 +119,14 @@ pub fn step_times(
     let t = targets(&labels, &rows, dev)?;
     let pw = Tensor::ones(EMOTIONS, DType::F32, dev)?;
     let lrs = [2e-5, 2e-6];
+    // The seed's stages: clipping at 1, the heads' and the layers' learning rates.
+    let rule = |pcgrad: bool, frozen: bool| StepRule {
+        pw: &pw,
+        pcgrad,
+        frozen,
+        clip_norm: 1.0,
+        lrs: &lrs,
+    };
 
     let hidden = model
         .bert
@@ -156,7 +164,7 @@ pub fn step_times(
         "heads",
         timed(dev, secs, || {
             let mut f = |part: Option<&[usize]>| pick(&cls, part).map(Forwarded::from);
-            apply_step(&model, &mut opt, &mut f, &t, &pw, false, true, 1.0, &lrs)?;
+            apply_step(&model, &mut opt, &mut f, &t, rule(false, true))?;
             Ok(())
         })?,
     ));
@@ -167,7 +175,7 @@ pub fn step_times(
             let (h, m) = (pick(hidden, part)?, pick(&mask, part)?);
             forward_layers(&model, &h, &m, from, Mode::Training)
         };
-        apply_step(&model, opt, &mut f, &t, &pw, true, false, 1.0, &lrs)?;
+        apply_step(&model, opt, &mut f, &t, rule(true, false))?;
         Ok(())
     };
     out.push(stage(

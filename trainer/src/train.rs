@@ -692,24 +692,38 @@ fn by_id(grads: ParamGrads) -> GradsById {
     grads.into_iter().map(|(p, g)| (p.id(), g)).collect()
 }
 
+/// What the steps of a stage share: the emotion classes' weights (`pw`), whether PCGrad projects
+/// the two tasks' gradients, whether the encoder's layers are frozen (heads only), the global
+/// clipping norm, and each parameter group's learning rate.
+#[derive(Clone, Copy)]
+pub(crate) struct StepRule<'a> {
+    pub pw: &'a Tensor,
+    pub pcgrad: bool,
+    pub frozen: bool,
+    pub clip_norm: f64,
+    pub lrs: &'a [f64],
+}
+
 /// One optimisation step of a batch: task losses, per-task gradients combined by PCGrad when
 /// `pcgrad` (heads keep their own task's gradient), global-norm clipping, AdamW. With PCGrad on
 /// the CPU each task's rows go through the encoder as a batch of their own, so each task's
 /// backward pass covers only its rows (a row only ever trains its own task): one backward's worth
 /// of work instead of two over the whole batch. The alignment loss of translated rows (`t.align`) joins
 /// the emotion task's. `None` when the batch has no targets.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn apply_step(
     model: &MultiTask,
     opt: &mut AdamW,
     forward: &mut Forward<'_>,
     t: &Targets,
-    pw: &Tensor,
-    pcgrad: bool,
-    frozen: bool,
-    clip_norm: f64,
-    lrs: &[f64],
+    rule: StepRule,
 ) -> Result<Option<StepOutcome>> {
+    let StepRule {
+        pw,
+        pcgrad,
+        frozen,
+        clip_norm,
+        lrs,
+    } = rule;
     // The alignment loss of these targets' translated rows, with its weight.
     let align = |t: &Targets, cls: &Tensor| {
         t.align
@@ -736,9 +750,7 @@ pub(crate) fn apply_step(
     // The heads and losses (the alignment loss among them) by hand where the layers below ran so
     // (or are frozen) and the fused passes run.
     if (frozen || fp.tape.is_some()) && model.heads_by_hand(&fp.cls) {
-        return step_by_hand(
-            model, opt, forward, fp, t, split, pw, pcgrad, frozen, clip_norm, lrs,
-        );
+        return step_by_hand(model, opt, forward, fp, t, split, rule);
     }
     let fe;
     let (lp, le, al) = if split {
@@ -862,7 +874,6 @@ fn loss_by_hand(x: &Tensor, (idx, y): &(Tensor, Tensor), pw: Option<&Tensor>) ->
 /// passes from the losses' gradients), and the layers by hand from the [CLS] gradients they give
 /// (`fp`'s tape; with `split`, the emotion task's own forward pass's): no graph at all. `fp` is
 /// the first forward pass (the popularity task's rows with `split`, else the batch).
-#[allow(clippy::too_many_arguments)]
 fn step_by_hand(
     model: &MultiTask,
     opt: &mut AdamW,
@@ -870,12 +881,15 @@ fn step_by_hand(
     fp: Forwarded,
     t: &Targets,
     split: bool,
-    pw: &Tensor,
-    pcgrad: bool,
-    frozen: bool,
-    clip_norm: f64,
-    lrs: &[f64],
+    rule: StepRule,
 ) -> Result<Option<StepOutcome>> {
+    let StepRule {
+        pw,
+        pcgrad,
+        frozen,
+        clip_norm,
+        lrs,
+    } = rule;
     // Each task's loss by hand and its backward pass through its head: ([CLS] gradient, head
     // gradients, loss).
     type Task = (Tensor, GradsById, Tensor);
@@ -889,7 +903,7 @@ fn step_by_hand(
         let (c, g) = model.emotion_backward(&tape, &d)?;
         Ok((c, by_id(g), l))
     };
-    let (pop, emo, fe, align) = if split {
+    let (pop, mut emo, fe, align) = if split {
         let (tp, te) = t.each_alone()?;
         let hp = model.heads_taped(&fp.cls, Mode::Training, true, false)?;
         let fe = forward(Some(&t.emo_rows))?;
@@ -914,17 +928,13 @@ fn step_by_hand(
     // weighted loss joins that task's, its gradient that task's [CLS] gradient; the unweighted
     // loss is reported after the tasks'.
     let mut align_term = None;
-    let emo = match (emo, align) {
-        (emo, Some(a)) => {
-            let (l, d) = a.loss_and_grad(&fe.cls)?;
-            let emo = emo
-                .map(|(c, g, le)| Ok::<_, Error>(((c + d)?, g, (le + (&l * a.weight)?)?)))
-                .transpose()?;
-            align_term = Some(l);
-            emo
-        }
-        (emo, None) => emo,
-    };
+    if let Some(a) = align {
+        let (l, d) = a.loss_and_grad(&fe.cls)?;
+        emo = emo
+            .map(|(c, g, le)| Ok::<_, Error>(((c + d)?, g, (le + (&l * a.weight)?)?)))
+            .transpose()?;
+        align_term = Some(l);
+    }
     // The layers' gradients from a [CLS] gradient through a forward pass's tape (none frozen).
     let layers = |f: &Forwarded, dcls: &Tensor| -> Result<GradsById> {
         Ok(match (&f.tape, frozen) {
@@ -936,7 +946,7 @@ fn step_by_hand(
     let pop_heads = pop.as_ref().map_or(&no_grads, |p| &p.1);
     let emo_heads = emo.as_ref().map_or(&no_grads, |e| &e.1);
     let mut grads: Vec<(Option<Tensor>, Option<Tensor>)> = vec![(None, None); opt.params.len()];
-    let (projected, losses) = match (&pop, &emo) {
+    let (projected, mut losses) = match (&pop, &emo) {
         (Some((cp, _, lp)), Some((ce, _, le))) if pcgrad => {
             let (hp, he) = match (&fp.tape, split || frozen) {
                 // One forward pass over the rows in task order (`apply_step`): one backward pass
@@ -978,7 +988,6 @@ fn step_by_hand(
             (false, vec![total])
         }
     };
-    let mut losses = losses;
     losses.extend(align_term);
     finish_step(opt, grads, projected, clip_norm, lrs, losses)
 }
@@ -1576,11 +1585,13 @@ pub fn train(
                 &mut opt,
                 &mut forward,
                 &t,
-                &pw,
-                cfg.pcgrad && !frozen,
-                frozen,
-                cfg.clip_norm,
-                &lrs,
+                StepRule {
+                    pw: &pw,
+                    pcgrad: cfg.pcgrad && !frozen,
+                    frozen,
+                    clip_norm: cfg.clip_norm,
+                    lrs: &lrs,
+                },
             )?
             else {
                 continue;
@@ -1902,6 +1913,18 @@ mod tests {
         t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
     }
 
+    /// The tests' step settings: clipping at 1, a rate of 1e3 for both groups (see
+    /// [`plain_steps_from`]).
+    fn plain_rule(pw: &Tensor, pcgrad: bool, frozen: bool) -> StepRule<'_> {
+        StepRule {
+            pw,
+            pcgrad,
+            frozen,
+            clip_norm: 1.0,
+            lrs: &[1e3, 1e3],
+        }
+    }
+
     /// Sets `vars` back to `start` and gives an optimiser over them (heads in group 0, layers in
     /// group 1) whose first step (at a rate of 1e3) moves each weight by about its gradient: an
     /// epsilon far above every gradient makes lr·g/(|g| + eps) ≈ g, where Adam's own would move
@@ -1970,17 +1993,7 @@ mod tests {
             // Without dropout: the heads' masks would differ between one batch and two.
             let out = with_tasks_split(split, || {
                 viralclip_engine::model::train_ops::without_dropout(|| {
-                    apply_step(
-                        &model,
-                        &mut opt,
-                        &mut forward,
-                        tg,
-                        &pw,
-                        true,
-                        false,
-                        1.0,
-                        &[1e3, 1e3],
-                    )
+                    apply_step(&model, &mut opt, &mut forward, tg, plain_rule(&pw, true, false))
                 })
             });
             let out = out.unwrap().unwrap();
@@ -2085,17 +2098,7 @@ mod tests {
                 }
             };
             let out = viralclip_engine::model::train_ops::without_dropout(|| {
-                apply_step(
-                    &model,
-                    &mut opt,
-                    &mut forward,
-                    tg,
-                    &pw,
-                    false,
-                    frozen,
-                    1.0,
-                    &[1e3, 1e3],
-                )
+                apply_step(&model, &mut opt, &mut forward, tg, plain_rule(&pw, false, frozen))
             })
             .unwrap()
             .unwrap();

@@ -716,10 +716,14 @@ impl Bert {
 
     /// Masked mean over tokens: `x` (b, t, h), `mask` 0/1 (b, t) → (b, h). Differentiable.
     fn mean_pool(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let m = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
-        let sum = x.broadcast_mul(&m)?.sum(1)?;
-        let count = m.sum(1)?.clamp(1.0, f64::INFINITY)?;
-        sum.broadcast_div(&count)
+        x.broadcast_mul(&Self::mean_weights(mask, x.dtype())?)?.sum(1)
+    }
+
+    /// Each token's share of the mean over real tokens, (b, t, 1): 1/count for a real token, 0
+    /// for padding. The training path by hand keeps it for the mean's gradient.
+    fn mean_weights(mask: &Tensor, dtype: DType) -> Result<Tensor> {
+        let m = mask.to_dtype(dtype)?.unsqueeze(2)?;
+        m.broadcast_div(&m.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -815,8 +819,7 @@ impl Bert {
         }
         let (pooled, mean_weights) = if mean {
             // The mean over real tokens as a weighted sum: the same weights carry its gradient.
-            let m = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
-            let w = m.broadcast_div(&m.sum_keepdim(1)?.clamp(1.0, f64::INFINITY)?)?;
+            let w = Self::mean_weights(mask, x.dtype())?;
             (x.broadcast_mul(&w)?.sum(1)?, Some(w))
         } else {
             (x.squeeze(1)?, None)
