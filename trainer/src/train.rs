@@ -718,11 +718,7 @@ pub(crate) fn apply_step(
     rule: StepRule,
 ) -> Result<Option<StepOutcome>> {
     let StepRule {
-        pw,
-        pcgrad,
-        frozen,
-        clip_norm,
-        lrs,
+        pw, pcgrad, frozen, ..
     } = rule;
     // The alignment loss of these targets' translated rows, with its weight.
     let align = |t: &Targets, cls: &Tensor| {
@@ -824,7 +820,7 @@ pub(crate) fn apply_step(
         losses.push(total);
     }
     losses.extend(align_term);
-    finish_step(opt, grads, projected, clip_norm, lrs, losses)
+    finish_step(opt, grads, projected, rule, losses)
 }
 
 /// The update from each parameter's gradient(s) (`projected`: two tasks' under PCGrad) and the
@@ -834,10 +830,10 @@ fn finish_step(
     opt: &mut AdamW,
     grads: Vec<(Option<Tensor>, Option<Tensor>)>,
     projected: bool,
-    clip_norm: f64,
-    lrs: &[f64],
+    rule: StepRule,
     losses: Vec<Tensor>,
 ) -> Result<Option<StepOutcome>> {
+    let StepRule { clip_norm, lrs, .. } = rule;
     let surgery = match opt.step_fused(&grads, projected, clip_norm, lrs)? {
         Some(stats) => projected.then(|| pcgrad::Surgery {
             cosine: stats.cosine(),
@@ -884,11 +880,7 @@ fn step_by_hand(
     rule: StepRule,
 ) -> Result<Option<StepOutcome>> {
     let StepRule {
-        pw,
-        pcgrad,
-        frozen,
-        clip_norm,
-        lrs,
+        pw, pcgrad, frozen, ..
     } = rule;
     // Each task's loss by hand and its backward pass through its head: ([CLS] gradient, head
     // gradients, loss).
@@ -989,7 +981,7 @@ fn step_by_hand(
         }
     };
     losses.extend(align_term);
-    finish_step(opt, grads, projected, clip_norm, lrs, losses)
+    finish_step(opt, grads, projected, rule, losses)
 }
 
 /// Whether [`apply_step`] runs each task's rows as their own batch under PCGrad: on the CPU.
