@@ -703,3 +703,45 @@ extern "C" __global__ void bce_grad_f32(const float *x, const float *y, const fl
     d[i] = (1.0f - y[i]) - bce_coef(y, pw, i, cols, weighted) * sig_neg;
   }
 }
+
+// Column sums of several row-major (rows × cols) f32 tensors in one launch: the bias and
+// layer-norm gradients of a layer's backward pass (engine/src/model/train_ops.rs,
+// `column_sums`, whose CPU loop computes the same). Each sum is over rows [0, cut) into out_a and,
+// when out_b is not null, over rows [cut, rows) into out_b: the two tasks' gradients when they
+// share a batch. One block of 256 threads per 32 columns of one tensor: lane = column (a warp
+// reads 128 contiguous bytes of a row), warp = every 8th row; the 8 warps' sums are added in warp
+// order. `first_block`: the tensor's first block; the table lists tensors in block order.
+struct ColSum {
+  const float *src;
+  float *out_a, *out_b;
+  uint32_t rows, cols, cut, first_block;
+};
+extern "C" __global__ void col_sums_f32(const ColSum *table, uint32_t n) {
+  __shared__ float part[2][8][32];
+  uint32_t k = 0;
+  while (k + 1 < n && table[k + 1].first_block <= blockIdx.x) k++;
+  const ColSum c = table[k];
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t col = (blockIdx.x - c.first_block) * 32 + lane;
+  float a = 0.0f, b = 0.0f;
+  if (col < c.cols)
+    for (uint32_t r = warp; r < c.rows; r += 8) {
+      const float v = c.src[(size_t)r * c.cols + col];
+      if (r < c.cut)
+        a += v;
+      else
+        b += v;
+    }
+  part[0][warp][lane] = a;
+  part[1][warp][lane] = b;
+  __syncthreads();
+  if (warp == 0 && col < c.cols) {
+    float sa = 0.0f, sb = 0.0f;
+    for (uint32_t w = 0; w < 8; w++) {
+      sa += part[0][w][lane];
+      sb += part[1][w][lane];
+    }
+    c.out_a[col] = sa;
+    if (c.out_b) c.out_b[col] = sb;
+  }
+}

@@ -479,9 +479,23 @@ pub type ParamGrads = Vec<(Tensor, Tensor)>;
 /// number of texts of the first part) two sets, each summed over its own texts' rows only. Rows
 /// never meet in a layer, so one backward pass from the gradient of two tasks' losses (each on
 /// its own texts) gives each task's own weight gradients this way.
+///
+/// Bias and layer-norm gradients (sums over rows) wait in the sink until [`Sink::flush`] takes
+/// them all in one [`train_ops::column_sums`]: one launch a layer on CUDA instead of one a
+/// tensor and part (twenty a layer when the tasks share a batch).
 pub(crate) struct Sink<'a> {
     first: &'a mut ParamGrads,
     rest: Option<(&'a mut ParamGrads, usize)>,
+    /// (parameter, the rows whose sum is its gradient, rows a text), waiting for [`Sink::flush`].
+    sums: Vec<(Tensor, Tensor, usize)>,
+}
+
+impl Drop for Sink<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            debug_assert!(self.sums.is_empty(), "a sink dropped with sums not flushed");
+        }
+    }
 }
 
 impl<'a> Sink<'a> {
@@ -490,6 +504,7 @@ impl<'a> Sink<'a> {
         Sink {
             first: grads,
             rest: None,
+            sums: Vec::new(),
         }
     }
 
@@ -498,9 +513,34 @@ impl<'a> Sink<'a> {
     pub(crate) fn project(&mut self, l: &Linear, x: &Tensor, dy: &Tensor, per_text: usize) -> Result<Tensor> {
         self.push(l.weight(), per_text, |n| n(dy)?.t()?.matmul(&n(x)?))?;
         if let Some(bias) = l.bias() {
-            self.push(bias, per_text, |n| n(dy)?.sum(0))?;
+            self.push_sum(bias, dy, per_text);
         }
         dy.matmul(&l.weight().detach())
+    }
+
+    /// A gradient that is the sum of `rows` (`per_text` a text), computed at [`Sink::flush`].
+    pub(crate) fn push_sum(&mut self, param: &Tensor, rows: &Tensor, per_text: usize) {
+        self.sums.push((param.clone(), rows.clone(), per_text));
+    }
+
+    /// Computes the waiting sums ([`Sink::push_sum`]), all in one operation, into the gradients.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        if self.sums.is_empty() {
+            return Ok(());
+        }
+        let sums = std::mem::take(&mut self.sums);
+        let texts = self.rest.as_ref().map(|(_, texts)| *texts);
+        let items: Vec<(&Tensor, Option<usize>)> = sums
+            .iter()
+            .map(|(_, rows, per_text)| (rows, texts.map(|n| n * per_text)))
+            .collect();
+        for ((param, _, _), (a, b)) in sums.iter().zip(train_ops::column_sums(&items)?) {
+            self.first.push((param.clone(), a));
+            if let (Some((rest, _)), Some(b)) = (&mut self.rest, b) {
+                rest.push((param.clone(), b));
+            }
+        }
+        Ok(())
     }
 
     /// A weight's gradient, a sum over rows (`per_text` a text) that `f` computes from its
@@ -613,8 +653,8 @@ impl Layer {
         // A layer norm's input gradient, and its gain's and bias's into `grads`.
         let norm = |ln: &LayerNorm, x: &Tensor, dy: &Tensor, grads: &mut Sink| -> Result<Tensor> {
             let (dx, dgx) = train_ops::layer_norm_backward_rows(x, &ln.weight, dy, ln.eps)?;
-            grads.push(&ln.weight, tq, |n| n(&dgx)?.sum(0))?;
-            grads.push(&ln.bias, tq, |n| n(dy)?.sum(0))?;
+            grads.push_sum(&ln.weight, &dgx, tq);
+            grads.push_sum(&ln.bias, dy, tq);
             Ok(dx)
         };
         let dr2 = norm(&self.out_norm, &tape.r2, dy, grads)?;
@@ -638,6 +678,7 @@ impl Layer {
         let dx = (grads.project(&self.key, &tape.x, &train_ops::merge_heads(&dk)?, t)?
             + grads.project(&self.value, &tape.x, &train_ops::merge_heads(&dv)?, t)?)?;
         let dx = dx.reshape((b, t, h))?;
+        grads.flush()?;
         if tq == t {
             return dx + dxq.reshape((b, t, h))?;
         }
@@ -857,6 +898,7 @@ impl Bert {
             Sink {
                 first: &mut first,
                 rest: Some((&mut rest, texts)),
+                sums: Vec::new(),
             },
         )?;
         Ok((first, rest))

@@ -120,6 +120,8 @@ fn head_backward(
         let dz = (da * z.gt(0f32)?.to_dtype(z.dtype())?)?;
         dx = sink.project(l, x, &dz, 1)?;
     }
+    sink.flush()?;
+    drop(sink);
     Ok((dx, grads))
 }
 

@@ -908,9 +908,9 @@ pub(crate) mod cuda {
     //! run for the storage's element type by `by_dtype!`.
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaFunction, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+        CudaFunction, CudaView, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
     };
-    use candle_core::cuda_backend::{CudaDType, CudaStorage, WrapErr};
+    use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
     use candle_core::{DType, Layout, Result, Shape};
 
     pub(crate) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/fused.ptx"));
@@ -947,6 +947,28 @@ pub(crate) mod cuda {
                 d => candle_core::bail!("{}: no {d:?} kernel", stringify!($f)),
             }
         };
+    }
+
+    /// The device and address of a contiguous f32 CUDA tensor's first element, for the tables of
+    /// the kernels that take many tensors (`step_*`, `col_sums_f32`).
+    pub(crate) fn address(t: &candle_core::Tensor, what: &str) -> Result<(CudaDevice, u64)> {
+        let (s, l) = t.storage_and_layout();
+        let candle_core::Storage::Cuda(cs) = &*s else {
+            candle_core::bail!("{what}: expected CUDA tensors")
+        };
+        if !l.is_contiguous() {
+            candle_core::bail!("{what}: expected contiguous tensors")
+        }
+        let dev = cs.device().clone();
+        let stream = dev.cuda_stream();
+        let slice = cs.as_cuda_slice::<f32>()?;
+        let (ptr, _sync) = slice.device_ptr(&stream);
+        Ok((dev, ptr + (l.start_offset() * std::mem::size_of::<f32>()) as u64))
+    }
+
+    /// Two u32s packed little-endian into a table's u64.
+    pub(crate) fn pair(lo: u32, hi: u32) -> u64 {
+        lo as u64 | ((hi as u64) << 32)
     }
 
     /// A thread per 16-byte vector of `n` elements (8 of bf16/f16; the kernels loop over what

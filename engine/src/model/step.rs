@@ -316,31 +316,11 @@ mod cuda {
     //! Launchers for `step_dots`, `step_norm` and `step_adamw` in `kernels/fused.cu`: a table of
     //! the tensors (device pointers and per-tensor AdamW settings) and a table of chunks (tensor,
     //! first element), one block per chunk, uploaded once per step.
+    use super::super::kernels::cuda::{address, pair};
     use super::{StepConfig, StepParam, StepStats, CHUNK};
-    use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{DevicePtr, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaDevice, WrapErr};
-    use candle_core::{Result, Storage, Tensor};
-
-    /// The device and address of a contiguous f32 CUDA tensor's first element.
-    fn address(t: &Tensor) -> Result<(CudaDevice, u64)> {
-        let (s, l) = t.storage_and_layout();
-        let Storage::Cuda(cs) = &*s else {
-            candle_core::bail!("fused step: expected CUDA tensors")
-        };
-        if !l.is_contiguous() {
-            candle_core::bail!("fused step: expected contiguous tensors")
-        }
-        let dev = cs.device().clone();
-        let stream = dev.cuda_stream();
-        let slice = cs.as_cuda_slice::<f32>()?;
-        let (ptr, _sync) = slice.device_ptr(&stream);
-        Ok((dev, ptr + (l.start_offset() * std::mem::size_of::<f32>()) as u64))
-    }
-
-    fn pair(lo: u32, hi: u32) -> u64 {
-        lo as u64 | ((hi as u64) << 32)
-    }
+    use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+    use candle_core::cuda_backend::WrapErr;
+    use candle_core::{Result, Tensor};
 
     pub fn fused_step(params: &[StepParam], cfg: StepConfig) -> Result<StepStats> {
         // `struct StepParam` in fused.cu: five pointers, then n, shared, lr, bc1, bc2, eps, decay
@@ -350,9 +330,15 @@ mod cuda {
         let mut device = None;
         for (k, p) in params.iter().enumerate() {
             let n = super::check_len(p)?;
-            let (dev, w) = address(p.w)?;
-            let opt = |t: Option<&Tensor>| t.map_or(Ok(0), |t| address(t).map(|(_, a)| a));
-            table.extend([w, address(p.m)?.1, address(p.v)?.1, opt(p.a)?, opt(p.b)?]);
+            let (dev, w) = address(p.w, "fused step")?;
+            let opt = |t: Option<&Tensor>| t.map_or(Ok(0), |t| address(t, "fused step").map(|(_, a)| a));
+            table.extend([
+                w,
+                address(p.m, "fused step")?.1,
+                address(p.v, "fused step")?.1,
+                opt(p.a)?,
+                opt(p.b)?,
+            ]);
             let u = p.update;
             table.extend([
                 pair(n as u32, p.shared as u32),

@@ -871,6 +871,115 @@ pub fn bce_with_logits_grad(x: &Tensor, y: &Tensor, pos_weight: Option<&Tensor>)
     x.apply_op3_no_bwd(&y, &pw, &bce)? * (1.0 / x.elem_count().max(1) as f64)
 }
 
+/// Column sums of 2-D tensors (rows × cols): each over all its rows (`None`), or split at a row
+/// into the sums over the rows before it and from it (`Some(cut)`: two tasks' gradients where they
+/// share a batch). A layer's bias and layer-norm gradients take one operation this way (one launch
+/// on CUDA, `col_sums_f32`) where `sum(0)` takes one a tensor and part. The sums are views into
+/// one new tensor. Falls back to `narrow` + `sum(0)` where the fused passes do not run.
+pub fn column_sums(items: &[(&Tensor, Option<usize>)]) -> Result<Vec<(Tensor, Option<Tensor>)>> {
+    let mut plan = Vec::with_capacity(items.len());
+    let mut total = 0;
+    for &(t, cut) in items {
+        let (rows, cols) = t.dims2()?;
+        if cut.is_some_and(|c| c > rows) {
+            candle_core::bail!("column sums: a split at row {cut:?} of {rows}")
+        }
+        plan.push(ColumnSum {
+            rows,
+            cols,
+            cut: cut.unwrap_or(rows),
+            split: cut.is_some(),
+            at: total,
+        });
+        total += cols * (1 + cut.is_some() as usize);
+    }
+    let srcs: Vec<&Tensor> = items.iter().map(|(t, _)| *t).collect();
+    let same_device = srcs.windows(2).all(|w| w[0].device().same_device(w[1].device()));
+    if srcs.is_empty() || !same_device || !usable(&srcs) || total == 0 {
+        return items
+            .iter()
+            .zip(&plan)
+            .map(|(&(t, _), p)| {
+                let a = t.narrow(0, 0, p.cut)?.sum(0)?;
+                let b = p
+                    .split
+                    .then(|| t.narrow(0, p.cut, p.rows - p.cut)?.sum(0))
+                    .transpose()?;
+                Ok((a, b))
+            })
+            .collect();
+    }
+    let srcs: Vec<Tensor> = srcs.iter().map(|t| t.contiguous()).collect::<Result<_>>()?;
+    let flat = if srcs[0].device().is_cuda() {
+        #[cfg(feature = "cuda")]
+        {
+            cuda::column_sums(&srcs, &plan, total)?
+        }
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("column sums: built without CUDA")
+    } else {
+        cpu_column_sums(&srcs, &plan, total)?
+    };
+    plan.iter()
+        .map(|p| {
+            let b = p
+                .split
+                .then(|| flat.narrow(0, p.at + p.cols, p.cols))
+                .transpose()?;
+            Ok((flat.narrow(0, p.at, p.cols)?, b))
+        })
+        .collect()
+}
+
+/// One tensor of a [`column_sums`]: its rows are summed over `0..cut` into `at..at + cols` of
+/// the output and, if `split`, over `cut..rows` into the next `cols`.
+struct ColumnSum {
+    rows: usize,
+    cols: usize,
+    cut: usize,
+    split: bool,
+    at: usize,
+}
+
+/// [`column_sums`] on the CPU: in parallel over blocks of columns, each block's rows added in row
+/// order.
+fn cpu_column_sums(srcs: &[Tensor], plan: &[ColumnSum], total: usize) -> Result<Tensor> {
+    const BLOCK: usize = 256;
+    let guards: Vec<_> = srcs.iter().map(|t| t.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(|(s, l)| match &**s {
+            candle_core::Storage::Cpu(s) => slice(s, l, "column sums"),
+            _ => candle_core::bail!("column sums: expected CPU tensors"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut out = vec![0f32; total];
+    let mut tasks = Vec::new();
+    let mut rest: &mut [f32] = &mut out;
+    for (p, src) in plan.iter().zip(&slices) {
+        let (a, tail) = std::mem::take(&mut rest).split_at_mut(p.cols * (1 + p.split as usize));
+        rest = tail;
+        let (a, b) = a.split_at_mut(p.cols);
+        let mut b = p.split.then(|| b.chunks_mut(BLOCK));
+        for (j, a) in a.chunks_mut(BLOCK).enumerate() {
+            let b = b.as_mut().and_then(|b| b.next());
+            tasks.push((*src, p, j * BLOCK, a, b));
+        }
+    }
+    tasks.into_par_iter().for_each(|(src, p, c0, a, mut b)| {
+        for r in 0..p.rows {
+            let row = &src[r * p.cols + c0..][..a.len()];
+            let sum: &mut [f32] = if r < p.cut {
+                &mut *a
+            } else {
+                b.as_deref_mut().expect("rows past the cut only when split")
+            };
+            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+    });
+    Tensor::from_vec(out, total, &candle_core::Device::Cpu)
+}
+
 /// Layer norm's backward pass: `(dx, dgain, dbias)` from its input `x` (rows of h), gain and the
 /// output's gradient.
 pub fn layer_norm_backward(
@@ -1213,6 +1322,58 @@ mod cuda {
         unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
     }
+
+    /// [`super::column_sums`]: `col_sums_f32` over a table of the tensors (`struct ColSum` in
+    /// fused.cu: three pointers, then rows, cols, cut and the first block as u32 pairs: 5 × 8
+    /// bytes), one block of 256 threads per 32 columns of a tensor.
+    pub fn column_sums(
+        srcs: &[candle_core::Tensor],
+        plan: &[super::ColumnSum],
+        total: usize,
+    ) -> Result<candle_core::Tensor> {
+        use super::super::kernels::cuda::{address, pair};
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        let (dev, _) = address(&srcs[0], "column sums")?;
+        let stream = dev.cuda_stream();
+        // SAFETY: every element is written by the kernel below: each column of each part.
+        let out = unsafe { dev.alloc::<f32>(total)? };
+        let base = out.device_ptr(&stream).0;
+        let mut table = Vec::with_capacity(plan.len() * 5);
+        let mut blocks = 0u32;
+        for (t, p) in srcs.iter().zip(plan) {
+            let a = base + (p.at * 4) as u64;
+            let b = if p.split { a + (p.cols * 4) as u64 } else { 0 };
+            table.extend([
+                address(t, "column sums")?.1,
+                a,
+                b,
+                pair(p.rows as u32, p.cols as u32),
+                pair(p.cut as u32, blocks),
+            ]);
+            blocks += p.cols.div_ceil(32) as u32;
+        }
+        let table = stream.clone_htod(&table).w()?;
+        let n = plan.len() as u32;
+        let f = dev
+            .get_or_load_custom_func("col_sums_f32", MODULE, PTX)?
+            .into_cuda_function();
+        let mut args = stream.launch_builder(&f);
+        args.arg(&table).arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches the kernel's signature; the table holds live tensors'
+        // addresses (they outlive the launch, and candle frees in stream order).
+        unsafe { args.launch(cfg) }.w()?;
+        Ok(candle_core::Tensor::from_storage(
+            candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev)),
+            total,
+            candle_core::op::BackpropOp::none(),
+            false,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -1259,6 +1420,45 @@ mod tests {
 
     fn randn(shape: &[usize]) -> Tensor {
         Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Every sum of one `column_sums` equals its own `narrow` + `sum(0)`: split and not, splits at
+    /// either end, more columns than one CPU block, a non-contiguous input; and the fallback
+    /// (fused passes off) gives the same.
+    #[test]
+    fn column_sums_match_sums_over_rows() {
+        let wide = randn(&[19, 600]);
+        let t = randn(&[40, 7]).t().unwrap(); // (7, 40), not contiguous
+        let items: Vec<(&Tensor, Option<usize>)> = vec![
+            (&wide, Some(11)),
+            (&t, None),
+            (&wide, Some(0)),
+            (&wide, Some(19)),
+            (&t, Some(3)),
+        ];
+        let want = |t: &Tensor, a: usize, n: usize| t.narrow(0, a, n).unwrap().sum(0).unwrap();
+        for fused in [true, false] {
+            let got = if fused {
+                column_sums(&items)
+            } else {
+                without_fused(|| column_sums(&items))
+            }
+            .unwrap();
+            assert_eq!(got.len(), items.len());
+            for (&(t, cut), (a, b)) in items.iter().zip(&got) {
+                let rows = t.dim(0).unwrap();
+                let c = cut.unwrap_or(rows);
+                let (da, db) = (
+                    max_diff(a, &want(t, 0, c)),
+                    b.as_ref().map(|b| max_diff(b, &want(t, c, rows - c))),
+                );
+                assert!(da < 1e-5, "fused {fused} cut {cut:?}: {da}");
+                assert_eq!(b.is_some(), cut.is_some(), "a second sum exactly when split");
+                assert!(db.unwrap_or(0.0) < 1e-5, "fused {fused} cut {cut:?}: {db:?}");
+                assert_eq!(a.dims(), &[t.dim(1).unwrap()]);
+            }
+        }
+        assert!(column_sums(&[(&wide, Some(20))]).is_err(), "a cut past the rows");
     }
 
     #[test]
