@@ -605,9 +605,15 @@ extern "C" __global__ void ln_train_fwd_f32(const float *x, const float *g, cons
 }
 
 // out[0 .. rows*h]: dx = rstd * (dy*g - mean(dy*g) - xhat * mean(dy*g*xhat));
-// out[rows*h ..]: dy * xhat (summed over rows by the caller for the gain's gradient).
-extern "C" __global__ void ln_train_bwd_f32(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
-                                            uint32_t h, float eps) {
+// out[rows*h ..]: dy * xhat (summed over rows by the caller for the gain's gradient);
+// with `drop` (ln_train_bwd_drop_f32), out[2*rows*h ..]: dx through dropout (see dropout_f32 below).
+struct Dropout {
+  float p;
+  uint64_t seed;
+};
+__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t i);
+__device__ __forceinline__ void ln_bwd_row(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
+                                           uint32_t h, float eps, const Dropout *drop) {
   __shared__ float shm[32];
   const size_t off = (size_t)blockIdx.x * h;
   const float *xr = x + off, *dyr = dy + off;
@@ -624,9 +630,22 @@ extern "C" __global__ void ln_train_bwd_f32(const float *x, const float *g, cons
   float *dx = out + off, *dgx = out + (size_t)rows * h + off;
   for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
     const float xh = (xr[i] - mean) * rstd, gi = dyr[i] * g[i];
-    dx[i] = rstd * (gi - sg - xh * sgx);
+    const float d = rstd * (gi - sg - xh * sgx);
+    dx[i] = d;
     dgx[i] = dyr[i] * xh;
+    if (drop)
+      out[2 * (size_t)rows * h + off + i] =
+          dropout_uniform(drop->seed, off + i) >= drop->p ? d * (1.0f / (1.0f - drop->p)) : 0.0f;
   }
+}
+extern "C" __global__ void ln_train_bwd_f32(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
+                                            uint32_t h, float eps) {
+  ln_bwd_row(x, g, dy, out, rows, h, eps, nullptr);
+}
+extern "C" __global__ void ln_train_bwd_drop_f32(const float *x, const float *g, const float *dy, float *out,
+                                                 uint32_t rows, uint32_t h, float eps, float p, uint64_t seed) {
+  const Dropout drop{p, seed};
+  ln_bwd_row(x, g, dy, out, rows, h, eps, &drop);
 }
 
 // p = softmax(scale * s + mask) over rows of t; the additive mask row is m[(row / rows_per_batch) * t ..].
@@ -743,5 +762,41 @@ extern "C" __global__ void col_sums_f32(const ColSum *table, uint32_t n) {
     }
     c.out_a[col] = sa;
     if (c.out_b) c.out_b[col] = sb;
+  }
+}
+
+// The training layer's projection bias, dropout, residual and layer norm in one pass over a row
+// (one block of 128 threads per row of h): out[0 .. rows*h] = r = dropout(x + bias) + res (the
+// mask of dropout_f32 over the (rows, h) elements; no dropout when `drop` is 0), out[rows*h ..] =
+// (r - mean) * rstd * g + beta.
+extern "C" __global__ void bias_drop_add_norm_f32(const float *x, const float *bias, const float *res, const float *g,
+                                                  const float *beta, float *out, uint32_t rows, uint32_t h, float eps,
+                                                  float p, uint64_t seed, uint32_t drop) {
+  __shared__ float shm[32];
+  const size_t off = (size_t)blockIdx.x * h;
+  float *r = out + off, *y = out + (size_t)rows * h + off;
+  const float keep = 1.0f / (1.0f - p);
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
+    float v = x[off + i] + bias[i];
+    if (drop) v = dropout_uniform(seed, off + i) >= p ? v * keep : 0.0f;
+    r[i] = v + res[off + i];
+  }
+  // Each thread reads back only the elements of r it wrote (the same stride), so no barrier.
+  float mean, rstd;
+  row_stats(r, h, eps, shm, &mean, &rstd);
+  for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) y[i] = (r[i] - mean) * rstd * g[i] + beta[i];
+}
+
+// A head's hidden layer after its product: forward (dy null) out = dropout(relu(x + b)); backward
+// out = relu'(x + b) * dropout(dy), the gradient of x + b. x, dy: n elements in rows of d; the
+// mask of dropout_f32 (none when `drop` is 0).
+extern "C" __global__ void bias_relu_drop_f32(const float *x, const float *b, const float *dy, float *out, uint32_t n,
+                                              uint32_t d, float p, uint64_t seed, uint32_t drop) {
+  const float keep = 1.0f / (1.0f - p);
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    const float v = x[i] + b[i % d];
+    float y = dy ? (v > 0.0f ? dy[i] : 0.0f) : fmaxf(v, 0.0f);
+    if (drop) y = dropout_uniform(seed, i) >= p ? y * keep : 0.0f;
+    out[i] = y;
   }
 }

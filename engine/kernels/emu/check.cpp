@@ -332,6 +332,16 @@ void step_case(bool pcgrad, bool conflict, double clip) {
   report("step_adamw" + name + ": moments", err_mv, 1e-5);
 }
 
+// Whether dropout keeps element i under `seed` at rate p: splitmix64 of (seed, i), as
+// train_ops.rs's dropout_uniform (written again here, not taken from fused.cu).
+bool kept(uint64_t seed, uint64_t i, float p) {
+  uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (double)(z >> 40) / 16777216.0 >= p;
+}
+
 void layer_norm_cases(uint32_t rows, uint32_t h) {
   auto x = random_vec<float>(rows * h, -2, 2), g = random_vec<float>(h), b = random_vec<float>(h),
        dy = random_vec<float>(rows * h);
@@ -364,6 +374,64 @@ void layer_norm_cases(uint32_t rows, uint32_t h) {
   }
   report("ln_train_fwd_f32 h=" + std::to_string(h), max_error(y, want_y), 1e-5);
   report("ln_train_bwd_f32 h=" + std::to_string(h), max_error(out, want_out), 1e-5);
+  // With the dropout below it: the same two planes and dx through the mask as a third.
+  const float p = 0.1f;
+  const uint64_t seed = 0xD80B + h;
+  buf<float> out3(3 * rows * h);
+  emu::launch(dim3{rows, 1, 1}, threads128, 0, ln_train_bwd_drop_f32, (const float *)x.data(), (const float *)g.data(),
+              (const float *)dy.data(), out3.data(), rows, h, eps, p, seed);
+  want_out.resize(3 * rows * h);
+  for (uint32_t i = 0; i < rows * h; i++) want_out[2 * rows * h + i] = kept(seed, i, p) ? want_out[i] / (1.0 - p) : 0.0;
+  report("ln_train_bwd_drop_f32 h=" + std::to_string(h), max_error(out3, want_out), 1e-5);
+}
+
+// A head's bias + ReLU + dropout, forward (no dy) and backward, with and without dropout.
+void bias_relu_drop_case(bool backward, bool drop) {
+  const uint32_t rows = 7, d = 300, n = rows * d;
+  auto x = random_vec<float>(n), b = random_vec<float>(d), dy = random_vec<float>(n);
+  const float p = 0.3f;
+  const uint64_t seed = 0x4E1A;
+  buf<float> out(n);
+  emu::launch(for_num_elems(n), threads1024, 0, bias_relu_drop_f32, (const float *)x.data(), (const float *)b.data(),
+              backward ? (const float *)dy.data() : nullptr, out.data(), n, d, p, seed, (uint32_t)drop);
+  std::vector<double> want(n);
+  for (uint32_t i = 0; i < n; i++) {
+    const double v = (double)x[i] + b[i % d];
+    double y = backward ? (v > 0 ? dy[i] : 0.0) : std::max(v, 0.0);
+    if (drop) y = kept(seed, i, p) ? y / (1.0 - p) : 0.0;
+    want[i] = y;
+  }
+  report(std::string("bias_relu_drop_f32 ") + (backward ? "backward" : "forward") + (drop ? ", dropout" : ""),
+         max_error(out, want), 1e-5);
+}
+
+// r = dropout(x + bias) + res and its layer norm, with and without dropout.
+void bias_drop_add_norm_case(uint32_t rows, uint32_t h, bool drop) {
+  auto x = random_vec<float>(rows * h, -2, 2), bias = random_vec<float>(h), res = random_vec<float>(rows * h, -2, 2),
+       g = random_vec<float>(h), beta = random_vec<float>(h);
+  const float eps = 1e-12f, p = 0.1f;
+  const uint64_t seed = 0xB1A5 + h;
+  buf<float> out(2 * rows * h);
+  emu::launch(dim3{rows, 1, 1}, threads128, 0, bias_drop_add_norm_f32, (const float *)x.data(),
+              (const float *)bias.data(), (const float *)res.data(), (const float *)g.data(),
+              (const float *)beta.data(), out.data(), rows, h, eps, p, seed, (uint32_t)drop);
+  std::vector<double> want(2 * rows * h);
+  for (uint32_t r = 0; r < rows; r++) {
+    double mean = 0, var = 0;
+    for (uint32_t i = 0; i < h; i++) {
+      const size_t k = (size_t)r * h + i;
+      double v = (double)x[k] + bias[i];
+      if (drop) v = kept(seed, k, p) ? v / (1.0 - p) : 0.0;
+      want[k] = v + res[k];
+      mean += want[k];
+    }
+    mean /= h;
+    for (uint32_t i = 0; i < h; i++) var += (want[r * h + i] - mean) * (want[r * h + i] - mean);
+    const double rstd = 1.0 / std::sqrt(var / h + eps);
+    for (uint32_t i = 0; i < h; i++)
+      want[rows * h + r * h + i] = (want[r * h + i] - mean) * rstd * g[i] + beta[i];
+  }
+  report("bias_drop_add_norm_f32 h=" + std::to_string(h) + (drop ? ", dropout" : ""), max_error(out, want), 1e-5);
 }
 
 void softmax_train_cases(uint32_t rows, uint32_t per_text, uint32_t t) {
@@ -427,6 +495,10 @@ void dropout_case() {
     same_elsewhere += (other[i] == 0.0f) == gone;
   }
   report("dropout_f32: kept values scaled", err, 1e-6);
+  // The mask itself: the one train_ops.rs draws on the CPU (and the fused kernels above draw).
+  uint32_t other_mask = 0;
+  for (uint32_t i = 0; i < n; i++) other_mask += (y[i] == 0.0f) == kept(seed, i, p);
+  report("dropout_f32: the CPU's mask", other_mask, 0);
   report("dropout_f32: dropped fraction vs p", std::fabs(dropped / (double)n - p), 0.01);
   report("dropout_f32: one seed, one mask (forward, again, gradient)", mismatched + moved, 0);
   // Another seed: an independent mask agrees on about (1-p)^2 + p^2 = 82% of the elements.
@@ -567,6 +639,12 @@ int main(int argc, char **argv) {
   }
   if (want("ln_train"))
     for (uint32_t h : {37u, 384u}) layer_norm_cases(5, h);
+  if (want("bias_relu_drop"))
+    for (bool backward : {false, true})
+      for (bool drop : {false, true}) bias_relu_drop_case(backward, drop);
+  if (want("bias_drop_add_norm"))
+    for (uint32_t h : {37u, 384u})
+      for (bool drop : {false, true}) bias_drop_add_norm_case(5, h, drop);
   if (want("softmax_train"))
     for (uint32_t t : {5u, 130u}) softmax_train_cases(6, 3, t);
   if (want("gelu_train")) gelu_train_case(7, 300);

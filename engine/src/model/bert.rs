@@ -133,9 +133,19 @@ impl LayerNorm {
         })
     }
 
-    /// The training forward pass outside any graph (for training by hand).
-    fn outside_graph(&self, x: &Tensor) -> Result<Tensor> {
-        train_ops::layer_norm(x, &self.weight.detach(), &self.bias.detach(), self.eps)
+    /// The training forward pass outside any graph (for training by hand) of this norm over a
+    /// residual branch: `(r, y)` with `r = dropout(x + bias) + res` and `y` its norm, in one pass
+    /// ([`train_ops::bias_dropout_add_norm`]).
+    fn after_branch(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        res: &Tensor,
+        p: f32,
+        seed: Option<u64>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (g, b) = (self.weight.detach(), self.bias.detach());
+        train_ops::bias_dropout_add_norm(x, bias, res, &g, &b, p, seed, self.eps)
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -615,14 +625,17 @@ impl Layer {
         let seeds = [seed(self.attn_dropout), seed(self.dropout), seed(self.dropout)];
         let pd = train_ops::dropout_with(&p, self.attn_dropout, seeds[0])?;
         let c = train_ops::merge_heads(&pd.matmul(&v)?)?;
-        let a = train_ops::dropout_with(&lin(&c, &self.attn_out)?, self.dropout, seeds[1])?;
-        let r1 = (a + &xq)?;
-        let y1 = self.attn_norm.outside_graph(&r1)?;
+        // Each residual branch's bias, dropout, residual and norm in one pass.
+        let a = train_ops::linear(&c, &w(&self.attn_out), None)?;
+        let (r1, y1) = self
+            .attn_norm
+            .after_branch(&a, &bias(&self.attn_out), &xq, self.dropout, seeds[1])?;
         let u = train_ops::linear(&y1, &w(&self.intermediate), None)?;
         let g = train_ops::bias_gelu(&u, &bias(&self.intermediate))?;
-        let o = train_ops::dropout_with(&lin(&g, &self.output)?, self.dropout, seeds[2])?;
-        let r2 = (o + &y1)?;
-        let y2 = self.out_norm.outside_graph(&r2)?;
+        let o = train_ops::linear(&g, &w(&self.output), None)?;
+        let (r2, y2) = self
+            .out_norm
+            .after_branch(&o, &bias(&self.output), &y1, self.dropout, seeds[2])?;
         let tape = LayerTape {
             x: x2,
             xq,
@@ -650,21 +663,21 @@ impl Layer {
     fn backward(&self, tape: &LayerTape, dy: &Tensor, grads: &mut Sink) -> Result<Tensor> {
         let LayerTape { b, t, tq, .. } = *tape;
         let h = tape.x.dim(1)?;
-        // A layer norm's input gradient, and its gain's and bias's into `grads`.
-        let norm = |ln: &LayerNorm, x: &Tensor, dy: &Tensor, grads: &mut Sink| -> Result<Tensor> {
-            let (dx, dgx) = train_ops::layer_norm_backward_rows(x, &ln.weight, dy, ln.eps)?;
+        // A layer norm's input gradient, and that through the residual branch's dropout below
+        // it, in one pass; its gain's and bias's gradients into `grads`.
+        let norm = |ln: &LayerNorm, x: &Tensor, dy: &Tensor, seed: Option<u64>, grads: &mut Sink| {
+            let (dx, dgx, dropped) =
+                train_ops::layer_norm_backward_rows_dropout(x, &ln.weight, dy, ln.eps, self.dropout, seed)?;
             grads.push_sum(&ln.weight, &dgx, tq);
             grads.push_sum(&ln.bias, dy, tq);
-            Ok(dx)
+            Ok::<_, candle_core::Error>((dx, dropped))
         };
-        let dr2 = norm(&self.out_norm, &tape.r2, dy, grads)?;
-        let d_out = train_ops::dropout_with(&dr2, self.dropout, tape.seeds[2])?;
+        let (dr2, d_out) = norm(&self.out_norm, &tape.r2, dy, tape.seeds[2], grads)?;
         let dg = grads.project(&self.output, &tape.g, &d_out, tq)?;
         let bias1 = self.intermediate.bias().expect("biases (by_hand)");
         let du = train_ops::gelu_backward(&tape.u, &bias1.detach(), &dg)?;
         let dy1 = (dr2 + grads.project(&self.intermediate, &tape.y1, &du, tq)?)?;
-        let dr1 = norm(&self.attn_norm, &tape.r1, &dy1, grads)?;
-        let da = train_ops::dropout_with(&dr1, self.dropout, tape.seeds[1])?;
+        let (dr1, da) = norm(&self.attn_norm, &tape.r1, &dy1, tape.seeds[1], grads)?;
         let dc = grads.project(&self.attn_out, &tape.c, &da, tq)?;
         let dctx = train_ops::split_heads(&dc, b, tq, self.heads)?;
         let dpd = dctx.matmul(&tape.v.t()?)?;

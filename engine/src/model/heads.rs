@@ -68,8 +68,15 @@ impl EmotionHead {
     }
 }
 
+/// A hidden layer's bias, outside any graph (the heads' layers all have one).
+fn hidden_bias(l: &Linear) -> Result<Tensor> {
+    l.bias()
+        .map(Tensor::detach)
+        .ok_or_else(|| candle_core::Error::Msg("a head's hidden layer without a bias".into()))
+}
+
 /// What a head's forward pass by hand keeps for its backward pass: each hidden layer's input,
-/// pre-activation, dropout rate and seed, and the last layer's input.
+/// product (before its bias), dropout rate and seed, and the last layer's input.
 pub struct HeadTape {
     hidden: Vec<(Tensor, Tensor, f32, Option<u64>)>,
     last_in: Tensor,
@@ -89,8 +96,9 @@ fn head_taped(
     let mut x = cls.detach();
     let mut tape = Vec::with_capacity(hidden.len());
     for (l, &(p, seed)) in hidden.iter().zip(dropout) {
-        let z = lin(l, &x)?;
-        let a = train_ops::dropout_with(&z.relu()?, p, seed)?;
+        // The product, then its bias, ReLU and dropout in one pass.
+        let z = train_ops::linear(&x, &l.weight().detach(), None)?;
+        let a = train_ops::bias_relu_dropout(&z, &hidden_bias(l)?, p, seed)?;
         tape.push((x, z, p, seed));
         x = a;
     }
@@ -116,8 +124,7 @@ fn head_backward(
     let mut sink = Sink::new(&mut grads);
     let mut dx = sink.project(last, &tape.last_in, dy, 1)?;
     for (l, (x, z, p, seed)) in hidden.iter().zip(&tape.hidden).rev() {
-        let da = train_ops::dropout_with(&dx, *p, *seed)?;
-        let dz = (da * z.gt(0f32)?.to_dtype(z.dtype())?)?;
+        let dz = train_ops::bias_relu_dropout_backward(z, &hidden_bias(l)?, &dx, *p, *seed)?;
         dx = sink.project(l, x, &dz, 1)?;
     }
     sink.flush()?;

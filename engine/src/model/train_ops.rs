@@ -78,6 +78,8 @@ struct LayerNorm {
 
 struct LayerNormBwd {
     eps: f32,
+    /// Also `dx` through this dropout (rate, seed), as a third plane.
+    drop: Option<(f32, u64)>,
 }
 
 impl CustomOp3 for LayerNorm {
@@ -153,8 +155,10 @@ impl CustomOp3 for LayerNormBwd {
         );
         let h = g.len();
         let rows = x.len() / h;
-        let mut out = vec![0f32; 2 * x.len()];
-        let (dx, dgx) = out.split_at_mut(x.len());
+        let planes = 2 + self.drop.is_some() as usize;
+        let mut out = vec![0f32; planes * x.len()];
+        let (dx, rest) = out.split_at_mut(x.len());
+        let (dgx, dropped) = rest.split_at_mut(x.len());
         dx.par_chunks_mut(h)
             .zip(dgx.par_chunks_mut(h))
             .zip(x.par_chunks(h).zip(dy.par_chunks(h)))
@@ -173,7 +177,20 @@ impl CustomOp3 for LayerNormBwd {
                     dgx[i] = dy[i] * xh;
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((2, rows, h))))
+        if let Some((p, seed)) = self.drop {
+            let keep = 1.0 / (1.0 - p);
+            dropped
+                .par_chunks_mut(h)
+                .zip(dx.par_chunks(h))
+                .enumerate()
+                .for_each(|(row, (y, dx))| {
+                    for i in 0..h {
+                        let kept = dropout_uniform(seed, (row * h + i) as u64) >= p;
+                        y[i] = if kept { dx[i] * keep } else { 0.0 };
+                    }
+                });
+        }
+        Ok((CpuStorage::F32(out), Shape::from((planes, rows, h))))
     }
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
@@ -185,7 +202,7 @@ impl CustomOp3 for LayerNormBwd {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps)
+        cuda::layer_norm_bwd(s1, l1, s2, l2, s3, l3, self.eps, self.drop)
     }
 }
 
@@ -421,6 +438,134 @@ impl CustomOp3 for GeluBwd {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         cuda::gelu_bwd(s1, l1, s2, l2, s3, l3)
     }
+}
+
+// ---------------------------------------------------------------- a head's bias + ReLU + dropout
+
+/// `dropout(relu(x + bias))` (forward: inputs x, bias) or its gradient in `x + bias` from the
+/// output's, `relu'(x + bias) · dropout(dy)` (backward: inputs x, bias, dy), over rows of the
+/// bias's length; `seed`: the dropout (none for `None`).
+struct BiasReluDrop {
+    p: f32,
+    seed: Option<u64>,
+}
+
+impl BiasReluDrop {
+    fn cpu(&self, x: &[f32], b: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
+        let d = b.len();
+        let keep = 1.0 / (1.0 - self.p);
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
+                let k = row * d + i;
+                let v = x[k] + b[i];
+                let y = match dy {
+                    None => v.max(0.0),
+                    Some(dy) if v > 0.0 => dy[k],
+                    Some(_) => 0.0,
+                };
+                *o = match self.seed {
+                    Some(seed) if dropout_uniform(seed, k as u64) < self.p => 0.0,
+                    Some(_) => y * keep,
+                    None => y,
+                };
+            }
+        });
+        out
+    }
+}
+
+impl CustomOp2 for BiasReluDrop {
+    fn name(&self) -> &'static str {
+        "bias-relu-dropout"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b) = (slice(s1, l1, "relu x")?, slice(s2, l2, "relu bias")?);
+        Ok((CpuStorage::F32(self.cpu(x, b, None)), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bias_relu_drop(s1, l1, s2, l2, None, self.p, self.seed)
+    }
+}
+
+impl CustomOp3 for BiasReluDrop {
+    fn name(&self) -> &'static str {
+        "bias-relu-dropout-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, b, dy) = (
+            slice(s1, l1, "relu x")?,
+            slice(s2, l2, "relu bias")?,
+            slice(s3, l3, "relu dy")?,
+        );
+        Ok((CpuStorage::F32(self.cpu(x, b, Some(dy))), l1.shape().clone()))
+    }
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::bias_relu_drop(s1, l1, s2, l2, Some((s3, l3)), self.p, self.seed)
+    }
+}
+
+/// `dropout(relu(x + bias))` over rows of the bias's length (dropout as [`dropout_with`]): a
+/// head's hidden layer after its product, in one pass (one launch on CUDA where it took three),
+/// for a forward pass by hand. The passes one by one where the fused ones do not run.
+pub fn bias_relu_dropout(x: &Tensor, bias: &Tensor, p: f32, seed: Option<u64>) -> Result<Tensor> {
+    if usable(&[x, bias]) && bias.rank() == 1 && x.dim(D::Minus1)? == bias.elem_count() {
+        return x
+            .contiguous()?
+            .apply_op2_no_bwd(&bias.contiguous()?, &BiasReluDrop { p, seed });
+    }
+    dropout_with(&x.broadcast_add(bias)?.relu()?, p, seed)
+}
+
+/// [`bias_relu_dropout`]'s backward pass: the gradient of `x + bias` from the output's `dy`,
+/// `relu'(x + bias) · dropout(dy)`, in one pass (one launch on CUDA where it took four).
+pub fn bias_relu_dropout_backward(
+    x: &Tensor,
+    bias: &Tensor,
+    dy: &Tensor,
+    p: f32,
+    seed: Option<u64>,
+) -> Result<Tensor> {
+    let fits = bias.rank() == 1 && x.dim(D::Minus1)? == bias.elem_count() && x.shape() == dy.shape();
+    if fits && usable(&[x, bias, dy]) {
+        return x.contiguous()?.apply_op3_no_bwd(
+            &bias.contiguous()?,
+            &dy.contiguous()?,
+            &BiasReluDrop { p, seed },
+        );
+    }
+    let z = x.broadcast_add(bias)?;
+    dropout_with(dy, p, seed)? * z.gt(0f32)?.to_dtype(z.dtype())?
 }
 
 /// `gelu_erf(x + bias)` over the last dimension, differentiable in both.
@@ -945,39 +1090,126 @@ struct ColumnSum {
 /// order.
 fn cpu_column_sums(srcs: &[Tensor], plan: &[ColumnSum], total: usize) -> Result<Tensor> {
     const BLOCK: usize = 256;
-    let guards: Vec<_> = srcs.iter().map(|t| t.storage_and_layout()).collect();
+    cpu_pass(srcs, total, "column sums", |slices, out| {
+        let mut tasks = Vec::new();
+        let mut rest: &mut [f32] = out;
+        for (p, src) in plan.iter().zip(slices) {
+            let (a, tail) = std::mem::take(&mut rest).split_at_mut(p.cols * (1 + p.split as usize));
+            rest = tail;
+            let (a, b) = a.split_at_mut(p.cols);
+            let mut b = p.split.then(|| b.chunks_mut(BLOCK));
+            for (j, a) in a.chunks_mut(BLOCK).enumerate() {
+                let b = b.as_mut().and_then(|b| b.next());
+                tasks.push((*src, p, j * BLOCK, a, b));
+            }
+        }
+        tasks.into_par_iter().for_each(|(src, p, c0, a, mut b)| {
+            for r in 0..p.rows {
+                let row = &src[r * p.cols + c0..][..a.len()];
+                let sum: &mut [f32] = if r < p.cut {
+                    &mut *a
+                } else {
+                    b.as_deref_mut().expect("rows past the cut only when split")
+                };
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+        });
+    })
+}
+
+/// A pass by hand over contiguous f32 CPU tensors that candle's custom operations (three inputs
+/// at most) do not fit: `f` gets their elements and `n` new ones to write, returned as a 1-D tensor.
+fn cpu_pass(
+    inputs: &[Tensor],
+    n: usize,
+    what: &str,
+    f: impl FnOnce(&[&[f32]], &mut [f32]),
+) -> Result<Tensor> {
+    let guards: Vec<_> = inputs.iter().map(|t| t.storage_and_layout()).collect();
     let slices = guards
         .iter()
         .map(|(s, l)| match &**s {
-            candle_core::Storage::Cpu(s) => slice(s, l, "column sums"),
-            _ => candle_core::bail!("column sums: expected CPU tensors"),
+            candle_core::Storage::Cpu(s) => slice(s, l, what),
+            _ => candle_core::bail!("{what}: expected CPU tensors"),
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut out = vec![0f32; total];
-    let mut tasks = Vec::new();
-    let mut rest: &mut [f32] = &mut out;
-    for (p, src) in plan.iter().zip(&slices) {
-        let (a, tail) = std::mem::take(&mut rest).split_at_mut(p.cols * (1 + p.split as usize));
-        rest = tail;
-        let (a, b) = a.split_at_mut(p.cols);
-        let mut b = p.split.then(|| b.chunks_mut(BLOCK));
-        for (j, a) in a.chunks_mut(BLOCK).enumerate() {
-            let b = b.as_mut().and_then(|b| b.next());
-            tasks.push((*src, p, j * BLOCK, a, b));
-        }
+    let mut out = vec![0f32; n];
+    f(&slices, &mut out);
+    Tensor::from_vec(out, n, &candle_core::Device::Cpu)
+}
+
+/// `(r, y)`: `r = dropout(x + bias) + res` (dropout as [`dropout_with`] draws it: none for
+/// `None`) and `y` its layer norm (gain `g`, bias `beta`), over rows of h: a training layer's
+/// projection bias, dropout, residual and layer norm in one pass (one launch on CUDA,
+/// `bias_drop_add_norm_f32`, where they took four), for a forward pass by hand. `x`, `res`: rows
+/// of h in the same shape. Where the fused passes do not run, the same from the passes one by one.
+#[allow(clippy::too_many_arguments)]
+pub fn bias_dropout_add_norm(
+    x: &Tensor,
+    bias: &Tensor,
+    res: &Tensor,
+    g: &Tensor,
+    beta: &Tensor,
+    p: f32,
+    seed: Option<u64>,
+    eps: f64,
+) -> Result<(Tensor, Tensor)> {
+    let h = g.elem_count();
+    let fits = x.shape() == res.shape()
+        && x.dim(D::Minus1)? == h
+        && [bias, beta].iter().all(|t| t.rank() == 1 && t.elem_count() == h);
+    if !fits || !usable(&[x, bias, res, g, beta]) {
+        let r = (dropout_with(&x.broadcast_add(bias)?, p, seed)? + res)?;
+        let y = layer_norm(&r, g, beta, eps)?;
+        return Ok((r, y));
     }
-    tasks.into_par_iter().for_each(|(src, p, c0, a, mut b)| {
-        for r in 0..p.rows {
-            let row = &src[r * p.cols + c0..][..a.len()];
-            let sum: &mut [f32] = if r < p.cut {
-                &mut *a
-            } else {
-                b.as_deref_mut().expect("rows past the cut only when split")
-            };
-            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+    let inputs = [x, bias, res, g, beta].map(|t| t.contiguous());
+    let inputs = inputs.into_iter().collect::<Result<Vec<_>>>()?;
+    let (n, eps) = (x.elem_count(), eps as f32);
+    let both = if x.device().is_cuda() {
+        #[cfg(feature = "cuda")]
+        {
+            cuda::bias_dropout_add_norm(&inputs, h, eps, p, seed)?
         }
-    });
-    Tensor::from_vec(out, total, &candle_core::Device::Cpu)
+        #[cfg(not(feature = "cuda"))]
+        candle_core::bail!("bias + dropout + residual + layer norm: built without CUDA")
+    } else {
+        cpu_pass(
+            &inputs,
+            2 * n,
+            "bias + dropout + residual + layer norm",
+            |ins, out| {
+                let [x, bias, res, g, beta] = ins else {
+                    unreachable!("five inputs")
+                };
+                let keep = 1.0 / (1.0 - p);
+                let (r, y) = out.split_at_mut(n);
+                r.par_chunks_mut(h)
+                    .zip(y.par_chunks_mut(h))
+                    .enumerate()
+                    .for_each(|(row, (r, y))| {
+                        let off = row * h;
+                        for i in 0..h {
+                            let mut v = x[off + i] + bias[i];
+                            if let Some(seed) = seed {
+                                v = if dropout_uniform(seed, (off + i) as u64) >= p {
+                                    v * keep
+                                } else {
+                                    0.0
+                                };
+                            }
+                            r[i] = v + res[off + i];
+                        }
+                        let (mean, rstd) = row_stats(r, eps);
+                        for i in 0..h {
+                            y[i] = (r[i] - mean) * rstd * g[i] + beta[i];
+                        }
+                    });
+            },
+        )?
+    };
+    let both = both.reshape((2, n))?;
+    Ok((both.get(0)?.reshape(x.shape())?, both.get(1)?.reshape(x.shape())?))
 }
 
 /// Layer norm's backward pass: `(dx, dgain, dbias)` from its input `x` (rows of h), gain and the
@@ -997,10 +1229,33 @@ pub fn layer_norm_backward(
 /// [`layer_norm_backward`] before its sums over rows: `dx` and each row's share of the gain's
 /// gradient (rows, h) (the bias's is the rows of `dy`), for sums over parts of the rows.
 pub fn layer_norm_backward_rows(x: &Tensor, g: &Tensor, dy: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let both = x
-        .contiguous()?
-        .apply_op3_no_bwd(g, &dy.contiguous()?, &LayerNormBwd { eps: eps as f32 })?;
-    Ok((both.get(0)?.reshape(x.shape())?, both.get(1)?))
+    let (dx, dgx, _) = layer_norm_backward_rows_dropout(x, g, dy, eps, 0.0, None)?;
+    Ok((dx, dgx))
+}
+
+/// [`layer_norm_backward_rows`] and `dx` through dropout ([`dropout_with`]: `dx` itself for
+/// `None`) in one pass: `(dx, dgx, dropout(dx))`, the gradients of a residual branch's input and
+/// of the dropout's input below it (the backward pass of [`bias_dropout_add_norm`]).
+pub fn layer_norm_backward_rows_dropout(
+    x: &Tensor,
+    g: &Tensor,
+    dy: &Tensor,
+    eps: f64,
+    p: f32,
+    seed: Option<u64>,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let op = LayerNormBwd {
+        eps: eps as f32,
+        drop: seed.map(|s| (p, s)),
+    };
+    let out = x.contiguous()?.apply_op3_no_bwd(g, &dy.contiguous()?, &op)?;
+    let dx = out.get(0)?.reshape(x.shape())?;
+    let dropped = if seed.is_some() {
+        out.get(2)?.reshape(x.shape())?
+    } else {
+        dx.clone()
+    };
+    Ok((dx, out.get(1)?, dropped))
 }
 
 /// [`scaled_masked_softmax`]'s backward pass: the scores' gradient from its output `p` and the
@@ -1104,10 +1359,12 @@ pub fn check(dev: &candle_core::Device) -> Result<(f32, bool)> {
 #[cfg(feature = "cuda")]
 mod cuda {
     //! Launchers for the `*_train_*` and `dropout_f32` kernels of `kernels/fused.cu`.
-    use super::kernels::cuda::{MODULE, PTX};
+    use super::kernels::cuda::{address, pair, MODULE, PTX};
     use candle_core::backend::BackendStorage;
-    use candle_core::cuda_backend::cudarc::driver::{CudaFunction, CudaView, LaunchConfig, PushKernelArg};
-    use candle_core::cuda_backend::{CudaStorage, WrapErr};
+    use candle_core::cuda_backend::cudarc::driver::{
+        CudaFunction, CudaView, DevicePtr, LaunchConfig, PushKernelArg,
+    };
+    use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
     use candle_core::{Layout, Result, Shape};
 
     fn view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
@@ -1169,6 +1426,7 @@ mod cuda {
         s3: &CudaStorage,
         l3: &Layout,
         eps: f32,
+        drop: Option<(f32, u64)>,
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
         let (x, g, dy) = (
@@ -1178,9 +1436,15 @@ mod cuda {
         );
         let h = g.len();
         let rows = x.len() / h;
+        let planes = 2 + drop.is_some() as usize;
         // SAFETY: every element is written by the kernel below.
-        let mut out = unsafe { dev.alloc::<f32>(2 * x.len())? };
-        let (f, stream) = (func(s1, "ln_train_bwd_f32")?, dev.cuda_stream());
+        let mut out = unsafe { dev.alloc::<f32>(planes * x.len())? };
+        let name = if drop.is_some() {
+            "ln_train_bwd_drop_f32"
+        } else {
+            "ln_train_bwd_f32"
+        };
+        let (f, stream) = (func(s1, name)?, dev.cuda_stream());
         let (rows32, h32) = (rows as u32, h as u32);
         let mut args = stream.launch_builder(&f);
         args.arg(&x)
@@ -1190,9 +1454,16 @@ mod cuda {
             .arg(&rows32)
             .arg(&h32)
             .arg(&eps);
+        let (p, seed) = drop.unwrap_or((0.0, 0));
+        if drop.is_some() {
+            args.arg(&p).arg(&seed);
+        }
         // SAFETY: the argument list matches the kernel's signature.
         unsafe { args.launch(per_row(rows)) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((2, rows, h))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((planes, rows, h)),
+        ))
     }
 
     pub fn softmax(
@@ -1270,6 +1541,37 @@ mod cuda {
         Ok((CudaStorage::wrap_cuda_slice(dz, dev), l1.shape().clone()))
     }
 
+    /// [`super::BiasReluDrop`]: forward without `dy`, backward with it.
+    pub fn bias_relu_drop(
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        dy: Option<(&CudaStorage, &Layout)>,
+        p: f32,
+        seed: Option<u64>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let dev = s1.device().clone();
+        let (x, b) = (view(s1, l1, "relu x")?, view(s2, l2, "relu bias")?);
+        let dy = dy.map(|(s, l)| view(s, l, "relu dy")).transpose()?;
+        // SAFETY: every element is written by the kernel below.
+        let mut out = unsafe { dev.alloc::<f32>(x.len())? };
+        let (f, stream) = (func(s1, "bias_relu_drop_f32")?, dev.cuda_stream());
+        let (n, d) = (x.len() as u32, b.len() as u32);
+        let (drop, seed) = (seed.is_some() as u32, seed.unwrap_or(0));
+        let null = 0u64;
+        let mut args = stream.launch_builder(&f);
+        args.arg(&x).arg(&b);
+        match &dy {
+            Some(dy) => args.arg(dy),
+            None => args.arg(&null),
+        };
+        args.arg(&mut out).arg(&n).arg(&d).arg(&p).arg(&seed).arg(&drop);
+        // SAFETY: the argument list matches the kernel's signature (a null `dy` in the forward pass).
+        unsafe { args.launch(LaunchConfig::for_num_elems(n)) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), l1.shape().clone()))
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn bce(
         s1: &CudaStorage,
@@ -1323,6 +1625,35 @@ mod cuda {
         Ok((CudaStorage::wrap_cuda_slice(y, dev), l1.shape().clone()))
     }
 
+    /// A pass by hand over contiguous f32 CUDA tensors that candle's custom operations do not
+    /// fit: `f` gets the device, the inputs' addresses and that of `n` new elements to write,
+    /// returned as a 1-D tensor.
+    fn cuda_pass(
+        inputs: &[candle_core::Tensor],
+        n: usize,
+        what: &str,
+        f: impl FnOnce(&CudaDevice, &[u64], u64) -> Result<()>,
+    ) -> Result<candle_core::Tensor> {
+        let mut dev = None;
+        let mut ptrs = Vec::with_capacity(inputs.len());
+        for t in inputs {
+            let (d, p) = address(t, what)?;
+            dev.get_or_insert(d);
+            ptrs.push(p);
+        }
+        let dev = dev.ok_or_else(|| candle_core::Error::Msg(format!("{what}: no inputs")))?;
+        // SAFETY: `f`'s kernel writes every element.
+        let out = unsafe { dev.alloc::<f32>(n)? };
+        let base = out.device_ptr(&dev.cuda_stream()).0;
+        f(&dev, &ptrs, base)?;
+        Ok(candle_core::Tensor::from_storage(
+            candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev)),
+            n,
+            candle_core::op::BackpropOp::none(),
+            false,
+        ))
+    }
+
     /// [`super::column_sums`]: `col_sums_f32` over a table of the tensors (`struct ColSum` in
     /// fused.cu: three pointers, then rows, cols, cut and the first block as u32 pairs: 5 × 8
     /// bytes), one block of 256 threads per 32 columns of a tensor.
@@ -1331,48 +1662,80 @@ mod cuda {
         plan: &[super::ColumnSum],
         total: usize,
     ) -> Result<candle_core::Tensor> {
-        use super::super::kernels::cuda::{address, pair};
-        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
-        let (dev, _) = address(&srcs[0], "column sums")?;
-        let stream = dev.cuda_stream();
-        // SAFETY: every element is written by the kernel below: each column of each part.
-        let out = unsafe { dev.alloc::<f32>(total)? };
-        let base = out.device_ptr(&stream).0;
-        let mut table = Vec::with_capacity(plan.len() * 5);
-        let mut blocks = 0u32;
-        for (t, p) in srcs.iter().zip(plan) {
-            let a = base + (p.at * 4) as u64;
-            let b = if p.split { a + (p.cols * 4) as u64 } else { 0 };
-            table.extend([
-                address(t, "column sums")?.1,
-                a,
-                b,
-                pair(p.rows as u32, p.cols as u32),
-                pair(p.cut as u32, blocks),
-            ]);
-            blocks += p.cols.div_ceil(32) as u32;
-        }
-        let table = stream.clone_htod(&table).w()?;
-        let n = plan.len() as u32;
-        let f = dev
-            .get_or_load_custom_func("col_sums_f32", MODULE, PTX)?
-            .into_cuda_function();
-        let mut args = stream.launch_builder(&f);
-        args.arg(&table).arg(&n);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the argument list matches the kernel's signature; the table holds live tensors'
-        // addresses (they outlive the launch, and candle frees in stream order).
-        unsafe { args.launch(cfg) }.w()?;
-        Ok(candle_core::Tensor::from_storage(
-            candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev)),
-            total,
-            candle_core::op::BackpropOp::none(),
-            false,
-        ))
+        cuda_pass(srcs, total, "column sums", |dev, ptrs, base| {
+            let stream = dev.cuda_stream();
+            let mut table = Vec::with_capacity(plan.len() * 5);
+            let mut blocks = 0u32;
+            for (&src, p) in ptrs.iter().zip(plan) {
+                let a = base + (p.at * 4) as u64;
+                let b = if p.split { a + (p.cols * 4) as u64 } else { 0 };
+                table.extend([
+                    src,
+                    a,
+                    b,
+                    pair(p.rows as u32, p.cols as u32),
+                    pair(p.cut as u32, blocks),
+                ]);
+                blocks += p.cols.div_ceil(32) as u32;
+            }
+            let table = stream.clone_htod(&table).w()?;
+            let n = plan.len() as u32;
+            let f = dev
+                .get_or_load_custom_func("col_sums_f32", MODULE, PTX)?
+                .into_cuda_function();
+            let mut args = stream.launch_builder(&f);
+            args.arg(&table).arg(&n);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the argument list matches the kernel's signature; the table holds live
+            // tensors' addresses (they outlive the launch, and candle frees in stream order).
+            unsafe { args.launch(cfg) }.w()?;
+            Ok(())
+        })
+    }
+
+    /// [`super::bias_dropout_add_norm`]: `bias_drop_add_norm_f32`, one block of 128 threads a
+    /// row; `inputs`: x, bias, res, g, beta.
+    pub fn bias_dropout_add_norm(
+        inputs: &[candle_core::Tensor],
+        h: usize,
+        eps: f32,
+        p: f32,
+        seed: Option<u64>,
+    ) -> Result<candle_core::Tensor> {
+        let n = inputs[0].elem_count();
+        let what = "bias + dropout + residual + layer norm";
+        cuda_pass(inputs, 2 * n, what, |dev, ptrs, out| {
+            let &[x, bias, res, g, beta] = ptrs else {
+                candle_core::bail!("{what}: five inputs")
+            };
+            let stream = dev.cuda_stream();
+            let f = dev
+                .get_or_load_custom_func("bias_drop_add_norm_f32", MODULE, PTX)?
+                .into_cuda_function();
+            let (rows, h32) = ((n / h) as u32, h as u32);
+            let (drop, seed) = (seed.is_some() as u32, seed.unwrap_or(0));
+            let mut args = stream.launch_builder(&f);
+            args.arg(&x)
+                .arg(&bias)
+                .arg(&res)
+                .arg(&g)
+                .arg(&beta)
+                .arg(&out)
+                .arg(&rows)
+                .arg(&h32)
+                .arg(&eps)
+                .arg(&p)
+                .arg(&seed)
+                .arg(&drop);
+            // SAFETY: the argument list matches the kernel's signature (pointers as u64); the
+            // addresses are live tensors' (they outlive the launch; candle frees in stream order).
+            unsafe { args.launch(per_row(n / h)) }.w()?;
+            Ok(())
+        })
     }
 }
 
@@ -1459,6 +1822,92 @@ mod tests {
             }
         }
         assert!(column_sums(&[(&wide, Some(20))]).is_err(), "a cut past the rows");
+    }
+
+    /// The residual branch's one pass ([`bias_dropout_add_norm`]) and its backward pass
+    /// ([`layer_norm_backward_rows_dropout`]) give what the passes one by one give: the same
+    /// dropout mask, scale and rows, with dropout and without.
+    #[test]
+    fn residual_branch_in_one_pass_matches_the_passes() {
+        let (x, res) = (randn(&[2, 5, 48]), randn(&[2, 5, 48]));
+        let (bias, g, beta) = (randn(&[48]), randn(&[48]).affine(0.5, 1.0).unwrap(), randn(&[48]));
+        let dy = randn(&[2, 5, 48]);
+        for seed in [None, Some(0xD80B_u64)] {
+            let (r, y) = bias_dropout_add_norm(&x, &bias, &res, &g, &beta, 0.25, seed, 1e-12).unwrap();
+            let r2 = (dropout_with(&x.broadcast_add(&bias).unwrap(), 0.25, seed).unwrap() + &res).unwrap();
+            let y2 = layer_norm(&r2, &g, &beta, 1e-12).unwrap();
+            assert_eq!((r.dims(), y.dims()), (x.dims(), x.dims()));
+            assert!(max_diff(&r, &r2) < 1e-6, "{seed:?}: r {}", max_diff(&r, &r2));
+            assert!(max_diff(&y, &y2) < 1e-5, "{seed:?}: y {}", max_diff(&y, &y2));
+            // The slow way, candle's operations alone, agrees too.
+            let (r3, y3) =
+                without_fused(|| bias_dropout_add_norm(&x, &bias, &res, &g, &beta, 0.25, None, 1e-12))
+                    .unwrap();
+            if seed.is_none() {
+                assert!(max_diff(&r, &r3) < 1e-6 && max_diff(&y, &y3) < 1e-4);
+            }
+            let (dx, dgx, dropped) =
+                layer_norm_backward_rows_dropout(&r, &g, &dy, 1e-12, 0.25, seed).unwrap();
+            let (dx2, dgx2) = layer_norm_backward_rows(&r, &g, &dy, 1e-12).unwrap();
+            let dropped2 = dropout_with(&dx2, 0.25, seed).unwrap();
+            assert!(max_diff(&dx, &dx2) < 1e-6 && max_diff(&dgx, &dgx2) < 1e-6);
+            assert!(max_diff(&dropped, &dropped2) < 1e-6, "{seed:?}: dropout of dx");
+            let zeros = dropped.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let zeros = zeros.iter().filter(|v| **v == 0.0).count();
+            assert_eq!(zeros > 0, seed.is_some(), "{zeros} dropped");
+        }
+    }
+
+    /// A head's bias + ReLU + dropout in one pass, forward and backward, gives what the passes
+    /// one by one give (the graph's ReLU and its gradient, the same mask), with dropout and without.
+    #[test]
+    fn bias_relu_dropout_matches_the_passes() {
+        let (x, b, dy) = (randn(&[6, 40]), randn(&[40]), randn(&[6, 40]));
+        for seed in [None, Some(0x4E1A_u64)] {
+            let y = bias_relu_dropout(&x, &b, 0.3, seed).unwrap();
+            let y2 = dropout_with(&x.broadcast_add(&b).unwrap().relu().unwrap(), 0.3, seed).unwrap();
+            assert!(
+                max_diff(&y, &y2) < 1e-6,
+                "{seed:?}: forward {}",
+                max_diff(&y, &y2)
+            );
+            // The gradient of x + b through candle's own graph of the same mask.
+            let z = Var::from_tensor(&x.broadcast_add(&b).unwrap()).unwrap();
+            let out = dropout_with(&z.as_tensor().relu().unwrap(), 0.3, seed).unwrap();
+            let want = match seed {
+                // dropout_with is outside the graph: its gradient is the op itself on dy.
+                Some(_) => (dropout_with(&dy, 0.3, seed).unwrap()
+                    * z.as_tensor().gt(0f32).unwrap().to_dtype(DType::F32).unwrap())
+                .unwrap(),
+                None => (out * &dy)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap()
+                    .get(z.as_tensor())
+                    .unwrap()
+                    .clone(),
+            };
+            let got = bias_relu_dropout_backward(&x, &b, &dy, 0.3, seed).unwrap();
+            assert!(
+                max_diff(&got, &want) < 1e-6,
+                "{seed:?}: backward {}",
+                max_diff(&got, &want)
+            );
+            let slow = without_fused(|| bias_relu_dropout_backward(&x, &b, &dy, 0.3, seed)).unwrap();
+            assert!(max_diff(&got, &slow) < 1e-6, "{seed:?}: against the passes");
+            let zeros = |t: &Tensor| {
+                t.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .filter(|v| **v == 0.0)
+                    .count()
+            };
+            assert!(zeros(&y) > 0 && zeros(&got) > 0, "ReLU zeroes some");
+        }
     }
 
     #[test]
