@@ -23,6 +23,19 @@ pub struct StepTiming {
     /// Tensors candle created per step (each operation makes one; views too): on a GPU, where
     /// each operation is a kernel launch, what bounds a small step.
     pub tensors_per_step: f64,
+    /// Storages candle made per step: one per operation that computes, none per view, so about
+    /// one kernel launch each on a GPU. Counted only where a counting allocator keeps
+    /// [`STORAGES_MADE`] (`cargo run --release -p viralclip-trainer --example ops_per_step`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ops_per_step: Option<f64>,
+}
+
+/// New storages candle has made, where a counting allocator keeps the count
+/// (`trainer/examples/ops_per_step.rs`); it stays zero otherwise.
+pub static STORAGES_MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn storages_made() -> usize {
+    STORAGES_MADE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How many tensors candle has created so far (its tensor ids count up from 1).
@@ -40,12 +53,20 @@ fn sync(dev: &Device) -> Result<()> {
     Ok(())
 }
 
-/// Milliseconds and tensors created per call of `f`, and the number of calls timed.
-fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, usize, f64)> {
+/// What [`timed`] measures of a stage.
+struct Timed {
+    ms: f64,
+    runs: usize,
+    tensors: f64,
+    ops: Option<f64>,
+}
+
+/// Milliseconds, tensors and storages created per call of `f`, and the number of calls timed.
+fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<Timed> {
     f()?; // warm-up
     f()?;
     sync(dev)?;
-    let (start, first) = (Instant::now(), tensors_created());
+    let (start, first, stores) = (Instant::now(), tensors_created(), storages_made());
     let mut n = 0;
     while n < 3 || start.elapsed().as_secs_f64() < secs {
         f()?;
@@ -53,7 +74,14 @@ fn timed(dev: &Device, secs: f64, mut f: impl FnMut() -> Result<()>) -> Result<(
     }
     sync(dev)?;
     let tensors = (tensors_created() - first).saturating_sub(1) as f64 / n as f64;
-    Ok((start.elapsed().as_secs_f64() * 1e3 / n as f64, n, tensors))
+    let ops = storages_made() - stores;
+    Ok(Timed {
+        ms: start.elapsed().as_secs_f64() * 1e3 / n as f64,
+        runs: n,
+        tensors,
+        // The count's own probe tensor (tensors_created) makes one storage too.
+        ops: (ops > 0).then(|| ops.saturating_sub(1) as f64 / n as f64),
+    })
 }
 
 /// Times the seed's stages at `batch` × `tokens` (every text that long, as the seed pads) with the
@@ -136,11 +164,12 @@ pub fn step_times(
         .bert
         .cls_from(&hidden, &mask, from, Mode::Inference)?
         .detach();
-    let stage = |name: &str, (ms, n, tensors): (f64, usize, f64)| StepTiming {
+    let stage = |name: &str, t: Timed| StepTiming {
         stage: name.to_string(),
-        ms_per_step: ms,
-        steps: n,
-        tensors_per_step: tensors,
+        ms_per_step: t.ms,
+        steps: t.runs,
+        tensors_per_step: t.tensors,
+        ops_per_step: t.ops,
     };
     let mut out = vec![stage(
         "cache",
