@@ -303,8 +303,17 @@ fn one_backward_pass_gives_each_tasks_gradients() {
         }
         // And the two parts add up to the whole.
         let whole = model.bert.backward_taped(&tape, &(&ga + &gb).unwrap()).unwrap();
-        for (((_, w), (_, x)), (_, y)) in whole.iter().zip(&first).zip(&rest) {
-            assert!(max_abs_diff(w, &(x + y).unwrap()) / max_abs(w).max(1e-3) < 1e-4);
+        // Each against a thousandth of the largest gradient where that is larger: the keys' bias
+        // has a true gradient of zero, so its two sides are rounding noise (about 1e-7 here).
+        let largest = whole.iter().map(|(_, w)| max_abs(w)).fold(0f32, f32::max);
+        for (((p, w), (_, x)), (_, y)) in whole.iter().zip(&first).zip(&rest) {
+            let d = max_abs_diff(w, &(x + y).unwrap()) / max_abs(w).max(1e-3 * largest);
+            assert!(
+                d < 1e-4,
+                "from {from}: {:?} off by {d} of {}",
+                p.dims(),
+                max_abs(w)
+            );
         }
     }
 }
