@@ -604,14 +604,28 @@ extern "C" __global__ void ln_train_fwd_f32(const float *x, const float *g, cons
   for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) yr[i] = (xr[i] - mean) * rstd * g[i] + b[i];
 }
 
+// Dropout's mask, element by element, from (seed, element index) alone: every kernel that applies
+// a dropout (dropout_f32, or fused with its neighbours) goes through dropout_at, so all draw the
+// same mask for the same seed and element (train_ops.rs's Mask computes the same on the CPU).
+__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t i) {
+  uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+// v / (1 - p) where element i is kept, 0 where dropped.
+__device__ __forceinline__ float dropout_at(float v, uint64_t seed, uint64_t i, float p) {
+  return dropout_uniform(seed, i) >= p ? v * (1.0f / (1.0f - p)) : 0.0f;
+}
+
 // out[0 .. rows*h]: dx = rstd * (dy*g - mean(dy*g) - xhat * mean(dy*g*xhat));
 // out[rows*h ..]: dy * xhat (summed over rows by the caller for the gain's gradient);
-// with `drop` (ln_train_bwd_drop_f32), out[2*rows*h ..]: dx through dropout (see dropout_f32 below).
+// with `drop` (ln_train_bwd_drop_f32), out[2*rows*h ..]: dx through dropout.
 struct Dropout {
   float p;
   uint64_t seed;
 };
-__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t i);
 __device__ __forceinline__ void ln_bwd_row(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
                                            uint32_t h, float eps, const Dropout *drop) {
   __shared__ float shm[32];
@@ -633,9 +647,7 @@ __device__ __forceinline__ void ln_bwd_row(const float *x, const float *g, const
     const float d = rstd * (gi - sg - xh * sgx);
     dx[i] = d;
     dgx[i] = dyr[i] * xh;
-    if (drop)
-      out[2 * (size_t)rows * h + off + i] =
-          dropout_uniform(drop->seed, off + i) >= drop->p ? d * (1.0f / (1.0f - drop->p)) : 0.0f;
+    if (drop) out[2 * (size_t)rows * h + off + i] = dropout_at(d, drop->seed, off + i, drop->p);
   }
 }
 extern "C" __global__ void ln_train_bwd_f32(const float *x, const float *g, const float *dy, float *out, uint32_t rows,
@@ -686,19 +698,11 @@ extern "C" __global__ void gelu_train_bwd_f32(const float *x, const float *b, co
   }
 }
 
-// Dropout with a mask drawn from (seed, element index) alone, so the backward pass (the same
-// kernel on the gradient) draws the same one: y = x / (1 - p) where kept, 0 where dropped.
-__device__ __forceinline__ float dropout_uniform(uint64_t seed, uint64_t i) {
-  uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  z ^= z >> 31;
-  return (float)(z >> 40) * (1.0f / 16777216.0f);
-}
+// Dropout with a mask drawn from (seed, element index) alone (dropout_at above), so the backward
+// pass (the same kernel on the gradient) draws the same one.
 extern "C" __global__ void dropout_f32(const float *x, float *y, uint32_t n, float p, uint64_t seed) {
-  const float keep = 1.0f / (1.0f - p);
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
-    y[i] = dropout_uniform(seed, i) >= p ? x[i] * keep : 0.0f;
+    y[i] = dropout_at(x[i], seed, i, p);
 }
 
 // Binary cross-entropy with logits, element by element: l = (1 - y) x + c softplus(-x) with
@@ -775,10 +779,9 @@ extern "C" __global__ void bias_drop_add_norm_f32(const float *x, const float *b
   __shared__ float shm[32];
   const size_t off = (size_t)blockIdx.x * h;
   float *r = out + off, *y = out + (size_t)rows * h + off;
-  const float keep = 1.0f / (1.0f - p);
   for (uint32_t i = threadIdx.x; i < h; i += blockDim.x) {
     float v = x[off + i] + bias[i];
-    if (drop) v = dropout_uniform(seed, off + i) >= p ? v * keep : 0.0f;
+    if (drop) v = dropout_at(v, seed, off + i, p);
     r[i] = v + res[off + i];
   }
   // Each thread reads back only the elements of r it wrote (the same stride), so no barrier.
@@ -792,11 +795,10 @@ extern "C" __global__ void bias_drop_add_norm_f32(const float *x, const float *b
 // mask of dropout_f32 (none when `drop` is 0).
 extern "C" __global__ void bias_relu_drop_f32(const float *x, const float *b, const float *dy, float *out, uint32_t n,
                                               uint32_t d, float p, uint64_t seed, uint32_t drop) {
-  const float keep = 1.0f / (1.0f - p);
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
     const float v = x[i] + b[i % d];
     float y = dy ? (v > 0.0f ? dy[i] : 0.0f) : fmaxf(v, 0.0f);
-    if (drop) y = dropout_uniform(seed, i) >= p ? y * keep : 0.0f;
+    if (drop) y = dropout_at(y, seed, i, p);
     out[i] = y;
   }
 }

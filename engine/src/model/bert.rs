@@ -518,6 +518,15 @@ impl<'a> Sink<'a> {
         }
     }
 
+    /// Two sets: `first` summed over the first `texts` texts' rows, `rest` over the others'.
+    fn split(first: &'a mut ParamGrads, rest: &'a mut ParamGrads, texts: usize) -> Self {
+        Sink {
+            first,
+            rest: Some((rest, texts)),
+            sums: Vec::new(),
+        }
+    }
+
     /// A projection's weight and bias gradients from its input rows `x` and output gradient `dy`
     /// (`per_text` rows a text); returns the input's gradient.
     pub(crate) fn project(&mut self, l: &Linear, x: &Tensor, dy: &Tensor, per_text: usize) -> Result<Tensor> {
@@ -905,15 +914,7 @@ impl Bert {
         texts: usize,
     ) -> Result<(ParamGrads, ParamGrads)> {
         let (mut first, mut rest) = (ParamGrads::new(), ParamGrads::new());
-        self.backward_sink(
-            tape,
-            dcls,
-            Sink {
-                first: &mut first,
-                rest: Some((&mut rest, texts)),
-                sums: Vec::new(),
-            },
-        )?;
+        self.backward_sink(tape, dcls, Sink::split(&mut first, &mut rest, texts))?;
         Ok((first, rest))
     }
 

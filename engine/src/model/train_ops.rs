@@ -178,15 +178,14 @@ impl CustomOp3 for LayerNormBwd {
                 }
             });
         if let Some((p, seed)) = self.drop {
-            let keep = 1.0 / (1.0 - p);
+            let mask = Mask::new(p, seed);
             dropped
                 .par_chunks_mut(h)
                 .zip(dx.par_chunks(h))
                 .enumerate()
                 .for_each(|(row, (y, dx))| {
                     for i in 0..h {
-                        let kept = dropout_uniform(seed, (row * h + i) as u64) >= p;
-                        y[i] = if kept { dx[i] * keep } else { 0.0 };
+                        y[i] = mask.apply(dx[i], row * h + i);
                     }
                 });
         }
@@ -453,7 +452,7 @@ struct BiasReluDrop {
 impl BiasReluDrop {
     fn cpu(&self, x: &[f32], b: &[f32], dy: Option<&[f32]>) -> Vec<f32> {
         let d = b.len();
-        let keep = 1.0 / (1.0 - self.p);
+        let mask = self.seed.map(|seed| Mask::new(self.p, seed));
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d).enumerate().for_each(|(row, out)| {
             for (i, o) in out.iter_mut().enumerate() {
@@ -464,11 +463,7 @@ impl BiasReluDrop {
                     Some(dy) if v > 0.0 => dy[k],
                     Some(_) => 0.0,
                 };
-                *o = match self.seed {
-                    Some(seed) if dropout_uniform(seed, k as u64) < self.p => 0.0,
-                    Some(_) => y * keep,
-                    None => y,
-                };
+                *o = mask.map_or(y, |m| m.apply(y, k));
             }
         });
         out
@@ -906,23 +901,47 @@ fn dropout_uniform(seed: u64, i: u64) -> f32 {
     (z >> 40) as f32 * (1.0 / 16_777_216.0)
 }
 
+/// The dropout of rate `p` drawn with `seed`, element by element: every pass that applies a
+/// dropout (alone or fused with its neighbours) applies it through this, so all draw the same
+/// mask for the same seed and element (the CUDA kernels' `dropout_at` computes the same).
+#[derive(Clone, Copy)]
+struct Mask {
+    p: f32,
+    keep: f32,
+    seed: u64,
+}
+
+impl Mask {
+    fn new(p: f32, seed: u64) -> Self {
+        Mask {
+            p,
+            keep: 1.0 / (1.0 - p),
+            seed,
+        }
+    }
+
+    /// Element `i` of value `v`: `v / (1 − p)` where kept, 0 where dropped.
+    fn apply(&self, v: f32, i: usize) -> f32 {
+        if dropout_uniform(self.seed, i as u64) >= self.p {
+            v * self.keep
+        } else {
+            0.0
+        }
+    }
+}
+
 impl CustomOp1 for Dropout {
     fn name(&self) -> &'static str {
         "dropout"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, "dropout x")?;
-        let keep = 1.0 / (1.0 - self.p);
+        let mask = Mask::new(self.p, self.seed);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(1 << 14).enumerate().for_each(|(c, y)| {
             let start = c << 14;
             for (k, y) in y.iter_mut().enumerate() {
-                let i = start + k;
-                *y = if dropout_uniform(self.seed, i as u64) >= self.p {
-                    x[i] * keep
-                } else {
-                    0.0
-                };
+                *y = mask.apply(x[start + k], start + k);
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -1182,7 +1201,7 @@ pub fn bias_dropout_add_norm(
                 let [x, bias, res, g, beta] = ins else {
                     unreachable!("five inputs")
                 };
-                let keep = 1.0 / (1.0 - p);
+                let mask = seed.map(|seed| Mask::new(p, seed));
                 let (r, y) = out.split_at_mut(n);
                 r.par_chunks_mut(h)
                     .zip(y.par_chunks_mut(h))
@@ -1190,14 +1209,8 @@ pub fn bias_dropout_add_norm(
                     .for_each(|(row, (r, y))| {
                         let off = row * h;
                         for i in 0..h {
-                            let mut v = x[off + i] + bias[i];
-                            if let Some(seed) = seed {
-                                v = if dropout_uniform(seed, (off + i) as u64) >= p {
-                                    v * keep
-                                } else {
-                                    0.0
-                                };
-                            }
+                            let v = x[off + i] + bias[i];
+                            let v = mask.map_or(v, |m| m.apply(v, off + i));
                             r[i] = v + res[off + i];
                         }
                         let (mean, rstd) = row_stats(r, eps);
