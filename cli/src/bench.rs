@@ -214,23 +214,45 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
             })
         );
-        // The training path's fused passes against candle's operations, on this device: the
-        // optimiser's one-pass step (PCGrad, clipping, AdamW over all tensors), and the layers'
-        // operations with their backward passes (gradients of every parameter of a small model).
-        let (diff, fused) = viralclip_trainer::train::check_fused_step(&dev)?;
-        let (grad_diff, grad_fused) = viralclip_engine::model::train_ops::check(&dev)?;
-        for (case, diff, fused) in [
-            ("fused_step_check", diff, fused),
-            ("train_ops_check", grad_diff, grad_fused),
+        // The training path's fused passes against candle's operations, on this device, in f32
+        // (no TF32 products): the optimiser's one-pass step (PCGrad, clipping, AdamW over all
+        // tensors); the layers' operations with their backward passes (gradients of every
+        // parameter of a small model); and training by hand as the trainer runs it (the layers'
+        // and heads' taped passes, the split backward pass). A check that fails to run says so
+        // in its line and the timings go on.
+        Precision::F32.configure(&dev);
+        use viralclip_engine::model::checks::{self, Check};
+        let step = viralclip_trainer::train::check_fused_step(&dev).map(|(max_diff, fused)| Check {
+            max_diff,
+            worst: String::new(),
+            fused,
+        });
+        for (case, check) in [
+            ("fused_step_check", step.map_err(anyhow::Error::from)),
+            (
+                "train_ops_check",
+                checks::training_ops(&dev).map_err(anyhow::Error::from),
+            ),
+            (
+                "by_hand_check",
+                checks::training_by_hand(&dev).map_err(anyhow::Error::from),
+            ),
         ] {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "case": case, "device": device::name(&dev), "fused": fused,
-                    "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
-                    "fused_train_cuda": kernels::fused_train_cuda(),
-                })
-            );
+            let mut line = serde_json::json!({
+                "case": case, "device": device::name(&dev),
+                "fused_cuda": kernels::fused_cuda(), "fused_train_cuda": kernels::fused_train_cuda(),
+            });
+            match check {
+                Ok(c) => {
+                    line["fused"] = c.fused.into();
+                    line["max_diff"] = c.max_diff.into();
+                    if !c.worst.is_empty() {
+                        line["worst"] = c.worst.into();
+                    }
+                }
+                Err(e) => line["error"] = format!("{e:#}").into(),
+            }
+            println!("{line}");
         }
         for (name, path) in &models {
             let config = match path {

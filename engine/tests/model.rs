@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
 use viralclip_engine::model::{
-    artifact, train_ops, BaseEncoder, BertConfig, Mode, MultiTask, Pooling, WeightStore,
+    artifact, checks, train_ops, BaseEncoder, BertConfig, Mode, MultiTask, Pooling, WeightStore,
 };
 
 fn tiny_config() -> BertConfig {
@@ -159,13 +159,16 @@ fn every_parameter_gets_a_gradient() {
 
 /// The training path's fused operations (layer norm, softmax, bias + GELU, each with its own
 /// backward) give the gradients candle's operations give, for every parameter of a model
-/// (`train_ops::check`, which `bench --train-steps` also runs on its device).
+/// (`checks::training_ops`, which `bench --train-steps` also runs on its device).
 #[test]
 fn fused_training_ops_give_the_operations_gradients() {
-    let (worst, fused) = train_ops::check(&Device::Cpu).unwrap();
-    println!("largest relative gradient difference: {worst:.2e}");
-    assert!(fused, "the CPU runs the fused operations");
-    assert!(worst < 1e-3, "{worst}");
+    let check = checks::training_ops(&Device::Cpu).unwrap();
+    println!(
+        "largest relative gradient difference: {:.2e} ({})",
+        check.max_diff, check.worst
+    );
+    assert!(check.fused, "the CPU runs the fused operations");
+    assert!(check.max_diff < 1e-3, "{check:?}");
 }
 
 /// Training by hand (the layers' taped forward and backward passes, the heads through candle's

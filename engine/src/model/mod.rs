@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod bert;
+pub mod checks;
 pub mod heads;
 pub mod kernels;
 pub mod step;
