@@ -179,16 +179,17 @@ FUSED(float, f32)
 FUSED(__half, f16)
 FUSED(__nv_bfloat16, bf16)
 
-// QKV bias and head split in one pass: x is the packed projection (b·t, 3·h) without its bias;
-// y is (3, b, heads, t, d) with h = heads·d. One thread per output vector (16 bytes) when d allows,
-// else per element; 32-bit index arithmetic.
+// Bias and head split in one pass: x is `parts` packed projections (b·t, parts·h) without their
+// bias (parts = 3: query, key and value for scoring; 1: one of them, for training by hand); y is
+// (parts, b, heads, t, d) with h = heads·d. One thread per output vector (16 bytes) when d
+// allows, else per element; 32-bit index arithmetic.
 template <typename T>
-__device__ void qkv_split(const T *x, const T *bias, T *y, uint32_t b, uint32_t t, uint32_t heads,
-                          uint32_t d) {
+__device__ void split_parts(const T *x, const T *bias, T *y, uint32_t parts, uint32_t b, uint32_t t,
+                            uint32_t heads, uint32_t d) {
   constexpr uint32_t V = Vec<T>::N;
   const bool vec = d % V == 0 && aligned16(x) && aligned16(bias) && aligned16(y);
   const uint32_t w = vec ? V : 1, dw = d / w, h = heads * d;
-  const uint32_t items = 3 * b * t * heads * dw;
+  const uint32_t items = parts * b * t * heads * dw;
   for (uint32_t o = blockIdx.x * blockDim.x + threadIdx.x; o < items; o += blockDim.x * gridDim.x) {
     uint32_t rest = o;
     const uint32_t j = (rest % dw) * w; rest /= dw;
@@ -197,7 +198,7 @@ __device__ void qkv_split(const T *x, const T *bias, T *y, uint32_t b, uint32_t 
     const uint32_t bi = rest % b;
     const uint32_t which = rest / b;
     const uint32_t c = which * h + head * d + j;
-    const size_t src = ((size_t)bi * t + ti) * 3 * h + c, dst = (size_t)o * w;
+    const size_t src = ((size_t)bi * t + ti) * parts * h + c, dst = (size_t)o * w;
     if (vec) {
       float v[V], bb[V];
       load_vec(x + src, v);
@@ -282,7 +283,11 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
 #define ATTN(T, S)                                                                                 \
   extern "C" __global__ void qkv_split_##S(const T *x, const T *bias, T *y, uint32_t b, uint32_t t,\
                                            uint32_t heads, uint32_t d) {                           \
-    qkv_split<T>(x, bias, y, b, t, heads, d);                                                      \
+    split_parts<T>(x, bias, y, 3, b, t, heads, d);                                                 \
+  }                                                                                                \
+  extern "C" __global__ void split_parts_##S(const T *x, const T *bias, T *y, uint32_t parts,      \
+                                             uint32_t b, uint32_t t, uint32_t heads, uint32_t d) {\
+    split_parts<T>(x, bias, y, parts, b, t, heads, d);                                             \
   }                                                                                                \
   extern "C" __global__ void mask_softmax_##S(const T *s, const T *m, T *y, uint32_t rows,         \
                                               uint32_t t, uint32_t rows_per_batch) {               \

@@ -611,7 +611,11 @@ impl Layer {
         let (b, t, h) = x.dims3()?;
         let w = |l: &Linear| l.weight().detach();
         let bias = |l: &Linear| l.bias().expect("biases (by_hand)").detach();
-        let lin = |x: &Tensor, l: &Linear| train_ops::linear(x, &w(l), Some(&bias(l)));
+        // A projection, its bias and the head split: two passes.
+        let heads = |x: &Tensor, l: &Linear, rows: usize| {
+            let y = train_ops::linear(x, &w(l), None)?;
+            train_ops::split_heads_bias(&y, &bias(l), b, rows, self.heads)
+        };
         let seed = |p: f32| {
             if mode == Mode::Training {
                 train_ops::dropout_seed(p)
@@ -626,9 +630,9 @@ impl Layer {
         } else {
             x2.clone()
         };
-        let q = train_ops::split_heads(&lin(&xq, &self.query)?, b, tq, self.heads)?;
-        let k = train_ops::split_heads(&lin(&x2, &self.key)?, b, t, self.heads)?;
-        let v = train_ops::split_heads(&lin(&x2, &self.value)?, b, t, self.heads)?;
+        let q = heads(&xq, &self.query, tq)?;
+        let k = heads(&x2, &self.key, t)?;
+        let v = heads(&x2, &self.value, t)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let p = train_ops::scaled_masked_softmax(&q.matmul(&k.t()?)?, mask, scale)?;
         let seeds = [seed(self.attn_dropout), seed(self.dropout), seed(self.dropout)];

@@ -208,6 +208,8 @@ pub fn pack_add_norm(bias: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Ten
 }
 
 struct QkvSplit {
+    /// Projections packed side by side: 3 (query, key, value) or 1.
+    parts: usize,
     b: usize,
     t: usize,
     heads: usize,
@@ -228,10 +230,16 @@ impl CustomOp2 for QkvSplit {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, "qkv-split x")?;
         let bias = contiguous_f32(s2, l2, "qkv-split bias")?;
-        let &QkvSplit { b, t, heads, d } = self;
+        let &QkvSplit {
+            parts,
+            b,
+            t,
+            heads,
+            d,
+        } = self;
         let h = heads * d;
-        if x.len() != b * t * 3 * h || bias.len() != 3 * h {
-            candle_core::bail!("qkv-split: {} values for {b}×{t}×3×{h}", x.len());
+        if x.len() != b * t * parts * h || bias.len() != parts * h {
+            candle_core::bail!("qkv-split: {} values for {b}×{t}×{parts}×{h}", x.len());
         }
         let mut out = vec![0f32; x.len()];
         // Output blocks of (t, d): one per (which, text, head).
@@ -242,13 +250,13 @@ impl CustomOp2 for QkvSplit {
             let c0 = which * h + head * d;
             let bb = &bias[c0..c0 + d];
             for ti in 0..t {
-                let src = &x[(bi * t + ti) * 3 * h + c0..][..d];
+                let src = &x[(bi * t + ti) * parts * h + c0..][..d];
                 for ((o, &v), &bv) in o[ti * d..(ti + 1) * d].iter_mut().zip(src).zip(bb) {
                     *o = v + bv;
                 }
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((3, b, heads, t, d))))
+        Ok((CpuStorage::F32(out), Shape::from((parts, b, heads, t, d))))
     }
 
     #[cfg(feature = "cuda")]
@@ -259,7 +267,7 @@ impl CustomOp2 for QkvSplit {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::qkv_split([self.b, self.t, self.heads, self.d], s1, l1, s2, l2)
+        cuda::qkv_split(self.parts, [self.b, self.t, self.heads, self.d], s1, l1, s2, l2)
     }
 }
 
@@ -267,14 +275,33 @@ impl CustomOp2 for QkvSplit {
 /// into (3, b, heads, t, d): query, key and value, heads first, in one pass.
 pub fn qkv_split(x: &Tensor, bias: &Tensor, b: usize, t: usize, heads: usize, d: usize) -> Result<Tensor> {
     if usable(&[x, bias]) && x.dims() == [b * t, 3 * heads * d] {
-        return x
-            .contiguous()?
-            .apply_op2_no_bwd(&bias.contiguous()?, &QkvSplit { b, t, heads, d });
+        return split_parts(x, bias, 3, [b, t, heads, d]);
     }
     x.broadcast_add(bias)?
         .reshape((b, t, 3, heads, d))?
         .permute((2, 0, 3, 1, 4))?
         .contiguous()
+}
+
+/// `parts` projections packed side by side, `x` (b·t, parts·heads·d) without their bias, plus
+/// `bias` (parts·heads·d), split into (parts, b, heads, t, d) in one pass, wherever the caller's
+/// own test says the kernels run ([`qkv_split`] for scoring, `train_ops::split_heads_bias`).
+pub(crate) fn split_parts(
+    x: &Tensor,
+    bias: &Tensor,
+    parts: usize,
+    [b, t, heads, d]: [usize; 4],
+) -> Result<Tensor> {
+    x.contiguous()?.apply_op2_no_bwd(
+        &bias.contiguous()?,
+        &QkvSplit {
+            parts,
+            b,
+            t,
+            heads,
+            d,
+        },
+    )
 }
 
 struct MergeHeads;
@@ -1109,6 +1136,7 @@ pub(crate) mod cuda {
     }
 
     fn qkv_split_t<T: CudaDType + DeviceRepr>(
+        parts: usize,
         dims: [usize; 4],
         s1: &CudaStorage,
         l1: &Layout,
@@ -1124,32 +1152,37 @@ pub(crate) mod cuda {
         let n = x.len();
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let (func, stream) = (kernel(s1, "qkv_split")?, dev.cuda_stream());
+        if n != b * t * parts * heads * d || bias.len() != parts * heads * d {
+            candle_core::bail!("qkv-split: {n} values for {b}×{t}×{parts}×{heads}×{d}");
+        }
+        // The scoring path's kernel for three parts (measured on an H200); any number otherwise.
+        let name = if parts == 3 { "qkv_split" } else { "split_parts" };
+        let (func, stream) = (kernel(s1, name)?, dev.cuda_stream());
         let [b32, t32, h32, d32] = dims.map(|v| v as u32);
+        let parts32 = parts as u32;
         let mut args = stream.launch_builder(&func);
-        args.arg(&x)
-            .arg(&bias)
-            .arg(&mut y)
-            .arg(&b32)
-            .arg(&t32)
-            .arg(&h32)
-            .arg(&d32);
-        // SAFETY: the argument list matches the kernel's signature.
+        args.arg(&x).arg(&bias).arg(&mut y);
+        if parts != 3 {
+            args.arg(&parts32);
+        }
+        args.arg(&b32).arg(&t32).arg(&h32).arg(&d32);
+        // SAFETY: the argument list matches the kernel's signature (`parts` for split_parts only).
         unsafe { args.launch(per_vector(n)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev),
-            Shape::from((3, b, heads, t, d)),
+            Shape::from((parts, b, heads, t, d)),
         ))
     }
 
     pub fn qkv_split(
+        parts: usize,
         dims: [usize; 4],
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s1, qkv_split_t(dims, s1, l1, s2, l2))
+        by_dtype!(s1, qkv_split_t(parts, dims, s1, l1, s2, l2))
     }
 
     fn mask_softmax_t<T: CudaDType + DeviceRepr>(
