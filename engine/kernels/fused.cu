@@ -281,12 +281,8 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
 }
 
 #define ATTN(T, S)                                                                                 \
-  extern "C" __global__ void qkv_split_##S(const T *x, const T *bias, T *y, uint32_t b, uint32_t t,\
-                                           uint32_t heads, uint32_t d) {                           \
-    split_parts<T>(x, bias, y, 3, b, t, heads, d);                                                 \
-  }                                                                                                \
   extern "C" __global__ void split_parts_##S(const T *x, const T *bias, T *y, uint32_t parts,      \
-                                             uint32_t b, uint32_t t, uint32_t heads, uint32_t d) {\
+                                             uint32_t b, uint32_t t, uint32_t heads, uint32_t d) { \
     split_parts<T>(x, bias, y, parts, b, t, heads, d);                                             \
   }                                                                                                \
   extern "C" __global__ void mask_softmax_##S(const T *s, const T *m, T *y, uint32_t rows,         \

@@ -118,19 +118,15 @@ template <typename T, typename K> void add_norm_case(K kernel, bool vec, uint32_
          max_error(y, want), 2 * tolerance<T>());
 }
 
-// `parts` packed projections plus their bias, split by heads: qkv_split (parts = 3, no `parts`
-// argument) or split_parts (any `parts`).
-template <typename T, bool with_parts, typename K>
-void split_case(const char *name, K kernel, uint32_t parts, uint32_t b, uint32_t t, uint32_t heads, uint32_t d) {
+// `parts` packed projections plus their bias, split by heads (split_parts: parts = 3 is the
+// scoring path's query, key and value; 1 a training projection).
+template <typename T, typename K>
+void split_parts_case(K kernel, uint32_t parts, uint32_t b, uint32_t t, uint32_t heads, uint32_t d) {
   const uint32_t h = heads * d, n = b * t * parts * h;
   auto x = random_vec<T>(n), bias = random_vec<T>(parts * h);
   buf<T> y(n);
-  if constexpr (with_parts)
-    emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data(), (const T *)bias.data(), y.data(), parts,
-                b, t, heads, d);
-  else
-    emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data(), (const T *)bias.data(), y.data(), b, t,
-                heads, d);
+  emu::launch(per_vector(n), threads1024, 0, kernel, (const T *)x.data(), (const T *)bias.data(), y.data(), parts, b,
+              t, heads, d);
   std::vector<double> want(n);
   size_t o = 0;
   for (uint32_t which = 0; which < parts; which++)
@@ -141,7 +137,7 @@ void split_case(const char *name, K kernel, uint32_t parts, uint32_t b, uint32_t
             const uint32_t c = which * h + head * d + j;
             want[o++] = value(x[(bi * t + ti) * parts * h + c]) + value(bias[c]);
           }
-  report(std::string(name) + "_" + type_name<T>() + " parts=" + std::to_string(parts) + " d=" + std::to_string(d),
+  report(std::string("split_parts_") + type_name<T>() + " parts=" + std::to_string(parts) + " d=" + std::to_string(d),
          max_error(y, want), tolerance<T>());
 }
 
@@ -606,12 +602,12 @@ int main(int argc, char **argv) {
       add_norm_case<__nv_bfloat16>(add_norm_vec_bf16, true, 11, d);
     }
   }
-  if (want("qkv_split") || want("split_parts") || want("merge_heads")) {
+  if (want("split_parts") || want("merge_heads")) {
     for (uint32_t d : {12u, 32u}) {  // 12: element by element; 32: 16-byte vectors
-      split_case<float, false>("qkv_split", qkv_split_f32, 3, 2, 5, 3, d);
-      split_case<__nv_bfloat16, false>("qkv_split", qkv_split_bf16, 3, 2, 5, 3, d);
-      split_case<float, true>("split_parts", split_parts_f32, 1, 2, 5, 3, d);
-      split_case<float, true>("split_parts", split_parts_f32, 2, 3, 4, 2, d);
+      split_parts_case<float>(split_parts_f32, 3, 2, 5, 3, d);
+      split_parts_case<__nv_bfloat16>(split_parts_bf16, 3, 2, 5, 3, d);
+      split_parts_case<float>(split_parts_f32, 1, 2, 5, 3, d);
+      split_parts_case<float>(split_parts_f32, 2, 3, 4, 2, d);
       merge_heads_case<float>(merge_heads_f32, 2, 3, 5, d);
       merge_heads_case<__half>(merge_heads_f16, 2, 3, 5, d);
     }

@@ -61,7 +61,7 @@ pub fn gelu_erf(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: expected f32, got {:?}", s.dtype())
     };
@@ -207,7 +207,7 @@ pub fn pack_add_norm(bias: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Ten
     Tensor::stack(&[bias, gamma, beta], 0)
 }
 
-struct QkvSplit {
+struct SplitParts {
     /// Projections packed side by side: 3 (query, key, value) or 1.
     parts: usize,
     b: usize,
@@ -216,9 +216,9 @@ struct QkvSplit {
     d: usize,
 }
 
-impl CustomOp2 for QkvSplit {
+impl CustomOp2 for SplitParts {
     fn name(&self) -> &'static str {
-        "qkv-bias-split"
+        "split-parts"
     }
 
     fn cpu_fwd(
@@ -228,9 +228,9 @@ impl CustomOp2 for QkvSplit {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "qkv-split x")?;
-        let bias = contiguous_f32(s2, l2, "qkv-split bias")?;
-        let &QkvSplit {
+        let x = contiguous_f32(s1, l1, "split-parts x")?;
+        let bias = contiguous_f32(s2, l2, "split-parts bias")?;
+        let &SplitParts {
             parts,
             b,
             t,
@@ -239,7 +239,7 @@ impl CustomOp2 for QkvSplit {
         } = self;
         let h = heads * d;
         if x.len() != b * t * parts * h || bias.len() != parts * h {
-            candle_core::bail!("qkv-split: {} values for {b}×{t}×{parts}×{h}", x.len());
+            candle_core::bail!("split-parts: {} values for {b}×{t}×{parts}×{h}", x.len());
         }
         let mut out = vec![0f32; x.len()];
         // Output blocks of (t, d): one per (which, text, head).
@@ -267,7 +267,7 @@ impl CustomOp2 for QkvSplit {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::qkv_split(self.parts, [self.b, self.t, self.heads, self.d], s1, l1, s2, l2)
+        cuda::split_parts(self.parts, [self.b, self.t, self.heads, self.d], s1, l1, s2, l2)
     }
 }
 
@@ -294,7 +294,7 @@ pub(crate) fn split_parts(
 ) -> Result<Tensor> {
     x.contiguous()?.apply_op2_no_bwd(
         &bias.contiguous()?,
-        &QkvSplit {
+        &SplitParts {
             parts,
             b,
             t,
@@ -1135,7 +1135,7 @@ pub(crate) mod cuda {
         by_dtype!(s1, add_norm_t(eps, s1, l1, s2, l2, s3, l3))
     }
 
-    fn qkv_split_t<T: CudaDType + DeviceRepr>(
+    fn split_parts_t<T: CudaDType + DeviceRepr>(
         parts: usize,
         dims: [usize; 4],
         s1: &CudaStorage,
@@ -1145,28 +1145,28 @@ pub(crate) mod cuda {
     ) -> Result<(CudaStorage, Shape)> {
         let dev = s1.device().clone();
         let (x, bias) = (
-            view::<T>(s1, l1, "qkv-split x")?,
-            view::<T>(s2, l2, "qkv-split bias")?,
+            view::<T>(s1, l1, "split-parts x")?,
+            view::<T>(s2, l2, "split-parts bias")?,
         );
         let [b, t, heads, d] = dims;
         let n = x.len();
+        if n != b * t * parts * heads * d || bias.len() != parts * heads * d {
+            candle_core::bail!("split-parts: {n} values for {b}×{t}×{parts}×{heads}×{d}");
+        }
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        if n != b * t * parts * heads * d || bias.len() != parts * heads * d {
-            candle_core::bail!("qkv-split: {n} values for {b}×{t}×{parts}×{heads}×{d}");
-        }
-        // The scoring path's kernel for three parts (measured on an H200); any number otherwise.
-        let name = if parts == 3 { "qkv_split" } else { "split_parts" };
-        let (func, stream) = (kernel(s1, name)?, dev.cuda_stream());
-        let [b32, t32, h32, d32] = dims.map(|v| v as u32);
-        let parts32 = parts as u32;
+        let (func, stream) = (kernel(s1, "split_parts")?, dev.cuda_stream());
+        let [parts32, b32, t32, h32, d32] = [parts, b, t, heads, d].map(|v| v as u32);
         let mut args = stream.launch_builder(&func);
-        args.arg(&x).arg(&bias).arg(&mut y);
-        if parts != 3 {
-            args.arg(&parts32);
-        }
-        args.arg(&b32).arg(&t32).arg(&h32).arg(&d32);
-        // SAFETY: the argument list matches the kernel's signature (`parts` for split_parts only).
+        args.arg(&x)
+            .arg(&bias)
+            .arg(&mut y)
+            .arg(&parts32)
+            .arg(&b32)
+            .arg(&t32)
+            .arg(&h32)
+            .arg(&d32);
+        // SAFETY: the argument list matches the kernel's signature.
         unsafe { args.launch(per_vector(n)) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev),
@@ -1174,7 +1174,7 @@ pub(crate) mod cuda {
         ))
     }
 
-    pub fn qkv_split(
+    pub fn split_parts(
         parts: usize,
         dims: [usize; 4],
         s1: &CudaStorage,
@@ -1182,7 +1182,7 @@ pub(crate) mod cuda {
         s2: &CudaStorage,
         l2: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        by_dtype!(s1, qkv_split_t(parts, dims, s1, l1, s2, l2))
+        by_dtype!(s1, split_parts_t(parts, dims, s1, l1, s2, l2))
     }
 
     fn mask_softmax_t<T: CudaDType + DeviceRepr>(

@@ -11,7 +11,7 @@
 //! values and gradients. CPU loops here and CUDA kernels in `kernels/fused.cu` (`*_train_*`,
 //! `dropout_f32`) compute the same.
 
-use super::kernels::{self, fused_train_cuda};
+use super::kernels::{self, contiguous_f32, fused_train_cuda};
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -52,16 +52,6 @@ pub(crate) fn usable(ts: &[&Tensor]) -> bool {
     f32s && (cpu || (fused_train_cuda() && ts.iter().all(|t| t.device().is_cuda())))
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("{what}: expected f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
 /// Mean and 1/√(var + eps) of a row, as the CUDA kernels compute them (two passes).
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let h = x.len() as f32;
@@ -96,9 +86,9 @@ impl CustomOp3 for LayerNorm {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g, b) = (
-            slice(s1, l1, "layer norm x")?,
-            slice(s2, l2, "gain")?,
-            slice(s3, l3, "bias")?,
+            contiguous_f32(s1, l1, "layer norm x")?,
+            contiguous_f32(s2, l2, "gain")?,
+            contiguous_f32(s3, l3, "bias")?,
         );
         let h = g.len();
         let mut y = vec![0f32; x.len()];
@@ -149,9 +139,9 @@ impl CustomOp3 for LayerNormBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, g, dy) = (
-            slice(s1, l1, "layer norm x")?,
-            slice(s2, l2, "gain")?,
-            slice(s3, l3, "dy")?,
+            contiguous_f32(s1, l1, "layer norm x")?,
+            contiguous_f32(s2, l2, "gain")?,
+            contiguous_f32(s3, l3, "dy")?,
         );
         let h = g.len();
         let rows = x.len() / h;
@@ -242,7 +232,10 @@ impl CustomOp2 for Softmax {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (s, m) = (slice(s1, l1, "softmax scores")?, slice(s2, l2, "softmax mask")?);
+        let (s, m) = (
+            contiguous_f32(s1, l1, "softmax scores")?,
+            contiguous_f32(s2, l2, "softmax mask")?,
+        );
         let dims = l1.dims();
         let (b, t) = (dims[0], dims[dims.len() - 1]);
         let per_text = s.len() / (b * t).max(1);
@@ -298,7 +291,10 @@ impl CustomOp2 for SoftmaxBwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (p, dp) = (slice(s1, l1, "softmax p")?, slice(s2, l2, "softmax dp")?);
+        let (p, dp) = (
+            contiguous_f32(s1, l1, "softmax p")?,
+            contiguous_f32(s2, l2, "softmax dp")?,
+        );
         let t = l1.dims()[l1.dims().len() - 1];
         let mut ds = vec![0f32; p.len()];
         ds.par_chunks_mut(t)
@@ -356,7 +352,10 @@ impl CustomOp2 for BiasGelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (slice(s1, l1, "bias-gelu x")?, slice(s2, l2, "bias-gelu bias")?);
+        let (x, b) = (
+            contiguous_f32(s1, l1, "bias-gelu x")?,
+            contiguous_f32(s2, l2, "bias-gelu bias")?,
+        );
         let d = b.len();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(y, x)| {
@@ -410,9 +409,9 @@ impl CustomOp3 for GeluBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, b, dy) = (
-            slice(s1, l1, "gelu x")?,
-            slice(s2, l2, "gelu bias")?,
-            slice(s3, l3, "gelu dy")?,
+            contiguous_f32(s1, l1, "gelu x")?,
+            contiguous_f32(s2, l2, "gelu bias")?,
+            contiguous_f32(s3, l3, "gelu dy")?,
         );
         let d = b.len();
         let mut dz = vec![0f32; x.len()];
@@ -481,7 +480,10 @@ impl CustomOp2 for BiasReluDrop {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, b) = (slice(s1, l1, "relu x")?, slice(s2, l2, "relu bias")?);
+        let (x, b) = (
+            contiguous_f32(s1, l1, "relu x")?,
+            contiguous_f32(s2, l2, "relu bias")?,
+        );
         Ok((CpuStorage::F32(self.cpu(x, b, None)), l1.shape().clone()))
     }
     #[cfg(feature = "cuda")]
@@ -510,9 +512,9 @@ impl CustomOp3 for BiasReluDrop {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, b, dy) = (
-            slice(s1, l1, "relu x")?,
-            slice(s2, l2, "relu bias")?,
-            slice(s3, l3, "relu dy")?,
+            contiguous_f32(s1, l1, "relu x")?,
+            contiguous_f32(s2, l2, "relu bias")?,
+            contiguous_f32(s3, l3, "relu dy")?,
         );
         Ok((CpuStorage::F32(self.cpu(x, b, Some(dy))), l1.shape().clone()))
     }
@@ -801,9 +803,9 @@ impl CustomOp3 for Bce {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, y, pw) = (
-            slice(s1, l1, "bce x")?,
-            slice(s2, l2, "bce y")?,
-            slice(s3, l3, "bce weight")?,
+            contiguous_f32(s1, l1, "bce x")?,
+            contiguous_f32(s2, l2, "bce y")?,
+            contiguous_f32(s3, l3, "bce weight")?,
         );
         let cols = if self.weighted { pw.len() } else { 1 };
         let out: Vec<f32> = (0..x.len())
@@ -946,7 +948,7 @@ impl CustomOp1 for Dropout {
         "dropout"
     }
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1, "dropout x")?;
+        let x = contiguous_f32(s1, l1, "dropout x")?;
         let mask = Mask::new(self.p, self.seed);
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(1 << 14).enumerate().for_each(|(c, y)| {
@@ -1159,7 +1161,7 @@ fn cpu_pass(
     let slices = guards
         .iter()
         .map(|(s, l)| match &**s {
-            candle_core::Storage::Cpu(s) => slice(s, l, what),
+            candle_core::Storage::Cpu(s) => contiguous_f32(s, l, what),
             _ => candle_core::bail!("{what}: expected CPU tensors"),
         })
         .collect::<Result<Vec<_>>>()?;
@@ -1321,7 +1323,11 @@ mod cuda {
     }
 
     fn func(s: &CudaStorage, name: &str) -> Result<CudaFunction> {
-        Ok(s.device()
+        func_on(s.device(), name)
+    }
+
+    fn func_on(dev: &CudaDevice, name: &str) -> Result<CudaFunction> {
+        Ok(dev
             .get_or_load_custom_func(name, MODULE, PTX)?
             .into_cuda_function())
     }
@@ -1626,9 +1632,7 @@ mod cuda {
             }
             let table = stream.clone_htod(&table).w()?;
             let n = plan.len() as u32;
-            let f = dev
-                .get_or_load_custom_func("col_sums_f32", MODULE, PTX)?
-                .into_cuda_function();
+            let f = func_on(dev, "col_sums_f32")?;
             let mut args = stream.launch_builder(&f);
             args.arg(&table).arg(&n);
             let cfg = LaunchConfig {
@@ -1659,9 +1663,7 @@ mod cuda {
                 candle_core::bail!("{what}: five inputs")
             };
             let stream = dev.cuda_stream();
-            let f = dev
-                .get_or_load_custom_func("bias_drop_add_norm_f32", MODULE, PTX)?
-                .into_cuda_function();
+            let f = func_on(dev, "bias_drop_add_norm_f32")?;
             let (rows, h32) = ((n / h) as u32, h as u32);
             let (drop, seed) = (seed.is_some() as u32, seed.unwrap_or(0));
             let mut args = stream.launch_builder(&f);
