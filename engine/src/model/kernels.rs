@@ -919,8 +919,27 @@ pub fn fused_train_cuda() -> bool {
 /// experimental until a GPU run has measured it against the block-per-row one).
 #[cfg(feature = "cuda")]
 fn ln_vec() -> bool {
+    #[cfg(test)]
+    if let Some(on) = LN_VEC_OVERRIDE.with(|c| c.get()) {
+        return on;
+    }
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     env_is(&ON, "VIRALCLIP_LN_VEC", "1")
+}
+
+#[cfg(all(test, feature = "cuda"))]
+thread_local! {
+    /// A test's choice of CUDA layer norm kernel on this thread, over `VIRALCLIP_LN_VEC`.
+    static LN_VEC_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with CUDA's vectorised layer norm on or off on this thread (tests of both kernels).
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn with_ln_vec<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let was = LN_VEC_OVERRIDE.with(|c| c.replace(Some(on)));
+    let r = f();
+    LN_VEC_OVERRIDE.with(|c| c.set(was));
+    r
 }
 
 /// Whether environment variable `var` is `value`, read once into `cell` (the kernels' switches).

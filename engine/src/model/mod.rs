@@ -4,6 +4,8 @@
 pub mod artifact;
 pub mod bert;
 pub mod checks;
+#[cfg(all(test, feature = "cuda"))]
+mod cuda_launch;
 pub mod heads;
 pub mod kernels;
 pub mod step;
