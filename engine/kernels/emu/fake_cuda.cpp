@@ -378,6 +378,9 @@ API CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsi
            INVALID_VALUE;
   if (std::getenv("FAKE_CUDA_TRACE"))
     say("%s grid (%u,%u,%u) block %u smem %u", fn->name.c_str(), gx, gy, gz, bx, smem);
+  // One launch at a time: the emulation's static __shared__ arrays are per kernel, not per launch.
+  static std::mutex one_at_a_time;
+  std::lock_guard<std::mutex> g(one_at_a_time);
   fn->launch(dim3{gx, gy, gz}, dim3{bx, by, bz}, smem, params);
   return OK;
 }
