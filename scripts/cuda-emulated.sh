@@ -5,8 +5,11 @@
 # against it. They put every kernel through its Rust launcher (arguments, grid, shared memory,
 # pointer tables), candle and cudarc, and compare with the CPU path.
 #
-#   scripts/cuda-emulated.sh            # needs ../shared/tools/cuda-env.sh (nvcc from PyPI)
-#   scripts/cuda-emulated.sh NAME       # only the tests whose name contains NAME
+#   scripts/cuda-emulated.sh              # needs ../shared/tools/cuda-env.sh (nvcc from PyPI)
+#   scripts/cuda-emulated.sh NAME         # only the tests whose name contains NAME
+#   scripts/cuda-emulated.sh --run BIN ARGS...
+#                                         # any binary built with `--features cuda` on the fake
+#                                         # driver, e.g. `viralclip bench --device cuda ...`
 #
 # Exits 0 when every test passes. Without the CUDA toolchain it says so and exits 2.
 set -euo pipefail
@@ -19,18 +22,23 @@ fi
 # shellcheck disable=SC1090
 source "$("$env_tool")"
 target=${VIRALCLIP_CUDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}-cuda}
-filter=${1:-cuda_launch}
-
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
-CARGO_TARGET_DIR=$target cargo test -p viralclip-engine --features cuda --lib --no-run 2>&1 | tee "$log" >&2
-bin=$(sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' "$log" | tail -1)
-[[ -x $bin ]] || { echo "cuda-emulated: no test binary in cargo's output" >&2; exit 1; }
+if [[ ${1:-} == --run ]]; then
+  bin=$2
+  shift 2
+  fake=$target/fake-cuda-$(basename "$bin")
+else
+  filter=${1:-cuda_launch}
+  log=$(mktemp)
+  trap 'rm -f "$log"' EXIT
+  CARGO_TARGET_DIR=$target cargo test -p viralclip-engine --features cuda --lib --no-run 2>&1 | tee "$log" >&2
+  bin=$(sed -n 's/.*Executable unittests src\/lib.rs (\(.*\))$/\1/p' "$log" | tail -1)
+  fake=$target/fake-cuda
+fi
+[[ -x $bin ]] || { echo "cuda-emulated: no binary to run ($bin)" >&2; exit 1; }
 
 # One fake library per CUDA library the binary needs, each exporting every symbol the binary
 # imports from it (with the binary's symbol versions): the emulated ones from fake_cuda.cpp, the
 # rest as stubs that say their name and fail.
-fake=$target/fake-cuda
 mkdir -p "$fake"
 src=engine/kernels/emu/fake_cuda.cpp
 cxx=${CXX:-c++}
@@ -66,7 +74,11 @@ for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libcud
   "$cxx" -shared -fPIC -pthread -Wl,-soname,"$lib" "${ver[@]}" -o "$out" "$obj" -x c "$stubs"
 done
 
+export LD_LIBRARY_PATH=$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if [[ -z ${filter:-} ]]; then
+  exec "$bin" "$@"
+fi
 echo "cuda-emulated: running $bin against $fake" >&2
-LD_LIBRARY_PATH=$fake${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} VIRALCLIP_CUDA_EMULATED=1 \
+VIRALCLIP_CUDA_EMULATED=1 \
   VIRALCLIP_FUSED_TRAIN=1 VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 \
   "$bin" "$filter" --test-threads=1 --nocapture

@@ -1,16 +1,21 @@
-// A CUDA driver (and the few cuBLAS, cuBLASLt, cuRAND calls candle makes to set a device up)
-// on the CPU, so the engine's own launchers (engine/src/model/kernels.rs, train_ops.rs, step.rs)
-// run through candle and cudarc exactly as on a GPU, with every kernel of ../fused.cu executed by
-// the emulation in cuda_emu.h. Device memory is host memory; every call is synchronous, so stream
-// order holds trivially. It runs viralclip's kernels only: candle's own kernels (PTX from
-// candle-kernels) and cuBLAS's products are not emulated, and asking for one fails with a message.
+// A CUDA driver, cuBLAS's strided batched GEMM and cuRAND's generators on the CPU, so the
+// engine's CUDA code runs through candle and cudarc exactly as on a GPU, without one: every kernel
+// of ../fused.cu is executed by the emulation in cuda_emu.h (a std::thread per CUDA thread), and
+// candle's own kernels (copies, casts, element-wise arithmetic, comparisons, reductions, index
+// select and add, layer norm, softmax) are computed directly on the host from their names and
+// signatures. Device memory is host memory; every call is synchronous, so stream order holds
+// trivially. What is not emulated (cuBLASLt's matmul, candle's other kernels) fails with its name.
 //
-// scripts/cuda-emulated.sh builds it once per library the test binary needs (-DFAKE_LIB=...), adds a
-// stub for every other symbol that binary imports from that library (each stub prints its name and
-// returns an error), and runs the `cuda` feature's tests against it. See README.md here.
+// scripts/cuda-emulated.sh builds it once per library a binary needs (-DFAKE_LIB=...), adds a stub
+// for every other symbol that binary imports from that library (each stub prints its name and
+// returns an error), and runs the `cuda` feature's tests against it, or any binary (`--run`). See
+// README.md here.
 #include <cstdarg>
 #include <cstddef>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 #define API extern "C" __attribute__((visibility("default")))
 
@@ -66,59 +71,328 @@ template <typename... P> Launcher launcher(void (*kernel)(P...)) {
   };
 }
 
-// A few of candle's own kernels (candle-kernels' affine.cu, unary.cu, fill.cu, reduce.cu), computed directly
-// on the host with their signatures: the copies and scalings candle makes around the engine's
-// operations (`.contiguous()`, `* scalar`, sums). Any other candle kernel is not emulated.
-size_t strided_index(size_t i, size_t nd, const size_t *info) {
-  if (!info) return i;
+// candle's own kernels (candle-kernels: unary.cu, binary.cu, affine.cu, cast.cu, fill.cu,
+// ternary.cu, indexing.cu, reduce.cu), computed directly on the host from their names and
+// signatures: what candle's operations launch around and between the engine's (copies, casts,
+// element-wise arithmetic, comparisons, sums), so whole model passes run. Values go through double,
+// stored back with the type's rounding (bf16 and f16 to nearest even). A kernel of a family or
+// type not handled here fails with its name.
+struct Ty {
+  enum Code { U8, U32, I64, F16, BF16, F32, F64 } code;
+  static bool parse(const std::string &s, Ty &t) {
+    static const std::map<std::string, Code> names = {{"u8", U8},   {"u32", U32},   {"i64", I64}, {"f16", F16},
+                                                      {"bf16", BF16}, {"f32", F32}, {"f64", F64}};
+    auto it = names.find(s);
+    if (it == names.end()) return false;
+    t.code = it->second;
+    return true;
+  }
+  double get(const void *p, size_t i) const {
+    switch (code) {
+      case U8: return ((const uint8_t *)p)[i];
+      case U32: return ((const uint32_t *)p)[i];
+      case I64: return (double)((const int64_t *)p)[i];
+      case F16: return __half2float(((const __half *)p)[i]);
+      case BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+      case F32: return ((const float *)p)[i];
+      case F64: return ((const double *)p)[i];
+    }
+    return 0;
+  }
+  void set(void *p, size_t i, double v) const {
+    switch (code) {
+      case U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+      case U32: ((uint32_t *)p)[i] = (uint32_t)v; break;
+      case I64: ((int64_t *)p)[i] = (int64_t)v; break;
+      case F16: ((__half *)p)[i] = __float2half((float)v); break;
+      case BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16((float)v); break;
+      case F32: ((float *)p)[i] = (float)v; break;
+      case F64: ((double *)p)[i] = v; break;
+    }
+  }
+  // A scalar parameter passed by value in this type (affine's, powf's, fill's).
+  double scalar(void *param) const { return get(param, 0); }
+  // What arithmetic in this type gives: f32 rounding for f32 and narrower floats.
+  double round(double v) const { return code == F64 ? v : code == F32 || code == F16 || code == BF16 ? (double)(float)v : v; }
+};
+
+size_t strided_index(size_t i, size_t nd, const size_t *dims, const size_t *strides) {
+  if (!dims) return i;
   size_t at = 0;
   for (size_t d = nd; d-- > 0;) {
-    at += (i % info[d]) * info[nd + d];
-    i /= info[d];
+    at += (i % dims[d]) * strides[d];
+    i /= dims[d];
   }
   return at;
 }
-template <typename T> Launcher candle_ucopy() {
-  return [](dim3, dim3, size_t, void **p) {
-    const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
-    const size_t *info = *(const size_t **)p[2];
-    const T *in = *(const T **)p[3];
-    T *out = *(T **)p[4];
-    for (size_t i = 0; i < numel; i++) out[i] = in[strided_index(i, nd, info)];
-  };
+
+bool contiguous(size_t nd, const size_t *info) {
+  if (!info) return true;
+  size_t acc = 1;
+  for (size_t d = nd; d-- > 0;) {
+    if (info[d] > 1 && info[nd + d] != acc) return false;
+    acc *= info[d];
+  }
+  return true;
 }
-Launcher candle_affine_f32() {
-  return [](dim3, dim3, size_t, void **p) {
-    const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
-    const size_t *info = *(const size_t **)p[2];
-    const float *in = *(const float **)p[3];
-    float *out = *(float **)p[4];
-    const float mul = *(float *)p[5], add = *(float *)p[6];
-    for (size_t i = 0; i < numel; i++) out[i] = (in ? in[strided_index(i, nd, info)] : out[i]) * mul + add;
+
+double gelu_tanh(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+
+bool unary_fn(const std::string &op, std::function<double(double, double)> &f) {
+  static const std::map<std::string, std::function<double(double, double)>> ops = {
+      {"copy", [](double x, double) { return x; }},
+      {"neg", [](double x, double) { return -x; }},
+      {"recip", [](double x, double) { return 1.0 / x; }},
+      {"exp", [](double x, double) { return std::exp(x); }},
+      {"log", [](double x, double) { return std::log(x); }},
+      {"sin", [](double x, double) { return std::sin(x); }},
+      {"cos", [](double x, double) { return std::cos(x); }},
+      {"tanh", [](double x, double) { return std::tanh(x); }},
+      {"erf", [](double x, double) { return std::erf(x); }},
+      {"ceil", [](double x, double) { return std::ceil(x); }},
+      {"floor", [](double x, double) { return std::floor(x); }},
+      {"round", [](double x, double) { return std::round(x); }},
+      {"abs", [](double x, double) { return std::fabs(x); }},
+      {"sqr", [](double x, double) { return x * x; }},
+      {"sqrt", [](double x, double) { return std::sqrt(x); }},
+      {"gelu", [](double x, double) { return gelu_tanh(x); }},
+      {"gelu_erf", [](double x, double) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }},
+      {"relu", [](double x, double) { return x > 0 ? x : 0.0; }},
+      {"silu", [](double x, double) { return x / (1.0 + std::exp(-x)); }},
+      {"sigmoid", [](double x, double) { return 1.0 / (1.0 + std::exp(-x)); }},
+      {"sign", [](double x, double) { return (double)((x > 0) - (x < 0)); }},
+      {"elu", [](double x, double a) { return x >= 0 ? x : a * (std::exp(x) - 1.0); }},
+      {"powf", [](double x, double a) { return std::pow(x, a); }},
   };
+  auto it = ops.find(op);
+  if (it == ops.end()) return false;
+  f = it->second;
+  return true;
 }
-// Sums of consecutive runs of `el` elements in the layout's order (reductions over trailing dims).
-Launcher candle_fast_sum_f32() {
-  return [](dim3, dim3, size_t, void **p) {
-    const size_t numel = *(size_t *)p[0], el = *(size_t *)p[1], nd = *(size_t *)p[2];
-    const size_t *info = *(const size_t **)p[3];
-    const float *src = *(const float **)p[4];
-    float *dst = *(float **)p[5];
-    for (size_t o = 0; o < numel / el; o++) {
-      double s = 0;
-      for (size_t i = o * el; i < (o + 1) * el; i++) s += src[strided_index(i, nd, info)];
-      dst[o] = (float)s;
-    }
+
+bool binary_fn(const std::string &op, std::function<double(double, double)> &f) {
+  static const std::map<std::string, std::function<double(double, double)>> ops = {
+      {"badd", [](double x, double y) { return x + y; }},
+      {"bsub", [](double x, double y) { return x - y; }},
+      {"bmul", [](double x, double y) { return x * y; }},
+      {"bdiv", [](double x, double y) { return x / y; }},
+      {"bmaximum", [](double x, double y) { return x > y ? x : y; }},
+      {"bminimum", [](double x, double y) { return x < y ? x : y; }},
+      {"eq", [](double x, double y) { return (double)(x == y); }},
+      {"ne", [](double x, double y) { return (double)(x != y); }},
+      {"lt", [](double x, double y) { return (double)(x < y); }},
+      {"le", [](double x, double y) { return (double)(x <= y); }},
+      {"gt", [](double x, double y) { return (double)(x > y); }},
+      {"ge", [](double x, double y) { return (double)(x >= y); }},
   };
+  auto it = ops.find(op);
+  if (it == ops.end()) return false;
+  f = it->second;
+  return true;
 }
-template <typename T> Launcher candle_copy2d() {
-  return [](dim3, dim3, size_t, void **p) {
-    const T *src = *(const T **)p[0];
-    T *dst = *(T **)p[1];
-    const uint32_t d1 = *(uint32_t *)p[2], d2 = *(uint32_t *)p[3], ss = *(uint32_t *)p[4], ds = *(uint32_t *)p[5];
-    for (uint32_t i = 0; i < d1; i++)
-      for (uint32_t j = 0; j < d2; j++) dst[(size_t)i * ds + j] = src[(size_t)i * ss + j];
-  };
+
+// The launcher for candle kernel `name`, or an empty one.
+Launcher candle_kernel(const std::string &name) {
+  std::vector<std::string> parts;
+  for (size_t a = 0, b; a <= name.size(); a = b + 1) {
+    b = name.find('_', a);
+    if (b == std::string::npos) b = name.size();
+    parts.push_back(name.substr(a, b - a));
+  }
+  if (parts.size() < 2) return {};
+  Ty t, t2;
+  const std::string last = parts.back();
+  const std::string head = name.substr(0, name.size() - last.size() - 1);
+  if (parts[0] == "cast" && parts.size() == 3 && Ty::parse(parts[1], t) && Ty::parse(parts[2], t2))
+    return [t, t2](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const void *in = *(void **)p[3];
+      void *out = *(void **)p[4];
+      for (size_t i = 0; i < numel; i++) t2.set(out, i, t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)));
+    };
+  if (!Ty::parse(last, t)) return {};
+  if (head == "fill")
+    return [t](dim3, dim3, size_t, void **p) {
+      void *buf = *(void **)p[0];
+      const double v = t.scalar(p[1]);
+      const size_t numel = *(size_t *)p[2];
+      for (size_t i = 0; i < numel; i++) t.set(buf, i, v);
+    };
+  if (head == "copy2d")
+    return [t](dim3, dim3, size_t, void **p) {
+      const void *src = *(void **)p[0];
+      void *dst = *(void **)p[1];
+      const uint32_t d1 = *(uint32_t *)p[2], d2 = *(uint32_t *)p[3], ss = *(uint32_t *)p[4], ds = *(uint32_t *)p[5];
+      for (uint32_t i = 0; i < d1; i++)
+        for (uint32_t j = 0; j < d2; j++) t.set(dst, (size_t)i * ds + j, t.get(src, (size_t)i * ss + j));
+    };
+  if (head == "affine")
+    return [t](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const void *in = *(void **)p[3];
+      void *out = *(void **)p[4];
+      const double mul = t.scalar(p[5]), add = t.scalar(p[6]);
+      for (size_t i = 0; i < numel; i++) {
+        const double x = in ? t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)) : t.get(out, i);
+        t.set(out, i, t.round(t.round(x * mul) + add));
+      }
+    };
+  std::function<double(double, double)> f;
+  if (name[0] == 'u' && unary_fn(head.substr(1), f)) {
+    const bool param = head == "uelu" || head == "upowf";
+    return [t, f, param](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const double a = param ? t.scalar(p[3]) : 0.0;
+      const void *in = *(void **)p[param ? 4 : 3];
+      void *out = *(void **)p[param ? 5 : 4];
+      for (size_t i = 0; i < numel; i++) {
+        const double x = in ? t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)) : t.get(out, i);
+        t.set(out, i, f(x, a));
+      }
+    };
+  }
+  if (binary_fn(head, f)) {
+    const bool cmp = head[0] != 'b';
+    return [t, f, cmp](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *ds = *(const size_t **)p[2];
+      const void *l = *(void **)p[3], *r = *(void **)p[4];
+      void *out = *(void **)p[5];
+      Ty u8{Ty::U8};
+      for (size_t i = 0; i < numel; i++) {
+        const double x = t.get(l, strided_index(i, nd, ds, ds ? ds + nd : nullptr));
+        const double y = t.get(r, strided_index(i, nd, ds, ds ? ds + 2 * nd : nullptr));
+        (cmp ? u8 : t).set(out, i, t.round(f(x, y)));
+      }
+    };
+  }
+  if (parts[0] == "where" && parts.size() == 3 && Ty::parse(parts[1], t2))
+    return [t, t2](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const void *ids = *(void **)p[3], *tv = *(void **)p[4], *fv = *(void **)p[5];
+      void *out = *(void **)p[6];
+      for (size_t i = 0; i < numel; i++) {
+        const bool c = t2.get(ids, strided_index(i, nd, info, info ? info + nd : nullptr)) != 0;
+        const size_t at = strided_index(i, nd, info, info ? info + (c ? 2 : 3) * nd : nullptr);
+        t.set(out, i, t.get(c ? tv : fv, at));
+      }
+    };
+  if (parts[0] == "is" && parts.size() == 3 && Ty::parse(parts[1], t2))
+    return [t, t2](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const void *ids = *(void **)p[3], *in = *(void **)p[4];
+      void *out = *(void **)p[5];
+      const size_t src_dim = *(size_t *)p[7], ids_dim = *(size_t *)p[8], right = *(size_t *)p[9];
+      for (size_t o = 0; o < numel; o++) {
+        const size_t left_i = o / (ids_dim * right), id_i = o / right % ids_dim, right_i = o % right;
+        const double id = t2.get(ids, id_i);
+        if (id < 0 || id >= (double)src_dim) {
+          say("%s: index %g out of range (dimension %zu)", "index_select", id, src_dim);
+          std::abort();
+        }
+        // As the kernel does: `info` is the ids' layout, and only a non-contiguous one re-maps.
+        const size_t src = left_i * src_dim * right + (size_t)id * right + right_i;
+        t.set(out, o, t.get(in, contiguous(nd, info) ? src : strided_index(src, nd, info, info + nd)));
+      }
+    };
+  if (parts[0] == "ia" && parts.size() == 3 && Ty::parse(parts[1], t2))
+    return [t, t2](dim3, dim3, size_t, void **p) {
+      const void *ids = *(void **)p[0];
+      const size_t n_ids = *(size_t *)p[1];
+      const void *in = *(void **)p[2];
+      void *out = *(void **)p[3];
+      const size_t left = *(size_t *)p[4], dst_dim = *(size_t *)p[6], right = *(size_t *)p[7];
+      for (size_t pre = 0; pre < left; pre++)
+        for (size_t j = 0; j < n_ids; j++) {
+          const double id = t2.get(ids, j);
+          if (id < 0 || id >= (double)dst_dim) continue;
+          for (size_t post = 0; post < right; post++) {
+            const size_t src = (pre * n_ids + j) * right + post, dst = (pre * dst_dim + (size_t)id) * right + post;
+            t.set(out, dst, t.get(out, dst) + t.get(in, src));
+          }
+        }
+    };
+  // Row kernels: one row per (block, threadIdx.y), rows = grid.x · block.y.
+  if (head == "layernorm")
+    return [t](dim3 grid, dim3 block, size_t, void **p) {
+      const void *x = *(void **)p[0], *alpha = *(void **)p[2], *beta = *(void **)p[3];
+      void *dst = *(void **)p[1];
+      const int cols = *(int *)p[4];
+      const float eps = *(float *)p[6];
+      for (size_t r = 0; r < (size_t)grid.x * block.y; r++) {
+        double mean = 0, sq = 0;
+        for (int c = 0; c < cols; c++) {
+          const double v = t.get(x, r * cols + c);
+          mean += v;
+          sq += v * v;
+        }
+        mean /= cols;
+        const double inv = 1.0 / std::sqrt(sq / cols - mean * mean + eps);
+        for (int c = 0; c < cols; c++) {
+          double v = (t.get(x, r * cols + c) - mean) * inv;
+          if (alpha) v *= t.get(alpha, c);
+          if (beta) v += t.get(beta, c);
+          t.set(dst, r * cols + c, v);
+        }
+      }
+    };
+  if (head == "softmax")
+    return [t](dim3 grid, dim3 block, size_t, void **p) {
+      const void *x = *(void **)p[0];
+      void *dst = *(void **)p[1];
+      const int cols = *(int *)p[2];
+      for (size_t r = 0; r < (size_t)grid.x * block.x; r++) {  // softmax's rows run along x
+        double m = -INFINITY, sum = 0;
+        for (int c = 0; c < cols; c++) m = std::max(m, t.get(x, r * cols + c));
+        for (int c = 0; c < cols; c++) sum += std::exp(t.get(x, r * cols + c) - m);
+        for (int c = 0; c < cols; c++) t.set(dst, r * cols + c, std::exp(t.get(x, r * cols + c) - m) / sum);
+      }
+    };
+  if (head == "const_set")
+    return [t](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
+      const size_t *info = *(const size_t **)p[2];
+      const double v = t.scalar(p[3]);
+      void *out = *(void **)p[4];
+      for (size_t i = 0; i < numel; i++) t.set(out, strided_index(i, nd, info, info ? info + nd : nullptr), v);
+    };
+  if (head == "fast_sum_small")
+    return [t](dim3, dim3, size_t, void **p) {
+      const size_t out_el = *(size_t *)p[0], el = *(size_t *)p[1], nd = *(size_t *)p[2];
+      const size_t *info = *(const size_t **)p[3];
+      const void *src = *(void **)p[4];
+      void *dst = *(void **)p[5];
+      for (size_t o = 0; o < out_el; o++) {
+        double acc = 0;
+        for (size_t i = o * el; i < (o + 1) * el; i++) acc += t.get(src, strided_index(i, nd, info, info ? info + nd : nullptr));
+        t.set(dst, o, acc);
+      }
+    };
+  if (head == "fast_sum" || head == "fast_max" || head == "fast_min" || head == "fast_argmax" || head == "fast_argmin")
+    return [t, head](dim3, dim3, size_t, void **p) {
+      const size_t numel = *(size_t *)p[0], el = *(size_t *)p[1], nd = *(size_t *)p[2];
+      const size_t *info = *(const size_t **)p[3];
+      const void *src = *(void **)p[4];
+      void *dst = *(void **)p[5];
+      Ty u32{Ty::U32};
+      for (size_t o = 0; o < numel / el; o++) {
+        double acc = head == "fast_sum" ? 0.0 : t.get(src, strided_index(o * el, nd, info, info ? info + nd : nullptr));
+        size_t arg = 0;
+        for (size_t i = o * el; i < (o + 1) * el; i++) {
+          const double v = t.get(src, strided_index(i, nd, info, info ? info + nd : nullptr));
+          if (head == "fast_sum") acc += v;
+          else if ((head == "fast_max" || head == "fast_argmax") ? v > acc : v < acc) acc = v, arg = i - o * el;
+        }
+        if (head == "fast_argmax" || head == "fast_argmin") u32.set(dst, o, (double)arg);
+        else t.set(dst, o, acc);
+      }
+    };
+  return {};
 }
 
 struct Function {
@@ -161,14 +435,6 @@ const std::map<std::string, Launcher> &kernels() {
     K(bias_relu_drop_f32)
 #undef TYPED
 #undef K
-    m.emplace("ucopy_f32", candle_ucopy<float>());
-    m.emplace("ucopy_f16", candle_ucopy<uint16_t>());
-    m.emplace("ucopy_bf16", candle_ucopy<uint16_t>());
-    m.emplace("copy2d_f32", candle_copy2d<float>());
-    m.emplace("copy2d_f16", candle_copy2d<uint16_t>());
-    m.emplace("copy2d_bf16", candle_copy2d<uint16_t>());
-    m.emplace("affine_f32", candle_affine_f32());
-    m.emplace("fast_sum_f32", candle_fast_sum_f32());
     return m;
   }();
   return k;
@@ -293,7 +559,7 @@ API CUresult cuGetErrorString(CUresult e, const char **s) {
     case OK: *s = "no error"; break;
     case INVALID_VALUE: *s = "invalid argument (fake cuda)"; break;
     case OUT_OF_MEMORY: *s = "out of memory (fake cuda)"; break;
-    case NOT_FOUND: *s = "named symbol not found: the fake driver runs viralclip's kernels only"; break;
+    case NOT_FOUND: *s = "named symbol not found: a kernel the fake driver does not emulate"; break;
     case NOT_SUPPORTED: *s = "operation not supported by the fake driver"; break;
     default: *s = "unknown error (fake cuda)";
   }
@@ -349,11 +615,12 @@ API CUresult cuModuleUnload(void *m) {
 }
 API CUresult cuModuleGetFunction(void **f, void *, const char *name) {
   auto it = kernels().find(name);
-  if (it == kernels().end()) {
-    say("kernel %s is not emulated (only viralclip's own kernels of fused.cu are)", name);
+  Launcher l = it != kernels().end() ? it->second : candle_kernel(name);
+  if (!l) {
+    say("kernel %s is not emulated (fused.cu's are, and the candle kernels fake_cuda.cpp lists)", name);
     return NOT_FOUND;
   }
-  *f = new Function{name, it->second};
+  *f = new Function{name, l};
   return OK;
 }
 API CUresult cuFuncSetAttribute(void *f, int attribute, int value) {
@@ -396,6 +663,78 @@ API int cublasDestroy_v2(void *h) {
   return 0;
 }
 API int cublasSetStream_v2(void *, void *) { return 0; }
+
+namespace {
+// cudaDataType_t: 0 f32, 1 f64, 2 f16, 14 bf16.
+double load(int type, const void *p, size_t i) {
+  switch (type) {
+    case 0: return ((const float *)p)[i];
+    case 1: return ((const double *)p)[i];
+    case 2: {
+      _Float16 h;
+      std::memcpy(&h, (const char *)p + 2 * i, 2);
+      return (double)h;
+    }
+    case 14: {
+      uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    }
+  }
+  return NAN;
+}
+void store(int type, void *p, size_t i, double v) {
+  switch (type) {
+    case 0: ((float *)p)[i] = (float)v; break;
+    case 1: ((double *)p)[i] = v; break;
+    case 2: {
+      const _Float16 h = (_Float16)(float)v;
+      std::memcpy((char *)p + 2 * i, &h, 2);
+      break;
+    }
+    case 14: {
+      const float f = (float)v;
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      u += 0x7fff + ((u >> 16) & 1);  // to nearest even
+      ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
+      break;
+    }
+  }
+}
+}  // namespace
+
+// Column-major C = alpha·op(A)·op(B) + beta·C for each of `batch` matrices, accumulated in double
+// (so products agree with the CPU's to its rounding, as a GPU's f32 accumulation does).
+API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
+                                   int at, int lda, long long sa, const void *b, int bt, int ldb, long long sb,
+                                   const void *beta, void *c, int ct, int ldc, long long sc, int batch, int compute,
+                                   int) {
+  if (at != bt || at != ct || (at != 0 && at != 1 && at != 2 && at != 14)) {
+    std::fprintf(stderr, "fake cuda: cublasGemmStridedBatchedEx with types %d %d %d\n", at, bt, ct);
+    return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
+  }
+  // The scalars' type follows the compute type: 64 (16F) half, 70 (64F) double, else float.
+  auto scalar = [&](const void *p) {
+    return compute == 64 ? load(2, p, 0) : compute == 70 ? *(const double *)p : (double)*(const float *)p;
+  };
+  const double al = scalar(alpha), be = scalar(beta);
+  for (int q = 0; q < batch; q++) {
+    for (int j = 0; j < n; j++)
+      for (int i = 0; i < m; i++) {
+        double acc = 0;
+        for (int l = 0; l < k; l++) {
+          const size_t ia = q * sa + (ta ? (size_t)i * lda + l : (size_t)l * lda + i);
+          const size_t ib = q * sb + (tb ? (size_t)l * ldb + j : (size_t)j * ldb + l);
+          acc += load(at, a, ia) * load(bt, b, ib);
+        }
+        const size_t ic = q * sc + (size_t)j * ldc + i;
+        store(ct, c, ic, al * acc + (be != 0 ? be * load(ct, c, ic) : 0.0));
+      }
+  }
+  return 0;
+}
 API int cublasSetWorkspace_v2(void *, void *, size_t) { return 0; }
 API int cublasSetMathMode(void *, int) { return 0; }
 
@@ -413,15 +752,46 @@ API int cublasLtDestroy(void *h) {
 #elif THIS_LIB == LIB_curand
 
 API int curandCreateGenerator(void **g, int) {
-  *g = new int(0);
+  *g = new uint64_t(0x9E3779B97F4A7C15ull);
   return 0;
 }
 API int curandDestroyGenerator(void *g) {
-  delete static_cast<int *>(g);
+  delete static_cast<uint64_t *>(g);
   return 0;
 }
-API int curandSetPseudoRandomGeneratorSeed(void *, unsigned long long) { return 0; }
+API int curandSetPseudoRandomGeneratorSeed(void *g, unsigned long long seed) {
+  *static_cast<uint64_t *>(g) = seed * 0x9E3779B97F4A7C15ull | 1;
+  return 0;
+}
 API int curandSetStream(void *, void *) { return 0; }
+
+namespace {
+// Not cuRAND's sequence (nothing may rely on one): a seeded xorshift, uniform in (0, 1].
+double next(void *g) {
+  uint64_t &s = *static_cast<uint64_t *>(g);
+  s ^= s << 13;
+  s ^= s >> 7;
+  s ^= s << 17;
+  return ((s >> 11) + 1) * (1.0 / 9007199254740992.0);
+}
+}  // namespace
+
+API int curandGenerateUniform(void *g, float *out, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = (float)next(g);
+  return 0;
+}
+API int curandGenerateUniformDouble(void *g, double *out, size_t n) {
+  for (size_t i = 0; i < n; i++) out[i] = next(g);
+  return 0;
+}
+API int curandGenerateNormal(void *g, float *out, size_t n, float mean, float std) {
+  for (size_t i = 0; i < n; i++) out[i] = mean + std * (float)(std::sqrt(-2.0 * std::log(next(g))) * std::cos(6.283185307179586 * next(g)));
+  return 0;
+}
+API int curandGenerateNormalDouble(void *g, double *out, size_t n, double mean, double std) {
+  for (size_t i = 0; i < n; i++) out[i] = mean + std * std::sqrt(-2.0 * std::log(next(g))) * std::cos(6.283185307179586 * next(g));
+  return 0;
+}
 
 #elif THIS_LIB == LIB_cudart
 // The registration calls nvcc's host code makes when the binary loads (candle-kernels' own CUDA

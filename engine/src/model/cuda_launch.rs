@@ -536,3 +536,98 @@ fn cuda_launch_training_passes() {
     let got = train_ops::merge_heads(&got).unwrap();
     assert_close("merge_heads (training)", &got, &want, tol);
 }
+
+/// Training by hand as the trainer runs it on a GPU (the layers' and heads' taped passes, the one
+/// backward pass PCGrad's two tasks share, column sums, the fused residual branch), and the fused
+/// operations inside candle's graph, against candle's own operations on the same device: the
+/// checks `bench --train-steps` prints (`by_hand_check`, `train_ops_check`), with the bar
+/// `scripts/gpu-check.sh` sets before a training run may use the kernels.
+#[test]
+fn cuda_launch_training_checks() {
+    let Some(dev) = cuda_training() else { return };
+    for (name, check) in [
+        ("train_ops_check", super::checks::training_ops(&dev).unwrap()),
+        ("by_hand_check", super::checks::training_by_hand(&dev).unwrap()),
+    ] {
+        eprintln!("{name}: {:.2e} ({})", check.max_diff, check.worst);
+        assert!(check.fused, "{name}: the fused kernels did not run");
+        assert!(
+            check.max_diff < 1e-3,
+            "{name}: {} at {}",
+            check.max_diff,
+            check.worst
+        );
+    }
+}
+
+/// The products and element-wise operations candle launches between the engine's kernels, on
+/// the device against the CPU (under `scripts/cuda-emulated.sh`, the fake driver's own versions
+/// of cuBLAS's GEMM and candle's kernels: what the whole-model checks above rest on).
+#[test]
+fn cuda_launch_candle_operations() {
+    let Some(dev) = cuda() else { return };
+    for dtype in TYPES {
+        let tol = tolerance(dtype) * 2.0;
+        let a = input(&[2, 5, 7], 50, 1.0, dtype);
+        let b = input(&[2, 7, 3], 51, 1.0, dtype);
+        let bt = input(&[2, 3, 7], 52, 1.0, dtype);
+        let w = input(&[6, 7], 53, 1.0, dtype);
+        let (ad, bd, btd, wd) = (
+            on(&a, &dev, dtype),
+            on(&b, &dev, dtype),
+            on(&bt, &dev, dtype),
+            on(&w, &dev, dtype),
+        );
+        let cases: Vec<(&str, Tensor, Tensor)> = vec![
+            ("matmul", a.matmul(&b).unwrap(), ad.matmul(&bd).unwrap()),
+            (
+                "matmul bᵀ",
+                a.matmul(&bt.t().unwrap()).unwrap(),
+                ad.matmul(&btd.t().unwrap()).unwrap(),
+            ),
+            (
+                "linear (x·wᵀ)",
+                a.reshape((10, 7)).unwrap().matmul(&w.t().unwrap()).unwrap(),
+                ad.reshape((10, 7)).unwrap().matmul(&wd.t().unwrap()).unwrap(),
+            ),
+            (
+                "broadcast_matmul",
+                a.broadcast_matmul(&w.t().unwrap()).unwrap(),
+                ad.broadcast_matmul(&wd.t().unwrap()).unwrap(),
+            ),
+            (
+                "transpose + contiguous",
+                a.transpose(1, 2).unwrap().contiguous().unwrap(),
+                ad.transpose(1, 2).unwrap().contiguous().unwrap(),
+            ),
+            ("sum(1)", a.sum(1).unwrap(), ad.sum(1).unwrap()),
+            ("max(2)", a.max(2).unwrap(), ad.max(2).unwrap()),
+            (
+                "broadcast_add",
+                a.broadcast_add(&w.get(0).unwrap()).unwrap(),
+                ad.broadcast_add(&wd.get(0).unwrap()).unwrap(),
+            ),
+            (
+                "exp · 2 + 1",
+                ((a.exp().unwrap() * 2.0).unwrap() + 1.0).unwrap(),
+                ((ad.exp().unwrap() * 2.0).unwrap() + 1.0).unwrap(),
+            ),
+        ];
+        for (name, want, got) in cases {
+            let want = want.to_dtype(DType::F32).unwrap();
+            assert_close(&format!("{name} {dtype:?}"), &got, &want, tol);
+        }
+        // An embedding lookup.
+        let ids = Tensor::new(&[3u32, 0, 5, 5, 1], &Device::Cpu).unwrap();
+        let want = w.index_select(&ids, 0).unwrap();
+        let got = wd.index_select(&ids.to_device(&dev).unwrap(), 0).unwrap();
+        assert_close(&format!("index_select {dtype:?}"), &got, &want, 0.0);
+        let want = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+        assert_close(
+            &format!("cast {dtype:?}"),
+            &wd.to_dtype(DType::F32).unwrap(),
+            &want,
+            0.0,
+        );
+    }
+}
