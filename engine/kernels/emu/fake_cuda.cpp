@@ -41,16 +41,70 @@ namespace {
 
 }  // namespace
 
-#if THIS_LIB == LIB_cuda
-
 #include "cuda_emu.h"
-
-#include "../fused.cu"
 
 #include <functional>
 #include <map>
 #include <string>
 #include <utility>
+
+namespace {
+// An element type of the memory the libraries are handed: values read and written through
+// double, stored with the type's rounding (16-bit floats to nearest even, cuda_emu.h's
+// conversions, as the GPU's).
+struct Ty {
+  enum Code { U8, U32, I64, F16, BF16, F32, F64 } code;
+  // candle's kernel-name suffix.
+  static bool parse(const std::string &s, Ty &t) {
+    static const std::map<std::string, Code> names = {{"u8", U8},   {"u32", U32},   {"i64", I64}, {"f16", F16},
+                                                      {"bf16", BF16}, {"f32", F32}, {"f64", F64}};
+    auto it = names.find(s);
+    if (it == names.end()) return false;
+    t.code = it->second;
+    return true;
+  }
+  // cuBLAS's cudaDataType_t: 0 f32, 1 f64, 2 f16, 14 bf16.
+  static bool from_cuda(int type, Ty &t) {
+    switch (type) {
+      case 0: t.code = F32; return true;
+      case 1: t.code = F64; return true;
+      case 2: t.code = F16; return true;
+      case 14: t.code = BF16; return true;
+    }
+    return false;
+  }
+  double get(const void *p, size_t i) const {
+    switch (code) {
+      case U8: return ((const uint8_t *)p)[i];
+      case U32: return ((const uint32_t *)p)[i];
+      case I64: return (double)((const int64_t *)p)[i];
+      case F16: return __half2float(((const __half *)p)[i]);
+      case BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+      case F32: return ((const float *)p)[i];
+      case F64: return ((const double *)p)[i];
+    }
+    return 0;
+  }
+  void set(void *p, size_t i, double v) const {
+    switch (code) {
+      case U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
+      case U32: ((uint32_t *)p)[i] = (uint32_t)v; break;
+      case I64: ((int64_t *)p)[i] = (int64_t)v; break;
+      case F16: ((__half *)p)[i] = __float2half((float)v); break;
+      case BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16((float)v); break;
+      case F32: ((float *)p)[i] = (float)v; break;
+      case F64: ((double *)p)[i] = v; break;
+    }
+  }
+  // What arithmetic in this type gives: f32 rounding for f32 and narrower floats.
+  double round(double v) const { return code == F32 || code == F16 || code == BF16 ? (double)(float)v : v; }
+};
+
+}  // namespace
+
+#if THIS_LIB == LIB_cuda
+
+#include "../fused.cu"
 
 namespace {
 
@@ -77,51 +131,16 @@ template <typename... P> Launcher launcher(void (*kernel)(P...)) {
 // element-wise arithmetic, comparisons, sums), so whole model passes run. Values go through double,
 // stored back with the type's rounding (bf16 and f16 to nearest even). A kernel of a family or
 // type not handled here fails with its name.
-struct Ty {
-  enum Code { U8, U32, I64, F16, BF16, F32, F64 } code;
-  static bool parse(const std::string &s, Ty &t) {
-    static const std::map<std::string, Code> names = {{"u8", U8},   {"u32", U32},   {"i64", I64}, {"f16", F16},
-                                                      {"bf16", BF16}, {"f32", F32}, {"f64", F64}};
-    auto it = names.find(s);
-    if (it == names.end()) return false;
-    t.code = it->second;
-    return true;
-  }
-  double get(const void *p, size_t i) const {
-    switch (code) {
-      case U8: return ((const uint8_t *)p)[i];
-      case U32: return ((const uint32_t *)p)[i];
-      case I64: return (double)((const int64_t *)p)[i];
-      case F16: return __half2float(((const __half *)p)[i]);
-      case BF16: return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
-      case F32: return ((const float *)p)[i];
-      case F64: return ((const double *)p)[i];
-    }
-    return 0;
-  }
-  void set(void *p, size_t i, double v) const {
-    switch (code) {
-      case U8: ((uint8_t *)p)[i] = (uint8_t)v; break;
-      case U32: ((uint32_t *)p)[i] = (uint32_t)v; break;
-      case I64: ((int64_t *)p)[i] = (int64_t)v; break;
-      case F16: ((__half *)p)[i] = __float2half((float)v); break;
-      case BF16: ((__nv_bfloat16 *)p)[i] = __float2bfloat16((float)v); break;
-      case F32: ((float *)p)[i] = (float)v; break;
-      case F64: ((double *)p)[i] = v; break;
-    }
-  }
-  // A scalar parameter passed by value in this type (affine's, powf's, fill's).
-  double scalar(void *param) const { return get(param, 0); }
-  // What arithmetic in this type gives: f32 rounding for f32 and narrower floats.
-  double round(double v) const { return code == F64 ? v : code == F32 || code == F16 || code == BF16 ? (double)(float)v : v; }
-};
 
-size_t strided_index(size_t i, size_t nd, const size_t *dims, const size_t *strides) {
-  if (!dims) return i;
+// Element i of a layout given as candle passes it: `info` holds the dims, then stride sets; the
+// k-th set (1: the input's; binary and where kernels pass more) applies. No info: contiguous.
+size_t strided_index(size_t i, size_t nd, const size_t *info, size_t k = 1) {
+  if (!info) return i;
+  const size_t *strides = info + k * nd;
   size_t at = 0;
   for (size_t d = nd; d-- > 0;) {
-    at += (i % dims[d]) * strides[d];
-    i /= dims[d];
+    at += (i % info[d]) * strides[d];
+    i /= info[d];
   }
   return at;
 }
@@ -209,13 +228,13 @@ Launcher candle_kernel(const std::string &name) {
       const size_t *info = *(const size_t **)p[2];
       const void *in = *(void **)p[3];
       void *out = *(void **)p[4];
-      for (size_t i = 0; i < numel; i++) t2.set(out, i, t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)));
+      for (size_t i = 0; i < numel; i++) t2.set(out, i, t.get(in, strided_index(i, nd, info)));
     };
   if (!Ty::parse(last, t)) return {};
   if (head == "fill")
     return [t](dim3, dim3, size_t, void **p) {
       void *buf = *(void **)p[0];
-      const double v = t.scalar(p[1]);
+      const double v = t.get(p[1], 0);
       const size_t numel = *(size_t *)p[2];
       for (size_t i = 0; i < numel; i++) t.set(buf, i, v);
     };
@@ -233,9 +252,9 @@ Launcher candle_kernel(const std::string &name) {
       const size_t *info = *(const size_t **)p[2];
       const void *in = *(void **)p[3];
       void *out = *(void **)p[4];
-      const double mul = t.scalar(p[5]), add = t.scalar(p[6]);
+      const double mul = t.get(p[5], 0), add = t.get(p[6], 0);
       for (size_t i = 0; i < numel; i++) {
-        const double x = in ? t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)) : t.get(out, i);
+        const double x = in ? t.get(in, strided_index(i, nd, info)) : t.get(out, i);
         t.set(out, i, t.round(t.round(x * mul) + add));
       }
     };
@@ -245,11 +264,11 @@ Launcher candle_kernel(const std::string &name) {
     return [t, f, param](dim3, dim3, size_t, void **p) {
       const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
       const size_t *info = *(const size_t **)p[2];
-      const double a = param ? t.scalar(p[3]) : 0.0;
+      const double a = param ? t.get(p[3], 0) : 0.0;
       const void *in = *(void **)p[param ? 4 : 3];
       void *out = *(void **)p[param ? 5 : 4];
       for (size_t i = 0; i < numel; i++) {
-        const double x = in ? t.get(in, strided_index(i, nd, info, info ? info + nd : nullptr)) : t.get(out, i);
+        const double x = in ? t.get(in, strided_index(i, nd, info)) : t.get(out, i);
         t.set(out, i, f(x, a));
       }
     };
@@ -263,8 +282,8 @@ Launcher candle_kernel(const std::string &name) {
       void *out = *(void **)p[5];
       Ty u8{Ty::U8};
       for (size_t i = 0; i < numel; i++) {
-        const double x = t.get(l, strided_index(i, nd, ds, ds ? ds + nd : nullptr));
-        const double y = t.get(r, strided_index(i, nd, ds, ds ? ds + 2 * nd : nullptr));
+        const double x = t.get(l, strided_index(i, nd, ds, 1));
+        const double y = t.get(r, strided_index(i, nd, ds, 2));
         (cmp ? u8 : t).set(out, i, t.round(f(x, y)));
       }
     };
@@ -276,8 +295,8 @@ Launcher candle_kernel(const std::string &name) {
       const void *ids = *(void **)p[3], *tv = *(void **)p[4], *fv = *(void **)p[5];
       void *out = *(void **)p[6];
       for (size_t i = 0; i < numel; i++) {
-        const bool c = t2.get(ids, strided_index(i, nd, info, info ? info + nd : nullptr)) != 0;
-        const size_t at = strided_index(i, nd, info, info ? info + (c ? 2 : 3) * nd : nullptr);
+        const bool c = t2.get(ids, strided_index(i, nd, info)) != 0;
+        const size_t at = strided_index(i, nd, info, c ? 2 : 3);
         t.set(out, i, t.get(c ? tv : fv, at));
       }
     };
@@ -297,7 +316,7 @@ Launcher candle_kernel(const std::string &name) {
         }
         // As the kernel does: `info` is the ids' layout, and only a non-contiguous one re-maps.
         const size_t src = left_i * src_dim * right + (size_t)id * right + right_i;
-        t.set(out, o, t.get(in, contiguous(nd, info) ? src : strided_index(src, nd, info, info + nd)));
+        t.set(out, o, t.get(in, contiguous(nd, info) ? src : strided_index(src, nd, info)));
       }
     };
   if (parts[0] == "ia" && parts.size() == 3 && Ty::parse(parts[1], t2))
@@ -357,9 +376,9 @@ Launcher candle_kernel(const std::string &name) {
     return [t](dim3, dim3, size_t, void **p) {
       const size_t numel = *(size_t *)p[0], nd = *(size_t *)p[1];
       const size_t *info = *(const size_t **)p[2];
-      const double v = t.scalar(p[3]);
+      const double v = t.get(p[3], 0);
       void *out = *(void **)p[4];
-      for (size_t i = 0; i < numel; i++) t.set(out, strided_index(i, nd, info, info ? info + nd : nullptr), v);
+      for (size_t i = 0; i < numel; i++) t.set(out, strided_index(i, nd, info), v);
     };
   if (head == "fast_sum_small")
     return [t](dim3, dim3, size_t, void **p) {
@@ -369,7 +388,7 @@ Launcher candle_kernel(const std::string &name) {
       void *dst = *(void **)p[5];
       for (size_t o = 0; o < out_el; o++) {
         double acc = 0;
-        for (size_t i = o * el; i < (o + 1) * el; i++) acc += t.get(src, strided_index(i, nd, info, info ? info + nd : nullptr));
+        for (size_t i = o * el; i < (o + 1) * el; i++) acc += t.get(src, strided_index(i, nd, info));
         t.set(dst, o, acc);
       }
     };
@@ -381,10 +400,10 @@ Launcher candle_kernel(const std::string &name) {
       void *dst = *(void **)p[5];
       Ty u32{Ty::U32};
       for (size_t o = 0; o < numel / el; o++) {
-        double acc = head == "fast_sum" ? 0.0 : t.get(src, strided_index(o * el, nd, info, info ? info + nd : nullptr));
+        double acc = head == "fast_sum" ? 0.0 : t.get(src, strided_index(o * el, nd, info));
         size_t arg = 0;
         for (size_t i = o * el; i < (o + 1) * el; i++) {
-          const double v = t.get(src, strided_index(i, nd, info, info ? info + nd : nullptr));
+          const double v = t.get(src, strided_index(i, nd, info));
           if (head == "fast_sum") acc += v;
           else if ((head == "fast_max" || head == "fast_argmax") ? v > acc : v < acc) acc = v, arg = i - o * el;
         }
@@ -664,62 +683,20 @@ API int cublasDestroy_v2(void *h) {
 }
 API int cublasSetStream_v2(void *, void *) { return 0; }
 
-namespace {
-// cudaDataType_t: 0 f32, 1 f64, 2 f16, 14 bf16.
-double load(int type, const void *p, size_t i) {
-  switch (type) {
-    case 0: return ((const float *)p)[i];
-    case 1: return ((const double *)p)[i];
-    case 2: {
-      _Float16 h;
-      std::memcpy(&h, (const char *)p + 2 * i, 2);
-      return (double)h;
-    }
-    case 14: {
-      uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
-      float f;
-      std::memcpy(&f, &u, 4);
-      return f;
-    }
-  }
-  return NAN;
-}
-void store(int type, void *p, size_t i, double v) {
-  switch (type) {
-    case 0: ((float *)p)[i] = (float)v; break;
-    case 1: ((double *)p)[i] = v; break;
-    case 2: {
-      const _Float16 h = (_Float16)(float)v;
-      std::memcpy((char *)p + 2 * i, &h, 2);
-      break;
-    }
-    case 14: {
-      const float f = (float)v;
-      uint32_t u;
-      std::memcpy(&u, &f, 4);
-      u += 0x7fff + ((u >> 16) & 1);  // to nearest even
-      ((uint16_t *)p)[i] = (uint16_t)(u >> 16);
-      break;
-    }
-  }
-}
-}  // namespace
-
 // Column-major C = alpha·op(A)·op(B) + beta·C for each of `batch` matrices, accumulated in double
 // (so products agree with the CPU's to its rounding, as a GPU's f32 accumulation does).
 API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
                                    int at, int lda, long long sa, const void *b, int bt, int ldb, long long sb,
                                    const void *beta, void *c, int ct, int ldc, long long sc, int batch, int compute,
                                    int) {
-  if (at != bt || at != ct || (at != 0 && at != 1 && at != 2 && at != 14)) {
-    std::fprintf(stderr, "fake cuda: cublasGemmStridedBatchedEx with types %d %d %d\n", at, bt, ct);
+  Ty t;
+  if (at != bt || at != ct || !Ty::from_cuda(at, t)) {
+    say("cublasGemmStridedBatchedEx with types %d %d %d", at, bt, ct);
     return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
   }
   // The scalars' type follows the compute type: 64 (16F) half, 70 (64F) double, else float.
-  auto scalar = [&](const void *p) {
-    return compute == 64 ? load(2, p, 0) : compute == 70 ? *(const double *)p : (double)*(const float *)p;
-  };
-  const double al = scalar(alpha), be = scalar(beta);
+  const Ty scalars{compute == 64 ? Ty::F16 : compute == 70 ? Ty::F64 : Ty::F32};
+  const double al = scalars.get(alpha, 0), be = scalars.get(beta, 0);
   for (int q = 0; q < batch; q++) {
     for (int j = 0; j < n; j++)
       for (int i = 0; i < m; i++) {
@@ -727,10 +704,10 @@ API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, 
         for (int l = 0; l < k; l++) {
           const size_t ia = q * sa + (ta ? (size_t)i * lda + l : (size_t)l * lda + i);
           const size_t ib = q * sb + (tb ? (size_t)l * ldb + j : (size_t)j * ldb + l);
-          acc += load(at, a, ia) * load(bt, b, ib);
+          acc += t.get(a, ia) * t.get(b, ib);
         }
         const size_t ic = q * sc + (size_t)j * ldc + i;
-        store(ct, c, ic, al * acc + (be != 0 ? be * load(ct, c, ic) : 0.0));
+        t.set(c, ic, al * acc + (be != 0 ? be * t.get(c, ic) : 0.0));
       }
   }
   return 0;

@@ -62,6 +62,16 @@ pub(crate) fn input(shape: &[usize], seed: u64, scale: f32, dtype: DType) -> Ten
     t.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap()
 }
 
+/// The additive attention mask (b, t) on the CPU of texts padded after token `keep`, all but the
+/// first (which keeps all `t`).
+pub(crate) fn padded_mask(b: usize, t: usize, keep: usize) -> Tensor {
+    let mut m = vec![0f32; b * t];
+    for text in m.chunks_mut(t).skip(1) {
+        text[keep..].fill(-1e9);
+    }
+    Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap()
+}
+
 /// `t` (CPU f32) on `dev` in `dtype`; the conversion happens on the CPU.
 pub(crate) fn on(t: &Tensor, dev: &Device, dtype: DType) -> Tensor {
     t.to_dtype(dtype).unwrap().to_device(dev).unwrap()
@@ -227,9 +237,7 @@ fn cuda_launch_head_split_and_softmax() {
         // Mask + softmax over rows of several lengths, the second text padded.
         for t in [1, 13, 40, 129] {
             let scores = input(&[b, heads, t, t], 18, 4.0, dtype);
-            let mut m = vec![0f32; b * t];
-            m[t + t.div_ceil(2)..].fill(-1e9);
-            let mask = Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap();
+            let mask = padded_mask(b, t, t.div_ceil(2));
             let want = kernels::mask_softmax(&scores, &mask).unwrap();
             let got = kernels::mask_softmax(&on(&scores, &dev, dtype), &on(&mask, &dev, dtype)).unwrap();
             assert_close(
@@ -256,11 +264,7 @@ fn cuda_launch_attention_in_one_kernel() {
             let h = heads * d;
             let qkv = input(&[b * t, 3 * h], 19, 1.0, dtype);
             let bias = input(&[3 * h], 20, 0.5, dtype);
-            let mut m = vec![0f32; b * t];
-            if b > 1 {
-                m[t + t.div_ceil(2)..].fill(-1e9);
-            }
-            let mask = Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap();
+            let mask = padded_mask(b, t, t.div_ceil(2));
             let (qkv_d, bias_d, mask_d) = (
                 on(&qkv, &dev, dtype),
                 on(&bias, &dev, dtype),
@@ -422,9 +426,7 @@ fn cuda_launch_training_passes() {
     // Scaled, masked softmax forward and backward.
     let (b, heads, t) = (2, 3, 11);
     let scores = input(&[b, heads, t, t], 34, 4.0, f32);
-    let mut m = vec![0f32; b * t];
-    m[t + 7..].fill(-1e9);
-    let mask = Tensor::from_vec(m, (b, t), &Device::Cpu).unwrap();
+    let mask = padded_mask(b, t, 7);
     let want = train_ops::scaled_masked_softmax(&scores, &mask, 0.125).unwrap();
     let got = train_ops::scaled_masked_softmax(&to(&scores), &to(&mask), 0.125).unwrap();
     assert_close("softmax_train_fwd", &got, &want, tol);
