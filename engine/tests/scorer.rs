@@ -172,3 +172,70 @@ fn loads_minilm_and_bert_prefixed_checkpoints() {
         );
     }
 }
+
+/// The shipped model in bf16 against f32, on 300 real Russian texts (ru_go_emotions validation,
+/// the first rows): a 16-bit model normalises with its norms' parameters in f32 (rounding them to
+/// bf16 moved scores about as much as rounding every other weight did). Measured on 2 CPU cores:
+/// mean |Δ popularity| 0.00144 with the f32 norms; 0.00197 with them rounded to bf16 (0.00237
+/// before the norms' sums were computed in f32 too); 0.00056 from rounding the matrices alone.
+#[test]
+fn bf16_scores_stay_near_f32_on_real_text() {
+    let Some(e5) = common::e5() else { return };
+    let repo = common::repo();
+    let csv_path = repo.join("../shared/data/goemotions-ru/validation.csv");
+    assert!(
+        csv_path.is_file(),
+        "{} missing (the project's shared data)",
+        csv_path.display()
+    );
+    let mut rd = csv::Reader::from_path(&csv_path).unwrap();
+    let col = rd
+        .headers()
+        .unwrap()
+        .iter()
+        .position(|h| h == "ru_text")
+        .expect("ru_text column");
+    let texts: Vec<String> = rd
+        .records()
+        .take(300)
+        .map(|r| r.unwrap()[col].to_string())
+        .collect();
+    assert_eq!(texts.len(), 300);
+    let score = |dtype: DType| {
+        let loaded = artifact::load(&repo.join("assets/model"), Some(&e5), &Device::Cpu, dtype).unwrap();
+        let mut s = BertScorer::new(loaded);
+        s.score(&texts, &mut |_, _| {}).unwrap()
+    };
+    let (want, got) = (score(DType::F32), score(DType::BF16));
+    let pop: Vec<f32> = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a.popularity - b.popularity).abs())
+        .collect();
+    let emo = want
+        .iter()
+        .zip(&got)
+        .flat_map(|(a, b)| a.emotions.iter().zip(&b.emotions).map(|(p, q)| (p - q).abs()))
+        .fold(0f32, f32::max);
+    let mean = pop.iter().sum::<f32>() / pop.len() as f32;
+    let max = pop.iter().copied().fold(0f32, f32::max);
+    eprintln!(
+        "bf16 against f32, 300 Russian texts: popularity mean {mean:.5}, max {max:.4}; emotions max {emo:.4}"
+    );
+    assert!(
+        mean < 0.0017,
+        "bf16 popularity drifts from f32 by {mean:.5} on average (0.00144 measured)"
+    );
+    assert!(
+        max < 0.03,
+        "bf16 popularity differs from f32 by up to {max:.4} (0.0148 measured)"
+    );
+    assert!(
+        emo < 0.04,
+        "bf16 emotions differ from f32 by up to {emo:.4} (0.0199 measured)"
+    );
+    // Both really scored: the texts' scores spread.
+    let spread = want.iter().map(|s| s.popularity).fold(0f32, f32::max)
+        - want.iter().map(|s| s.popularity).fold(1f32, f32::min);
+    assert!(spread > 0.5, "popularity spread {spread}");
+}

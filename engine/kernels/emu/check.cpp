@@ -96,13 +96,15 @@ template <typename T, typename K> void bias_gelu_case(K kernel, uint32_t rows, u
 }
 
 template <typename T, typename K> void add_norm_case(K kernel, bool vec, uint32_t rows, uint32_t d) {
-  auto x = random_vec<T>(rows * d, -2, 2), r = random_vec<T>(rows * d, -2, 2), p = random_vec<T>(3 * d, -1, 1);
+  // The params in f32 whatever T: a 16-bit model keeps its norms' parameters unrounded.
+  auto x = random_vec<T>(rows * d, -2, 2), r = random_vec<T>(rows * d, -2, 2);
+  auto p = random_vec<float>(3 * d, -1, 1);
   buf<T> y(rows * d);
   const float eps = 1e-12f;
   const dim3 grid = vec ? dim3{(rows + 7) / 8, 1, 1} : dim3{rows, 1, 1};
   const dim3 block = vec ? threads256 : dim3{std::clamp((d + 31) / 32 * 32, 32u, 256u), 1, 1};
-  emu::launch(grid, block, 0, kernel, (const T *)x.data(), (const T *)r.data(), (const T *)p.data(), y.data(), rows,
-              d, eps);
+  emu::launch(grid, block, 0, kernel, (const T *)x.data(), (const T *)r.data(), (const float *)p.data(), y.data(),
+              rows, d, eps);
   std::vector<double> want(rows * d);
   for (uint32_t i = 0; i < rows; i++) {
     std::vector<double> v(d);

@@ -49,6 +49,9 @@ struct dim3 {
 struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
@@ -171,7 +174,8 @@ inline void met(Warp &w, const char *what) {
 
 // A barrier that some thread never reaches (a __syncthreads() or __syncwarp() in a branch not
 // every thread takes) hangs the GPU and would hang the emulation: a launch still running after
-// two minutes ends the process with exit code 3 and says so.
+// two minutes (EMU_WATCHDOG_SECS, for the big launches of a whole binary's batches) ends the
+// process with exit code 3 and says so.
 inline std::atomic<long long> launch_started{0};  // steady-clock ms; 0: no launch running
 inline long long now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -180,12 +184,14 @@ inline long long now_ms() {
 inline void start_watchdog() {
   static std::once_flag once;
   std::call_once(once, [] {
-    std::thread([] {
+    const char *env = std::getenv("EMU_WATCHDOG_SECS");
+    const long long limit = env && std::atoll(env) > 0 ? std::atoll(env) : 120;
+    std::thread([limit] {
       for (;;) {
         std::this_thread::sleep_for(std::chrono::seconds(1));
         const long long s = launch_started.load();
-        if (s != 0 && now_ms() - s > 120000) {
-          std::fprintf(stderr, "emu: a launch still runs after 120 s: a barrier some thread never reaches?\n");
+        if (s != 0 && now_ms() - s > limit * 1000) {
+          std::fprintf(stderr, "emu: a launch still runs after %lld s: a barrier some thread never reaches?\n", limit);
           std::_Exit(3);
         }
       }

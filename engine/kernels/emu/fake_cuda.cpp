@@ -4,7 +4,9 @@
 // candle's own kernels (copies, casts, element-wise arithmetic, comparisons, reductions, index
 // select and add, layer norm, softmax) are computed directly on the host from their names and
 // signatures. Device memory is host memory; every call is synchronous, so stream order holds
-// trivially. What is not emulated (cuBLASLt's matmul, candle's other kernels) fails with its name.
+// trivially. cuBLASLt's matmul is computed on the host too, for the GEMM with a bias + GELU
+// epilogue (`kernels::gemm_gelu`). What is not emulated (candle's other kernels, batched cuBLASLt
+// layouts) fails with its name.
 //
 // scripts/cuda-emulated.sh builds it once per library a binary needs (-DFAKE_LIB=...), adds a stub
 // for every other symbol that binary imports from that library (each stub prints its name and
@@ -717,12 +719,129 @@ API int cublasSetMathMode(void *, int) { return 0; }
 
 #elif THIS_LIB == LIB_cublasLt
 
+// cuBLASLt's matmul as cudarc's `CudaBlasLT::matmul` drives it: descriptors that hold what was set
+// on them, one "algorithm", and D = epilogue(alpha·op(A)·op(B) + beta·C) computed on the host in
+// double (column-major, one matrix: batched layouts fail), rounded once to D's type. Epilogues:
+// none, bias, GELU (the tanh approximation, as cuBLASLt's), bias + GELU, ReLU, bias + ReLU; the
+// bias runs along D's rows (one value per row) in D's type, or in f32 where BIAS_DATA_TYPE says so.
+namespace {
+struct Layout {
+  Ty t;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+struct Desc {
+  int compute, scale;
+  int32_t trans[3] = {0, 0, 0};  // A, B, C
+  uint32_t epilogue = 1;         // CUBLASLT_EPILOGUE_DEFAULT
+  const void *bias = nullptr;
+  int bias_type = -1;            // -1: D's type
+};
+constexpr int NOT_SUPPORTED = 15, INVALID_VALUE = 7;
+double gelu_tanh(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+}  // namespace
+
 API int cublasLtCreate(void **h) {
   *h = new int(0);
   return 0;
 }
 API int cublasLtDestroy(void *h) {
   delete static_cast<int *>(h);
+  return 0;
+}
+API int cublasLtMatrixLayoutCreate(void **layout, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+  Ty t;
+  if (!Ty::from_cuda(type, t)) return say("cublasLtMatrixLayoutCreate: type %d", type), NOT_SUPPORTED;
+  if (ld < (int64_t)rows) return say("cublasLtMatrixLayoutCreate: ld %lld < rows %llu", (long long)ld,
+                                     (unsigned long long)rows), INVALID_VALUE;
+  *layout = new Layout{t, rows, cols, ld};
+  return 0;
+}
+API int cublasLtMatrixLayoutDestroy(void *layout) {
+  delete static_cast<Layout *>(layout);
+  return 0;
+}
+API int cublasLtMatrixLayoutSetAttribute(void *, int attr, const void *buf, size_t) {
+  // 5: BATCH_COUNT; a batch of one is the plain matrix.
+  if (attr == 5 && *(const int32_t *)buf == 1) return 0;
+  return say("cublasLtMatrixLayoutSetAttribute %d: batched layouts are not emulated", attr), NOT_SUPPORTED;
+}
+API int cublasLtMatmulDescCreate(void **desc, int compute, int scale) {
+  *desc = new Desc{compute, scale};
+  return 0;
+}
+API int cublasLtMatmulDescDestroy(void *desc) {
+  delete static_cast<Desc *>(desc);
+  return 0;
+}
+API int cublasLtMatmulDescSetAttribute(void *desc, int attr, const void *buf, size_t size) {
+  auto *d = static_cast<Desc *>(desc);
+  switch (attr) {
+    case 3: case 4: case 5: d->trans[attr - 3] = *(const int32_t *)buf; return 0;  // TRANSA, TRANSB, TRANSC
+    case 7: d->epilogue = *(const uint32_t *)buf; return 0;                        // EPILOGUE
+    case 8: d->bias = *(const void *const *)buf; return 0;                         // BIAS_POINTER
+    case 26: d->bias_type = *(const int32_t *)buf; return 0;                       // BIAS_DATA_TYPE
+  }
+  return say("cublasLtMatmulDescSetAttribute %d (%zu bytes) is not emulated", attr, size), NOT_SUPPORTED;
+}
+API int cublasLtMatmulPreferenceCreate(void **pref) {
+  *pref = new int(0);
+  return 0;
+}
+API int cublasLtMatmulPreferenceDestroy(void *pref) {
+  delete static_cast<int *>(pref);
+  return 0;
+}
+API int cublasLtMatmulPreferenceSetAttribute(void *, int, const void *, size_t) { return 0; }
+// One algorithm, needing no workspace: cublasLtMatmulHeuristicResult_t is the algorithm's 64
+// bytes, then the workspace size, the state and the waves count.
+API int cublasLtMatmulAlgoGetHeuristic(void *, void *, void *, void *, void *, void *, void *, int requested,
+                                       void *results, int *count) {
+  if (requested < 1) return INVALID_VALUE;
+  std::memset(results, 0, 64 + sizeof(size_t) + 2 * sizeof(int) + 4 * sizeof(int));
+  *(float *)((char *)results + 64 + sizeof(size_t) + sizeof(int)) = 1.0f;
+  *count = 1;
+  return 0;
+}
+API int cublasLtMatmul(void *, void *desc, const void *alpha, const void *a, void *adesc, const void *b, void *bdesc,
+                       const void *beta, const void *c, void *cdesc, void *dst, void *ddesc, const void *, void *,
+                       size_t, void *) {
+  const auto &d = *static_cast<Desc *>(desc);
+  const auto &la = *static_cast<Layout *>(adesc), &lb = *static_cast<Layout *>(bdesc),
+             &lc = *static_cast<Layout *>(cdesc), &ld = *static_cast<Layout *>(ddesc);
+  if (d.trans[2]) return say("cublasLtMatmul: TRANSC is not emulated"), NOT_SUPPORTED;
+  // op(A) is m × k, op(B) k × n, C and D m × n.
+  const uint64_t m = ld.rows, n = ld.cols, k = d.trans[0] ? la.rows : la.cols;
+  const uint64_t am = d.trans[0] ? la.cols : la.rows, bk = d.trans[1] ? lb.cols : lb.rows,
+                 bn = d.trans[1] ? lb.rows : lb.cols;
+  if (am != m || bk != k || bn != n || lc.rows != m || lc.cols != n)
+    return say("cublasLtMatmul: shapes A %llux%llu B %llux%llu D %llux%llu do not chain", (unsigned long long)la.rows,
+               (unsigned long long)la.cols, (unsigned long long)lb.rows, (unsigned long long)lb.cols,
+               (unsigned long long)m, (unsigned long long)n),
+           INVALID_VALUE;
+  const bool with_bias = d.epilogue == 4 || d.epilogue == 6 || d.epilogue == 36;  // BIAS, RELU_BIAS, GELU_BIAS
+  const bool gelu = d.epilogue == 32 || d.epilogue == 36, relu = d.epilogue == 2 || d.epilogue == 6;
+  if (!with_bias && !gelu && !relu && d.epilogue != 1)
+    return say("cublasLtMatmul: epilogue %u is not emulated", d.epilogue), NOT_SUPPORTED;
+  if (with_bias && !d.bias) return say("cublasLtMatmul: a bias epilogue without a bias pointer"), INVALID_VALUE;
+  Ty bias_t = ld.t;
+  if (d.bias_type >= 0 && !Ty::from_cuda(d.bias_type, bias_t)) return NOT_SUPPORTED;
+  const Ty scalars{d.scale == 1 ? Ty::F64 : Ty::F32};  // scale type: CUDA_R_64F, else f32
+  const double al = scalars.get(alpha, 0), be = scalars.get(beta, 0);
+  for (uint64_t j = 0; j < n; j++)
+    for (uint64_t i = 0; i < m; i++) {
+      double acc = 0;
+      for (uint64_t l = 0; l < k; l++) {
+        const size_t ia = d.trans[0] ? i * la.ld + l : l * la.ld + i;
+        const size_t ib = d.trans[1] ? l * lb.ld + j : j * lb.ld + l;
+        acc += la.t.get(a, ia) * lb.t.get(b, ib);
+      }
+      double v = al * acc + (be != 0 ? be * lc.t.get(c, j * lc.ld + i) : 0.0);
+      if (with_bias) v += bias_t.get(d.bias, i);
+      if (gelu) v = gelu_tanh(v);
+      if (relu) v = v > 0 ? v : 0.0;
+      ld.t.set(dst, j * ld.ld + i, v);
+    }
   return 0;
 }
 

@@ -146,10 +146,11 @@ fn cuda_launch_add_norm_both_kernels() {
         for (rows, d) in [(37, 100), (19, 384), (3, 768)] {
             let x = input(&[rows, d], 4, 2.0, dtype);
             let r = input(&[rows, d], 5, 2.0, dtype);
+            // The params in f32 whatever the rows' dtype (a 16-bit model's norms, unrounded).
             let p = kernels::pack_add_norm(
-                &input(&[d], 6, 0.5, dtype),
-                &input(&[d], 7, 1.0, dtype),
-                &input(&[d], 8, 0.5, dtype),
+                &input(&[d], 6, 0.5, DType::F32),
+                &input(&[d], 7, 1.0, DType::F32),
+                &input(&[d], 8, 0.5, DType::F32),
             )
             .unwrap();
             let want = kernels::add_norm(&x, &r, &p, 1e-12).unwrap();
@@ -158,7 +159,7 @@ fn cuda_launch_add_norm_both_kernels() {
                     kernels::add_norm(
                         &on(&x, &dev, dtype),
                         &on(&r, &dev, dtype),
-                        &on(&p, &dev, dtype),
+                        &on(&p, &dev, DType::F32),
                         1e-12,
                     )
                 })
@@ -174,9 +175,9 @@ fn cuda_launch_add_norm_both_kernels() {
         let big = input(&[9, d], 9, 2.0, dtype);
         let x = input(&[8, d], 10, 2.0, dtype);
         let p = kernels::pack_add_norm(
-            &input(&[d], 11, 0.5, dtype),
-            &input(&[d], 12, 1.0, dtype),
-            &input(&[d], 13, 0.5, dtype),
+            &input(&[d], 11, 0.5, DType::F32),
+            &input(&[d], 12, 1.0, DType::F32),
+            &input(&[d], 13, 0.5, DType::F32),
         )
         .unwrap();
         let want = kernels::add_norm(&x, &big.narrow(0, 1, 8).unwrap(), &p, 1e-12).unwrap();
@@ -186,7 +187,7 @@ fn cuda_launch_add_norm_both_kernels() {
                 kernels::add_norm(
                     &on(&x, &dev, dtype),
                     &big_dev.narrow(0, 1, 8)?,
-                    &on(&p, &dev, dtype),
+                    &on(&p, &dev, DType::F32),
                     1e-12,
                 )
             })
@@ -196,6 +197,44 @@ fn cuda_launch_add_norm_both_kernels() {
                 &got,
                 &want,
                 tolerance(dtype),
+            );
+        }
+    }
+}
+
+/// The FFN's first GEMM with cuBLASLt's bias + GELU epilogue (`kernels::gemm_gelu`, opt-in with
+/// `VIRALCLIP_GEMM_GELU=1`): the launcher's transposes, leading dimensions and the bias along the
+/// output features, against `gelu_erf(x · wᵀ + b)` on the CPU (cuBLASLt's GELU is the tanh
+/// approximation, within 5e-4 of erf's). Under `scripts/cuda-emulated.sh` the fake cuBLASLt
+/// computes it; on a GPU, the card's.
+#[test]
+fn cuda_launch_gemm_gelu() {
+    let Some(dev) = cuda() else { return };
+    for dtype in [DType::F16, DType::BF16] {
+        for (m, k, n) in [(37, 64, 96), (5, 384, 1536)] {
+            let x = input(&[m, k], 90, 2.0, dtype);
+            let w = input(&[n, k], 91, 4.0 / (k as f32).sqrt(), dtype);
+            let b = input(&[n], 92, 1.0, dtype);
+            let xd = on(&x, &dev, dtype);
+            if !kernels::gemm_gelu_fits(&xd) {
+                let why = "VIRALCLIP_GEMM_GELU=1 is not set, so gemm_gelu does not run";
+                assert!(std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none(), "{why}");
+                eprintln!("SKIPPED: {why}");
+                return;
+            }
+            let got = kernels::gemm_gelu(&xd, &on(&w, &dev, dtype), &on(&b, &dev, dtype)).unwrap();
+            let want = x
+                .matmul(&w.t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+                .gelu_erf()
+                .unwrap();
+            assert_close(
+                &format!("gemm_gelu {dtype:?} {m}×{k}·{n}"),
+                &got,
+                &want,
+                tolerance(dtype) + 5e-4,
             );
         }
     }

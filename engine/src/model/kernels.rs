@@ -186,10 +186,18 @@ impl CustomOp3 for AddNorm {
     }
 }
 
-/// `layer_norm(x + bias + residual)` with the norm's `gamma`, `beta`; `x`, `residual`: (rows, d);
-/// `params`: (3, d) = [bias; gamma; beta] (see [`pack_add_norm`]).
+/// `layer_norm(x + bias + residual)` with the norm's `gamma`, `beta`; `x`, `residual`: (rows, d),
+/// in the model's dtype; `params`: (3, d) = [bias; gamma; beta] in f32 whatever `x`'s dtype (see
+/// [`pack_add_norm`]). The sum and the norm are computed in f32 and rounded once, to `x`'s dtype.
 pub fn add_norm(x: &Tensor, residual: &Tensor, params: &Tensor, eps: f64) -> Result<Tensor> {
-    if usable(&[x, residual, params]) && x.rank() == 2 && x.dims() == residual.dims() {
+    if params.dtype() != DType::F32 {
+        candle_core::bail!(
+            "add-norm: the params must be f32 (pack_add_norm), got {:?}",
+            params.dtype()
+        )
+    }
+    let same_device = x.device().same_device(params.device());
+    if usable(&[x, residual]) && same_device && x.rank() == 2 && x.dims() == residual.dims() {
         return x.contiguous()?.apply_op3_no_bwd(
             &residual.contiguous()?,
             &params.contiguous()?,
@@ -198,13 +206,16 @@ pub fn add_norm(x: &Tensor, residual: &Tensor, params: &Tensor, eps: f64) -> Res
     }
     let p = params.chunk(3, 0)?;
     let (bias, gamma, beta) = (p[0].squeeze(0)?, p[1].squeeze(0)?, p[2].squeeze(0)?);
-    let y = (x.broadcast_add(&bias)? + residual)?;
-    candle_nn::ops::layer_norm(&y, &gamma, &beta, eps as f32)
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let y = (f32(x)?.broadcast_add(&bias)? + f32(residual)?)?;
+    candle_nn::ops::layer_norm(&y, &gamma, &beta, eps as f32)?.to_dtype(x.dtype())
 }
 
-/// [bias; gamma; beta] as one (3, d) tensor for [`add_norm`].
+/// [bias; gamma; beta] as one (3, d) f32 tensor for [`add_norm`] (16-bit vectors are widened:
+/// keep f32 originals where there are some, as the scoring path does).
 pub fn pack_add_norm(bias: &Tensor, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
-    Tensor::stack(&[bias, gamma, beta], 0)
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    Tensor::stack(&[f32(bias)?, f32(gamma)?, f32(beta)?], 0)
 }
 
 struct SplitParts {
@@ -1094,19 +1105,21 @@ pub(crate) mod cuda {
         let dev = s1.device().clone();
         let x = view::<T>(s1, l1, "add-norm x")?;
         let r = view::<T>(s2, l2, "add-norm residual")?;
-        let p = view::<T>(s3, l3, "add-norm params")?;
+        let p = view::<f32>(s3, l3, "add-norm params")?;
         let (n, d) = (x.len(), p.len() / 3);
         if n != r.len() || d == 0 || n % d != 0 {
             candle_core::bail!("add-norm: x {n} and residual {} values in rows of {d}", r.len());
         }
         // The vectorised warp-per-row kernel: opt-in until measured, and only where its 16-byte
-        // loads are aligned (the allocations are; the views' offsets must keep them so).
+        // loads are aligned (the allocations are; the views' offsets must keep them so). The f32
+        // params take per_vec / 4 loads of 4 per vector of T.
         let size = std::mem::size_of::<T>();
         let per_vec = 16 / size;
-        let aligned = [l1, l2, l3].iter().all(|l| {
+        let at16 = |l: &Layout, size: usize| {
             l.contiguous_offsets()
                 .is_some_and(|(a, _)| (a * size).is_multiple_of(16))
-        });
+        };
+        let aligned = at16(l1, size) && at16(l2, size) && at16(l3, 4);
         let vec = super::ln_vec() && aligned && d % per_vec == 0 && d / per_vec <= 128;
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
@@ -1560,15 +1573,32 @@ pub(crate) mod tests {
         let diff = max_diff(&want, &got);
         assert!(diff < 1e-4, "add-norm differs by {diff}");
 
-        // The fallback (another dtype) computes the same thing.
-        let got16 = add_norm(
-            &x.to_dtype(DType::F16).unwrap(),
-            &r.to_dtype(DType::F16).unwrap(),
-            &p.to_dtype(DType::F16).unwrap(),
-            1e-12,
+        // The fallback (16-bit rows, f32 params) computes the same in f32 and rounds once.
+        for dtype in [DType::F16, DType::BF16] {
+            let (x16, r16) = (x.to_dtype(dtype).unwrap(), r.to_dtype(dtype).unwrap());
+            let got16 = add_norm(&x16, &r16, &p, 1e-12).unwrap();
+            assert_eq!(got16.dtype(), dtype);
+            let y = (x16.to_dtype(DType::F32).unwrap().broadcast_add(&b).unwrap()
+                + r16.to_dtype(DType::F32).unwrap())
+            .unwrap();
+            let want = candle_nn::ops::layer_norm(&y, &g, &be, 1e-12)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let diff = max_diff(&f32(&want), &f32(&got16));
+            assert!(diff == 0.0, "add-norm {dtype:?} differs by {diff}");
+        }
+        // 16-bit params are a caller's mistake, said so (pack_add_norm widens them).
+        let err = add_norm(&x, &r, &p.to_dtype(DType::BF16).unwrap(), 1e-12).unwrap_err();
+        assert!(err.to_string().contains("must be f32"), "{err}");
+        let packed = pack_add_norm(
+            &b.to_dtype(DType::BF16).unwrap(),
+            &g.to_dtype(DType::BF16).unwrap(),
+            &be.to_dtype(DType::BF16).unwrap(),
         )
         .unwrap();
-        assert_eq!(got16.dtype(), DType::F16);
+        assert_eq!(packed.dtype(), DType::F32);
     }
 
     #[test]
