@@ -125,6 +125,10 @@ for p in bf16 f16; do
     >"$OUT/score-ru-cudafused-$p.jsonl" || echo "cuda ru $p failed"
   VIRALCLIP_FUSED_ATTN=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
     --csv "$OUT/ru1000.csv" >"$OUT/score-ru-cudaattn-$p.jsonl" || echo "cuda ru attn $p failed"
+  # All three experimental passes: the tanh GELU of cuBLASLt's epilogue moves scores by itself
+  # (up to 6.5e-3 on these texts in f32 on the CPU).
+  VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 VIRALCLIP_GEMM_GELU=1 "$BIN" score -q --model assets/model --encoder "$E5" \
+    --device "$DEV" --precision $p --csv "$OUT/ru1000.csv" >"$OUT/score-ru-cudaall-$p.jsonl" || echo "cuda ru all $p failed"
 done
 compare 'ru-cuda*' ru-cpu-f32
 pack
