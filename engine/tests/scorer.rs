@@ -182,12 +182,7 @@ fn loads_minilm_and_bert_prefixed_checkpoints() {
 fn bf16_scores_stay_near_f32_on_real_text() {
     let Some(e5) = common::e5() else { return };
     let repo = common::repo();
-    let csv_path = repo.join("../shared/data/goemotions-ru/validation.csv");
-    assert!(
-        csv_path.is_file(),
-        "{} missing (the project's shared data)",
-        csv_path.display()
-    );
+    let csv_path = common::shared_data("goemotions-ru/validation.csv");
     let mut rd = csv::Reader::from_path(&csv_path).unwrap();
     let col = rd
         .headers()

@@ -12,12 +12,8 @@ use viralclip_trainer::data::Source;
 fn default_model_meets_its_held_out_numbers() {
     let Some(e5) = common::e5() else { return };
     let repo = common::repo();
-    let data = repo.join("../shared/data");
-    assert!(
-        data.join("goemotions-ru/validation.csv").is_file(),
-        "{} missing (the project's shared data)",
-        data.display()
-    );
+    common::shared_data("goemotions-ru/validation.csv");
+    let data = common::shared_data("");
     let src = |s: &str| Source::from_str(&data.join(s).to_string_lossy()).unwrap();
     let (ev, _, _) = viralclip_trainer::train::evaluate_model(
         &repo.join("assets/model"),

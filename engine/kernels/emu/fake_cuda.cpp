@@ -102,6 +102,11 @@ struct Ty {
   double round(double v) const { return code == F32 || code == F16 || code == BF16 ? (double)(float)v : v; }
 };
 
+// The tanh approximation of GELU: candle's `gelu` and cuBLASLt's GELU epilogues.
+[[maybe_unused]] double gelu_tanh(double x) {
+  return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+}
+
 }  // namespace
 
 #if THIS_LIB == LIB_cuda
@@ -157,7 +162,6 @@ bool contiguous(size_t nd, const size_t *info) {
   return true;
 }
 
-double gelu_tanh(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
 
 bool unary_fn(const std::string &op, std::function<double(double, double)> &f) {
   static const std::map<std::string, std::function<double(double, double)>> ops = {
@@ -738,7 +742,6 @@ struct Desc {
   int bias_type = -1;            // -1: D's type
 };
 constexpr int NOT_SUPPORTED = 15, INVALID_VALUE = 7;
-double gelu_tanh(double x) { return 0.5 * x * (1.0 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
 }  // namespace
 
 API int cublasLtCreate(void **h) {

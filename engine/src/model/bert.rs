@@ -159,11 +159,12 @@ impl LayerNorm {
         })
     }
 
-    /// The scoring path's gamma and beta: in f32 (unrounded in a 16-bit model).
-    fn params_f32(&self) -> Result<(Tensor, Tensor)> {
+    /// The scoring path's gamma and beta: the unrounded f32 copies in a 16-bit model, else the
+    /// model's own.
+    fn scoring_params(&self) -> (&Tensor, &Tensor) {
         match &self.precise {
-            Some((w, b)) => Ok((w.clone(), b.clone())),
-            None => Ok((self.weight.to_dtype(DType::F32)?, self.bias.to_dtype(DType::F32)?)),
+            Some((w, b)) => (w, b),
+            None => (&self.weight, &self.bias),
         }
     }
 
@@ -186,8 +187,8 @@ impl LayerNorm {
         match mode {
             // A 16-bit model normalises in f32 with its unrounded parameters.
             Mode::Inference if self.precise.is_some() => {
-                let (w, b) = self.params_f32()?;
-                let y = candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?, &w, &b, self.eps as f32)?;
+                let (w, b) = self.scoring_params();
+                let y = candle_nn::ops::layer_norm(&x.to_dtype(DType::F32)?, w, b, self.eps as f32)?;
                 y.to_dtype(x.dtype())
             }
             Mode::Inference => {
@@ -378,14 +379,14 @@ impl Layer {
         };
         let qkv_w = ScoringWeight::new(&Tensor::cat(&[&q_w, self.key.weight(), self.value.weight()], 0)?)?;
         let qkv_b = Tensor::cat(&[&q_b, &bias(&self.key)?, &bias(&self.value)?], 0)?;
-        // The norms' packs in f32 (unrounded in a 16-bit model, see [`LayerNorm`]).
+        // The norms' packs, in f32 (unrounded in a 16-bit model, see [`LayerNorm`]).
         let pack = |b: &Option<Tensor>, l: &Linear, n: &LayerNorm| -> Result<Tensor> {
             let b = match b {
                 Some(b) => b.clone(),
                 None => bias(l)?,
             };
-            let (g, beta) = n.params_f32()?;
-            kernels::pack_add_norm(&b, &g, &beta)
+            let (g, beta) = n.scoring_params();
+            kernels::pack_add_norm(&b, g, beta)
         };
         let (attn_b, out_b) = &self.precise_biases;
         let attn_add_norm = pack(attn_b, &self.attn_out, &self.attn_norm)?;

@@ -10,7 +10,10 @@
 //! except under that script (`VIRALCLIP_CUDA_EMULATED=1`), where a device that does not start is a
 //! failure.
 
-use super::kernels::{self, tests::max_diff};
+use super::kernels::{
+    self,
+    tests::{max_abs, max_diff},
+};
 use super::step::{self, StepConfig, StepParam};
 use super::train_ops;
 use candle_core::{DType, Device, Result, Tensor};
@@ -88,14 +91,7 @@ pub(crate) fn back(t: &Tensor) -> Tensor {
 pub(crate) fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let got = back(got);
-    let scale = want
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-        .max(1.0);
+    let scale = max_abs(want).max(1.0);
     let diff = max_diff(&got, want) / scale;
     assert!(
         diff <= tol,

@@ -1503,16 +1503,14 @@ pub(crate) mod cuda {
 pub(crate) mod tests {
     use super::*;
 
+    /// The largest absolute value of an f32 tensor.
+    pub(crate) fn max_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
     /// The largest absolute difference of two tensors (the engine's tests share it).
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
+        max_abs(&(a - b).unwrap())
     }
     use candle_core::Device;
 

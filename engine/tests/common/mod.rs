@@ -38,6 +38,14 @@ pub fn fixture(var: &str, default_rel: &str) -> Option<PathBuf> {
     }
 }
 
+/// A file or folder of the project's shared data (`../shared/data/REL`, read in place, never
+/// copied); missing, the test fails saying so.
+pub fn shared_data(rel: &str) -> PathBuf {
+    let p = repo().join("../shared/data").join(rel);
+    assert!(p.exists(), "{} missing (the project's shared data)", p.display());
+    p
+}
+
 pub fn e5() -> Option<PathBuf> {
     fixture("VIRALCLIP_ENCODER_MULTILINGUAL", "encoders/multilingual-e5-small")
 }
