@@ -485,6 +485,14 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     // And the FFN's first GEMM with cuBLASLt's bias + GELU epilogue (VIRALCLIP_GEMM_GELU=1),
     // replacing the plain GEMM and the fused bias + GELU.
     let mut ops = ops;
+    // A 16-bit model's scores in f32 (kernels::attention_probs): their GEMM and the softmax,
+    // instead of scores_gemm and fused_mask_softmax.
+    if kernels::scores_in_f32(dtype) {
+        ops.push((
+            "fused_scores_softmax",
+            Box::new(|| kernels::attention_probs(&q, &k, &mask2)),
+        ));
+    }
     let fused_attn = kernels::attention_fits(&qkv, t, d);
     if fused_attn {
         ops.push((
@@ -536,11 +544,13 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         "bias_residual_add",
         "layer_norm",
     ];
+    let f32_scores = rows.iter().any(|r| r.0 == "fused_scores_softmax");
     let fused_total: f64 = rows
         .iter()
         .map(|(op, us)| match *op {
             "fused_bias_residual_norm" => 2.0 * us,
             "fused_attention" | "fused_gemm_gelu" => 0.0,
+            "scores_gemm" | "fused_mask_softmax" if f32_scores => 0.0,
             op if replaced.contains(&op) => 0.0,
             _ => *us,
         })
@@ -554,8 +564,12 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         experimental.push("fused_attention");
         let replaced = [
             "fused_qkv_bias_split",
-            "scores_gemm",
-            "fused_mask_softmax",
+            if f32_scores {
+                "fused_scores_softmax"
+            } else {
+                "scores_gemm"
+            },
+            if f32_scores { "" } else { "fused_mask_softmax" },
             "context_gemm",
             "fused_merge_heads",
         ];

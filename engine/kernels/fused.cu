@@ -242,9 +242,10 @@ __device__ void merge_heads(const T *x, T *y, uint32_t b, uint32_t heads, uint32
 
 // Softmax over the last dimension of scores + mask: s is (rows, t) with rows = b·rows_per_batch
 // (heads·queries per text), m the additive mask (b, t). One warp per row; rows of up to 32·PER
-// values are held in registers (read once, written once).
-template <typename T, int PER>
-__device__ void mask_softmax_reg(const T *sr, const T *mr, T *yr, uint32_t t) {
+// values are held in registers (read once, written once). The scores are S: T, or f32 where a
+// 16-bit model's scores come from a GEMM that keeps them unrounded (mask_softmax_f32s_*).
+template <typename S, typename T, int PER>
+__device__ void mask_softmax_reg(const S *sr, const T *mr, T *yr, uint32_t t) {
   const uint32_t lane = threadIdx.x & 31;
   float v[PER];
   float mx = -INFINITY;
@@ -269,17 +270,18 @@ __device__ void mask_softmax_reg(const T *sr, const T *mr, T *yr, uint32_t t) {
   }
 }
 
-template <typename T>
-__device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32_t t, uint32_t rows_per_batch) {
+template <typename S, typename T>
+__device__ void mask_softmax(const S *s, const T *m, T *y, uint32_t rows, uint32_t t, uint32_t rows_per_batch) {
   const uint32_t row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   if (row >= rows) return;
   const uint32_t lane = threadIdx.x & 31;
-  const T *sr = s + (size_t)row * t, *mr = m + (size_t)(row / rows_per_batch) * t;
+  const S *sr = s + (size_t)row * t;
+  const T *mr = m + (size_t)(row / rows_per_batch) * t;
   T *yr = y + (size_t)row * t;
-  if (t <= 64) return mask_softmax_reg<T, 2>(sr, mr, yr, t);
-  if (t <= 128) return mask_softmax_reg<T, 4>(sr, mr, yr, t);
-  if (t <= 256) return mask_softmax_reg<T, 8>(sr, mr, yr, t);
-  if (t <= 512) return mask_softmax_reg<T, 16>(sr, mr, yr, t);
+  if (t <= 64) return mask_softmax_reg<S, T, 2>(sr, mr, yr, t);
+  if (t <= 128) return mask_softmax_reg<S, T, 4>(sr, mr, yr, t);
+  if (t <= 256) return mask_softmax_reg<S, T, 8>(sr, mr, yr, t);
+  if (t <= 512) return mask_softmax_reg<S, T, 16>(sr, mr, yr, t);
   float mx = -INFINITY;
   for (uint32_t c = lane; c < t; c += 32) mx = fmaxf(mx, load(sr[c]) + load(mr[c]));
   mx = warp_max(mx);
@@ -296,7 +298,7 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
   }                                                                                                \
   extern "C" __global__ void mask_softmax_##S(const T *s, const T *m, T *y, uint32_t rows,         \
                                               uint32_t t, uint32_t rows_per_batch) {               \
-    mask_softmax<T>(s, m, y, rows, t, rows_per_batch);                                             \
+    mask_softmax<T, T>(s, m, y, rows, t, rows_per_batch);                                          \
   }                                                                                                \
   extern "C" __global__ void merge_heads_##S(const T *x, T *y, uint32_t b, uint32_t heads,         \
                                              uint32_t t, uint32_t d) {                             \
@@ -306,6 +308,15 @@ __device__ void mask_softmax(const T *s, const T *m, T *y, uint32_t rows, uint32
 ATTN(float, f32)
 ATTN(__half, f16)
 ATTN(__nv_bfloat16, bf16)
+
+// A 16-bit model's mask + softmax on f32 scores (its probabilities in T).
+#define F32_SCORES(T, S)                                                                                  \
+  extern "C" __global__ void mask_softmax_f32s_##S(const float *s, const T *m, T *y, uint32_t rows,      \
+                                                   uint32_t t, uint32_t rows_per_batch) {                 \
+    mask_softmax<float, T>(s, m, y, rows, t, rows_per_batch);                                             \
+  }
+F32_SCORES(__half, f16)
+F32_SCORES(__nv_bfloat16, bf16)
 
 // Attention in one kernel for short texts (t ≤ 256), on tensor cores: the packed projection
 // `qkv` (b·t, 3·h) without its bias, `bias` (3·h; the query's part already scaled by 1/√d),

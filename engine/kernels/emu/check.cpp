@@ -17,6 +17,7 @@
 #include <initializer_list>
 #include <random>
 #include <string>
+#include <type_traits>
 
 namespace {
 
@@ -177,12 +178,14 @@ std::vector<double> softmax(const std::vector<double> &s) {
   return p;
 }
 
-template <typename T, typename K> void mask_softmax_case(K kernel, uint32_t b, uint32_t per_text, uint32_t t) {
+// S: the scores' type (T, or f32 for a 16-bit model's unrounded scores); T: the mask's and output's.
+template <typename S, typename T, typename K>
+void mask_softmax_case(K kernel, uint32_t b, uint32_t per_text, uint32_t t) {
   const uint32_t rows = b * per_text;
-  auto s = random_vec<T>(rows * t, -4, 4);
+  auto s = random_vec<S>(rows * t, -4, 4);
   auto m = padding_mask<T>(b, t);
   buf<T> y(rows * t);
-  emu::launch(dim3{(rows + 7) / 8, 1, 1}, threads256, 0, kernel, (const T *)s.data(), (const T *)m.data(), y.data(),
+  emu::launch(dim3{(rows + 7) / 8, 1, 1}, threads256, 0, kernel, (const S *)s.data(), (const T *)m.data(), y.data(),
               rows, t, per_text);
   std::vector<double> want;
   for (uint32_t r = 0; r < rows; r++) {
@@ -190,7 +193,8 @@ template <typename T, typename K> void mask_softmax_case(K kernel, uint32_t b, u
     for (uint32_t j = 0; j < t; j++) v[j] = value(s[r * t + j]) + value(m[(r / per_text) * t + j]);
     for (double p : softmax(v)) want.push_back(p);
   }
-  report(std::string("mask_softmax_") + type_name<T>() + " t=" + std::to_string(t), max_error(y, want),
+  const std::string scores = std::is_same<S, T>::value ? "" : "f32s_";
+  report(std::string("mask_softmax_") + scores + type_name<T>() + " t=" + std::to_string(t), max_error(y, want),
          tolerance<T>());
 }
 
@@ -617,10 +621,12 @@ int main(int argc, char **argv) {
   if (want("mask_softmax")) {
     // Every register width (t ≤ 64, 128, 256, 512) and the loop past them.
     for (uint32_t t : {5u, 64u, 65u, 100u, 128u, 129u, 256u, 257u, 300u, 512u, 513u, 600u}) {
-      mask_softmax_case<float>(mask_softmax_f32, 2, 3, t);
-      mask_softmax_case<__nv_bfloat16>(mask_softmax_bf16, 2, 3, t);
+      mask_softmax_case<float, float>(mask_softmax_f32, 2, 3, t);
+      mask_softmax_case<__nv_bfloat16, __nv_bfloat16>(mask_softmax_bf16, 2, 3, t);
+      mask_softmax_case<float, __nv_bfloat16>(mask_softmax_f32s_bf16, 2, 3, t);
     }
-    mask_softmax_case<__half>(mask_softmax_f16, 2, 3, 100);
+    mask_softmax_case<__half, __half>(mask_softmax_f16, 2, 3, 100);
+    for (uint32_t t : {100u, 600u}) mask_softmax_case<float, __half>(mask_softmax_f32s_f16, 2, 3, t);
   }
   if (want("attention")) {
     // One token, one partial tile, several query blocks, the longest; all queries or [CLS] alone.

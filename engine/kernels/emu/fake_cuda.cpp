@@ -436,6 +436,8 @@ const std::map<std::string, Launcher> &kernels() {
     TYPED(add_norm_vec)
     TYPED(split_parts)
     TYPED(mask_softmax)
+    K(mask_softmax_f32s_f16)
+    K(mask_softmax_f32s_bf16)
     TYPED(merge_heads)
     K(attention_d32_f16)
     K(attention_d64_f16)
@@ -695,8 +697,9 @@ API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, 
                                    int at, int lda, long long sa, const void *b, int bt, int ldb, long long sb,
                                    const void *beta, void *c, int ct, int ldc, long long sc, int batch, int compute,
                                    int) {
-  Ty t;
-  if (at != bt || at != ct || !Ty::from_cuda(at, t)) {
+  // A and B of one type; C of theirs, or f32 (16-bit products kept unrounded, as cuBLAS allows).
+  Ty t, tc;
+  if (at != bt || !Ty::from_cuda(at, t) || !Ty::from_cuda(ct, tc) || (ct != at && tc.code != Ty::F32)) {
     say("cublasGemmStridedBatchedEx with types %d %d %d", at, bt, ct);
     return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
   }
@@ -713,7 +716,7 @@ API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, 
           acc += t.get(a, ia) * t.get(b, ib);
         }
         const size_t ic = q * sc + (size_t)j * ldc + i;
-        t.set(c, ic, al * acc + (be != 0 ? be * t.get(c, ic) : 0.0));
+        tc.set(c, ic, al * acc + (be != 0 ? be * tc.get(c, ic) : 0.0));
       }
   }
   return 0;

@@ -433,7 +433,7 @@ impl Layer {
             } else {
                 q
             };
-            let probs = kernels::mask_softmax(&q.matmul(&k.t()?)?, &mask)?;
+            let probs = kernels::attention_probs(&q, &k, &mask)?;
             kernels::merge_heads(&probs.matmul(&v)?)?.reshape((b * tq, h))?
         };
         let xq2 = xq.reshape((b * tq, h))?;

@@ -285,6 +285,31 @@ fn cuda_launch_head_split_and_softmax() {
     }
 }
 
+/// A 16-bit model's attention probabilities from f32 scores (`kernels::attention_probs`: one
+/// cuBLAS product of 16-bit queries and keys into f32, then `mask_softmax_f32s_*`), against the
+/// CPU's f32 softmax of the same (rounded) inputs: within one rounding of the probabilities, which
+/// scores rounded to the type before the softmax would not be (about 1e-2 in bf16 here).
+#[test]
+fn cuda_launch_attention_probs() {
+    let Some(dev) = cuda() else { return };
+    for (dtype, tol) in [(DType::BF16, 3e-3), (DType::F16, 4e-4)] {
+        for (b, heads, t, d) in [(2, 3, 1, 16), (2, 3, 13, 32), (1, 2, 129, 64)] {
+            let q = input(&[b, heads, t, d], 21, 1.5, dtype);
+            let k = input(&[b, heads, t, d], 22, 1.5, dtype);
+            let mask = padded_mask(b, t, t.div_ceil(2));
+            let want = kernels::mask_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &mask).unwrap();
+            let (k_d, mask_d) = (on(&k, &dev, dtype), on(&mask, &dev, dtype));
+            for tq in [t, 1] {
+                let q_d = on(&q.narrow(2, 0, tq).unwrap().contiguous().unwrap(), &dev, dtype);
+                let got = kernels::attention_probs(&q_d, &k_d, &mask_d).unwrap();
+                assert_eq!(got.dtype(), dtype);
+                let what = format!("attention_probs {dtype:?} b {b} heads {heads} t {t} tq {tq} d {d}");
+                assert_close(&what, &got, &want.narrow(2, 0, tq).unwrap(), tol);
+            }
+        }
+    }
+}
+
 #[test]
 fn cuda_launch_attention_in_one_kernel() {
     let Some(dev) = cuda() else { return };

@@ -438,6 +438,71 @@ pub fn mask_softmax(scores: &Tensor, mask: &Tensor) -> Result<Tensor> {
     candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask.reshape((b, 1, 1, t))?)?)
 }
 
+/// Whether a model in `dtype` keeps its attention scores in f32 between their product and the
+/// softmax ([`attention_probs`]): the 16-bit ones, unless `VIRALCLIP_F32_SCORES=0` (for timing
+/// what it costs).
+pub fn scores_in_f32(dtype: DType) -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    matches!(dtype, DType::BF16 | DType::F16)
+        && !*OFF.get_or_init(|| std::env::var("VIRALCLIP_F32_SCORES").is_ok_and(|v| v == "0"))
+}
+
+/// The attention probabilities `softmax(q · kᵀ + mask)` for queries `q` (b, heads, tq, d) and keys
+/// `k` (b, heads, t, d) under the additive `mask` (b, t), in `q`'s dtype. A 16-bit model's scores
+/// are not rounded to it before the softmax: on CUDA one GEMM writes them in f32 (16-bit inputs,
+/// f32 accumulation, as every product here) and the softmax reads them so; the CPU computes them
+/// in f32. Rounded to bf16, they were the largest error left in bf16 scoring (1,000 Russian texts,
+/// e5-small: 45 texts' popularity more than 1e-2 from f32's, 21 with the scores in f32).
+pub fn attention_probs(q: &Tensor, k: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    if !scores_in_f32(q.dtype()) {
+        return mask_softmax(&q.matmul(&k.t()?)?, mask);
+    }
+    #[cfg(feature = "cuda")]
+    if q.device().is_cuda() && fused_cuda() && q.dtype() == k.dtype() && q.dtype() == mask.dtype() {
+        return q
+            .contiguous()?
+            .apply_op3_no_bwd(&k.contiguous()?, &mask.contiguous()?, &ScoresSoftmax);
+    }
+    let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+    let scores = f32(q)?.matmul(&f32(k)?.t()?)?;
+    mask_softmax(&scores, &f32(mask)?)?.to_dtype(q.dtype())
+}
+
+/// [`attention_probs`] for a 16-bit model on CUDA: the f32 scores' GEMM, then mask + softmax.
+#[cfg(feature = "cuda")]
+struct ScoresSoftmax;
+
+#[cfg(feature = "cuda")]
+impl CustomOp3 for ScoresSoftmax {
+    fn name(&self) -> &'static str {
+        "scores-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("scores-softmax runs on CUDA (the CPU's attention_probs converts to f32)")
+    }
+
+    fn cuda_fwd(
+        &self,
+        q: &candle_core::CudaStorage,
+        lq: &Layout,
+        k: &candle_core::CudaStorage,
+        lk: &Layout,
+        m: &candle_core::CudaStorage,
+        lm: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::scores_softmax(q, lq, k, lk, m, lm)
+    }
+}
+
 /// Attention in one pass for short texts, from the packed projection: see [`attention`].
 struct Attention {
     b: usize,
@@ -1264,6 +1329,128 @@ pub(crate) mod cuda {
         by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
     }
 
+    /// [`super::attention_probs`] for 16-bit `q` (b, heads, tq, d), `k` (b, heads, t, d) and the
+    /// additive mask (b, t): the scores (b·heads, tq, t) in f32 from one strided batched GEMM
+    /// (cuBLAS, 16-bit inputs, f32 output and accumulation), then `mask_softmax_f32s_*` to T.
+    fn scores_softmax_t<T: CudaDType + DeviceRepr>(
+        q: &CudaStorage,
+        lq: &Layout,
+        k: &CudaStorage,
+        lk: &Layout,
+        m: &CudaStorage,
+        lm: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::cublas::{result as blas, sys};
+        use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
+        let dev = q.device().clone();
+        let (&[b, heads, tq, d], &[kb, kh, t, kd]) = (lq.dims(), lk.dims()) else {
+            candle_core::bail!("scores-softmax: q {:?}, k {:?}", lq.dims(), lk.dims())
+        };
+        if (kb, kh, kd) != (b, heads, d) || lm.dims() != [b, t] {
+            candle_core::bail!(
+                "scores-softmax: q {:?}, k {:?}, mask {:?}",
+                lq.dims(),
+                lk.dims(),
+                lm.dims()
+            )
+        }
+        let data_type = match q.dtype() {
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            d => candle_core::bail!("scores-softmax: {d:?} (16-bit only)"),
+        };
+        let (qv, kv, mv) = (
+            view::<T>(q, lq, "scores-softmax q")?,
+            view::<T>(k, lk, "scores-softmax k")?,
+            view::<T>(m, lm, "scores-softmax mask")?,
+        );
+        let n = b * heads * tq * t;
+        let stream = dev.cuda_stream();
+        // SAFETY: the GEMM below writes every element (beta 0).
+        let mut scores = unsafe { dev.alloc::<f32>(n)? };
+        {
+            let int = |v: usize| {
+                i32::try_from(v)
+                    .map_err(|_| candle_core::Error::Msg(format!("scores-softmax: {v} too large")))
+            };
+            let (alpha, beta) = (1f32, 0f32);
+            let (qp, _q_sync) = qv.device_ptr(&stream);
+            let (kp, _k_sync) = kv.device_ptr(&stream);
+            let (sp, _s_sync) = scores.device_ptr_mut(&stream);
+            let handle = dev.cublas_handle();
+            // Column-major: scoresᵀ (t × tq) = kᵀ-as-stored (op T of d × t) · q-as-stored (d × tq),
+            // per text and head; the row-major (tq × t) scores, each row a query's.
+            // SAFETY: the pointers are live for the call (their guards above) and sized for the
+            // strides and counts given; the handle runs on the device's stream.
+            unsafe {
+                blas::gemm_strided_batched_ex(
+                    *handle.handle(),
+                    sys::cublasOperation_t::CUBLAS_OP_T,
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    int(t)?,
+                    int(tq)?,
+                    int(d)?,
+                    (&alpha) as *const f32 as *const _,
+                    kp as *const _,
+                    data_type,
+                    int(d)?,
+                    (t * d) as i64,
+                    qp as *const _,
+                    data_type,
+                    int(d)?,
+                    (tq * d) as i64,
+                    (&beta) as *const f32 as *const _,
+                    sp as *mut _,
+                    sys::cudaDataType_t::CUDA_R_32F,
+                    int(t)?,
+                    (tq * t) as i64,
+                    int(b * heads)?,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(|e| candle_core::Error::Msg(format!("scores-softmax: cuBLAS: {e:?}")))?;
+        }
+        let (rows, t32, per_text) = ((n / t) as u32, t as u32, (heads * tq) as u32);
+        // SAFETY: every element is written by the kernel below.
+        let mut y = unsafe { dev.alloc::<T>(n)? };
+        let func = kernel(q, "mask_softmax_f32s")?;
+        let mut args = stream.launch_builder(&func);
+        args.arg(&scores)
+            .arg(&mv)
+            .arg(&mut y)
+            .arg(&rows)
+            .arg(&t32)
+            .arg(&per_text);
+        // One warp per row, 8 rows per block (as mask_softmax).
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(y, dev),
+            Shape::from((b, heads, tq, t)),
+        ))
+    }
+
+    pub fn scores_softmax(
+        q: &CudaStorage,
+        lq: &Layout,
+        k: &CudaStorage,
+        lk: &Layout,
+        m: &CudaStorage,
+        lm: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match q.dtype() {
+            DType::F16 => scores_softmax_t::<half::f16>(q, lq, k, lk, m, lm),
+            DType::BF16 => scores_softmax_t::<half::bf16>(q, lq, k, lk, m, lm),
+            d => candle_core::bail!("scores-softmax: {d:?} (16-bit only)"),
+        }
+    }
+
     /// One cuBLASLt handle (with its workspace) per device, made on first use.
     fn blas_lt(
         dev: &candle_core::CudaDevice,
@@ -1597,6 +1784,52 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(packed.dtype(), DType::F32);
+    }
+
+    /// A 16-bit model's attention probabilities come from unrounded scores: within one rounding
+    /// of the probabilities of the softmax of the f32 scores of the same (rounded) queries and
+    /// keys. Scores of this size rounded to the type first are off by several times that.
+    #[test]
+    fn sixteen_bit_attention_probs_come_from_f32_scores() {
+        let dev = Device::Cpu;
+        let (b, heads, t, d) = (2, 3, 21, 16);
+        let mut m = vec![0f32; b * t];
+        m[t + 13..].fill(-1e9);
+        let mask = Tensor::from_vec(m, (b, t), &dev).unwrap();
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        for dtype in [DType::BF16, DType::F16] {
+            let q = Tensor::randn(0f32, 1.5, (b, heads, t, d), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let k = Tensor::randn(0f32, 1.5, (b, heads, t, d), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let got = attention_probs(&q, &k, &mask.to_dtype(dtype).unwrap()).unwrap();
+            assert_eq!(got.dtype(), dtype);
+            let scores = f32(&q).matmul(&f32(&k).t().unwrap()).unwrap();
+            let want = mask_softmax(&scores, &mask).unwrap();
+            let diff = max_diff(&f32(&got), &want);
+            // One rounding of probabilities up to 1: half a unit in the last place below 1.
+            let rounding = if dtype == DType::BF16 {
+                2f32.powi(-9)
+            } else {
+                2f32.powi(-12)
+            };
+            let rounded_first = mask_softmax(&f32(&q.matmul(&k.t().unwrap()).unwrap()), &mask).unwrap();
+            let old = max_diff(&rounded_first, &want);
+            eprintln!("{dtype:?}: {diff:.2e} from the f32 scores' softmax; scores rounded first: {old:.2e}");
+            assert!(
+                diff <= rounding,
+                "{dtype:?}: {diff:e} from the f32 scores' softmax (one rounding: {rounding:e})"
+            );
+            // Queries alone (the last layer's [CLS]): the same rows.
+            let q1 = q.narrow(2, 0, 1).unwrap().contiguous().unwrap();
+            let got1 = attention_probs(&q1, &k, &mask.to_dtype(dtype).unwrap()).unwrap();
+            assert_eq!(got1.dims(), [b, heads, 1, t]);
+            assert_eq!(max_diff(&f32(&got1), &f32(&got.narrow(2, 0, 1).unwrap())), 0.0);
+        }
     }
 
     #[test]
