@@ -180,6 +180,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         "dtype": format!("{prec:?}").to_lowercase(), "batch": b, "tokens": t,
                         "texts_per_s": (b as f64 / secs * 10.0).round() / 10.0,
                         "ms_per_batch": (secs * 1e5).round() / 100.0, "runs": runs,
+                        "passes": kernels::scoring_passes(&dev, dtype),
                     })
                 );
             }
@@ -600,6 +601,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "fused_us": fused_total.round(),
             "fused_texts_per_s_if_serial": (b as f64 / (fused_total * c.num_hidden_layers as f64 / 1e6)).round(),
             "experimental": experimental,
+            "passes": kernels::scoring_passes(dev, dtype),
             "experimental_us": experimental_total.map(f64::round),
             "experimental_texts_per_s_if_serial":
                 experimental_total.map(|us| (b as f64 / (us * c.num_hidden_layers as f64 / 1e6)).round()),

@@ -198,3 +198,68 @@ fn clip_on_subtitles_lists_moments() {
     assert_eq!(report["moments"].as_array().unwrap().len(), 2);
     assert_eq!(report["transcript"]["cues"], 20);
 }
+
+/// `bench` prints one JSON line per case: the checks of the opt-in passes once per dtype, then a
+/// `score` line per model, dtype and shape with a positive rate and the passes it ran (a 16-bit
+/// model's attention scores in f32; nothing switchable in f32 on the CPU).
+#[test]
+fn bench_prints_one_json_line_per_case() {
+    let Some(enc) = e5() else { return };
+    let o = bin()
+        .args(["bench", "--device", "cpu", "--encoder"])
+        .arg(&enc)
+        .args([
+            "--shapes",
+            "1x8,2x16",
+            "--precision",
+            "f32,bf16",
+            "--secs",
+            "0.05",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let cases =
+        |name: &str| -> Vec<&serde_json::Value> { lines.iter().filter(|l| l["case"] == name).collect() };
+    for check in ["attention_check", "gemm_gelu_check"] {
+        assert_eq!(cases(check).len(), 2, "{check} once per dtype: {lines:?}");
+    }
+    let scores = cases("score");
+    assert_eq!(scores.len(), 4, "2 dtypes × 2 shapes: {lines:?}");
+    let f32_scores = if std::env::var("VIRALCLIP_F32_SCORES").as_deref() == Ok("0") {
+        vec![]
+    } else {
+        vec!["f32_scores"]
+    };
+    for (line, (dtype, (b, t))) in scores.iter().zip(
+        ["f32", "bf16"]
+            .into_iter()
+            .flat_map(|d| [(1, 8), (2, 16)].map(|s| (d, s))),
+    ) {
+        assert_eq!(line["engine"], "viralclip");
+        assert_eq!(line["device"], "cpu");
+        assert_eq!(line["dtype"], dtype, "{line}");
+        assert_eq!(
+            (line["batch"].as_u64(), line["tokens"].as_u64()),
+            (Some(b), Some(t)),
+            "{line}"
+        );
+        assert!(line["texts_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        let passes: Vec<&str> = line["passes"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no passes: {line}"))
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        let want = if dtype == "bf16" {
+            f32_scores.clone()
+        } else {
+            vec![]
+        };
+        assert_eq!(passes, want, "{line}");
+    }
+}

@@ -623,8 +623,7 @@ pub const ATTENTION_MAX_TOKENS: usize = 256;
 pub fn attention_fits(qkv: &Tensor, t: usize, d: usize) -> bool {
     #[cfg(feature = "cuda")]
     {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        env_is(&ON, "VIRALCLIP_FUSED_ATTN", "1")
+        fused_attn_on()
             && fused_cuda()
             && matches!(qkv.dtype(), DType::BF16 | DType::F16)
             && matches!(d, 32 | 64)
@@ -783,8 +782,7 @@ impl CustomOp3 for GemmGelu {
 pub fn gemm_gelu_fits(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        env_is(&ON, "VIRALCLIP_GEMM_GELU", "1")
+        gemm_gelu_on()
             && fused_cuda()
             && x.device().is_cuda()
             && matches!(x.dtype(), DType::BF16 | DType::F16)
@@ -1016,6 +1014,48 @@ pub(crate) fn with_ln_vec<R>(on: bool, f: impl FnOnce() -> R) -> R {
     let r = f();
     LN_VEC_OVERRIDE.with(|c| c.set(was));
     r
+}
+
+/// `VIRALCLIP_FUSED_ATTN=1`: attention in one kernel where it fits ([`attention_fits`]).
+#[cfg(feature = "cuda")]
+fn fused_attn_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_is(&ON, "VIRALCLIP_FUSED_ATTN", "1")
+}
+
+/// `VIRALCLIP_GEMM_GELU=1`: the FFN's first GEMM with cuBLASLt's epilogue ([`gemm_gelu_fits`]).
+#[cfg(feature = "cuda")]
+fn gemm_gelu_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    env_is(&ON, "VIRALCLIP_GEMM_GELU", "1")
+}
+
+/// The scoring path's switchable passes in effect for a model in `dtype` on `dev`, by name, so a
+/// benchmark's line says what it ran: `fused` (the fused CUDA kernels; the CPU always runs its
+/// own), `f32_scores` ([`scores_in_f32`]), and the opt-in `fused_attn`, `gemm_gelu`, `ln_vec`
+/// where they would run (for `fused_attn`, texts of up to 256 tokens with heads of 32 or 64).
+pub fn scoring_passes(dev: &candle_core::Device, dtype: DType) -> Vec<&'static str> {
+    let mut on = Vec::new();
+    if dev.is_cuda() && fused_cuda() {
+        on.push("fused");
+    }
+    if scores_in_f32(dtype) {
+        on.push("f32_scores");
+    }
+    #[cfg(feature = "cuda")]
+    if dev.is_cuda() && fused_cuda() {
+        let sixteen = matches!(dtype, DType::BF16 | DType::F16);
+        if fused_attn_on() && sixteen && cuda::tensor_cores(dev) {
+            on.push("fused_attn");
+        }
+        if gemm_gelu_on() && sixteen {
+            on.push("gemm_gelu");
+        }
+        if ln_vec() {
+            on.push("ln_vec");
+        }
+    }
+    on
 }
 
 /// Whether environment variable `var` is `value`, read once into `cell` (the kernels' switches).
