@@ -310,10 +310,10 @@ ATTN(__half, f16)
 ATTN(__nv_bfloat16, bf16)
 
 // A 16-bit model's mask + softmax on f32 scores (its probabilities in T).
-#define F32_SCORES(T, S)                                                                                  \
-  extern "C" __global__ void mask_softmax_f32s_##S(const float *s, const T *m, T *y, uint32_t rows,      \
-                                                   uint32_t t, uint32_t rows_per_batch) {                 \
-    mask_softmax<float, T>(s, m, y, rows, t, rows_per_batch);                                             \
+#define F32_SCORES(T, S)                                                                           \
+  extern "C" __global__ void mask_softmax_f32s_##S(const float *s, const T *m, T *y, uint32_t rows, \
+                                                   uint32_t t, uint32_t rows_per_batch) {          \
+    mask_softmax<float, T>(s, m, y, rows, t, rows_per_batch);                                      \
   }
 F32_SCORES(__half, f16)
 F32_SCORES(__nv_bfloat16, bf16)
