@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, as one prepared run on a host with no network (a lent H100/H200):
-#   1. CUDA scores vs the fp32 CPU path on real text (bf16, f16, f32, tf32);
-#   2. scoring throughput, a per-operation profile of one layer, and training step times, for the
-#      engine and for PyTorch (transformers' BertModel + the two heads) side by side on the card;
-#   3. the default model's training run(s) on the GPU (`--train-only` / `--no-train` to pick).
-# `--quick`: scoring only (with the experimental passes, alone and together); `--steps`: training step times only (fused training kernels, candle's
-# operations, PyTorch), each after the correctness checks.
-# Prepared on a build machine (README, "GPU (CUDA)"): a `--no-default-features --features cuda`
-# release binary at .device/viralclip, the shrunk e5-small at .device/e5 (bench/shrink_encoder.py),
-# the data files at .device/data, and the kernels' own checks at .device/kernels-gpu
-# (engine/kernels/emu/README.md: `nvcc -x cu ... check.cpp`). Results: $OUT/results.tgz (logs, JSON lines, reports, manifests),
-# and the candidates' weights as $OUT/weights-{a,b}.safetensors (default $OUT: /tmp/gpu-check).
+# Everything that needs a GPU, as one prepared run on a host with no network (a lent H100/H200),
+# in sections, most telling first, each packed into the results as it ends:
+#   kernels  every kernel of kernels/fused.cu alone on the card against plain references;
+#   demo     CUDA scores vs the fp32 CPU path on the demo's script (bf16, f16, f32, tf32);
+#   ru       the same on 1,000 real Russian texts, for the default passes and each opt-in one;
+#   bench    scoring throughput and one layer's profile, the default (fused) kernels;
+#   exp      the same for each opt-in pass alone and all together (and f32 scores switched off);
+#   pytorch  PyTorch (transformers' BertModel + the two heads) on the same card;
+#   steps    training step times: the training path's checks, then the fused training kernels;
+#   steps0   training step times with candle's operations (VIRALCLIP_FUSED_TRAIN=0);
+#   ptsteps  PyTorch's training step times;
+#   unfused  scoring with candle's own operations (the "before" of the profile);
+#   seed     the seed's 5-epoch schedule as a real training run (fused kernels where the checks passed);
+#   train    the default model's candidates (and the seed's schedule), in parallel.
+# Modes: no flag = kernels demo ru bench exp pytorch unfused train; `--quick` = kernels demo ru
+# bench exp pytorch; `--steps` = kernels demo ru steps steps0 ptsteps; `--short` (one call of a
+# 15-minute lease) = kernels demo ru bench exp pytorch steps ptsteps seed steps0, under a deadline
+# of $DEADLINE s (default 520) that every section's timeout is cut to; `--no-train` and
+# `--train-only` drop the training or the scoring sections; SECTIONS="..." picks any list.
+# Prepared on a build machine (`scripts/prepare-device.sh`; README, "GPU (CUDA)"): a
+# `--no-default-features --features cuda` release binary at .device/viralclip, the shrunk e5-small
+# at .device/e5 (bench/shrink_encoder.py), the data files at .device/data, and the kernels' own
+# checks at .device/kernels-gpu (engine/kernels/emu/README.md). Results: $OUT/results.tgz (logs,
+# JSON lines, reports, manifests), and the candidates' weights as $OUT/weights-{a,b}.safetensors
+# (default $OUT: /tmp/gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-/tmp/gpu-check}
@@ -32,56 +45,59 @@ SHAPES=${SHAPES:-1x128,32x128,256x128,256x32,1024x32}
 PRECISIONS=${PRECISIONS:-f32,bf16}
 PROFILE=${PROFILE:-256x128}
 read -r -a EXTRA <<<"${EXTRA:-}"
-VARIANTS=${VARIANTS:-a b seed}                      # which training candidates to run
+VARIANTS=${VARIANTS:-a b seed}                      # which training candidates the train section runs
 B_EPOCHS=${B_EPOCHS:-4}
-bench=1 train=1 quick=0 steps_only=0
+sections="kernels demo ru bench exp pytorch unfused train"
+deadline=${DEADLINE:-100000}
 for a in "$@"; do
   case $a in
-    --no-train) train=0 ;;
-    --train-only) bench=0 ;;
-    --quick) quick=1 train=0 ;; # scoring only: fused kernels and PyTorch, no training steps
-    --steps) steps_only=1 ;;   # training steps only: fused training kernels, candle's ops, PyTorch
+    --quick) sections="kernels demo ru bench exp pytorch" ;;
+    --steps) sections="kernels demo ru steps steps0 ptsteps" ;;
+    --short) sections="kernels demo ru bench exp pytorch steps ptsteps seed steps0" deadline=${DEADLINE:-520} ;;
+    --no-train) sections=$(sed -E 's/\b(steps0|steps|ptsteps|seed|train)\b//g' <<<"$sections") ;;
+    --train-only) sections=$(sed -E 's/\b(bench|exp|pytorch|unfused)\b//g' <<<"$sections") ;;
+    *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
-steps=(--train-steps) && ((quick)) && steps=()
-log() { echo "== $* ($(date +%T))"; }
+sections=${SECTIONS:-$sections}
+has() { [[ " $sections " == *" $1 "* ]]; }
+log() { echo "== $* ($(date +%T), ${SECONDS}s)"; }
+# secs WANT: WANT, or what is left before the deadline (less a margin to pack) if that is less.
+secs() {
+  local left=$((deadline - SECONDS - 8))
+  ((left < $1)) && echo $((left > 1 ? left : 1)) || echo "$1"
+}
+# start NAME MIN: whether section NAME runs (listed, and at least MIN s left before the deadline).
+start() {
+  has "$1" || return 1
+  if ((deadline - SECONDS < $2)); then
+    log "$1: skipped, $((deadline - SECONDS)) s left of the deadline"
+    return 1
+  fi
+  log "$1"
+}
+# Each opt-in pass, or default switched off: name, then its environment. `before`: the scoring
+# path as it was before session 15's H200 run made three passes the default.
+EXPERIMENTS=("packed0:VIRALCLIP_PACKED_ATTN=0" "attn:VIRALCLIP_FUSED_ATTN=1"
+  "before:VIRALCLIP_LN_VEC=0 VIRALCLIP_GEMM_GELU=0 VIRALCLIP_PACKED_ATTN=0" "scores16:VIRALCLIP_F32_SCORES=0")
+
 [[ -f $BIN.xz ]] && xz -dkf "$BIN.xz"
 chmod +x "$BIN"
 # cuBLAS, cuRAND and the CUDA runtime: from the system, else from the Python wheels (PyTorch's).
 libs=$("${PYTHON:-python3}" -c 'import glob, site; print(":".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/lib*.so*", recursive=True)})))' 2>/dev/null)
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64${libs:+:$libs}
 ldd "$BIN" | grep -E "cuda|cublas|curand|not found" | tee "$OUT/ldd.txt"
-log gpu
+log "gpu; sections: $sections; deadline ${deadline}s"
 cat "$D/VERSION" 2>/dev/null | tee "$OUT/version.txt"  # which commit scripts/prepare-device.sh built
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt" || true
 "${PYTHON:-python3}" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$OUT/gpu.txt"
 [[ -f $E5/model.safetensors ]] || "${PYTHON:-python3}" bench/shrink_encoder.py --unpack "$E5"
 
-# First, every kernel of kernels/fused.cu alone on this card against plain references: the cases
-# CI runs on its CPU emulation, so a kernel that is wrong here is wrong on the hardware, not in
-# the engine's launchers or in candle.
-KERNELS=${KERNELS:-.device/kernels-gpu}
-if [[ -f $KERNELS && $DEV == cuda ]]; then
-  chmod +x "$KERNELS"
-  log "kernels alone on the GPU vs plain references"
-  timeout 120 "$KERNELS" | tee "$OUT/kernels-gpu.txt"
-  echo "kernels-gpu: exit ${PIPESTATUS[0]}" | tee -a "$OUT/kernels-gpu.txt"
-  pack
-fi
-
-log "correctness: CUDA vs fp32 CPU on the demo script"
-"$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 <"$D/demo.txt" >"$OUT/score-cpu-f32.jsonl"
-for p in bf16 f16 f32 tf32; do
-  # candle's own operations, then the fused kernels (kernels/fused.cu, the default).
-  VIRALCLIP_FUSED_CUDA=0 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p <"$D/demo.txt" >"$OUT/score-cuda-$p.jsonl" || echo "cuda $p failed"
-  VIRALCLIP_FUSED_CUDA=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-    <"$D/demo.txt" >"$OUT/score-cudafused-$p.jsonl" || echo "cuda fused $p failed"
-done
 # How far each score-$1 file's probabilities are from the CPU fp32 run's ($2, default
 # score-cpu-f32): the largest difference, and per text (its largest over the 30 probabilities) the
 # mean, 99th percentile and how many texts differ by more than 1e-2.
 compare() {
-  "${PYTHON:-python3}" - "$OUT" "$1" "${2:-score-cpu-f32}" <<'EOF' | tee -a "$OUT/correctness.txt"
+  "${PYTHON:-python3}" - "$OUT" "$1" "${2:-score-cpu-f32}" <<'PY' | tee -a "$OUT/correctness.txt"
 import json, sys, glob, os
 out, pattern, ref_name = sys.argv[1], sys.argv[2], sys.argv[3]
 def load(p):
@@ -100,16 +116,94 @@ for p in sorted(glob.glob(os.path.join(out, f"score-{pattern}.jsonl"))):
     print(f"{os.path.basename(p)}: {n} texts, max |Δ| of probabilities vs CPU fp32 = {per_text[-1]:.2e}"
           f" (per text: mean {sum(per_text) / n:.2e}, p99 {per_text[min(n - 1, n * 99 // 100)]:.2e},"
           f" {sum(d > 1e-2 for d in per_text)} over 1e-2)")
-EOF
+PY
 }
-compare 'cuda*'
-pack
+score() { # score OUTNAME "VAR=VALUE ..." ARGS...: one scoring run on the GPU, under the deadline
+  local name=$1 envs
+  read -r -a envs <<<"$2"
+  shift 2
+  env "${envs[@]}" timeout "$(secs 60)" "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" "$@" >"$OUT/$name.jsonl" \
+    || echo "$name failed"
+}
+# Whether the training run may use the fused kernels (1, 0, or empty where no `bench --train-steps`
+# ran here: the binary's default): the checks a `bench --train-steps` run printed
+# (optimiser within 1e-5 of candle's operations, the fused PCGrad + clip + AdamW step within 2e-5,
+# the layers' gradients and training by hand within 1e-3) and bf16 scores of the 1,000 Russian
+# texts within 6e-3 of the CPU path on average (2.9e-3 on the CPU's bf16 path; a broken kernel is
+# far off that).
+fused_ok() {
+  "${PYTHON:-python3}" - "$OUT" <<'PY'
+import json, os, re, sys
+out = sys.argv[1]
+ok = False
+if not os.path.exists(os.path.join(out, "bench-train-fused1.jsonl")):
+    print("")
+    sys.exit(0)
+try:
+    checks = {}
+    for name in ("bench-train-fused1.jsonl",):
+        p = os.path.join(out, name)
+        if not os.path.exists(p):
+            continue
+        for line in open(p):
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            if r.get("case") == "adamw_check" and r.get("fused_cuda"):
+                checks[r["case"]] = r["max_diff"]
+            if r.get("case") in ("fused_step_check", "train_ops_check", "by_hand_check") and r.get("fused"):
+                checks[r["case"]] = r["max_diff"]
+    ok = (checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
+          and checks.get("train_ops_check", 1) < 1e-3 and checks.get("by_hand_check", 1) < 1e-3)
+    m = re.search(r"score-ru-cudafused-bf16.jsonl: \d+ texts, .*per text: mean ([0-9.e+-]+)", open(os.path.join(out, "correctness.txt")).read())
+    ok = ok and m is not None and float(m.group(1)) < 6e-3
+except Exception:
+    ok = False
+print(1 if ok else 0)
+PY
+}
+train_steps() { # train_steps FUSED_TRAIN: the training path's checks, then step times (both models)
+  VIRALCLIP_FUSED_TRAIN=$1 timeout "$(secs "${STEP_SECS:-150}")" "$BIN" bench --no-score --device "$DEV" --rubert-shape \
+    --encoder "$E5" --secs 1 --train-steps --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
+    | tee "$OUT/bench-train-fused$1.jsonl"
+  pack
+}
+RU="$D/validation.csv#part=0-60"
+common=(--encoder "$E5" --base-repo intfloat/multilingual-e5-small --device "$DEV" -q "${EXTRA[@]}"
+  --data "$D/train.tsv" --data "$RU" --data "$RU" --data "$RU" --data "$RU"
+  --data "$D/clickbait.txt.gz#label=1#part=0-40" --data "$D/non_clickbait.txt.gz#label=0#part=0-40"
+  --test "$D/validation.csv#part=60-100"
+  --test "$D/clickbait.txt.gz#label=1#part=80-100" --test "$D/non_clickbait.txt.gz#label=0#part=80-100"
+  --val-fraction 0.05)
+
+# Every kernel alone against plain references: the cases CI runs on its CPU emulation, so a
+# kernel that is wrong here is wrong on the hardware, not in the engine's launchers or in candle.
+KERNELS=${KERNELS:-.device/kernels-gpu}
+if [[ -f $KERNELS && $DEV == cuda ]] && start kernels 20; then
+  chmod +x "$KERNELS"
+  timeout "$(secs 120)" "$KERNELS" | tee "$OUT/kernels-gpu.txt"
+  echo "kernels-gpu: exit ${PIPESTATUS[0]}" | tee -a "$OUT/kernels-gpu.txt"
+  pack
+fi
+
+if start demo 30; then
+  "$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 <"$D/demo.txt" >"$OUT/score-cpu-f32.jsonl"
+  for p in bf16 f16 f32 tf32; do
+    # The fused kernels (kernels/fused.cu, the default), then candle's own operations (not in --short).
+    score score-cudafused-$p VIRALCLIP_FUSED_CUDA=1 --precision $p <"$D/demo.txt"
+    [[ $deadline == 100000 ]] && score score-cuda-$p VIRALCLIP_FUSED_CUDA=0 --precision $p <"$D/demo.txt"
+  done
+  compare 'cuda*'
+  pack
+fi
 
 # The same on 1,000 real Russian texts (ru_go_emotions validation, the first rows): 12 demo lines
 # say little about a bar on real text (on the CPU, bf16 against f32 over these 1,000: 12 lines
-# showed 7e-3, the 1,000 up to 5e-2).
-log "correctness: CUDA vs fp32 CPU on 1,000 Russian texts"
-"${PYTHON:-python3}" - "$D/validation.csv" "$OUT/ru1000.csv" <<'EOF'
+# showed 7e-3, the 1,000 up to 5e-2). The default passes in bf16 and f16, then each variant in
+# bf16: `scores16` rounds the attention scores to bf16 before the softmax, as before session 14
+# (on the CPU: 45 of these texts over 1e-2 that way, 21 with them in f32).
+if start ru 30; then
+  "${PYTHON:-python3}" - "$D/validation.csv" "$OUT/ru1000.csv" <<'PY'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1], encoding="utf-8")))[:1000]
 with open(sys.argv[2], "w", encoding="utf-8", newline="") as f:
@@ -117,132 +211,85 @@ with open(sys.argv[2], "w", encoding="utf-8", newline="") as f:
     w.writerow(["text"])
     for r in rows:
         w.writerow([r["ru_text"]])
-EOF
-"$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 --csv "$OUT/ru1000.csv" \
-  >"$OUT/ru-cpu-f32.jsonl"
-for p in bf16 f16; do
-  "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p --csv "$OUT/ru1000.csv" \
-    >"$OUT/score-ru-cudafused-$p.jsonl" || echo "cuda ru $p failed"
-  VIRALCLIP_FUSED_ATTN=1 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-    --csv "$OUT/ru1000.csv" >"$OUT/score-ru-cudaattn-$p.jsonl" || echo "cuda ru attn $p failed"
-  # The scores rounded to the type before the softmax, as before session 14 (on the CPU in bf16:
-  # 45 of these texts over 1e-2 that way, 21 with them in f32).
-  VIRALCLIP_F32_SCORES=0 "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-    --csv "$OUT/ru1000.csv" >"$OUT/score-ru-cudascores16-$p.jsonl" || echo "cuda ru scores16 $p failed"
-  # All three experimental passes: the tanh GELU of cuBLASLt's epilogue moves scores by itself
-  # (up to 6.5e-3 on these texts in f32 on the CPU).
-  VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 VIRALCLIP_GEMM_GELU=1 "$BIN" score -q --model assets/model --encoder "$E5" \
-    --device "$DEV" --precision $p --csv "$OUT/ru1000.csv" >"$OUT/score-ru-cudaall-$p.jsonl" || echo "cuda ru all $p failed"
+PY
+  "$BIN" score -q --model assets/model --encoder "$E5" --device cpu --precision f32 --csv "$OUT/ru1000.csv" \
+    >"$OUT/ru-cpu-f32.jsonl"
+  for p in bf16 f16; do
+    score score-ru-cudafused-$p "" --precision $p --csv "$OUT/ru1000.csv"
+  done
+  for v in "${EXPERIMENTS[@]}"; do
+    score "score-ru-cuda${v%%:*}-bf16" "${v#*:}" --precision bf16 --csv "$OUT/ru1000.csv"
+  done
+  compare 'ru-cuda*' ru-cpu-f32
+  pack
+fi
+
+if start bench 30; then
+  VIRALCLIP_FUSED_CUDA=1 timeout "$(secs "${BENCH_SECS:-140}")" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --precision "$PRECISIONS" --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip-fused.jsonl"
+  pack
+fi
+
+# Each variant: the packed attention switched off (VIRALCLIP_PACKED_ATTN=0), attention in one
+# kernel (VIRALCLIP_FUSED_ATTN=1), the path before session 15's defaults, and what f32 attention
+# scores cost (VIRALCLIP_F32_SCORES=0). Each: its checks (attention_check, gemm_gelu_check,
+# packed_attention_check in the JSON lines), speed, the profile.
+for v in "${EXPERIMENTS[@]}"; do
+  name=${v%%:*}
+  read -r -a flags <<<"${v#*:}"
+  start exp 20 || break
+  log "exp $name (${flags[*]})"
+  env "${flags[@]}" timeout "$(secs 60)" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "${EXP_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" \
+    | tee "$OUT/bench-viralclip-$name.jsonl"
+  pack
 done
-compare 'ru-cuda*' ru-cpu-f32
-pack
 
-if ((steps_only)); then
-  # The training step, three ways on the same card: the fused training kernels (layer norm, softmax,
-  # bias + GELU, dropout with their backward passes; the optimiser's one-pass step), candle's
-  # operations, and PyTorch. Each run prints its own checks against candle's operations first.
-  for f in 1 0; do
-    log "train steps: VIRALCLIP_FUSED_TRAIN=$f"
-    VIRALCLIP_FUSED_TRAIN=$f timeout "${STEP_SECS:-150}" "$BIN" bench --no-score --device "$DEV" --rubert-shape \
-      --encoder "$E5" --secs 1 --train-steps --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
-      | tee "$OUT/bench-train-fused$f.jsonl"
-    pack
-  done
-  log "train steps: pytorch"
-  timeout "${STEP_SECS:-150}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
-    --no-score --secs 2 --train-steps 2>/dev/null | tee "$OUT/bench-train-pytorch.jsonl"
-  pack
-  log done
-  exit 0
-fi
-
-if ((bench)); then
-  # Most telling first, in case the lease ends early: the fused kernels, the experimental passes,
-  # then PyTorch, then the unfused path (the "before" of the profile).
-  log "bench: viralclip with the fused kernels"
-  VIRALCLIP_FUSED_CUDA=1 VIRALCLIP_FUSED_TRAIN=1 timeout "${BENCH_SECS:-140}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "$SHAPES" --precision "$PRECISIONS" --secs 1 --profile "$PROFILE" "${steps[@]}" \
-    --train-data "$D/train.tsv" --train-data "$D/validation.csv#part=0-60" \
-    | tee "$OUT/bench-viralclip-fused.jsonl"
-  pack
-  # The experimental passes, each alone and all together: the vectorised layer norm
-  # (VIRALCLIP_LN_VEC=1), attention in one kernel (VIRALCLIP_FUSED_ATTN=1), the FFN's GEMM with
-  # cuBLASLt's bias + GELU epilogue (VIRALCLIP_GEMM_GELU=1). Each: scores against the CPU, its own
-  # checks (attention_check, gemm_gelu_check in the JSON lines), speed and the layer's profile.
-  # And one default switched off: a 16-bit model's attention scores rounded to the type before the
-  # softmax (VIRALCLIP_F32_SCORES=0), the way before session 14: what keeping them in f32 costs.
-  for v in "lnvec:VIRALCLIP_LN_VEC=1" "attn:VIRALCLIP_FUSED_ATTN=1" "gemmgelu:VIRALCLIP_GEMM_GELU=1" \
-    "all:VIRALCLIP_LN_VEC=1 VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_GEMM_GELU=1" "scores16:VIRALCLIP_F32_SCORES=0"; do
-    name=${v%%:*}
-    read -r -a flags <<<"${v#*:}"
-    log "experimental: $name (${flags[*]})"
-    for p in bf16 f16 f32; do
-      env "${flags[@]}" "$BIN" score -q --model assets/model --encoder "$E5" --device "$DEV" --precision $p \
-        <"$D/demo.txt" >"$OUT/score-cuda$name-$p.jsonl" || echo "cuda $name $p failed"
-    done
-    compare "cuda$name-*"
-    env "${flags[@]}" timeout 60 "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-      --shapes "${EXP_SHAPES:-256x128,1024x32}" --precision bf16 --secs 1 --profile "$PROFILE" \
-      | tee "$OUT/bench-viralclip-$name.jsonl"
-    pack
-  done
-  log "bench: pytorch"
-  timeout "${BENCH_SECS:-140}" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "$SHAPES" --dtypes "$PRECISIONS" --secs 1 "${steps[@]}" \
-    2>/dev/null | tee "$OUT/bench-pytorch.jsonl"
-  pack
-  ((quick)) && { log done; exit 0; }
-  log "bench: viralclip, unfused"
-  VIRALCLIP_FUSED_CUDA=0 timeout "${UNFUSED_SECS:-90}" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
-    --shapes "$SHAPES" --precision bf16 --secs 1 \
-    --profile "$PROFILE" --train-steps --train-data "$D/train.tsv" \
-    --train-data "$D/validation.csv#part=0-60" | tee "$OUT/bench-viralclip.jsonl"
+if start pytorch 40; then
+  timeout "$(secs "${BENCH_SECS:-140}")" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape \
+    --encoder "$E5" --shapes "$SHAPES" --dtypes "$PRECISIONS" --secs 1 2>/dev/null | tee "$OUT/bench-pytorch.jsonl"
   pack
 fi
 
-if ((train)); then
-  log "train: default-model candidates, in parallel"
-  RU="$D/validation.csv#part=0-60"
-  common=(--encoder "$E5" --base-repo intfloat/multilingual-e5-small --device "$DEV" -q "${EXTRA[@]}"
-    --data "$D/train.tsv" --data "$RU" --data "$RU" --data "$RU" --data "$RU"
-    --data "$D/clickbait.txt.gz#label=1#part=0-40" --data "$D/non_clickbait.txt.gz#label=0#part=0-40"
-    --test "$D/validation.csv#part=60-100"
-    --test "$D/clickbait.txt.gz#label=1#part=80-100" --test "$D/non_clickbait.txt.gz#label=0#part=80-100"
-    --val-fraction 0.05)
+if start steps 40; then
+  train_steps 1
+fi
+
+if start ptsteps 40; then
+  timeout "$(secs "${STEP_SECS:-150}")" "${PYTHON:-python3}" bench/pytorch_bench.py --device "$DEV" --rubert-shape \
+    --encoder "$E5" --no-score --secs 2 --train-steps 2>/dev/null | tee "$OUT/bench-train-pytorch.jsonl"
+  pack
+fi
+
+if start seed 60; then
+  # The seed's schedule (batch 16, 2 epochs heads + 3 epochs top 2 with PCGrad) as a real run, for
+  # its wall time, with the fused kernels where this run's checks passed them.
+  fused=$(fused_ok)
+  log "fused kernels for training: ${fused:-as the binary defaults}"
+  (time env ${fused:+VIRALCLIP_FUSED_CUDA=$fused VIRALCLIP_FUSED_TRAIN=$fused} timeout "$(secs "$TRAIN_SECS")" "$BIN" \
+    train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1
+  tail -n 25 "$OUT/train-seed.log"
+  pack
+fi
+
+if start steps0 40; then
+  train_steps 0
+fi
+
+if start unfused 40; then
+  VIRALCLIP_FUSED_CUDA=0 timeout "$(secs "${UNFUSED_SECS:-90}")" "$BIN" bench --device "$DEV" --rubert-shape --encoder "$E5" \
+    --shapes "$SHAPES" --precision bf16 --secs 1 --profile "$PROFILE" | tee "$OUT/bench-viralclip.jsonl"
+  pack
+fi
+
+if start train 60; then
   tuned=(--f16-layers --patience 2 --unfreeze-layers 3 --unfrozen-lr-mult 1 --head-lr 1e-3 --frozen-epochs "${FROZEN_EPOCHS:-2}"
     --batch-size 32 --warmup-steps 300)
+  fused=$(fused_ok)
+  log "fused kernels for training: ${fused:-as the binary defaults}"
   [[ $VARIANTS == *a* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 5e-5 --out "$OUT/model-a") >"$OUT/train-a.log" 2>&1 &
   [[ $VARIANTS == *b* ]] && (time timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" "${tuned[@]}" --lr 1e-4 --unfrozen-epochs "$B_EPOCHS" --out "$OUT/model-b") >"$OUT/train-b.log" 2>&1 &
-  # The seed's own schedule (batch 16, 2 epochs heads + 3 epochs top 2 with PCGrad), for its wall time.
-  # With the fused kernels where this run's checks passed them (optimiser within 1e-5 of candle's
-  # operations, the fused PCGrad + clip + AdamW step within 2e-5, the layers' gradients and
-  # training by hand within 1e-3, bf16 scores of the 1,000 Russian texts within 6e-3 of the CPU
-  # path on average).
-  fused=$("${PYTHON:-python3}" - "$OUT" <<'EOF2'
-import json, os, re, sys
-out = sys.argv[1]
-ok = False
-try:
-    checks = {}
-    for line in open(os.path.join(out, "bench-viralclip-fused.jsonl")):
-        r = json.loads(line)
-        if r.get("case") == "adamw_check" and r.get("fused_cuda"):
-            checks[r["case"]] = r["max_diff"]
-        if r.get("case") in ("fused_step_check", "train_ops_check", "by_hand_check") and r.get("fused"):
-            checks[r["case"]] = r["max_diff"]
-    ok = (checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
-          and checks.get("train_ops_check", 1) < 1e-3 and checks.get("by_hand_check", 1) < 1e-3)
-    # bf16 scoring on the 1,000 Russian texts (the demo's 12 lines hang on one sensitive text):
-    # per text mean error 2.9e-3 on the CPU's bf16 path; a broken kernel is far off that.
-    m = re.search(r"score-ru-cudafused-bf16.jsonl: \d+ texts, .*per text: mean ([0-9.e+-]+)", open(os.path.join(out, "correctness.txt")).read())
-    ok = ok and m is not None and float(m.group(1)) < 6e-3
-except Exception:
-    ok = False
-print(1 if ok else 0)
-EOF2
-)
-  log "fused kernels for training: $fused"
-  [[ $VARIANTS == *seed* ]] && (time VIRALCLIP_FUSED_CUDA=$fused VIRALCLIP_FUSED_TRAIN=$fused timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1 &
+  [[ $VARIANTS == *seed* ]] && (time env ${fused:+VIRALCLIP_FUSED_CUDA=$fused VIRALCLIP_FUSED_TRAIN=$fused} timeout "$TRAIN_SECS" "$BIN" train "${common[@]}" --patience 9 --out "$OUT/model-seed") >"$OUT/train-seed.log" 2>&1 &
   wait
   for v in $VARIANTS; do
     log "train $v"
@@ -251,3 +298,4 @@ EOF2
   pack
 fi
 log done
+pack
