@@ -80,5 +80,5 @@ if [[ -z ${filter:-} ]]; then
 fi
 echo "cuda-emulated: running $bin against $fake" >&2
 VIRALCLIP_CUDA_EMULATED=1 \
-  VIRALCLIP_FUSED_TRAIN=1 VIRALCLIP_FUSED_ATTN=1 VIRALCLIP_LN_VEC=1 VIRALCLIP_GEMM_GELU=1 \
+  VIRALCLIP_FUSED_ATTN=1 \
   "$bin" "$filter" --test-threads=1 --nocapture

@@ -148,6 +148,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 for (case, check) in [
                     ("attention_check", kernels::check_attention(&dev, dtype)),
                     ("gemm_gelu_check", kernels::check_gemm_gelu(&dev, dtype)),
+                    (
+                        "packed_attention_check",
+                        kernels::check_packed_attention(&dev, dtype),
+                    ),
                 ] {
                     let mut line = serde_json::json!({
                         "case": case, "device": device::name(&dev),
@@ -501,6 +505,17 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             Box::new(|| kernels::attention(&qkv, &b_qkv, &mask2, b, t, t, heads, d)),
         ));
     }
+    // Attention read in place from the packed projection (16-bit with f32 scores, CUDA): the
+    // projection with its bias in the GEMM's epilogue, then both products through pointer tables.
+    if !fused_attn && kernels::packed_attention_fits(&x) {
+        ops.push((
+            "fused_packed_attention",
+            Box::new(|| {
+                let qkv = kernels::gemm_bias(&x, &w_qkv, &b_qkv)?;
+                kernels::packed_attention(&qkv, &mask2, b, t, t, heads, d)
+            }),
+        ));
+    }
     let gemm_gelu = kernels::gemm_gelu_fits(&x);
     if gemm_gelu {
         ops.push(("fused_gemm_gelu", Box::new(|| kernels::gemm_gelu(&x, &w_i, &b_i))));
@@ -509,7 +524,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     for (op, f) in &ops {
         // An experimental pass that fails is reported and left out of the totals.
         let first = f().and_then(|_| dev.synchronize());
-        if let (Err(e), "fused_attention" | "fused_gemm_gelu") = (&first, *op) {
+        if let (Err(e), "fused_attention" | "fused_gemm_gelu" | "fused_packed_attention") = (&first, *op) {
             println!(
                 "{}",
                 serde_json::json!({"case": "profile_layer", "model": name, "op": op, "error": e.to_string()})
@@ -550,13 +565,15 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         .iter()
         .map(|(op, us)| match *op {
             "fused_bias_residual_norm" => 2.0 * us,
-            "fused_attention" | "fused_gemm_gelu" => 0.0,
+            "fused_attention" | "fused_gemm_gelu" | "fused_packed_attention" => 0.0,
             "scores_gemm" | "fused_mask_softmax" if f32_scores => 0.0,
             op if replaced.contains(&op) => 0.0,
             _ => *us,
         })
         .sum();
-    // The same with the experimental passes that ran instead of what they replace.
+    // The same with the passes that ran instead of what they replace ("experimental" in the JSON
+    // line: the packed attention and the GEMM + GELU epilogue, on by default on CUDA, and the
+    // opt-in one-kernel attention). `fused_us` is the fused kernels' layer without them.
     let us = |name: &str| rows.iter().find(|r| r.0 == name).map_or(0.0, |r| r.1);
     let mut experimental = Vec::new();
     let mut experimental_total = fused_total;
@@ -575,6 +592,17 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "fused_merge_heads",
         ];
         experimental_total += us("fused_attention") - replaced.iter().map(|op| us(op)).sum::<f64>();
+    }
+    if ran("fused_packed_attention") {
+        experimental.push("fused_packed_attention");
+        let replaced = [
+            "qkv_gemm",
+            "fused_qkv_bias_split",
+            "fused_scores_softmax",
+            "context_gemm",
+            "fused_merge_heads",
+        ];
+        experimental_total += us("fused_packed_attention") - replaced.iter().map(|op| us(op)).sum::<f64>();
     }
     if ran("fused_gemm_gelu") {
         experimental.push("fused_gemm_gelu");

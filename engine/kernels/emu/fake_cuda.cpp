@@ -98,6 +98,15 @@ struct Ty {
       case F64: ((double *)p)[i] = v; break;
     }
   }
+  size_t size() const {
+    switch (code) {
+      case U8: return 1;
+      case F16: case BF16: return 2;
+      case U32: case F32: return 4;
+      case I64: case F64: return 8;
+    }
+    return 0;
+  }
   // What arithmetic in this type gives: f32 rounding for f32 and narrower floats.
   double round(double v) const { return code == F32 || code == F16 || code == BF16 ? (double)(float)v : v; }
 };
@@ -692,33 +701,60 @@ API int cublasDestroy_v2(void *h) {
 API int cublasSetStream_v2(void *, void *) { return 0; }
 
 // Column-major C = alpha·op(A)·op(B) + beta·C for each of `batch` matrices, accumulated in double
-// (so products agree with the CPU's to its rounding, as a GPU's f32 accumulation does).
+// (so products agree with the CPU's to its rounding, as a GPU's f32 accumulation does): the
+// matrices at a stride from each other (StridedBatched) or anywhere (Batched, tables of pointers
+// in device memory, which is this process's).
+namespace {
+// A and B of one type; C of theirs, or f32 (16-bit products kept unrounded, as cuBLAS allows).
+bool gemm_types(const char *what, int at, int bt, int ct, Ty &t, Ty &tc) {
+  if (at != bt || !Ty::from_cuda(at, t) || !Ty::from_cuda(ct, tc) || (ct != at && tc.code != Ty::F32)) {
+    say("%s with types %d %d %d", what, at, bt, ct);
+    return false;
+  }
+  return true;
+}
+void gemm_one(Ty t, Ty tc, int ta, int tb, int m, int n, int k, double al, const void *a, int lda, const void *b,
+              int ldb, double be, void *c, int ldc) {
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < m; i++) {
+      double acc = 0;
+      for (int l = 0; l < k; l++) {
+        const size_t ia = ta ? (size_t)i * lda + l : (size_t)l * lda + i;
+        const size_t ib = tb ? (size_t)l * ldb + j : (size_t)j * ldb + l;
+        acc += t.get(a, ia) * t.get(b, ib);
+      }
+      const size_t ic = (size_t)j * ldc + i;
+      tc.set(c, ic, al * acc + (be != 0 ? be * tc.get(c, ic) : 0.0));
+    }
+}
+// The scalars' type follows the compute type: 64 (16F) half, 70 (64F) double, else float.
+Ty scalars_for(int compute) { return Ty{compute == 64 ? Ty::F16 : compute == 70 ? Ty::F64 : Ty::F32}; }
+}  // namespace
+
 API int cublasGemmStridedBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *a,
                                    int at, int lda, long long sa, const void *b, int bt, int ldb, long long sb,
                                    const void *beta, void *c, int ct, int ldc, long long sc, int batch, int compute,
                                    int) {
-  // A and B of one type; C of theirs, or f32 (16-bit products kept unrounded, as cuBLAS allows).
   Ty t, tc;
-  if (at != bt || !Ty::from_cuda(at, t) || !Ty::from_cuda(ct, tc) || (ct != at && tc.code != Ty::F32)) {
-    say("cublasGemmStridedBatchedEx with types %d %d %d", at, bt, ct);
-    return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
-  }
-  // The scalars' type follows the compute type: 64 (16F) half, 70 (64F) double, else float.
-  const Ty scalars{compute == 64 ? Ty::F16 : compute == 70 ? Ty::F64 : Ty::F32};
+  if (!gemm_types("cublasGemmStridedBatchedEx", at, bt, ct, t, tc)) return 15;  // CUBLAS_STATUS_NOT_SUPPORTED
+  const Ty scalars = scalars_for(compute);
   const double al = scalars.get(alpha, 0), be = scalars.get(beta, 0);
-  for (int q = 0; q < batch; q++) {
-    for (int j = 0; j < n; j++)
-      for (int i = 0; i < m; i++) {
-        double acc = 0;
-        for (int l = 0; l < k; l++) {
-          const size_t ia = q * sa + (ta ? (size_t)i * lda + l : (size_t)l * lda + i);
-          const size_t ib = q * sb + (tb ? (size_t)l * ldb + j : (size_t)j * ldb + l);
-          acc += t.get(a, ia) * t.get(b, ib);
-        }
-        const size_t ic = q * sc + (size_t)j * ldc + i;
-        tc.set(c, ic, al * acc + (be != 0 ? be * tc.get(c, ic) : 0.0));
-      }
-  }
+  for (int q = 0; q < batch; q++)
+    gemm_one(t, tc, ta, tb, m, n, k, al, (const char *)a + q * sa * t.size(), lda, (const char *)b + q * sb * t.size(),
+             ldb, be, (char *)c + q * sc * tc.size(), ldc);
+  return 0;
+}
+// Leading dimensions at least the rows they step over, as cuBLAS checks (7: INVALID_VALUE).
+API int cublasGemmBatchedEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *const *a,
+                            int at, int lda, const void *const *b, int bt, int ldb, const void *beta, void *const *c,
+                            int ct, int ldc, int batch, int compute, int) {
+  Ty t, tc;
+  if (!gemm_types("cublasGemmBatchedEx", at, bt, ct, t, tc)) return 15;
+  if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m)
+    return say("cublasGemmBatchedEx: lda %d ldb %d ldc %d for m %d n %d k %d", lda, ldb, ldc, m, n, k), 7;
+  const Ty scalars = scalars_for(compute);
+  const double al = scalars.get(alpha, 0), be = scalars.get(beta, 0);
+  for (int q = 0; q < batch; q++) gemm_one(t, tc, ta, tb, m, n, k, al, a[q], lda, b[q], ldb, be, c[q], ldc);
   return 0;
 }
 API int cublasSetWorkspace_v2(void *, void *, size_t) { return 0; }

@@ -414,17 +414,26 @@ impl Layer {
     fn forward_fused(&self, f: &Fused, x: &Tensor, mask: &Tensor, cls_only: bool) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let x2 = x.contiguous()?.reshape((b * t, h))?;
-        let qkv = f.qkv_w.product(&x2)?;
         let mask = mask.reshape((b, t))?;
         let (xq, tq) = if cls_only {
             (x.narrow(1, 0, 1)?.contiguous()?, 1)
         } else {
             (x.clone(), t)
         };
-        let ctx = if kernels::attention_fits(&qkv, t, self.head_dim) {
+        let one_kernel = kernels::attention_fits(&x2, t, self.head_dim);
+        let ctx = if let (ScoringWeight::Stored(w), false, true) =
+            (&f.qkv_w, one_kernel, kernels::packed_attention_fits(&x2))
+        {
+            // The projection with its bias from the GEMM's epilogue; the attention's products
+            // read it in place and write the context in token order (no split, no merge).
+            let qkv = kernels::gemm_bias(&x2, w, &f.qkv_b)?;
+            kernels::packed_attention(&qkv, &mask, b, t, tq, self.heads, self.head_dim)?
+        } else if one_kernel {
             // One kernel from the packed projection to the context in token order.
+            let qkv = f.qkv_w.product(&x2)?;
             kernels::attention(&qkv, &f.qkv_b, &mask, b, t, tq, self.heads, self.head_dim)?
         } else {
+            let qkv = f.qkv_w.product(&x2)?;
             // (b·t, 3h) -> (3, b, heads, t, d) with the bias added: one pass for all three.
             let qkv = kernels::qkv_split(&qkv, &f.qkv_b, b, t, self.heads, self.head_dim)?;
             let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);

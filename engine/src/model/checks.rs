@@ -22,8 +22,8 @@ pub struct Check {
     pub max_diff: f32,
     /// Where: the case and the parameter's name.
     pub worst: String,
-    /// Whether the fused training passes ran (always on the CPU; on CUDA with
-    /// `VIRALCLIP_FUSED_TRAIN=1`). A check whose passes did not run compared nothing.
+    /// Whether the fused training passes ran (always on the CPU; on CUDA unless
+    /// `VIRALCLIP_FUSED_TRAIN=0`). A check whose passes did not run compared nothing.
     pub fused: bool,
 }
 

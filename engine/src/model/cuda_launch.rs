@@ -32,14 +32,14 @@ pub(crate) fn cuda() -> Option<Device> {
     }
 }
 
-/// The CUDA device where the training path's fused kernels run on it (`VIRALCLIP_FUSED_TRAIN=1`),
+/// The CUDA device where the training path's fused kernels run on it (not `VIRALCLIP_FUSED_TRAIN=0`),
 /// else `None` with the reason printed (a failure under `scripts/cuda-emulated.sh`).
 pub(crate) fn cuda_training() -> Option<Device> {
     let dev = cuda()?;
     if kernels::fused_train_cuda() {
         return Some(dev);
     }
-    let why = "VIRALCLIP_FUSED_TRAIN=1 is not set, so the training kernels do not run on CUDA";
+    let why = "VIRALCLIP_FUSED_TRAIN=0 is set, so the training kernels do not run on CUDA";
     assert!(std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none(), "{why}");
     eprintln!("SKIPPED: {why}");
     None
@@ -198,8 +198,8 @@ fn cuda_launch_add_norm_both_kernels() {
     }
 }
 
-/// The FFN's first GEMM with cuBLASLt's bias + GELU epilogue (`kernels::gemm_gelu`, opt-in with
-/// `VIRALCLIP_GEMM_GELU=1`): the launcher's transposes, leading dimensions and the bias along the
+/// The FFN's first GEMM with cuBLASLt's bias + GELU epilogue (`kernels::gemm_gelu`, unless
+/// `VIRALCLIP_GEMM_GELU=0`): the launcher's transposes, leading dimensions and the bias along the
 /// output features, against `gelu_erf(x · wᵀ + b)` on the CPU (cuBLASLt's GELU is the tanh
 /// approximation, within 5e-4 of erf's). Under `scripts/cuda-emulated.sh` the fake cuBLASLt
 /// computes it; on a GPU, the card's.
@@ -213,7 +213,7 @@ fn cuda_launch_gemm_gelu() {
             let b = input(&[n], 92, 1.0, dtype);
             let xd = on(&x, &dev, dtype);
             if !kernels::gemm_gelu_fits(&xd) {
-                let why = "VIRALCLIP_GEMM_GELU=1 is not set, so gemm_gelu does not run";
+                let why = "VIRALCLIP_GEMM_GELU=0 is set, so gemm_gelu does not run";
                 assert!(std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none(), "{why}");
                 eprintln!("SKIPPED: {why}");
                 return;
@@ -307,6 +307,36 @@ fn cuda_launch_attention_probs() {
                 assert_close(&what, &got, &want.narrow(2, 0, tq).unwrap(), tol);
             }
         }
+    }
+}
+
+/// Attention read straight from the packed projection (`kernels::gemm_bias`, then
+/// `kernels::packed_attention`: the bias in cuBLASLt's epilogue, cuBLAS's pointer-array batched
+/// GEMMs reading each head's queries, keys and values in the packed rows and writing the context
+/// in token order, the f32 scores' softmax between): the pointer tables, leading dimensions and
+/// the softmax's rows, against the split path's arithmetic in f32 (`check_packed_attention`: texts
+/// of 1 to 200 tokens with padding, head sizes 32 and 64, [CLS]-only queries). A wrong table entry
+/// or stride reads another head's or text's values: off by the values' size, not by rounding.
+#[test]
+fn cuda_launch_packed_attention() {
+    let Some(dev) = cuda() else { return };
+    let mut results = Vec::new();
+    for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
+        let (worst, ran) = kernels::check_packed_attention(&dev, dtype).unwrap();
+        results.push((dtype, tol, worst, ran));
+    }
+    for (dtype, tol, worst, ran) in results {
+        if !ran {
+            let why = "VIRALCLIP_PACKED_ATTN=0 is set, so packed_attention does not run";
+            assert!(std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none(), "{why}");
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        eprintln!("packed attention {dtype:?}: {worst:.2e} of the largest context value");
+        assert!(
+            worst < tol,
+            "packed attention {dtype:?}: {worst} relative (tolerance {tol})"
+        );
     }
 }
 

@@ -735,6 +735,156 @@ pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
     Ok((worst, true))
 }
 
+/// Attention read straight from the packed projection: see [`packed_attention`].
+struct PackedAttention {
+    b: usize,
+    t: usize,
+    tq: usize,
+    heads: usize,
+    d: usize,
+}
+
+impl CustomOp2 for PackedAttention {
+    fn name(&self) -> &'static str {
+        "packed-attention"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("packed-attention: cuBLAS's pointer-array GEMMs, CUDA only")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda::packed_attention([self.b, self.t, self.tq, self.heads, self.d], s1, l1, s2, l2)
+    }
+}
+
+/// Whether the scoring path runs [`packed_attention`] for this packed projection: CUDA with the
+/// fused kernels on, a 16-bit model whose attention scores stay in f32 ([`scores_in_f32`]),
+/// unless `VIRALCLIP_PACKED_ATTN=0` (the bias + head split, strided products and head merge).
+pub fn packed_attention_fits(qkv: &Tensor) -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        packed_attn_on() && fused_cuda() && qkv.device().is_cuda() && scores_in_f32(qkv.dtype())
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = qkv;
+        false
+    }
+}
+
+/// Multi-head attention from the packed projection `qkv` (b·t, 3·heads·d) *with* its bias (from
+/// [`gemm_bias`]; the query's part scaled by 1/√d) under the additive `mask` (b, t): the context
+/// (b·tq, heads·d) of the first `tq` queries, in token order, as the split path computes it
+/// (scores in f32, then mask + softmax, then the context's product), without its two copies: the
+/// products read each head's queries, keys and values where the packed rows hold them, and write
+/// the context where the merged rows want it (cuBLAS's pointer-array batched GEMMs). CUDA, bf16
+/// or f16 ([`packed_attention_fits`]).
+#[allow(clippy::too_many_arguments)]
+pub fn packed_attention(
+    qkv: &Tensor,
+    mask: &Tensor,
+    b: usize,
+    t: usize,
+    tq: usize,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    qkv.contiguous()?
+        .apply_op2_no_bwd(&mask.contiguous()?, &PackedAttention { b, t, tq, heads, d })
+}
+
+/// [`packed_attention`] (after [`gemm_bias`]) against the split path's arithmetic in f32 on `dev`
+/// (bias added, heads split, scores, mask, softmax, context, heads merged), over texts of 1 to 200
+/// tokens with padding, both head sizes and [CLS]-only queries: the largest difference relative to
+/// the largest context value, and whether it ran (on CUDA where [`packed_attention_fits`] in
+/// `dtype`; else `false` and 0). Inputs are rounded to `dtype` for both; what is left is the
+/// rounding of the projection and of the probabilities (bf16 about 1e-2).
+pub fn check_packed_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let mut worst = 0f32;
+    // (texts, tokens, heads, head size, queries, input features)
+    for (b, t, heads, d, tq, k) in [
+        (3, 1, 2, 32, 1, 48),
+        (2, 7, 4, 64, 7, 64),
+        (2, 33, 3, 32, 33, 96),
+        (2, 33, 3, 32, 1, 96),
+        (5, 70, 12, 64, 70, 128),
+        (2, 200, 2, 64, 200, 64),
+    ] {
+        let h = heads * d;
+        let mut normal = |n: usize, sd: f32| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|_| uniform() * 3.46 * sd).collect();
+            Tensor::from_vec(v, n, dev)?.to_dtype(dtype)
+        };
+        let x = normal(b * t * k, 1.0)?.reshape((b * t, k))?;
+        // The query's rows scaled by 1/√d, as the scoring weights are (scores of unit spread).
+        let scale = Tensor::cat(
+            &[
+                Tensor::full(1.0 / (d as f32).sqrt(), (h, 1), dev)?,
+                Tensor::ones((2 * h, 1), DType::F32, dev)?,
+            ],
+            0,
+        )?;
+        let w = normal(3 * h * k, 1.0 / (k as f32).sqrt())?
+            .reshape((3 * h, k))?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&scale)?
+            .to_dtype(dtype)?;
+        let bias = normal(3 * h, 0.5)?
+            .to_dtype(DType::F32)?
+            .mul(&scale.flatten_all()?)?
+            .to_dtype(dtype)?;
+        let mut m = vec![0f32; b * t];
+        for bi in 0..b {
+            let keep = (t - bi * t / (b + 1)).max(1);
+            m[bi * t + keep..(bi + 1) * t].fill(-1e4);
+        }
+        let mask = Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)?;
+        if !packed_attention_fits(&x) {
+            return Ok((0.0, false));
+        }
+        let qkv = gemm_bias(&x, &w, &bias)?;
+        let got = packed_attention(&qkv, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?;
+        let f = |x: &Tensor| x.to_dtype(DType::F32);
+        let split = f(&x)?
+            .matmul(&f(&w)?.t()?)?
+            .broadcast_add(&f(&bias)?)?
+            .reshape((b, t, 3, heads, d))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, kk, v) = (
+            split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
+            split.get(1)?,
+            split.get(2)?,
+        );
+        let scores = q
+            .matmul(&kk.t()?)?
+            .broadcast_add(&f(&mask)?.reshape((b, 1, 1, t))?)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let want = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b * tq, h))?;
+        worst = worst.max(relative_diff(&got, &want)?);
+    }
+    Ok((worst, true))
+}
+
 /// The largest difference of `got` from `want`, relative to `want`'s largest magnitude (the
 /// experimental passes' checks).
 fn relative_diff(got: &Tensor, want: &Tensor) -> Result<f32> {
@@ -742,12 +892,19 @@ fn relative_diff(got: &Tensor, want: &Tensor) -> Result<f32> {
     Ok(diff / want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6))
 }
 
-/// `gelu(x · wᵀ + b)` as one cuBLASLt GEMM with its bias + GELU epilogue: see [`gemm_gelu`].
-struct GemmGelu;
+/// `gelu(x · wᵀ + b)` as one cuBLASLt GEMM with its bias + GELU epilogue (see [`gemm_gelu`]), or
+/// without the GELU, `x · wᵀ + b` with the bias epilogue alone ([`gemm_bias`]).
+struct GemmGelu {
+    gelu: bool,
+}
 
 impl CustomOp3 for GemmGelu {
     fn name(&self) -> &'static str {
-        "gemm-gelu"
+        if self.gelu {
+            "gemm-gelu"
+        } else {
+            "gemm-bias"
+        }
     }
 
     fn cpu_fwd(
@@ -759,7 +916,7 @@ impl CustomOp3 for GemmGelu {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("gemm-gelu: a cuBLASLt epilogue, CUDA only (the CPU takes bias_gelu)")
+        candle_core::bail!("{}: a cuBLASLt epilogue, CUDA only", self.name())
     }
 
     #[cfg(feature = "cuda")]
@@ -772,13 +929,15 @@ impl CustomOp3 for GemmGelu {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda::gemm_gelu(s1, l1, s2, l2, s3, l3)
+        cuda::gemm_gelu(self.gelu, s1, l1, s2, l2, s3, l3)
     }
 }
 
 /// Whether the feed-forward layer's first GEMM takes its bias and GELU in cuBLASLt's epilogue
-/// ([`gemm_gelu`]): CUDA with the fused kernels on, bf16 or f16, `VIRALCLIP_GEMM_GELU=1` (opt-in
-/// until a GPU run has checked it: `viralclip bench` prints `gemm_gelu_check`).
+/// ([`gemm_gelu`]): CUDA with the fused kernels on, bf16 or f16, unless `VIRALCLIP_GEMM_GELU=0`
+/// (`viralclip bench` prints `gemm_gelu_check`; on an H200, 289 µs for the GEMM with its
+/// epilogue against 245 + 155 for the GEMM and the bias + GELU pass, at 256×128 on the
+/// ruBert-base shape).
 pub fn gemm_gelu_fits(x: &Tensor) -> bool {
     #[cfg(feature = "cuda")]
     {
@@ -800,7 +959,15 @@ pub fn gemm_gelu_fits(x: &Tensor) -> bool {
 /// bf16 and f16, the only types it runs for ([`gemm_gelu_fits`]); f32 keeps erf.
 pub fn gemm_gelu(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.contiguous()?
-        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &GemmGelu)
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &GemmGelu { gelu: true })
+}
+
+/// `x · wᵀ + b` for `x` (m, k), `w` (n, k), `b` (n) as one cuBLASLt GEMM with its bias epilogue
+/// (CUDA, bf16 or f16): the packed QKV projection of [`packed_attention`], whose products then
+/// read it as written.
+pub fn gemm_bias(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op3_no_bwd(&w.contiguous()?, &b.contiguous()?, &GemmGelu { gelu: false })
 }
 
 /// [`gemm_gelu`] against `gelu_erf(x · wᵀ + b)` in f32 on `dev`, in `dtype` (inputs rounded to it
@@ -976,21 +1143,22 @@ pub fn fused_cuda() -> bool {
 }
 
 /// Whether the training path's fused CUDA kernels run (`train_ops`, and the optimiser's one-pass
-/// step in `step`): opt-in with `VIRALCLIP_FUSED_TRAIN=1` (and not `VIRALCLIP_FUSED_CUDA=0`) until a
-/// GPU run has checked them against candle's operations (`viralclip bench --train-steps` prints
+/// step in `step`): on unless `VIRALCLIP_FUSED_TRAIN=0` or `VIRALCLIP_FUSED_CUDA=0` (an H200 run
+/// checked them against candle's operations: `viralclip bench --train-steps` prints
 /// `train_ops_check` and `fused_step_check`); on the CPU they always run.
 pub fn fused_train_cuda() -> bool {
     #[cfg(feature = "cuda")]
     {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        fused_cuda() && env_is(&ON, "VIRALCLIP_FUSED_TRAIN", "1")
+        fused_cuda() && !env_is(&ON, "VIRALCLIP_FUSED_TRAIN", "0")
     }
     #[cfg(not(feature = "cuda"))]
     false
 }
 
-/// Whether CUDA's layer norm uses the vectorised warp-per-row kernel (`VIRALCLIP_LN_VEC=1`;
-/// experimental until a GPU run has measured it against the block-per-row one).
+/// Whether CUDA's layer norm uses the vectorised warp-per-row kernel: on unless
+/// `VIRALCLIP_LN_VEC=0` (the block-per-row one; on an H200 the vectorised one took 40 µs a norm
+/// against 118 at 256×128 on the ruBert-base shape).
 #[cfg(feature = "cuda")]
 fn ln_vec() -> bool {
     #[cfg(test)]
@@ -998,7 +1166,7 @@ fn ln_vec() -> bool {
         return on;
     }
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_is(&ON, "VIRALCLIP_LN_VEC", "1")
+    !env_is(&ON, "VIRALCLIP_LN_VEC", "0")
 }
 
 #[cfg(all(test, feature = "cuda"))]
@@ -1023,17 +1191,26 @@ fn fused_attn_on() -> bool {
     env_is(&ON, "VIRALCLIP_FUSED_ATTN", "1")
 }
 
-/// `VIRALCLIP_GEMM_GELU=1`: the FFN's first GEMM with cuBLASLt's epilogue ([`gemm_gelu_fits`]).
+/// [`packed_attention`] where it fits unless `VIRALCLIP_PACKED_ATTN=0`.
+#[cfg(feature = "cuda")]
+fn packed_attn_on() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !env_is(&OFF, "VIRALCLIP_PACKED_ATTN", "0")
+}
+
+/// The FFN's first GEMM with cuBLASLt's epilogue ([`gemm_gelu_fits`]) unless
+/// `VIRALCLIP_GEMM_GELU=0`.
 #[cfg(feature = "cuda")]
 fn gemm_gelu_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    env_is(&ON, "VIRALCLIP_GEMM_GELU", "1")
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !env_is(&OFF, "VIRALCLIP_GEMM_GELU", "0")
 }
 
 /// The scoring path's switchable passes in effect for a model in `dtype` on `dev`, by name, so a
 /// benchmark's line says what it ran: `fused` (the fused CUDA kernels; the CPU always runs its
-/// own), `f32_scores` ([`scores_in_f32`]), and the opt-in `fused_attn`, `gemm_gelu`, `ln_vec`
-/// where they would run (for `fused_attn`, texts of up to 256 tokens with heads of 32 or 64).
+/// own), `f32_scores` ([`scores_in_f32`]), `packed_attn`, `gemm_gelu`, `ln_vec` (CUDA defaults
+/// with a switch each), and the opt-in `fused_attn`, where they would run (for `fused_attn`,
+/// texts of up to 256 tokens with heads of 32 or 64; it takes precedence over `packed_attn`).
 pub fn scoring_passes(dev: &candle_core::Device, dtype: DType) -> Vec<&'static str> {
     let mut on = Vec::new();
     if dev.is_cuda() && fused_cuda() {
@@ -1047,6 +1224,9 @@ pub fn scoring_passes(dev: &candle_core::Device, dtype: DType) -> Vec<&'static s
         let sixteen = matches!(dtype, DType::BF16 | DType::F16);
         if fused_attn_on() && sixteen && cuda::tensor_cores(dev) {
             on.push("fused_attn");
+        }
+        if packed_attn_on() && scores_in_f32(dtype) {
+            on.push("packed_attn");
         }
         if gemm_gelu_on() && sixteen {
             on.push("gemm_gelu");
@@ -1491,6 +1671,171 @@ pub(crate) mod cuda {
         }
     }
 
+    /// [`super::packed_attention`]: two pointer-array batched GEMMs over (text, head) that read
+    /// the queries, keys and values where the packed projection holds them (row stride 3·h) and
+    /// write the context into token order (row stride h), with the f32 scores' mask + softmax
+    /// between them.
+    fn packed_attention_t<T: CudaDType + DeviceRepr>(
+        [b, t, tq, heads, d]: [usize; 5],
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::cublas::sys;
+        use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
+        let dev = s1.device().clone();
+        let h = heads * d;
+        if l1.dims() != [b * t, 3 * h] || l2.dims() != [b, t] || tq == 0 || tq > t {
+            candle_core::bail!(
+                "packed-attention: qkv {:?}, mask {:?} for b {b}, t {t}, tq {tq}, heads {heads}, d {d}",
+                l1.dims(),
+                l2.dims()
+            )
+        }
+        let data_type = match s1.dtype() {
+            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
+            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
+            d => candle_core::bail!("packed-attention: {d:?} (16-bit only)"),
+        };
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("packed-attention: {v} too large")))
+        };
+        let (qkv, mv) = (
+            view::<T>(s1, l1, "packed-attention qkv")?,
+            view::<T>(s2, l2, "packed-attention mask")?,
+        );
+        let stream = dev.cuda_stream();
+        let pairs = b * heads;
+        // SAFETY: each is written in full before it is read (the GEMMs with beta 0, the softmax).
+        let mut scores = unsafe { dev.alloc::<f32>(pairs * tq * t)? };
+        let mut probs = unsafe { dev.alloc::<T>(pairs * tq * t)? };
+        let mut ctx = unsafe { dev.alloc::<T>(b * tq * h)? };
+        // The buffers' addresses (all four live to the end of this function; one stream).
+        let (qp, sp, pp, cp) = {
+            let (qp, _q_sync) = qkv.device_ptr(&stream);
+            let (sp, _s_sync) = scores.device_ptr_mut(&stream);
+            let (pp, _p_sync) = probs.device_ptr_mut(&stream);
+            let (cp, _c_sync) = ctx.device_ptr_mut(&stream);
+            (qp, sp, pp, cp)
+        };
+        {
+            // The six pointer tables, one entry per (text, head): queries, keys, values (in the
+            // packed rows: part·h + head·d), scores, probabilities, context (token order).
+            let el = std::mem::size_of::<T>() as u64;
+            let mut table = vec![0u64; 6 * pairs];
+            for bi in 0..b {
+                for head in 0..heads {
+                    let i = bi * heads + head;
+                    let row0 = qp + (bi * t * 3 * h + head * d) as u64 * el;
+                    table[i] = row0;
+                    table[pairs + i] = row0 + h as u64 * el;
+                    table[2 * pairs + i] = row0 + 2 * h as u64 * el;
+                    table[3 * pairs + i] = sp + (i * tq * t * 4) as u64;
+                    table[4 * pairs + i] = pp + (i * tq * t) as u64 * el;
+                    table[5 * pairs + i] = cp + (bi * tq * h + head * d) as u64 * el;
+                }
+            }
+            let table = stream.clone_htod(&table).w()?;
+            let (tp, _t_sync) = table.device_ptr(&stream);
+            let part = |k: usize| (tp + (k * pairs * 8) as u64) as *const *const std::ffi::c_void;
+            let (alpha, beta) = (1f32, 0f32);
+            let handle = dev.cublas_handle();
+            // Column-major, per (text, head): scoresᵀ (t × tq) = keys (op T of d × t, ld 3h) ·
+            // queries (d × tq, ld 3h): the row-major (tq × t) f32 scores.
+            // SAFETY: the tables point into the buffers above, live for the calls (their guards),
+            // each matrix within its buffer for these sizes and leading dimensions; the handle
+            // runs on the device's stream.
+            unsafe {
+                sys::cublasGemmBatchedEx(
+                    *handle.handle(),
+                    sys::cublasOperation_t::CUBLAS_OP_T,
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    int(t)?,
+                    int(tq)?,
+                    int(d)?,
+                    (&alpha) as *const f32 as *const _,
+                    part(1),
+                    data_type,
+                    int(3 * h)?,
+                    part(0),
+                    data_type,
+                    int(3 * h)?,
+                    (&beta) as *const f32 as *const _,
+                    part(3) as *const *mut _,
+                    sys::cudaDataType_t::CUDA_R_32F,
+                    int(t)?,
+                    int(pairs)?,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .result()
+            }
+            .map_err(|e| candle_core::Error::Msg(format!("packed-attention scores: cuBLAS: {e:?}")))?;
+            let (rows, t32, per_text) = ((pairs * tq) as u32, t as u32, (heads * tq) as u32);
+            let func = kernel(s1, "mask_softmax_f32s")?;
+            let mut args = stream.launch_builder(&func);
+            args.arg(&scores)
+                .arg(&mv)
+                .arg(&mut probs)
+                .arg(&rows)
+                .arg(&t32)
+                .arg(&per_text);
+            // One warp per row, 8 rows per block (as mask_softmax).
+            let cfg = LaunchConfig {
+                grid_dim: (rows.div_ceil(8), 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: the argument list matches the kernel's signature.
+            unsafe { args.launch(cfg) }.w()?;
+            // contextᵀ (d × tq) = values (d × t, ld 3h) · probabilitiesᵀ (t × tq, ld t), written
+            // where the head's columns of its text's rows are (ld h).
+            // SAFETY: as above.
+            unsafe {
+                sys::cublasGemmBatchedEx(
+                    *handle.handle(),
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    sys::cublasOperation_t::CUBLAS_OP_N,
+                    int(d)?,
+                    int(tq)?,
+                    int(t)?,
+                    (&alpha) as *const f32 as *const _,
+                    part(2),
+                    data_type,
+                    int(3 * h)?,
+                    part(4),
+                    data_type,
+                    int(t)?,
+                    (&beta) as *const f32 as *const _,
+                    part(5) as *const *mut _,
+                    data_type,
+                    int(h)?,
+                    int(pairs)?,
+                    sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+                .result()
+            }
+            .map_err(|e| candle_core::Error::Msg(format!("packed-attention context: cuBLAS: {e:?}")))?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(ctx, dev), Shape::from((b * tq, h))))
+    }
+
+    pub fn packed_attention(
+        dims: [usize; 5],
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        match s1.dtype() {
+            DType::F16 => packed_attention_t::<half::f16>(dims, s1, l1, s2, l2),
+            DType::BF16 => packed_attention_t::<half::bf16>(dims, s1, l1, s2, l2),
+            d => candle_core::bail!("packed-attention: {d:?} (16-bit only)"),
+        }
+    }
+
     /// One cuBLASLt handle (with its workspace) per device, made on first use.
     fn blas_lt(
         dev: &candle_core::CudaDevice,
@@ -1515,6 +1860,7 @@ pub(crate) mod cuda {
     }
 
     fn gemm_gelu_t<T>(
+        gelu: bool,
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
@@ -1562,12 +1908,15 @@ pub(crate) mod cuda {
         };
         let lt = blas_lt(&dev)?;
         // SAFETY: the shapes were checked above; the views and y hold exactly these matrices.
-        unsafe { lt.matmul(cfg, &w, &x, &mut y, Some(&b), Some(&Activation::Gelu)) }
+        let act = gelu.then_some(Activation::Gelu);
+        unsafe { lt.matmul(cfg, &w, &x, &mut y, Some(&b), act.as_ref()) }
             .map_err(|e| candle_core::Error::Msg(format!("gemm-gelu: cublasLt: {e:?}")))?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((m, n))))
     }
 
+    /// `x · wᵀ + b` through cuBLASLt's bias epilogue, then GELU in it too where `gelu`.
     pub fn gemm_gelu(
+        gelu: bool,
         s1: &CudaStorage,
         l1: &Layout,
         s2: &CudaStorage,
@@ -1576,8 +1925,8 @@ pub(crate) mod cuda {
         l3: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         match s1.dtype() {
-            DType::F16 => gemm_gelu_t::<half::f16>(s1, l1, s2, l2, s3, l3),
-            DType::BF16 => gemm_gelu_t::<half::bf16>(s1, l1, s2, l2, s3, l3),
+            DType::F16 => gemm_gelu_t::<half::f16>(gelu, s1, l1, s2, l2, s3, l3),
+            DType::BF16 => gemm_gelu_t::<half::bf16>(gelu, s1, l1, s2, l2, s3, l3),
             d => candle_core::bail!("gemm-gelu: no {d:?} epilogue here (bf16 and f16 only)"),
         }
     }

@@ -93,7 +93,7 @@ impl StepStats {
 }
 
 /// Whether [`fused_step`] runs on these parameters: contiguous f32 tensors, all on the CPU, or all
-/// on CUDA with `VIRALCLIP_FUSED_TRAIN=1` ([`super::kernels::fused_train_cuda`]), unless
+/// on CUDA unless `VIRALCLIP_FUSED_TRAIN=0` ([`super::kernels::fused_train_cuda`]), unless
 /// [`super::train_ops::without_fused`] switched it off on this thread.
 pub fn supported(params: &[StepParam]) -> bool {
     let ts: Vec<&Tensor> = params

@@ -6,7 +6,7 @@
 //! its backward.
 //!
 //! Each function falls back to candle's operations computing the same where it has no kernel
-//! (dtypes other than f32; CUDA unless `VIRALCLIP_FUSED_TRAIN=1`, see
+//! (dtypes other than f32; CUDA with `VIRALCLIP_FUSED_TRAIN=0`, see
 //! [`kernels::fused_train_cuda`]), and a test holds each to them,
 //! values and gradients. CPU loops here and CUDA kernels in `kernels/fused.cu` (`*_train_*`,
 //! `dropout_f32`) compute the same.
