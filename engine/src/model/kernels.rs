@@ -736,6 +736,7 @@ pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
 }
 
 /// Attention read straight from the packed projection: see [`packed_attention`].
+#[derive(Clone, Copy)]
 struct PackedAttention {
     b: usize,
     t: usize,
@@ -750,7 +751,10 @@ impl CustomOp2 for PackedAttention {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("packed-attention: cuBLAS's pointer-array GEMMs, CUDA only")
+        let PackedAttention { b, t, tq, heads, d } = *self;
+        candle_core::bail!(
+            "packed-attention (b {b}, t {t}, tq {tq}, heads {heads}, d {d}): cuBLAS's pointer-array GEMMs, CUDA only"
+        )
     }
 
     #[cfg(feature = "cuda")]
