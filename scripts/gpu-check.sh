@@ -141,18 +141,14 @@ if not os.path.exists(os.path.join(out, "bench-train-fused1.jsonl")):
     sys.exit(0)
 try:
     checks = {}
-    for name in ("bench-train-fused1.jsonl",):
-        p = os.path.join(out, name)
-        if not os.path.exists(p):
+    for line in open(os.path.join(out, "bench-train-fused1.jsonl")):
+        if not line.startswith("{"):
             continue
-        for line in open(p):
-            if not line.startswith("{"):
-                continue
-            r = json.loads(line)
-            if r.get("case") == "adamw_check" and r.get("fused_cuda"):
-                checks[r["case"]] = r["max_diff"]
-            if r.get("case") in ("fused_step_check", "train_ops_check", "by_hand_check") and r.get("fused"):
-                checks[r["case"]] = r["max_diff"]
+        r = json.loads(line)
+        if r.get("case") == "adamw_check" and r.get("fused_cuda"):
+            checks[r["case"]] = r["max_diff"]
+        if r.get("case") in ("fused_step_check", "train_ops_check", "by_hand_check") and r.get("fused"):
+            checks[r["case"]] = r["max_diff"]
     ok = (checks.get("adamw_check", 1) < 1e-5 and checks.get("fused_step_check", 1) < 2e-5
           and checks.get("train_ops_check", 1) < 1e-3 and checks.get("by_hand_check", 1) < 1e-3)
     m = re.search(r"score-ru-cudafused-bf16.jsonl: \d+ texts, .*per text: mean ([0-9.e+-]+)", open(os.path.join(out, "correctness.txt")).read())

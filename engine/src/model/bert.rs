@@ -433,8 +433,8 @@ impl Layer {
             let qkv = f.qkv_w.product(&x2)?;
             kernels::attention(&qkv, &f.qkv_b, &mask, b, t, tq, self.heads, self.head_dim)?
         } else {
-            let qkv = f.qkv_w.product(&x2)?;
             // (b·t, 3h) -> (3, b, heads, t, d) with the bias added: one pass for all three.
+            let qkv = f.qkv_w.product(&x2)?;
             let qkv = kernels::qkv_split(&qkv, &f.qkv_b, b, t, self.heads, self.head_dim)?;
             let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
             let q = if cls_only {

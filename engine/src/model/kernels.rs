@@ -670,14 +670,7 @@ pub fn attention(
 /// rounded to `dtype`, so what is left is the kernel's own rounding (bf16 about 1e-2, f16 2e-3).
 pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
     let dtype = if dev.is_cpu() { DType::F32 } else { dtype };
-    // Seeded numbers (xorshift64), uniform in [-0.5, 0.5): the same check every run.
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let mut uniform = seeded_uniform(0x9E37_79B9_7F4A_7C15);
     let mut worst = 0f32;
     // (texts, tokens, heads, head size, queries)
     for (b, t, heads, d, tq) in [
@@ -698,38 +691,14 @@ pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, 
         };
         let qkv = normal(b * t * 3 * h, 1.0)?.reshape((b * t, 3 * h))?;
         let bias = normal(3 * h, 0.5)?;
-        // Text i keeps its first t - i·t/(b+1) tokens (at least one).
-        let mut m = vec![0f32; b * t];
-        for bi in 0..b {
-            let keep = (t - bi * t / (b + 1)).max(1);
-            m[bi * t + keep..(bi + 1) * t].fill(-1e4);
-        }
-        let mask = Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)?;
+        let mask = padded_check_mask(b, t, dev, dtype)?;
         let fused = if dev.is_cpu() || attention_fits(&qkv, t, d) {
             attention(&qkv, &bias, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?
         } else {
             return Ok((0.0, false));
         };
         let f = |x: &Tensor| x.to_dtype(DType::F32);
-        let split = f(&qkv)?
-            .broadcast_add(&f(&bias)?)?
-            .reshape((b, t, 3, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (
-            split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
-            split.get(1)?,
-            split.get(2)?,
-        );
-        let scores = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&f(&mask)?.reshape((b, 1, 1, t))?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let want = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * tq, h))?;
+        let want = split_attention(&f(&qkv)?.broadcast_add(&f(&bias)?)?, &mask, b, t, tq, heads, d)?;
         worst = worst.max(relative_diff(&fused, &want)?);
     }
     Ok((worst, true))
@@ -812,13 +781,7 @@ pub fn packed_attention(
 /// `dtype`; else `false` and 0). Inputs are rounded to `dtype` for both; what is left is the
 /// rounding of the projection and of the probabilities (bf16 about 1e-2).
 pub fn check_packed_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut uniform = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-    };
+    let mut uniform = seeded_uniform(0x2545_F491_4F6C_DD1D);
     let mut worst = 0f32;
     // (texts, tokens, heads, head size, queries, input features)
     for (b, t, heads, d, tq, k) in [
@@ -852,41 +815,71 @@ pub fn check_packed_attention(dev: &candle_core::Device, dtype: DType) -> Result
             .to_dtype(DType::F32)?
             .mul(&scale.flatten_all()?)?
             .to_dtype(dtype)?;
-        let mut m = vec![0f32; b * t];
-        for bi in 0..b {
-            let keep = (t - bi * t / (b + 1)).max(1);
-            m[bi * t + keep..(bi + 1) * t].fill(-1e4);
-        }
-        let mask = Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)?;
+        let mask = padded_check_mask(b, t, dev, dtype)?;
         if !packed_attention_fits(&x) {
             return Ok((0.0, false));
         }
         let qkv = gemm_bias(&x, &w, &bias)?;
         let got = packed_attention(&qkv, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?;
         let f = |x: &Tensor| x.to_dtype(DType::F32);
-        let split = f(&x)?
-            .matmul(&f(&w)?.t()?)?
-            .broadcast_add(&f(&bias)?)?
-            .reshape((b, t, 3, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, kk, v) = (
-            split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
-            split.get(1)?,
-            split.get(2)?,
-        );
-        let scores = q
-            .matmul(&kk.t()?)?
-            .broadcast_add(&f(&mask)?.reshape((b, 1, 1, t))?)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let want = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * tq, h))?;
+        let projection = f(&x)?.matmul(&f(&w)?.t()?)?.broadcast_add(&f(&bias)?)?;
+        let want = split_attention(&projection, &mask, b, t, tq, heads, d)?;
         worst = worst.max(relative_diff(&got, &want)?);
     }
     Ok((worst, true))
+}
+
+/// Seeded numbers (xorshift64), uniform in [-0.5, 0.5): the checks' inputs, the same every run.
+fn seeded_uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// The checks' additive mask (b, t) in `dtype`: text i keeps its first t - i·t/(b+1) tokens (at
+/// least one), the rest are -1e4.
+fn padded_check_mask(b: usize, t: usize, dev: &candle_core::Device, dtype: DType) -> Result<Tensor> {
+    let mut m = vec![0f32; b * t];
+    for bi in 0..b {
+        let keep = (t - bi * t / (b + 1)).max(1);
+        m[bi * t + keep..(bi + 1) * t].fill(-1e4);
+    }
+    Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)
+}
+
+/// The checks' reference: attention by candle's operations in f32 from the packed projection
+/// `qkv` (b·t, 3·heads·d, f32, its bias added) under `mask` (b, t): heads split, scores, mask,
+/// softmax, context of the first `tq` queries, heads merged to (b·tq, heads·d).
+fn split_attention(
+    qkv: &Tensor,
+    mask: &Tensor,
+    b: usize,
+    t: usize,
+    tq: usize,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let split = qkv
+        .reshape((b, t, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (
+        split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
+        split.get(1)?,
+        split.get(2)?,
+    );
+    let scores = q
+        .matmul(&k.t()?)?
+        .broadcast_add(&mask.to_dtype(DType::F32)?.reshape((b, 1, 1, t))?)?;
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * tq, heads * d))
 }
 
 /// The largest difference of `got` from `want`, relative to `want`'s largest magnitude (the
@@ -1553,6 +1546,56 @@ pub(crate) mod cuda {
         by_dtype!(s1, mask_softmax_t(s1, l1, s2, l2))
     }
 
+    /// cuBLAS's data type for a 16-bit storage (the f32-scores paths take bf16 and f16 only).
+    fn blas_type(
+        dtype: DType,
+        what: &str,
+    ) -> Result<candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType_t> {
+        use candle_core::cuda_backend::cudarc::cublas::sys::cudaDataType_t;
+        match dtype {
+            DType::BF16 => Ok(cudaDataType_t::CUDA_R_16BF),
+            DType::F16 => Ok(cudaDataType_t::CUDA_R_16F),
+            d => candle_core::bail!("{what}: {d:?} (16-bit only)"),
+        }
+    }
+
+    /// A size as cuBLAS's `int`, or an error naming `what`.
+    fn blas_int(v: usize, what: &str) -> Result<i32> {
+        i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("{what}: {v} too large")))
+    }
+
+    /// `mask_softmax_f32s_*` for `like`'s type: `rows` rows of `t` f32 `scores` plus the mask
+    /// (b, t), `per_text` rows a text, into `y`; one warp per row, 8 rows per block (as
+    /// mask_softmax).
+    fn softmax_f32s<T: DeviceRepr>(
+        like: &CudaStorage,
+        scores: &candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>,
+        mask: &CudaView<T>,
+        y: &mut candle_core::cuda_backend::cudarc::driver::CudaSlice<T>,
+        rows: usize,
+        t: usize,
+        per_text: usize,
+    ) -> Result<()> {
+        let (rows, t, per_text) = (rows as u32, t as u32, per_text as u32);
+        let func = kernel(like, "mask_softmax_f32s")?;
+        let stream = like.device().cuda_stream();
+        let mut args = stream.launch_builder(&func);
+        args.arg(scores)
+            .arg(mask)
+            .arg(y)
+            .arg(&rows)
+            .arg(&t)
+            .arg(&per_text);
+        let cfg = LaunchConfig {
+            grid_dim: (rows.div_ceil(8), 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the argument list matches the kernel's signature.
+        unsafe { args.launch(cfg) }.w()?;
+        Ok(())
+    }
+
     /// [`super::attention_probs`] for 16-bit `q` (b, heads, tq, d), `k` (b, heads, t, d) and the
     /// additive mask (b, t): the scores (b·heads, tq, t) in f32 from one strided batched GEMM
     /// (cuBLAS, 16-bit inputs, f32 output and accumulation), then `mask_softmax_f32s_*` to T.
@@ -1578,11 +1621,7 @@ pub(crate) mod cuda {
                 lm.dims()
             )
         }
-        let data_type = match q.dtype() {
-            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
-            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
-            d => candle_core::bail!("scores-softmax: {d:?} (16-bit only)"),
-        };
+        let data_type = blas_type(q.dtype(), "scores-softmax")?;
         let (qv, kv, mv) = (
             view::<T>(q, lq, "scores-softmax q")?,
             view::<T>(k, lk, "scores-softmax k")?,
@@ -1593,10 +1632,7 @@ pub(crate) mod cuda {
         // SAFETY: the GEMM below writes every element (beta 0).
         let mut scores = unsafe { dev.alloc::<f32>(n)? };
         {
-            let int = |v: usize| {
-                i32::try_from(v)
-                    .map_err(|_| candle_core::Error::Msg(format!("scores-softmax: {v} too large")))
-            };
+            let int = |v: usize| blas_int(v, "scores-softmax");
             let (alpha, beta) = (1f32, 0f32);
             let (qp, _q_sync) = qv.device_ptr(&stream);
             let (kp, _k_sync) = kv.device_ptr(&stream);
@@ -1635,25 +1671,9 @@ pub(crate) mod cuda {
             }
             .map_err(|e| candle_core::Error::Msg(format!("scores-softmax: cuBLAS: {e:?}")))?;
         }
-        let (rows, t32, per_text) = ((n / t) as u32, t as u32, (heads * tq) as u32);
         // SAFETY: every element is written by the kernel below.
         let mut y = unsafe { dev.alloc::<T>(n)? };
-        let func = kernel(q, "mask_softmax_f32s")?;
-        let mut args = stream.launch_builder(&func);
-        args.arg(&scores)
-            .arg(&mv)
-            .arg(&mut y)
-            .arg(&rows)
-            .arg(&t32)
-            .arg(&per_text);
-        // One warp per row, 8 rows per block (as mask_softmax).
-        let cfg = LaunchConfig {
-            grid_dim: (rows.div_ceil(8), 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: the argument list matches the kernel's signature.
-        unsafe { args.launch(cfg) }.w()?;
+        softmax_f32s(q, &scores, &mv, &mut y, n / t, t, heads * tq)?;
         Ok((
             CudaStorage::wrap_cuda_slice(y, dev),
             Shape::from((b, heads, tq, t)),
@@ -1697,14 +1717,8 @@ pub(crate) mod cuda {
                 l2.dims()
             )
         }
-        let data_type = match s1.dtype() {
-            DType::BF16 => sys::cudaDataType_t::CUDA_R_16BF,
-            DType::F16 => sys::cudaDataType_t::CUDA_R_16F,
-            d => candle_core::bail!("packed-attention: {d:?} (16-bit only)"),
-        };
-        let int = |v: usize| {
-            i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("packed-attention: {v} too large")))
-        };
+        let data_type = blas_type(s1.dtype(), "packed-attention")?;
+        let int = |v: usize| blas_int(v, "packed-attention");
         let (qkv, mv) = (
             view::<T>(s1, l1, "packed-attention qkv")?,
             view::<T>(s2, l2, "packed-attention mask")?,
@@ -1776,23 +1790,7 @@ pub(crate) mod cuda {
                 .result()
             }
             .map_err(|e| candle_core::Error::Msg(format!("packed-attention scores: cuBLAS: {e:?}")))?;
-            let (rows, t32, per_text) = ((pairs * tq) as u32, t as u32, (heads * tq) as u32);
-            let func = kernel(s1, "mask_softmax_f32s")?;
-            let mut args = stream.launch_builder(&func);
-            args.arg(&scores)
-                .arg(&mv)
-                .arg(&mut probs)
-                .arg(&rows)
-                .arg(&t32)
-                .arg(&per_text);
-            // One warp per row, 8 rows per block (as mask_softmax).
-            let cfg = LaunchConfig {
-                grid_dim: (rows.div_ceil(8), 1, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the argument list matches the kernel's signature.
-            unsafe { args.launch(cfg) }.w()?;
+            softmax_f32s(s1, &scores, &mv, &mut probs, pairs * tq, t, heads * tq)?;
             // contextᵀ (d × tq) = values (d × t, ld 3h) · probabilitiesᵀ (t × tq, ld t), written
             // where the head's columns of its text's rows are (ld h).
             // SAFETY: as above.
