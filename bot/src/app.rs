@@ -132,7 +132,7 @@ pub async fn run(config: BotConfig) -> Result<()> {
     let clipper = {
         let c = config.clone();
         tokio::task::spawn_blocking(move || {
-            EngineClipper::new(model, c.encoder.clone(), c.whisper.clone(), c.device, c.precision)
+            EngineClipper::new(model, c.encoder.clone(), Some(c.whisper.clone()), c.device, c.precision)
         })
         .await??
     };
@@ -168,8 +168,8 @@ pub async fn run_with(config: BotConfig, clipper: Arc<dyn Clipper>) -> Result<()
         tracing::info!(requeued, "resuming interrupted jobs");
     }
     let mut bot = Bot::new(config.token.clone());
-    if let Some(url) = &config.api_url {
-        bot = bot.set_api_url(url.parse().context("--api-url")?);
+    if let Some(url) = config.api_url() {
+        bot = bot.set_api_url(url.parse().context("the Bot API URL (--api-url, TELOXIDE_API_URL)")?);
     }
     let me = retrying(5, || bot.get_me().send())
         .await
@@ -294,6 +294,17 @@ impl App {
                     .send()
             })
             .await;
+        }
+    }
+
+    /// A private message to every admin (one who never opened a chat with the bot gets none; the
+    /// log has it either way).
+    async fn tell_admins(&self, text: &str) {
+        for &admin in &self.config.admins {
+            let sent = retrying(3, || self.bot.send_message(ChatId(admin), text.to_string()).send()).await;
+            if let Err(e) = sent {
+                tracing::warn!(admin, "cannot tell an admin: {}", redact(&e.to_string()));
+            }
         }
     }
 
@@ -708,18 +719,36 @@ async fn finish_job(
             tracing::info!(job = job.id, "requeued for the next start");
         }
         other => {
-            let (why, bad_input) = match other {
+            let (why, cause) = match other {
                 Ok(Err(e)) => {
-                    let bad = e
-                        .downcast_ref::<viralclip_engine::Error>()
-                        .is_some_and(viralclip_engine::Error::is_bad_input);
-                    (redact(&format!("{e:#}")), bad)
+                    let engine = e.downcast_ref::<viralclip_engine::Error>();
+                    let cause = match engine {
+                        Some(e) if e.is_bad_input() => Cause::BadInput,
+                        Some(e) if e.is_config() => Cause::Config,
+                        _ => Cause::Other,
+                    };
+                    (redact(&format!("{e:#}")), cause)
                 }
-                Err(e) => (format!("internal error ({e})"), false),
+                Err(e) => (format!("internal error ({e})"), Cause::Other),
                 Ok(Ok(())) => unreachable!(),
             };
-            tracing::warn!(job = job.id, "failed: {why}");
-            let max = if bad_input { 0 } else { app.config.max_attempts };
+            // Retrying cannot fix the input or the installation: those fail at once.
+            let (max, why) = match cause {
+                Cause::BadInput => (0, why),
+                Cause::Config => {
+                    tracing::error!(job = job.id, "the bot's setup is broken: {why}");
+                    app.tell_admins(&format!(
+                        "Job #{} (chat {}) failed because of the bot's setup, not the user's file: {why}",
+                        job.id, job.chat_id
+                    ))
+                    .await;
+                    (0, MISCONFIGURED.to_string())
+                }
+                Cause::Other => {
+                    tracing::warn!(job = job.id, "failed: {why}");
+                    (app.config.max_attempts, why)
+                }
+            };
             if let Ok(JobState::Failed) = app.store.fail(job.id, &why, max) {
                 app.report_failures().await;
             } else {
@@ -728,6 +757,20 @@ async fn finish_job(
         }
     }
 }
+
+/// Why a job failed, for deciding whether to retry it and what its user is told.
+enum Cause {
+    /// The user's file (retrying cannot help; the user is told why).
+    BadInput,
+    /// The bot's installation: a model missing or broken (retrying cannot help; the user is told
+    /// only [`MISCONFIGURED`], the admins get the details).
+    Config,
+    /// Anything else (retried).
+    Other,
+}
+
+/// What a user hears when a job fails because of the bot's setup.
+pub const MISCONFIGURED: &str = "this bot is misconfigured; the admin has been told";
 
 /// Edits the job's status message, at most every 2 s unless the stage changes.
 struct Status {

@@ -9,6 +9,7 @@ use viralclip_engine::model::artifact;
 use viralclip_engine::pipeline::{ClipRequest, Engine, Progress};
 use viralclip_engine::report::Report;
 use viralclip_engine::scorer::BertScorer;
+use viralclip_engine::whisper_model::WhisperModel;
 
 /// Runs clip jobs. Implementations are shared by all workers.
 pub trait Clipper: Send + Sync + 'static {
@@ -23,18 +24,19 @@ pub trait Clipper: Send + Sync + 'static {
 pub struct EngineClipper {
     model: RwLock<(PathBuf, u64)>,
     encoder: Option<PathBuf>,
-    whisper: Option<PathBuf>,
+    whisper: Option<WhisperModel>,
     device: DeviceChoice,
     precision: Precision,
     pool: Mutex<Vec<(u64, Engine)>>,
 }
 
 impl EngineClipper {
-    /// Loads one engine at once, so a broken model fails at start-up rather than in a job.
+    /// Loads one engine at once, with its Whisper model, so a missing or broken model fails at
+    /// start-up rather than in a job. `whisper: None` transcribes nothing (subtitles only).
     pub fn new(
         model: PathBuf,
         encoder: Option<PathBuf>,
-        whisper: Option<PathBuf>,
+        whisper: Option<WhisperModel>,
         device: DeviceChoice,
         precision: Precision,
     ) -> anyhow::Result<Self> {
@@ -60,7 +62,10 @@ impl EngineClipper {
         self.precision.configure(&dev);
         let t = Instant::now();
         let loaded = artifact::load(dir, self.encoder.as_deref(), &dev, dtype)?;
-        let mut e = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper_path(self.whisper.clone());
+        let mut e = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper(self.whisper.clone());
+        if self.whisper.is_some() {
+            e.load_transcriber()?;
+        }
         e.model_load_secs = t.elapsed().as_secs_f64();
         Ok(e)
     }

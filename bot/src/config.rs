@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use viralclip_engine::device::{DeviceChoice, Precision};
+use viralclip_engine::whisper_model::WhisperModel;
 
 /// `viralclip bot` options. The token comes from `TELOXIDE_TOKEN` and is never logged.
 #[derive(Debug, Clone, clap::Args)]
@@ -9,8 +10,9 @@ pub struct BotConfig {
     /// Bot token from @BotFather.
     #[arg(long, env = "TELOXIDE_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// Bot API server URL (a self-hosted `telegram-bot-api`, e.g. http://localhost:8081).
-    #[arg(long, env = "VIRALCLIP_API_URL")]
+    /// Bot API server URL (a self-hosted `telegram-bot-api`, e.g. http://localhost:8081), read
+    /// from `TELOXIDE_API_URL` as teloxide documents it; `VIRALCLIP_API_URL` is an older alias.
+    #[arg(long, env = "TELOXIDE_API_URL")]
     pub api_url: Option<String>,
     /// The API server runs with `--local`: files up to 2000 MB both ways, and `getFile` returns
     /// local paths the bot reads directly (mount the server's working directory).
@@ -28,9 +30,10 @@ pub struct BotConfig {
     /// Base encoder directory (else the model's own, else the Hugging Face hub).
     #[arg(long, env = "VIRALCLIP_ENCODER")]
     pub encoder: Option<PathBuf>,
-    /// Whisper model (ggml .bin) for videos without subtitles.
-    #[arg(long, env = "VIRALCLIP_WHISPER")]
-    pub whisper: Option<PathBuf>,
+    /// Whisper model for videos without subtitles: a ggml .bin file, or a whisper.cpp model name
+    /// (base, small, large-v3-turbo, ...) fetched from the Hugging Face hub once. Loaded at start.
+    #[arg(long, env = "VIRALCLIP_WHISPER", default_value = viralclip_engine::whisper_model::DEFAULT_NAME)]
+    pub whisper: WhisperModel,
     #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
@@ -76,6 +79,14 @@ pub const CLOUD_UPLOAD_MB: u64 = 50;
 pub const LOCAL_LIMIT_MB: u64 = 2000;
 
 impl BotConfig {
+    /// The Bot API server: `--api-url`/`TELOXIDE_API_URL`, else the alias `VIRALCLIP_API_URL`.
+    pub fn api_url(&self) -> Option<String> {
+        self.api_url
+            .clone()
+            .or_else(|| std::env::var("VIRALCLIP_API_URL").ok())
+            .filter(|u| !u.trim().is_empty())
+    }
+
     /// Largest file the bot takes, bytes.
     pub fn max_input_bytes(&self) -> u64 {
         let server = if self.local_api {
@@ -94,5 +105,38 @@ impl BotConfig {
             CLOUD_UPLOAD_MB
         } as f64;
         (self.max_upload_mb.unwrap_or(server).min(server) * 1e6) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct C {
+        #[command(flatten)]
+        c: BotConfig,
+    }
+
+    /// The Bot API URL as teloxide documents it (`TELOXIDE_API_URL`), the old variable as an
+    /// alias, the flag over both. The only test that touches these variables.
+    #[test]
+    fn the_api_url_comes_from_teloxide_api_url() {
+        let parse = |args: &[&str]| C::parse_from([&["t", "--token", "1:x"], args].concat()).c;
+        std::env::remove_var("TELOXIDE_API_URL");
+        std::env::remove_var("VIRALCLIP_API_URL");
+        assert_eq!(parse(&[]).api_url(), None);
+        std::env::set_var("VIRALCLIP_API_URL", "http://old:8081");
+        assert_eq!(parse(&[]).api_url().as_deref(), Some("http://old:8081"));
+        std::env::set_var("TELOXIDE_API_URL", "http://bot-api:8081");
+        assert_eq!(parse(&[]).api_url().as_deref(), Some("http://bot-api:8081"));
+        assert_eq!(
+            parse(&["--api-url", "http://flag:1"]).api_url().as_deref(),
+            Some("http://flag:1")
+        );
+        std::env::remove_var("TELOXIDE_API_URL");
+        std::env::remove_var("VIRALCLIP_API_URL");
+        assert_eq!(parse(&[]).whisper, WhisperModel::Hub("base".into()));
     }
 }

@@ -196,6 +196,56 @@ async fn subtitles_alone_and_group_clip_replies() {
     assert!(in_group[1].text().contains("2 moments"), "{}", in_group[1].text());
 }
 
+/// A job that fails on the bot's setup (here: a video with no subtitles, and no Whisper model
+/// loaded) runs once, not `max_attempts` times; its user hears only that the bot is
+/// misconfigured, and the admin gets the details in a private message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_setup_failure_is_not_retried_and_the_admin_is_told() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    f.add_file("vid", &demo(), 1_300_000);
+    let data = dir.path().join("data");
+    let cfg = config(&srv.url, &data, &e5);
+    assert_eq!(cfg.max_attempts, 2);
+    let _bot = start_bot(cfg, clipper(&e5));
+
+    f.push_update(update(video_message(10, USER, USER, "vid", 1_300_000)));
+    f.wait_for(120, "the failure, to the user and to the admin", |c| {
+        c.iter().any(|c| c.fields["chat_id"] == USER.to_string() && c.text().contains("failed"))
+            && c.iter().any(|c| c.fields["chat_id"] == ADMIN.to_string())
+    })
+    .await;
+    let to_user: Vec<String> = f
+        .calls("sendMessage")
+        .into_iter()
+        .chain(f.calls("editMessageText"))
+        .filter(|c| c.fields["chat_id"] == USER.to_string())
+        .map(|c| c.text().to_string())
+        .collect();
+    let failed = to_user.iter().find(|t| t.contains("failed")).unwrap();
+    assert!(failed.contains(viralclip_bot::app::MISCONFIGURED), "{failed}");
+    for t in &to_user {
+        assert!(!t.contains("Whisper") && !t.contains('/'), "a detail reached the user: {t}");
+    }
+    let to_admin: Vec<_> = f
+        .calls("sendMessage")
+        .into_iter()
+        .filter(|c| c.fields["chat_id"] == ADMIN.to_string())
+        .collect();
+    assert_eq!(to_admin.len(), 1, "{to_admin:?}");
+    assert!(to_admin[0].text().contains("Whisper model"), "{}", to_admin[0].text());
+    assert!(to_admin[0].text().contains("Job #1"), "{}", to_admin[0].text());
+
+    // One attempt, not max_attempts: nothing would have changed on a retry.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let store = viralclip_bot::store::SqliteStore::open(&data.join("jobs.sqlite")).unwrap();
+    let job = viralclip_bot::store::JobStore::get(&store, 1).unwrap();
+    assert_eq!(job.attempts, 1, "{job:?}");
+    assert_eq!(job.state, viralclip_bot::store::JobState::Failed);
+}
+
 /// A video and its subtitles sent together as an album (two messages with one media_group_id)
 /// are one job, whichever comes first; without Whisper in this config the video alone would fail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

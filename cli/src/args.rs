@@ -58,9 +58,10 @@ pub struct ClipArgs {
     pub subs: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelOpts,
-    /// Whisper model (ggml .bin), needed when the video has no subtitles.
-    #[arg(long, env = "VIRALCLIP_WHISPER")]
-    pub whisper: Option<PathBuf>,
+    /// Whisper model for videos without subtitles: a ggml .bin file, or a whisper.cpp model name
+    /// (base, small, large-v3-turbo, base-q5_1, ...) fetched from the Hugging Face hub once.
+    #[arg(long, env = "VIRALCLIP_WHISPER", default_value = viralclip_engine::whisper_model::DEFAULT_NAME)]
+    pub whisper: viralclip_engine::whisper_model::WhisperModel,
     /// Spoken language (ru, en, ...) or auto.
     #[arg(long, env = "VIRALCLIP_LANG")]
     pub lang: Option<String>,

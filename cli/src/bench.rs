@@ -31,9 +31,9 @@ pub struct BenchArgs {
     /// A video: time cutting a 30 s clip in each mode.
     #[arg(long)]
     pub video: Option<PathBuf>,
-    /// A Whisper model: real-time factor on --video's audio.
+    /// A Whisper model (a ggml file or a model name): real-time factor on --video's audio.
     #[arg(long)]
-    pub whisper: Option<PathBuf>,
+    pub whisper: Option<viralclip_engine::whisper_model::WhisperModel>,
     #[arg(long)]
     pub lang: Option<String>,
     /// Also time training steps of the seed's stages (heads only; top 2 layers with PCGrad) at
@@ -374,7 +374,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let t = Instant::now();
             let samples = viralclip_engine::media::decode_audio_16k(video, &|_| {}, &Default::default())?;
             let decode = t.elapsed().as_secs_f64();
-            let mut whisper = viralclip_engine::transcribe::Whisper::load(w)?;
+            let mut whisper = viralclip_engine::transcribe::Whisper::load(&w.resolve()?)?;
             let t = Instant::now();
             let speech = whisper.transcribe(
                 &samples,

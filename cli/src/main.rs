@@ -49,7 +49,8 @@ fn main() -> ExitCode {
 fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<Error>() {
         Some(e) if e.is_bad_input() => 2,
-        Some(Error::Model(_) | Error::Tokenizer(_) | Error::Transcription(_)) => 3,
+        Some(e) if e.is_config() => 3,
+        Some(Error::Transcription(_)) => 3,
         _ => 1,
     }
 }
@@ -144,7 +145,7 @@ fn clip(a: ClipArgs) -> Result<()> {
     }
     req.language = a.lang.clone().filter(|l| l != "auto");
     let (scorer, load_secs) = load_scorer(&a.model)?;
-    let mut engine = Engine::new(Box::new(scorer)).with_whisper_path(a.whisper.clone());
+    let mut engine = Engine::new(Box::new(scorer)).with_whisper(Some(a.whisper.clone()));
     engine.model_load_secs = load_secs;
     let (bar, progress) = progress_bar(a.quiet);
     let report = engine.run(&req, progress, Arc::new(AtomicBool::new(false)));

@@ -263,3 +263,156 @@ fn bench_prints_one_json_line_per_case() {
         assert_eq!(passes, want, "{line}");
     }
 }
+
+/// A stand-in for the Hugging Face hub and the Bot API on 127.0.0.1: `/ggerganov/whisper.cpp/
+/// resolve/main/NAME` serves `files[NAME]` with the headers hf-hub reads (etag, x-repo-commit,
+/// ranges); `/bot<token>/getMe` answers 401. Every request line is recorded.
+struct FakeHub {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn fake_hub(files: Vec<(&'static str, PathBuf)>) -> FakeHub {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut range = (0u64, None::<u64>);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    let (a, b) = v.trim().split_once('-').unwrap_or((v.trim(), ""));
+                    range = (a.parse().unwrap_or(0), b.parse().ok());
+                }
+            }
+            log.lock().unwrap().push(path.clone());
+            let file = files
+                .iter()
+                .find(|(n, _)| path == format!("/ggerganov/whisper.cpp/resolve/main/{n}"));
+            let head = |status: &str, extra: String, len: u64| {
+                format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
+            };
+            let _ = match file {
+                Some((_, p)) => {
+                    let size = std::fs::metadata(p).unwrap().len();
+                    // hf-hub asks for bytes=0-0 first (metadata), then bytes=N- (the download).
+                    let (start, end) = (range.0, range.1.unwrap_or(size - 1).min(size - 1));
+                    let extra = format!(
+                        "ETag: \"e1\"\r\nX-Repo-Commit: 0123456789abcdef0123456789abcdef01234567\r\nContent-Range: bytes {start}-{end}/{size}\r\n"
+                    );
+                    let mut f = std::fs::File::open(p).unwrap();
+                    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start)).unwrap();
+                    conn.write_all(head("206 Partial Content", extra, end + 1 - start).as_bytes())
+                        .and_then(|_| std::io::copy(&mut f.take(end + 1 - start), &mut conn).map(|_| ()))
+                }
+                None if path.contains("/getMe") => {
+                    let body = r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#;
+                    let h = head("401 Unauthorized", "Content-Type: application/json\r\n".into(), body.len() as u64);
+                    conn.write_all(format!("{h}{body}").as_bytes())
+                }
+                None => conn.write_all(head("404 Not Found", String::new(), 0).as_bytes()),
+            };
+        }
+    });
+    FakeHub { url, seen }
+}
+
+fn whisper_tiny_en() -> Option<PathBuf> {
+    let p = std::env::var_os("VIRALCLIP_WHISPER_TINY_EN").map(PathBuf::from)?;
+    if p.is_file() {
+        Some(p)
+    } else if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: no Whisper tiny.en fixture (../shared/tools/fetch-fixtures.sh)");
+        None
+    } else {
+        panic!("no Whisper tiny.en fixture at {}: run ../shared/tools/fetch-fixtures.sh", p.display())
+    }
+}
+
+/// `viralclip bot` with no `--whisper`: Whisper comes from the hub by name (cached in HF_HOME),
+/// and loads before the bot talks to Telegram, at the server TELOXIDE_API_URL names. A model that
+/// cannot be had stops it at start with one line and exit code 3, a local path always wins.
+#[test]
+fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
+    let Some(tiny) = whisper_tiny_en() else { return };
+    let Some(enc) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let hub = fake_hub(vec![("ggml-tiny.en.bin", tiny.clone())]);
+    let bot = |whisper: Option<&str>, endpoint: &str| {
+        let mut c = bin();
+        c.arg("bot")
+            .args(["--model", concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/model")])
+            .args(["--device", "cpu", "--encoder"])
+            .arg(&enc)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("TELOXIDE_TOKEN", "123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_x")
+            .env("TELOXIDE_API_URL", &hub.url)
+            .env("HF_ENDPOINT", endpoint)
+            .env("HF_HOME", dir.path().join("hf"))
+            .env_remove("VIRALCLIP_WHISPER")
+            .env_remove("VIRALCLIP_API_URL")
+            .env_remove("HF_HUB_OFFLINE");
+        if let Some(w) = whisper {
+            c.args(["--whisper", w]);
+        }
+        c.output().unwrap()
+    };
+
+    // By name, from the hub: fetched once, loaded, then getMe at TELOXIDE_API_URL (401 here).
+    let o = bot(Some("tiny.en"), &hub.url);
+    let err = stderr_line(&o);
+    assert!(err.contains("getMe"), "{err}");
+    assert!(!err.contains("AAHdqTcv"), "the token was printed: {err}");
+    let seen = hub.seen.lock().unwrap().clone();
+    assert!(seen.iter().any(|p| p.ends_with("/resolve/main/ggml-tiny.en.bin")), "{seen:?}");
+    assert!(seen.iter().any(|p| p.starts_with("/bot") && p.ends_with("/getMe")), "{seen:?}");
+    let cached: Vec<_> = walk(&dir.path().join("hf"))
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "ggml-tiny.en.bin"))
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert_eq!(
+        std::fs::read(&cached[0]).unwrap().len() as u64,
+        std::fs::metadata(&tiny).unwrap().len()
+    );
+
+    // The default (base) cannot be fetched: the bot does not start, and says why in one line.
+    let o = bot(None, "http://127.0.0.1:9");
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    let err = stderr_line(&o);
+    assert!(err.contains("ggml-base.bin") && err.contains("--whisper FILE"), "{err}");
+
+    // A local path wins, and a missing one is named.
+    let o = bot(Some(tiny.to_str().unwrap()), "http://127.0.0.1:9");
+    assert!(stderr_line(&o).contains("getMe"), "{o:?}");
+    let o = bot(Some("/nonexistent/ggml-x.bin"), &hub.url);
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert!(stderr_line(&o).contains("/nonexistent/ggml-x.bin: Whisper model file not found"), "{o:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -43,9 +43,12 @@ pub enum Error {
     /// The tokenizer failed to load or to encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
-    /// Whisper failed to load or to transcribe.
+    /// Whisper failed to transcribe.
     #[error("transcription: {0}")]
     Transcription(String),
+    /// The Whisper model is missing, cannot be fetched or does not load.
+    #[error("Whisper model: {0}")]
+    WhisperModel(String),
     /// A request that makes no sense (min > max, count 0, ...).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -69,6 +72,15 @@ impl Error {
                 | Error::NoAudio(_)
                 | Error::TooLarge { .. }
                 | Error::Invalid(_)
+        )
+    }
+
+    /// Whether the installation is at fault (a model that is missing or does not load, a feature
+    /// the build lacks): retrying cannot help, and the person who runs the program must act.
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            Error::Model(_) | Error::Tokenizer(_) | Error::WhisperModel(_) | Error::Unsupported(_)
         )
     }
 

@@ -6,7 +6,8 @@
 //!   cues), [`score`] (virality), [`select`] (windows, candidates, moments), [`transcribe::filter`].
 //! - The model, written once for inference and training: [`model`] (BERT + the seed's heads, the
 //!   artifact format), [`scorer`] (tokenise, length-sorted batches, dynamic padding).
-//! - Native pieces behind traits and features: [`transcribe`] (whisper-rs, feature `whisper`),
+//! - Native pieces behind traits and features: [`transcribe`] (whisper-rs, feature `whisper`;
+//!   [`whisper_model`] says which file: a path, or a name fetched from the hub),
 //!   [`media`] (ffmpeg-next, feature `media`).
 //! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
 
@@ -24,5 +25,6 @@ pub mod scorer;
 pub mod select;
 pub mod subtitle;
 pub mod transcribe;
+pub mod whisper_model;
 
 pub use error::{Error, Result};

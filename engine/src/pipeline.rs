@@ -9,6 +9,7 @@ use crate::scorer::TextScorer;
 use crate::select::{self, Moment, SelectConfig, Window};
 use crate::subtitle;
 use crate::transcribe::Transcriber;
+use crate::whisper_model::WhisperModel;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -138,7 +139,7 @@ pub type Known = std::collections::HashMap<String, TextScore>;
 pub struct Engine {
     scorer: Box<dyn TextScorer>,
     transcriber: Option<Box<dyn Transcriber>>,
-    whisper_path: Option<PathBuf>,
+    whisper: Option<WhisperModel>,
     /// Seconds it took to load the model, copied into reports.
     pub model_load_secs: f64,
 }
@@ -148,15 +149,22 @@ impl Engine {
         Engine {
             scorer,
             transcriber: None,
-            whisper_path: None,
+            whisper: Some(WhisperModel::default()),
             model_load_secs: 0.0,
         }
     }
 
-    /// Transcribe with this Whisper model file, loaded the first time it is needed.
-    pub fn with_whisper_path(mut self, path: Option<PathBuf>) -> Self {
-        self.whisper_path = path;
+    /// Transcribe with this Whisper model (a file, or a name fetched from the hub), loaded the
+    /// first time it is needed; `None`: videos without subtitles are refused. The default is
+    /// [`WhisperModel::default`] (Whisper base from the hub).
+    pub fn with_whisper(mut self, model: Option<WhisperModel>) -> Self {
+        self.whisper = model;
         self
+    }
+
+    /// Loads the transcriber now (a service checks its models at start instead of in a job).
+    pub fn load_transcriber(&mut self) -> Result<()> {
+        self.transcriber().map(|_| ())
     }
 
     /// Transcribe with this transcriber.
@@ -169,21 +177,21 @@ impl Engine {
         self.scorer.as_mut()
     }
 
-    #[cfg_attr(not(feature = "media"), allow(dead_code))]
     fn transcriber(&mut self) -> Result<&mut Box<dyn Transcriber>> {
         if self.transcriber.is_none() {
-            let Some(path) = &self.whisper_path else {
-                return Err(Error::Transcription(
-                    "the video has no subtitles and no Whisper model was given (--whisper FILE)".into(),
+            let Some(model) = &self.whisper else {
+                return Err(Error::WhisperModel(
+                    "the video has no subtitles and this setup transcribes nothing (no Whisper model)".into(),
                 ));
             };
             #[cfg(feature = "whisper")]
             {
-                self.transcriber = Some(Box::new(crate::transcribe::Whisper::load(path)?));
+                let path = model.resolve()?;
+                self.transcriber = Some(Box::new(crate::transcribe::Whisper::load(&path)?));
             }
             #[cfg(not(feature = "whisper"))]
             {
-                let _ = path;
+                let _ = model;
                 return Err(Error::Unsupported("whisper"));
             }
         }

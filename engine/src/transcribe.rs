@@ -179,7 +179,7 @@ mod whisper_impl {
         /// Loads a ggml model file (e.g. `ggml-base.bin`).
         pub fn load(path: &Path) -> Result<Self> {
             if !path.is_file() {
-                return Err(Error::Transcription(format!(
+                return Err(Error::WhisperModel(format!(
                     "{}: Whisper model file not found (pass --whisper FILE, a ggml .bin)",
                     path.display()
                 )));
@@ -188,7 +188,7 @@ mod whisper_impl {
             let mut params = WhisperContextParameters::default();
             params.use_gpu(cfg!(feature = "whisper-cuda"));
             let ctx = WhisperContext::new_with_params(path, params)
-                .map_err(|e| Error::Transcription(format!("{}: not a Whisper model: {e}", path.display())))?;
+                .map_err(|e| Error::WhisperModel(format!("{}: not a Whisper model: {e}", path.display())))?;
             let threads = std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2)

@@ -106,7 +106,7 @@ fn russian_speech_end_to_end() {
     req.cut_jobs = 3;
     // Windows scored while Whisper still works (on by default only on a GPU).
     req.overlap = Some(true);
-    let mut eng = engine(&e5).with_whisper_path(Some(whisper));
+    let mut eng = engine(&e5).with_whisper(Some(WhisperModel::File(whisper)));
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let s = seen.clone();
     let progress = Arc::new(move |stage, f: f32| s.lock().unwrap().push((stage, f)));
@@ -421,7 +421,7 @@ fn default_model_picks_the_sensational_line() {
         "no default model in assets/model"
     );
     let loaded = artifact::load(&model, Some(&e5), &Device::Cpu, DType::F32).unwrap();
-    let mut eng = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper_path(Some(whisper));
+    let mut eng = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper(Some(WhisperModel::File(whisper)));
     let out = tempfile::tempdir().unwrap();
     let mut req = ClipRequest::new(speech_video(), out.path());
     req.language = Some("ru".into());

