@@ -36,7 +36,9 @@ if [[ ${KEEP:-} != 1 || ! -x $root/bin/bash ]]; then
   debootstrap --variant=minbase bookworm "$root" "$mirror" >"$logs/debootstrap.log" 2>&1
   echo "debootstrap: $(($(date +%s) - t)) s" | tee "$logs/times.txt"
   # This machine's apt sources, DNS and CA bundle (the registries' certificates), nothing more.
-  cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+  if cp /etc/apt/sources.list.d/*.sources "$root/etc/apt/sources.list.d/" 2>/dev/null; then
+    rm -f "$root/etc/apt/sources.list"
+  fi
   cp /etc/apt/apt.conf.d/99* "$root/etc/apt/apt.conf.d/" 2>/dev/null || true
   # Only Rust: the toolchain this machine runs (rustc, cargo, rustfmt, clippy), as rustup lays it out.
   sysroot=$(rustc --print sysroot)

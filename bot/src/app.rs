@@ -132,7 +132,13 @@ pub async fn run(config: BotConfig) -> Result<()> {
     let clipper = {
         let c = config.clone();
         tokio::task::spawn_blocking(move || {
-            EngineClipper::new(model, c.encoder.clone(), Some(c.whisper.clone()), c.device, c.precision)
+            EngineClipper::new(
+                model,
+                c.encoder.clone(),
+                Some(c.whisper.clone()),
+                c.device,
+                c.precision,
+            )
         })
         .await??
     };
@@ -169,7 +175,10 @@ pub async fn run_with(config: BotConfig, clipper: Arc<dyn Clipper>) -> Result<()
     }
     let mut bot = Bot::new(config.token.clone());
     if let Some(url) = config.api_url() {
-        bot = bot.set_api_url(url.parse().context("the Bot API URL (--api-url, TELOXIDE_API_URL)")?);
+        bot = bot.set_api_url(
+            url.parse()
+                .context("the Bot API URL (--api-url, TELOXIDE_API_URL)")?,
+        );
     }
     let me = retrying(5, || bot.get_me().send())
         .await
@@ -301,7 +310,10 @@ impl App {
     /// log has it either way).
     async fn tell_admins(&self, text: &str) {
         for &admin in &self.config.admins {
-            let sent = retrying(3, || self.bot.send_message(ChatId(admin), text.to_string()).send()).await;
+            let sent = retrying(3, || {
+                self.bot.send_message(ChatId(admin), text.to_string()).send()
+            })
+            .await;
             if let Err(e) = sent {
                 tracing::warn!(admin, "cannot tell an admin: {}", redact(&e.to_string()));
             }

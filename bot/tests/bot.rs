@@ -42,6 +42,10 @@ fn start_bot(cfg: viralclip_bot::BotConfig, c: Arc<dyn Clipper>) -> Running {
     }
 }
 
+fn in_chat(c: &Call, chat: i64) -> bool {
+    c.fields.get("chat_id").is_some_and(|id| *id == chat.to_string())
+}
+
 fn demo() -> std::path::PathBuf {
     repo().join("assets/demo/demo.mp4")
 }
@@ -213,29 +217,36 @@ async fn a_setup_failure_is_not_retried_and_the_admin_is_told() {
 
     f.push_update(update(video_message(10, USER, USER, "vid", 1_300_000)));
     f.wait_for(120, "the failure, to the user and to the admin", |c| {
-        c.iter().any(|c| c.fields["chat_id"] == USER.to_string() && c.text().contains("failed"))
-            && c.iter().any(|c| c.fields["chat_id"] == ADMIN.to_string())
+        c.iter().any(|c| in_chat(c, USER) && c.text().contains("failed"))
+            && c.iter().any(|c| in_chat(c, ADMIN))
     })
     .await;
     let to_user: Vec<String> = f
         .calls("sendMessage")
         .into_iter()
         .chain(f.calls("editMessageText"))
-        .filter(|c| c.fields["chat_id"] == USER.to_string())
+        .filter(|c| in_chat(c, USER))
         .map(|c| c.text().to_string())
         .collect();
     let failed = to_user.iter().find(|t| t.contains("failed")).unwrap();
     assert!(failed.contains(viralclip_bot::app::MISCONFIGURED), "{failed}");
     for t in &to_user {
-        assert!(!t.contains("Whisper") && !t.contains('/'), "a detail reached the user: {t}");
+        assert!(
+            !t.contains("Whisper") && !t.contains('/'),
+            "a detail reached the user: {t}"
+        );
     }
     let to_admin: Vec<_> = f
         .calls("sendMessage")
         .into_iter()
-        .filter(|c| c.fields["chat_id"] == ADMIN.to_string())
+        .filter(|c| in_chat(c, ADMIN))
         .collect();
     assert_eq!(to_admin.len(), 1, "{to_admin:?}");
-    assert!(to_admin[0].text().contains("Whisper model"), "{}", to_admin[0].text());
+    assert!(
+        to_admin[0].text().contains("Whisper model"),
+        "{}",
+        to_admin[0].text()
+    );
     assert!(to_admin[0].text().contains("Job #1"), "{}", to_admin[0].text());
 
     // One attempt, not max_attempts: nothing would have changed on a retry.

@@ -27,6 +27,9 @@ pub enum Command {
     Train(crate::train::TrainArgs),
     /// Measure scoring throughput (and cutting and Whisper speed): one JSON line per case.
     Bench(crate::bench::BenchArgs),
+    /// How well moments are found on a corpus with planted lines (bench/moments/build.sh):
+    /// hit@1, hit@3 and average precision, from subtitles and from Whisper.
+    Eval(crate::eval::EvalArgs),
     /// Run the Telegram bot (token from TELOXIDE_TOKEN; see README "The Telegram bot").
     Bot(viralclip_bot::BotConfig),
 }

@@ -4,6 +4,7 @@
 
 mod args;
 mod bench;
+mod eval;
 mod train;
 
 use anyhow::{Context, Result};
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Score(a) => score(a),
         Command::Model(a) => model_cmd(a),
         Command::Bench(a) => bench::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::Bot(c) => bot(c),
     };
@@ -114,7 +116,11 @@ fn bot(c: viralclip_bot::BotConfig) -> Result<()> {
         .enable_all()
         .build()?
         .block_on(viralclip_bot::run(c))
-        .map_err(|e| anyhow::anyhow!(viralclip_bot::telegram::redact(&format!("{e:#}"))))
+        // The engine's errors keep their type (for the exit code; they never hold the token).
+        .map_err(|e| match e.downcast::<Error>() {
+            Ok(engine) => engine.into(),
+            Err(e) => anyhow::anyhow!(viralclip_bot::telegram::redact(&format!("{e:#}"))),
+        })
 }
 
 fn clip(a: ClipArgs) -> Result<()> {

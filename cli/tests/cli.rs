@@ -318,9 +318,13 @@ fn fake_hub(files: Vec<(&'static str, PathBuf)>) -> FakeHub {
                     conn.write_all(head("206 Partial Content", extra, end + 1 - start).as_bytes())
                         .and_then(|_| std::io::copy(&mut f.take(end + 1 - start), &mut conn).map(|_| ()))
                 }
-                None if path.contains("/getMe") => {
+                None if path.to_ascii_lowercase().ends_with("/getme") => {
                     let body = r#"{"ok":false,"error_code":401,"description":"Unauthorized"}"#;
-                    let h = head("401 Unauthorized", "Content-Type: application/json\r\n".into(), body.len() as u64);
+                    let h = head(
+                        "401 Unauthorized",
+                        "Content-Type: application/json\r\n".into(),
+                        body.len() as u64,
+                    );
                     conn.write_all(format!("{h}{body}").as_bytes())
                 }
                 None => conn.write_all(head("404 Not Found", String::new(), 0).as_bytes()),
@@ -338,7 +342,10 @@ fn whisper_tiny_en() -> Option<PathBuf> {
         eprintln!("SKIPPED: no Whisper tiny.en fixture (../shared/tools/fetch-fixtures.sh)");
         None
     } else {
-        panic!("no Whisper tiny.en fixture at {}: run ../shared/tools/fetch-fixtures.sh", p.display())
+        panic!(
+            "no Whisper tiny.en fixture at {}: run ../shared/tools/fetch-fixtures.sh",
+            p.display()
+        )
     }
 }
 
@@ -378,8 +385,15 @@ fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
     assert!(err.contains("getMe"), "{err}");
     assert!(!err.contains("AAHdqTcv"), "the token was printed: {err}");
     let seen = hub.seen.lock().unwrap().clone();
-    assert!(seen.iter().any(|p| p.ends_with("/resolve/main/ggml-tiny.en.bin")), "{seen:?}");
-    assert!(seen.iter().any(|p| p.starts_with("/bot") && p.ends_with("/getMe")), "{seen:?}");
+    assert!(
+        seen.iter().any(|p| p.ends_with("/resolve/main/ggml-tiny.en.bin")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p.starts_with("/bot") && p.to_ascii_lowercase().ends_with("/getme")),
+        "{seen:?}"
+    );
     let cached: Vec<_> = walk(&dir.path().join("hf"))
         .into_iter()
         .filter(|p| p.file_name().is_some_and(|n| n == "ggml-tiny.en.bin"))
@@ -394,14 +408,20 @@ fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
     let o = bot(None, "http://127.0.0.1:9");
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     let err = stderr_line(&o);
-    assert!(err.contains("ggml-base.bin") && err.contains("--whisper FILE"), "{err}");
+    assert!(
+        err.contains("ggml-base.bin") && err.contains("--whisper FILE"),
+        "{err}"
+    );
 
     // A local path wins, and a missing one is named.
     let o = bot(Some(tiny.to_str().unwrap()), "http://127.0.0.1:9");
     assert!(stderr_line(&o).contains("getMe"), "{o:?}");
     let o = bot(Some("/nonexistent/ggml-x.bin"), &hub.url);
     assert_eq!(o.status.code(), Some(3), "{o:?}");
-    assert!(stderr_line(&o).contains("/nonexistent/ggml-x.bin: Whisper model file not found"), "{o:?}");
+    assert!(
+        stderr_line(&o).contains("/nonexistent/ggml-x.bin: Whisper model file not found"),
+        "{o:?}"
+    );
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {

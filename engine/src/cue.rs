@@ -33,6 +33,62 @@ impl Cue {
     }
 }
 
+/// Words that open a sentence leaning on the one before it ("and then…", «а потом…»): a clip
+/// that starts there starts in the middle of a thought. Lower case, Russian and English.
+const LEANING_OPENERS: &[&str] = &[
+    "и",
+    "а",
+    "но",
+    "или",
+    "потом",
+    "затем",
+    "поэтому",
+    "тогда",
+    "причём",
+    "причем",
+    "зато",
+    "однако",
+    "также",
+    "тоже",
+    "ведь",
+    "значит",
+    "следовательно",
+    "хотя",
+    "and",
+    "but",
+    "so",
+    "then",
+    "because",
+    "or",
+    "also",
+    "which",
+    "though",
+    "therefore",
+    "thus",
+];
+
+impl Cue {
+    /// Whether the text could open a clip on its own: it does not start in lower case (a
+    /// sentence running on from the cue before) nor with a word that leans on what came before
+    /// ("and", «потом», «поэтому»…). Says nothing about the previous cue; see
+    /// [`crate::select`].
+    pub fn opens_on_its_own(&self) -> bool {
+        let t = self.text.trim_start_matches(|c: char| !c.is_alphanumeric());
+        let Some(first) = t.chars().next() else {
+            return false;
+        };
+        if first.is_lowercase() {
+            return false;
+        }
+        let word: String = t
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '\'')
+            .flat_map(char::to_lowercase)
+            .collect();
+        !LEANING_OPENERS.contains(&word.as_str())
+    }
+}
+
 /// What was fixed while turning raw cues into a clean, ordered transcript.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repairs {
@@ -193,6 +249,20 @@ pub fn format_time(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clip_may_open_on_a_sentence_that_stands_on_its_own() {
+        let opens = |t: &str| Cue::new(0.0, 1.0, t).opens_on_its_own();
+        assert!(opens("Не может быть! Это невероятно!"));
+        assert!(opens("«Вот это да!» — сказал он."));
+        assert!(opens("What a day."));
+        assert!(!opens("А потом случилось вот что."));
+        assert!(!opens("Поэтому дома строили тесно."));
+        assert!(!opens("and then we left."));
+        assert!(!opens("And then we left."));
+        assert!(!opens("продолжение фразы"));
+        assert!(!opens("…"));
+    }
 
     fn src() -> CueSource {
         CueSource::SubtitleFile {

@@ -220,7 +220,7 @@ impl Engine {
         known: &Known,
     ) -> Result<Analysis> {
         cfg.validate()?;
-        let windows = select::windows(&transcript.cues, cfg.window_secs);
+        let windows = select::windows(&transcript.cues, cfg.window_span());
         // The model judges what was said: formulaic sentences are taken out first, and a window
         // of nothing else is not scored (virality 0).
         let texts: Vec<String> = windows.iter().map(|w| model_text(&w.text, cfg)).collect();
@@ -552,12 +552,26 @@ impl Engine {
         }
         reasons.push(why);
         reasons.push(format!("mean virality {:.2} across the clip", m.mean));
-        reasons.push(match (m.starts_sentence, m.ends_sentence) {
-            (true, true) => "starts and ends on sentence boundaries".into(),
-            (true, false) => "starts on a sentence boundary".into(),
-            (false, true) => "ends on a sentence boundary".into(),
+        let opens = m.starts_sentence && m.opens_on_its_own;
+        reasons.push(match (opens, m.ends_sentence) {
+            (true, true) => "starts on a sentence that stands on its own and ends on a finished one".into(),
+            (true, false) => "starts on a sentence that stands on its own; no sentence end fitted the length limits".into(),
+            (false, true) if m.starts_sentence => "ends on a finished sentence; it opens on a line that leans on the one before (none better fitted)".into(),
+            (false, true) => "ends on a finished sentence; no sentence start fitted the length limits".into(),
             (false, false) => "no sentence boundary fitted the length limits".into(),
         });
+        if m.opens_with_peak {
+            reasons.push("opens with its strongest line".into());
+        }
+        if !m.merged.is_empty() {
+            let at: Vec<String> = m.merged.iter().map(|(s, _)| format_time(*s)).collect();
+            reasons.push(format!(
+                "{} near-duplicate moment{} (mostly the same lines, at {}) merged into this one",
+                m.merged.len(),
+                if m.merged.len() == 1 { "" } else { "s" },
+                at.join(", ")
+            ));
+        }
         if m.shorter_than_min {
             reasons.push("the whole transcript is shorter than --min-secs, so all of it is one clip".into());
         }
@@ -612,9 +626,9 @@ pub fn score_as_heard(
         let rest = &cues[settled.min(cues.len())..];
         // Final windows come first: one that runs into the end of what was heard has every
         // later one doing the same.
-        let fin: Vec<Window> = select::windows(rest, cfg.window_secs)
+        let fin: Vec<Window> = select::windows(rest, cfg.window_span())
             .into_iter()
-            .take_while(|w| w.last + 1 < rest.len() && w.end - w.start >= cfg.window_secs)
+            .take_while(|w| w.last + 1 < rest.len() && w.end - w.start >= cfg.window_span())
             .collect();
         settled += fin.len();
         let mut texts: Vec<String> = fin
@@ -788,8 +802,8 @@ mod tests {
             Cue::new(25.0, 30.0, "Спасибо, что были с нами."),
         ];
         let cfg = SelectConfig {
-            min_secs: 5.0,
-            max_secs: 10.0,
+            min_secs: 10.0,
+            max_secs: 20.0,
             count: 2,
             window_secs: 10.0,
             ..SelectConfig::default()
@@ -833,5 +847,49 @@ mod tests {
         assert_eq!(fresh.prefetched, 0);
         assert_eq!(reused.virality, fresh.virality);
         assert_eq!(reused.moments, fresh.moments);
+    }
+
+    /// Issue #22's defect: with `--min-secs 5 --max-secs 14`, a plain sentence standing just
+    /// before the emotional line took the score of the window running on into that line, and
+    /// its quote and reasons showed a line the clip did not hold.
+    #[test]
+    fn a_clip_is_scored_quoted_and_explained_by_what_it_holds() {
+        let cues = vec![
+            Cue::new(0.0, 6.0, "Сегодня мы поговорим о погоде."),
+            Cue::new(6.5, 12.0, "Не может быть! Это невероятно!"),
+            Cue::new(12.5, 18.0, "Завтра будет дождь."),
+            Cue::new(18.5, 24.0, "В субботу сухо."),
+        ];
+        let source = CueSource::SubtitleFile {
+            format: "srt".into(),
+            encoding: "utf-8".into(),
+        };
+        let transcript = Transcript::repair(cues, source);
+        let cfg = SelectConfig {
+            min_secs: 5.0,
+            max_secs: 14.0,
+            count: 3,
+            ..SelectConfig::default()
+        };
+        let mut engine = Engine::new(Box::new(Fake(Arc::new(Mutex::new(Vec::new())))));
+        let a = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
+        assert!(!a.moments.is_empty());
+        let top = engine.moment_report(&a.moments[0], &transcript, &a);
+        assert!(
+            top.text.contains("Не может быть!"),
+            "the emotional line wins: {top:?}"
+        );
+        for m in &a.moments {
+            let r = engine.moment_report(m, &transcript, &a);
+            assert!(r.text.contains(&r.quote), "quote outside the clip: {r:?}");
+            assert!(
+                r.reasons[0].contains(&format!("«{}»", r.quote)),
+                "{:?}",
+                r.reasons
+            );
+            if !r.text.contains('!') {
+                assert!(r.virality < 0.1, "a plain clip scored by a line it lacks: {r:?}");
+            }
+        }
     }
 }

@@ -17,7 +17,8 @@ pub struct SelectConfig {
     pub count: usize,
     /// Silence added before and after the cues of a clip when there is room, seconds.
     pub pad_secs: f64,
-    /// Each scored window spans at least this many seconds of consecutive cues (or all that is left).
+    /// Each scored window spans at least this many seconds of consecutive cues (or all that is
+    /// left), but never more than `min_secs` (see [`SelectConfig::window_span`]).
     pub window_secs: f64,
     /// Drop greetings, thank-yous, goodbyes and subscribe calls from windows before scoring
     /// ([`crate::boilerplate`]); a window of nothing else scores 0.
@@ -43,6 +44,13 @@ impl Default for SelectConfig {
 }
 
 impl SelectConfig {
+    /// How long the scored windows are: `window_secs`, shortened to `min_secs` when that is
+    /// less, so that every candidate clip (at least `min_secs` long) holds at least the window
+    /// that starts at its first cue, and a clip's score never comes from text past its end.
+    pub fn window_span(&self) -> f64 {
+        self.window_secs.min(self.min_secs)
+    }
+
     /// Rejects settings that cannot produce a clip.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Invalid(m.into()));
@@ -111,7 +119,7 @@ pub struct Moment {
     pub start: f64,
     pub end: f64,
     /// The candidate's score: 0.6·peak + 0.4·mean window virality, plus 0.02 for each edge on a
-    /// sentence boundary.
+    /// sentence boundary and up to 0.03 for opening near its best line.
     pub score: f32,
     /// Highest and mean virality of the windows inside the clip.
     pub peak: f32,
@@ -120,6 +128,12 @@ pub struct Moment {
     pub peak_window: usize,
     pub starts_sentence: bool,
     pub ends_sentence: bool,
+    /// Its first line stands on its own (no "and then…", no lower-case run-on).
+    pub opens_on_its_own: bool,
+    /// Its best window starts at its first line (the hook comes first).
+    pub opens_with_peak: bool,
+    /// Later moments that were mostly the same lines as this one, merged into it (their edges).
+    pub merged: Vec<(f64, f64)>,
     /// Set when the transcript was too short for `min_secs` and the whole of it was taken.
     pub shorter_than_min: bool,
     /// How many candidates competed.
@@ -142,10 +156,42 @@ struct Candidate {
     peak_window: usize,
     starts_sentence: bool,
     ends_sentence: bool,
+    opens_on_its_own: bool,
+}
+
+impl Candidate {
+    /// Starts on a sentence that stands on its own and ends on a finished one.
+    fn whole(&self) -> bool {
+        self.starts_sentence && self.opens_on_its_own && self.ends_sentence
+    }
+}
+
+/// Two clips are near-duplicates when most of their words are the same (Jaccard ≥ this).
+const NEAR_DUPLICATE: f64 = 0.6;
+
+fn words(cues: &[Cue]) -> std::collections::BTreeSet<String> {
+    cues.iter()
+        .flat_map(|c| c.text.split(|ch: char| !ch.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+fn jaccard(a: &std::collections::BTreeSet<String>, b: &std::collections::BTreeSet<String>) -> f64 {
+    let union = a.union(b).count();
+    if union == 0 {
+        return 0.0;
+    }
+    a.intersection(b).count() as f64 / union as f64
 }
 
 /// Picks up to `cfg.count` non-overlapping moments. `windows` must come from [`windows`] over the
-/// same cues and `virality[i]` score `windows[i]`. `media_end`, when known, bounds every clip.
+/// same cues (with [`SelectConfig::window_span`]) and `virality[i]` score `windows[i]`. A
+/// candidate's score, peak and mean come only from the windows that lie wholly inside it.
+/// Where any candidate starts on a sentence that stands on its own and ends on a finished one,
+/// only those compete; among equals, the one that opens nearer its best line wins. A candidate
+/// that is mostly the same lines as a chosen moment is merged into it instead of taking a slot.
+/// `media_end`, when known, bounds every clip.
 pub fn select(
     cues: &[Cue],
     windows: &[Window],
@@ -190,14 +236,18 @@ pub fn select(
     }
     let mut candidates: Vec<Candidate> = spans
         .into_iter()
-        .map(|(f, l)| {
-            // Windows inside [f, l]: window i starts at cue i and their ends never decrease.
+        .filter_map(|(f, l)| {
+            // Windows inside [f, l]: window i starts at cue i and their ends never decrease, so
+            // they are f..=hi. None when even window f runs past l (windows longer than the
+            // shortest clip): then nothing inside the clip was scored on its own.
+            if windows.get(f).is_none_or(|w| w.last > l) {
+                return None;
+            }
             let mut hi = f;
             while hi < l && hi + 1 < windows.len() && windows[hi + 1].last <= l {
                 hi += 1;
             }
-            let hi = hi.min(windows.len() - 1);
-            let lo = f.min(hi);
+            let lo = f;
             let (mut peak, mut peak_window) = (f32::MIN, lo);
             for (i, v) in virality.iter().enumerate().take(hi + 1).skip(lo) {
                 if *v > peak {
@@ -209,18 +259,25 @@ pub fn select(
             let starts_sentence = f == 0 || cues[f - 1].ends_sentence();
             let ends_sentence = cues[l].ends_sentence();
             let bonus = 0.02 * (starts_sentence as u8 + ends_sentence as u8) as f32;
-            Candidate {
+            // The hook: how late in the clip its best window starts (0 = at its first line).
+            let late = ((windows[peak_window].start - cues[f].start) / span(f, l).max(1e-9)).clamp(0.0, 1.0);
+            let hook = 0.03 * (1.0 - late) as f32;
+            Some(Candidate {
                 first: f,
                 last: l,
-                score: 0.6 * peak + 0.4 * mean + bonus,
+                score: 0.6 * peak + 0.4 * mean + bonus + hook,
                 peak,
                 mean,
                 peak_window,
                 starts_sentence,
                 ends_sentence,
-            }
+                opens_on_its_own: cues[f].opens_on_its_own(),
+            })
         })
         .collect();
+    if candidates.iter().any(Candidate::whole) {
+        candidates.retain(Candidate::whole);
+    }
     let total = candidates.len();
     candidates.sort_by(|a, b| {
         b.score
@@ -229,14 +286,25 @@ pub fn select(
             .then(a.last.cmp(&b.last))
     });
     let mut chosen: Vec<Moment> = Vec::new();
+    let mut chosen_words = Vec::new();
     for c in candidates {
         if chosen.len() == cfg.count {
             break;
         }
         let (start, end) = padded_edges(cues, c.first, c.last, end_limit, cfg);
-        if end - start <= 0.0 || chosen.iter().any(|m| start < m.end && m.start < end) {
+        let taken = |m: &Moment| {
+            (start < m.end && m.start < end) || m.merged.iter().any(|&(s, e)| start < e && s < end)
+        };
+        if end - start <= 0.0 || chosen.iter().any(taken) {
             continue;
         }
+        let w = words(&cues[c.first..=c.last]);
+        if let Some(k) = chosen_words.iter().position(|o| jaccard(o, &w) >= NEAR_DUPLICATE) {
+            let m: &mut Moment = &mut chosen[k];
+            m.merged.push((start, end));
+            continue;
+        }
+        chosen_words.push(w);
         chosen.push(Moment {
             rank: 0,
             first: c.first,
@@ -249,6 +317,9 @@ pub fn select(
             peak_window: c.peak_window,
             starts_sentence: c.starts_sentence,
             ends_sentence: c.ends_sentence,
+            opens_on_its_own: c.opens_on_its_own,
+            opens_with_peak: c.peak_window == c.first,
+            merged: Vec::new(),
             shorter_than_min,
             candidates: total,
         });
@@ -351,9 +422,10 @@ mod tests {
             Cue::new(5.1, 12.0, "Два три."),
             Cue::new(14.0, 19.9, "Четыре."),
         ];
-        let w = windows(&c, 8.0);
+        let cf = cfg(5.0, 10.0, 5);
+        let w = windows(&c, cf.window_span());
         let v = vec![0.5; w.len()];
-        let m = select(&c, &w, &v, Some(20.0), &cfg(5.0, 10.0, 5));
+        let m = select(&c, &w, &v, Some(20.0), &cf);
         for x in &m {
             assert!(x.start >= 0.0 && x.end <= 20.0, "{x:?}");
         }
@@ -394,6 +466,73 @@ mod tests {
         assert!(m[0].starts_sentence && m[0].ends_sentence);
     }
 
+    fn timed(lines: &[&str], len: f64) -> Vec<Cue> {
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Cue::new(i as f64 * len, (i + 1) as f64 * len, *t))
+            .collect()
+    }
+
+    #[test]
+    fn a_clip_never_opens_on_a_line_that_leans_on_the_one_before() {
+        let c = timed(
+            &[
+                "Плановое заседание.",
+                "А потом все закричали от восторга!",
+                "Заседание закрыто.",
+                "Всё.",
+            ],
+            4.0,
+        );
+        let cf = cfg(4.0, 8.0, 1);
+        let w = windows(&c, cf.window_span());
+        let m = select(&c, &w, &[0.1, 0.9, 0.1, 0.1], None, &cf);
+        assert_eq!((m[0].first, m[0].last), (0, 1), "{m:?}");
+        assert!(m[0].opens_on_its_own && m[0].starts_sentence && m[0].ends_sentence);
+    }
+
+    #[test]
+    fn the_clip_opens_near_its_best_line() {
+        let lines = ["Один.", "Два.", "Три.", "Вот это да!", "Пять.", "Шесть.", "Семь."];
+        let c = timed(&lines, 4.0);
+        let cf = cfg(8.0, 12.0, 1);
+        let w = windows(&c, cf.window_span());
+        let mut v = vec![0.2; w.len()];
+        v[3] = 0.9;
+        let m = select(&c, &w, &v, None, &cf);
+        assert_eq!(m[0].first, 3, "no dead air before the hook: {m:?}");
+        assert!(m[0].opens_with_peak);
+    }
+
+    #[test]
+    fn near_duplicate_moments_are_merged() {
+        let block = ["Это невероятно!", "Учёные нашли сокровище!", "Прямо под городом!"];
+        let mut lines: Vec<&str> = block.to_vec();
+        lines.extend(["Погода хорошая.", "Ветер слабый.", "Дождя нет.", "Тихо."]);
+        lines.extend(block);
+        let c = timed(&lines, 3.0);
+        let cf = cfg(8.0, 9.0, 3);
+        let w = windows(&c, cf.window_span());
+        let v: Vec<f32> = c
+            .iter()
+            .map(|x| {
+                if block.contains(&x.text.as_str()) {
+                    0.9
+                } else {
+                    0.1
+                }
+            })
+            .collect();
+        let m = select(&c, &w, &v, None, &cf);
+        assert_eq!((m[0].first, m[0].last), (0, 2), "{m:?}");
+        assert_eq!(m[0].merged, [(21.0, 30.0)], "{m:?}");
+        assert!(
+            m.iter().all(|x| x.first < 7),
+            "the repeat is not a moment of its own: {m:?}"
+        );
+    }
+
     #[test]
     fn short_transcript_becomes_one_clip() {
         let c = cues(2, 3.0, 1.0);
@@ -407,8 +546,10 @@ mod tests {
     #[test]
     fn cues_past_the_media_end_are_ignored() {
         let c = cues(10, 3.0, 1.0);
-        let w = windows(&c, 8.0);
-        let m = select(&c, &w, &[0.5; 10], Some(20.0), &cfg(5.0, 10.0, 5));
+        let cf = cfg(5.0, 10.0, 5);
+        let w = windows(&c, cf.window_span());
+        let m = select(&c, &w, &[0.5; 10], Some(20.0), &cf);
+        assert!(!m.is_empty());
         assert!(m.iter().all(|x| x.end <= 20.0));
         assert!(m.iter().all(|x| x.last <= 4));
     }
@@ -418,5 +559,65 @@ mod tests {
         assert!(cfg(30.0, 20.0, 1).validate().is_err());
         assert!(cfg(10.0, 20.0, 0).validate().is_err());
         assert!(SelectConfig::default().validate().is_ok());
+    }
+
+    /// The selection defect of issue #22, by construction: whatever the cues, their scores and
+    /// the length settings, a moment's score, its peak window (what the quote and the reasons
+    /// are made of) and its mean come only from windows that lie wholly inside the clip.
+    mod inside {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn transcript(parts: &[(f64, f64, bool, f32)]) -> (Vec<Cue>, Vec<f32>) {
+            let mut t = 0.0;
+            let mut cues = Vec::new();
+            for (i, (len, gap, ends, _)) in parts.iter().enumerate() {
+                let text = if *ends {
+                    format!("Word {i}.")
+                } else {
+                    format!("word {i}")
+                };
+                cues.push(Cue::new(t, t + len, text));
+                t += len + gap;
+            }
+            (cues, parts.iter().map(|p| p.3).collect())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn moments_hold_what_earned_their_score(
+                parts in prop::collection::vec((0.3f64..12.0, 0.0f64..3.0, any::<bool>(), 0.0f32..1.0), 1..50),
+                min_secs in 1.0f64..30.0,
+                extra in 0.0f64..40.0,
+                count in 1usize..6,
+                window_secs in 1.0f64..20.0,
+                cut in prop::option::of(0.2f64..1.2),
+            ) {
+                let (cues, v) = transcript(&parts);
+                let cfg = SelectConfig { min_secs, max_secs: min_secs + extra, count, window_secs, ..SelectConfig::default() };
+                prop_assert!(cfg.validate().is_ok());
+                let media_end = cut.map(|c| c * cues.last().unwrap().end);
+                let end_limit = media_end.unwrap_or(f64::INFINITY);
+                let w = windows(&cues, cfg.window_span());
+                let moments = select(&cues, &w, &v, media_end, &cfg);
+                for m in &moments {
+                    let inside: Vec<usize> = (0..w.len()).filter(|&i| w[i].first >= m.first && w[i].last <= m.last).collect();
+                    prop_assert!(!inside.is_empty(), "no window inside {m:?}");
+                    prop_assert!(inside.contains(&m.peak_window), "peak window {:?} outside {m:?}", w[m.peak_window]);
+                    prop_assert_eq!(m.peak, v[m.peak_window]);
+                    prop_assert!(inside.iter().all(|&i| v[i] <= m.peak));
+                    let mean = inside.iter().map(|&i| v[i] as f64).sum::<f64>() / inside.len() as f64;
+                    prop_assert!((m.mean as f64 - mean).abs() < 1e-5, "mean {} vs {mean}", m.mean);
+                    // In time too: the quoted window lies within the clip's edges (where the
+                    // cues fit max_secs at all; a single longer cue is cut at max_secs).
+                    let pw = &w[m.peak_window];
+                    prop_assert!(pw.start >= m.start - 1e-9, "{pw:?} starts before {m:?}");
+                    if cues[m.last].end.min(end_limit) - cues[m.first].start <= cfg.max_secs {
+                        prop_assert!(pw.end.min(end_limit) <= m.end + 1e-9, "{pw:?} ends after {m:?}");
+                    }
+                }
+            }
+        }
     }
 }

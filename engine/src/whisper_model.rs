@@ -101,7 +101,10 @@ impl WhisperModel {
                 if p.is_file() {
                     Ok(p.clone())
                 } else if p.exists() {
-                    Err(Error::WhisperModel(format!("{}: not a regular file", p.display())))
+                    Err(Error::WhisperModel(format!(
+                        "{}: not a regular file",
+                        p.display()
+                    )))
                 } else {
                     Err(Error::WhisperModel(format!(
                         "{}: Whisper model file not found (pass --whisper FILE, a ggml .bin, or a model name such as {DEFAULT_NAME})",
@@ -148,17 +151,29 @@ mod tests {
     #[test]
     fn names_go_to_the_hub_and_paths_stay_local() {
         assert_eq!(parse("").unwrap(), WhisperModel::Hub("base".into()));
-        assert_eq!(parse("large-v3-turbo").unwrap(), WhisperModel::Hub("large-v3-turbo".into()));
-        assert_eq!(parse("ggml-small-q5_1").unwrap(), WhisperModel::Hub("small-q5_1".into()));
+        assert_eq!(
+            parse("large-v3-turbo").unwrap(),
+            WhisperModel::Hub("large-v3-turbo".into())
+        );
+        assert_eq!(
+            parse("ggml-small-q5_1").unwrap(),
+            WhisperModel::Hub("small-q5_1".into())
+        );
         assert_eq!(parse("base.en").unwrap(), WhisperModel::Hub("base.en".into()));
         assert_eq!(
             parse("models/ggml-base.bin").unwrap(),
             WhisperModel::File("models/ggml-base.bin".into())
         );
         assert_eq!(parse("x.bin").unwrap(), WhisperModel::File("x.bin".into()));
-        assert_eq!(WhisperModel::hub_file("large-v3-turbo"), "ggml-large-v3-turbo.bin");
+        assert_eq!(
+            WhisperModel::hub_file("large-v3-turbo"),
+            "ggml-large-v3-turbo.bin"
+        );
         let e = parse("huge").unwrap_err().to_string();
-        assert!(e.contains("huge: no such file") && e.contains("large-v3-turbo"), "{e}");
+        assert!(
+            e.contains("huge: no such file") && e.contains("large-v3-turbo"),
+            "{e}"
+        );
         assert!(parse("base-q4_9").is_err());
     }
 
@@ -168,14 +183,15 @@ mod tests {
         // A file called "base" is that file, not the hub's model of that name.
         let f = dir.path().join("base");
         std::fs::write(&f, b"x").unwrap();
-        assert_eq!(
-            parse(f.to_str().unwrap()).unwrap(),
-            WhisperModel::File(f.clone())
-        );
+        assert_eq!(parse(f.to_str().unwrap()).unwrap(), WhisperModel::File(f.clone()));
         assert_eq!(WhisperModel::File(f.clone()).resolve().unwrap(), f);
-        let missing = WhisperModel::File(dir.path().join("nope.bin")).resolve().unwrap_err();
+        let missing = WhisperModel::File(dir.path().join("nope.bin"))
+            .resolve()
+            .unwrap_err();
         assert!(missing.to_string().contains("not found"), "{missing}");
-        let not_file = WhisperModel::File(dir.path().to_path_buf()).resolve().unwrap_err();
+        let not_file = WhisperModel::File(dir.path().to_path_buf())
+            .resolve()
+            .unwrap_err();
         assert!(not_file.to_string().contains("not a regular file"), "{not_file}");
     }
 }

@@ -421,7 +421,8 @@ fn default_model_picks_the_sensational_line() {
         "no default model in assets/model"
     );
     let loaded = artifact::load(&model, Some(&e5), &Device::Cpu, DType::F32).unwrap();
-    let mut eng = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper(Some(WhisperModel::File(whisper)));
+    let mut eng =
+        Engine::new(Box::new(BertScorer::new(loaded))).with_whisper(Some(WhisperModel::File(whisper)));
     let out = tempfile::tempdir().unwrap();
     let mut req = ClipRequest::new(speech_video(), out.path());
     req.language = Some("ru".into());

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds the CPU image from deploy/Dockerfile and starts it with deploy/compose.yml beside a
+# stand-in for telegram-bot-api (deploy/check/), then sends it the demo video with subtitles and
+# waits for the clips: the image's binary, libraries, font, model and the compose wiring, end to
+# end. Where Docker Hub is out of reach, the base images the Dockerfiles name (debian:bookworm-slim,
+# rust:1-bookworm) are made here first: a debootstrap root (`docker import`), and that root plus
+# this machine's Rust toolchain. Starts dockerd (Debian's docker.io) when none runs.
+#
+#   sudo scripts/docker-check.sh            # build, start, check, stop
+#
+# Needs root, the fixtures (scripts/setup.sh) and the network this machine has. Logs and the calls
+# the stand-in saw go to out/docker-check/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+logs=$repo/out/docker-check
+mkdir -p "$logs"
+((EUID == 0)) || { echo "docker-check: run as root" >&2; exit 1; }
+# shellcheck disable=SC1091
+source "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env"
+export DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
+
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+if ((${#need[@]})); then
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "== starting dockerd"
+  (dockerd >"$logs/dockerd.log" 2>&1 &)
+  for _ in $(seq 30); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { echo "docker-check: dockerd did not start (see $logs/dockerd.log)" >&2; exit 1; }
+fi
+
+t0=$(date +%s)
+step() { echo "== $* ($(($(date +%s) - t0)) s)"; }
+
+# Base images, unless they can be had (a machine that reaches Docker Hub pulls the real ones).
+if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1 && ! docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
+  step "debian:bookworm-slim from a debootstrap root"
+  base=$(mktemp -d /var/tmp/viralclip-base.XXXX)
+  mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+  [[ -n $mirror ]] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
+  debootstrap --variant=minbase bookworm "$base" "$mirror" >"$logs/debootstrap.log" 2>&1
+  if cp /etc/apt/sources.list.d/*.sources "$base/etc/apt/sources.list.d/" 2>/dev/null; then
+    rm -f "$base/etc/apt/sources.list"
+  fi
+  cp /etc/apt/apt.conf.d/99* "$base/etc/apt/apt.conf.d/" 2>/dev/null || true
+  rm -rf "$base"/var/cache/apt/archives/*.deb "$base"/var/lib/apt/lists/*
+  tar -C "$base" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
+  rm -rf "$base"
+fi
+if ! docker image inspect rust:1-bookworm >/dev/null 2>&1 && ! docker pull -q rust:1-bookworm >/dev/null 2>&1; then
+  step "rust:1-bookworm: that root + build-essential + this machine's Rust toolchain"
+  ctx=$(mktemp -d /var/tmp/viralclip-rust.XXXX)
+  sysroot=$(rustc --print sysroot)
+  mkdir -p "$ctx/rust"
+  cp -a "$sysroot/bin" "$sysroot/lib" "$sysroot/libexec" "$ctx/rust/"
+  cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential ca-certificates \
+      curl git libssl-dev pkg-config && rm -rf /var/lib/apt/lists/*
+COPY rust /usr/local/rust
+ENV PATH=/usr/local/rust/bin:$PATH CARGO_HOME=/usr/local/cargo
+EOF
+  docker build --network host -q -t rust:1-bookworm "$ctx" >"$logs/rust-image.log" 2>&1
+  rm -rf "$ctx"
+fi
+
+# The models the bot loads, from the fixtures (no hub here): mounted at /models as compose says.
+models=$(mktemp -d /var/tmp/viralclip-models.XXXX)
+cp -l "$VIRALCLIP_WHISPER_BASE" "$models/ggml-base.bin" 2>/dev/null || cp "$VIRALCLIP_WHISPER_BASE" "$models/ggml-base.bin"
+cp -rl "$VIRALCLIP_ENCODER_MULTILINGUAL" "$models/encoder" 2>/dev/null || cp -r "$VIRALCLIP_ENCODER_MULTILINGUAL" "$models/encoder"
+chmod -R a+rX "$models"
+
+export TELOXIDE_TOKEN=123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_x TELEGRAM_API_ID=1 TELEGRAM_API_HASH=x
+export VIRALCLIP_MODELS_DIR=$models VIRALCLIP_ADMINS=7 CHECK_API_PORT=${CHECK_API_PORT:-18081}
+compose=(docker-compose -p viralclip-check -f deploy/compose.yml -f deploy/compose.check.yml)
+cleanup() {
+  "${compose[@]}" logs --no-color >"$logs/compose.log" 2>&1 || true
+  "${compose[@]}" down -v >/dev/null 2>&1 || true
+  rm -rf "$models"
+}
+trap cleanup EXIT
+
+step "building the CPU image (deploy/Dockerfile)"
+tb=$(date +%s)
+"${compose[@]}" build bot telegram-bot-api >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
+echo "image built in $(($(date +%s) - tb)) s: $(docker image inspect -f '{{.Size}}' viralclip | awk '{ printf "%.0f MB", $1 / 1e6 }')"
+
+step "starting compose (bot + stand-in Bot API)"
+"${compose[@]}" up -d >"$logs/up.log" 2>&1
+ok=0
+for _ in $(seq 300); do
+  if "${compose[@]}" logs --no-color telegram-bot-api 2>/dev/null | grep -q '"call": "sendPhoto"'; then
+    ok=1
+    break
+  fi
+  sleep 2
+done
+"${compose[@]}" logs --no-color telegram-bot-api >"$logs/calls.log" 2>&1 || true
+calls=$(grep -o '"call": "[A-Za-z]*"' "$logs/calls.log" | sort | uniq -c | tr -s ' ' | paste -sd, -)
+videos=$(grep -c '"call": "sendVideo"' "$logs/calls.log" || true)
+echo "the stand-in saw: $calls"
+if ((ok == 0 || videos == 0)); then
+  echo "docker-check: no clips came back (logs in $logs)" >&2
+  "${compose[@]}" logs --no-color bot | tail -20 >&2
+  exit 1
+fi
+grep '"call": "sendVideo"' "$logs/calls.log" | head -3
+echo "docker-check: the image started, took the demo and sent $videos clips ($(($(date +%s) - t0)) s in all)"
+
