@@ -42,6 +42,7 @@ step() { echo "== $* ($(($(date +%s) - t0)) s)"; }
 if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1 && ! docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
   step "debian:bookworm-slim from a debootstrap root"
   base=$(mktemp -d /var/tmp/viralclip-base.XXXX)
+  trap 'umount -l "$base/proc" "$base/sys" 2>/dev/null; rm -rf "$base"' EXIT
   mirror=$(awk '/^URIs:/ { print $2; exit }' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
   [[ -n $mirror ]] || mirror=$(awk '$1 == "deb" { print $2; exit }' /etc/apt/sources.list)
   debootstrap --variant=minbase bookworm "$base" "$mirror" >"$logs/debootstrap.log" 2>&1
@@ -52,6 +53,7 @@ if ! docker image inspect debian:bookworm-slim >/dev/null 2>&1 && ! docker pull 
   rm -rf "$base"/var/cache/apt/archives/*.deb "$base"/var/lib/apt/lists/*
   tar -C "$base" -c . | docker import -c 'CMD ["bash"]' - debian:bookworm-slim >/dev/null
   rm -rf "$base"
+  trap - EXIT
 fi
 if ! docker image inspect rust:1-bookworm >/dev/null 2>&1 && ! docker pull -q rust:1-bookworm >/dev/null 2>&1; then
   step "rust:1-bookworm: that root + build-essential + this machine's Rust toolchain"
