@@ -61,12 +61,17 @@ if ! docker image inspect rust:1-bookworm >/dev/null 2>&1 && ! docker pull -q ru
   sysroot=$(rustc --print sysroot)
   mkdir -p "$ctx/rust"
   cp -a "$sysroot/bin" "$sysroot/lib" "$sysroot/libexec" "$ctx/rust/"
+  # This machine's CA bundle too: where the registries are reached through a proxy with its own
+  # certificate, cargo inside the build needs it (the Dockerfile itself stays as it is).
+  cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/host-ca.crt"
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential ca-certificates \
       curl git libssl-dev pkg-config && rm -rf /var/lib/apt/lists/*
 COPY rust /usr/local/rust
-ENV PATH=/usr/local/rust/bin:$PATH CARGO_HOME=/usr/local/cargo
+COPY host-ca.crt /etc/ssl/host-ca.crt
+ENV PATH=/usr/local/rust/bin:$PATH CARGO_HOME=/usr/local/cargo \
+    CARGO_HTTP_CAINFO=/etc/ssl/host-ca.crt SSL_CERT_FILE=/etc/ssl/host-ca.crt
 EOF
   docker build --network host -q -t rust:1-bookworm "$ctx" >"$logs/rust-image.log" 2>&1
   rm -rf "$ctx"
