@@ -93,30 +93,36 @@ cleanup() {
 }
 trap cleanup EXIT
 
+step "the stand-in Bot API image (deploy/check/)"
+ctx=$(mktemp -d)
+cp deploy/check/fake_bot_api.py deploy/check/Dockerfile.fake-bot-api assets/demo/demo.mp4 assets/demo/script.ru.txt "$ctx/"
+docker build --network host -q -t viralclip-fake-bot-api -f "$ctx/Dockerfile.fake-bot-api" "$ctx" >"$logs/fake-image.log" 2>&1
+rm -rf "$ctx"
+
 step "building the CPU image (deploy/Dockerfile)"
 tb=$(date +%s)
-"${compose[@]}" build bot telegram-bot-api >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
+"${compose[@]}" build bot >"$logs/build.log" 2>&1 || { tail -30 "$logs/build.log"; exit 1; }
 echo "image built in $(($(date +%s) - tb)) s: $(docker image inspect -f '{{.Size}}' viralclip | awk '{ printf "%.0f MB", $1 / 1e6 }')"
 
 step "starting compose (bot + stand-in Bot API)"
 "${compose[@]}" up -d >"$logs/up.log" 2>&1
 ok=0
 for _ in $(seq 300); do
-  if "${compose[@]}" logs --no-color telegram-bot-api 2>/dev/null | grep -q '"call": "sendPhoto"'; then
+  if "${compose[@]}" logs --no-color telegram-bot-api 2>/dev/null | grep -q '"call": "sendphoto"'; then
     ok=1
     break
   fi
   sleep 2
 done
 "${compose[@]}" logs --no-color telegram-bot-api >"$logs/calls.log" 2>&1 || true
-calls=$(grep -o '"call": "[A-Za-z]*"' "$logs/calls.log" | sort | uniq -c | tr -s ' ' | paste -sd, -)
-videos=$(grep -c '"call": "sendVideo"' "$logs/calls.log" || true)
+calls=$(grep -o '"call": "[a-z]*"' "$logs/calls.log" | sort | uniq -c | tr -s ' ' | paste -sd, -)
+videos=$(grep -c '"call": "sendvideo"' "$logs/calls.log" || true)
 echo "the stand-in saw: $calls"
 if ((ok == 0 || videos == 0)); then
   echo "docker-check: no clips came back (logs in $logs)" >&2
   "${compose[@]}" logs --no-color bot | tail -20 >&2
   exit 1
 fi
-grep '"call": "sendVideo"' "$logs/calls.log" | head -3
+grep '"call": "sendvideo"' "$logs/calls.log" | head -3
 echo "docker-check: the image started, took the demo and sent $videos clips ($(($(date +%s) - t0)) s in all)"
 

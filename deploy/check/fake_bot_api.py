@@ -86,9 +86,10 @@ class Api(BaseHTTPRequestHandler):
     do_GET = do_POST = lambda self: self.handle_call()
 
     def handle_call(self):
-        method = self.path.rsplit("/", 1)[-1].split("?")[0]
+        # Method names are case-insensitive (teloxide sends "GetMe", others "getme").
+        method = self.path.rsplit("/", 1)[-1].split("?")[0].lower()
         f = self.fields()
-        if method == "getUpdates":
+        if method == "getupdates":
             offset = int(f.get("offset", 0) or 0)
             with lock:
                 updates[:] = [u for u in updates if u["update_id"] >= offset]
@@ -98,15 +99,15 @@ class Api(BaseHTTPRequestHandler):
             return self.answer(ups)
         log(call=method, text=f.get("text") or f.get("caption") or "", chat_id=f.get("chat_id"),
             width=f.get("width"), height=f.get("height"), bytes=f.get("_bytes"))
-        if method == "getMe":
+        if method == "getme":
             return self.answer({"id": 42, "is_bot": True, "first_name": "viralclip", "username": "vc_bot",
                                 "can_join_groups": True, "can_read_all_group_messages": False,
                                 "supports_inline_queries": False, "has_main_web_app": False})
-        if method == "getFile":
+        if method == "getfile":
             path, size = FILES[f["file_id"]]
             return self.answer({"file_id": f["file_id"], "file_unique_id": "u" + f["file_id"],
                                 "file_size": size(), "file_path": path})
-        if method in ("sendMessage", "sendVideo", "sendPhoto", "sendDocument", "editMessageText"):
+        if method in ("sendmessage", "sendvideo", "sendphoto", "senddocument", "editmessagetext"):
             with lock:
                 next_id[0] += 1
                 mid = int(f.get("message_id") or next_id[0])
