@@ -461,7 +461,11 @@ fn the_moments_benchmark_finds_the_planted_lines() {
         .arg("5")
         .output()
         .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let o = bin()
         .arg("eval")
         .arg("--corpus")
@@ -486,6 +490,9 @@ fn the_moments_benchmark_finds_the_planted_lines() {
     }
     let summary = lines.iter().find(|l| l["case"] == "moments_summary").unwrap();
     assert_eq!(summary["talks"], 5);
-    let (h1, h3) = (summary["hit@1"].as_f64().unwrap(), summary["hit@3"].as_f64().unwrap());
+    let (h1, h3) = (
+        summary["hit@1"].as_f64().unwrap(),
+        summary["hit@3"].as_f64().unwrap(),
+    );
     assert!(h3 >= 1.0 && h1 >= 0.8, "below the recorded bar: {summary}");
 }

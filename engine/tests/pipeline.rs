@@ -14,6 +14,7 @@ use viralclip_engine::media::{self, CutMode, Limits};
 use viralclip_engine::model::artifact;
 use viralclip_engine::pipeline::{no_progress, ClipRequest, Engine};
 use viralclip_engine::scorer::BertScorer;
+use viralclip_engine::whisper_model::WhisperModel;
 use viralclip_engine::Error;
 
 /// The demo script spoken by festival over testsrc (1280x720, 25 fps, keyframe every 2 s),
