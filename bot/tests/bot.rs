@@ -491,6 +491,10 @@ async fn sigterm_requeues_the_running_job() {
 
 async fn interrupted_mid_job_resumes(sigterm: bool) {
     let Some(e5) = e5() else { return };
+    // The bot loads Whisper at start: the small English model is enough (this job has subtitles).
+    let Some(whisper) = fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
     let f = srv.fake.clone();
@@ -508,6 +512,7 @@ async fn interrupted_mid_job_resumes(sigterm: bool) {
             .env("VIRALCLIP_API_URL", &srv.url)
             .env("VIRALCLIP_DATA_DIR", &data)
             .env("VIRALCLIP_ENCODER", &e5)
+            .env("VIRALCLIP_WHISPER", &whisper)
             .env("VIRALCLIP_DEVICE", "cpu")
             .env("VIRALCLIP_SHUTDOWN_GRACE", "2")
             .env("RUST_LOG", "warn")

@@ -346,7 +346,7 @@ pub fn update(message: Value) -> Value {
 // The fixture helpers are the engine tests' own (fail with instructions, or skip loudly).
 #[path = "../../../engine/tests/common/mod.rs"]
 mod fixtures;
-pub use fixtures::{e5, repo};
+pub use fixtures::{e5, fixture, repo};
 
 /// Registers the demo video ("vid") and subtitles for it ("subs") with the fake server, and returns
 /// the update of a subtitle file sent as a reply to that video (whose caption is `caption`).
