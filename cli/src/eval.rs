@@ -10,9 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use viralclip_engine::cue::{CueSource, Transcript};
+use viralclip_engine::cue::Transcript;
 use viralclip_engine::pipeline::{no_progress, Engine};
 use viralclip_engine::score::ScoreWeights;
 use viralclip_engine::select::{self, SelectConfig};
@@ -261,6 +259,8 @@ fn transcribe(
     video: &Path,
     lang: &str,
 ) -> Result<Transcript> {
+    use std::sync::{atomic::AtomicBool, Arc};
+    use viralclip_engine::cue::CueSource;
     let cancel = Arc::new(AtomicBool::new(false));
     let samples = viralclip_engine::media::decode_audio_16k(video, &|_| {}, &cancel)?;
     let speech = w.transcribe(&samples, Some(lang), Arc::new(|_| {}), cancel, None)?;
