@@ -57,8 +57,18 @@ class Api(BaseHTTPRequestHandler):
         pass
 
     def fields(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(n) if n else b""
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                body += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else b""
         kind = self.headers.get("Content-Type", "")
         if kind.startswith("application/json"):
             return {k: v if isinstance(v, str) else json.dumps(v) for k, v in json.loads(body or b"{}").items()}
@@ -103,6 +113,8 @@ class Api(BaseHTTPRequestHandler):
             return self.answer({"id": 42, "is_bot": True, "first_name": "viralclip", "username": "vc_bot",
                                 "can_join_groups": True, "can_read_all_group_messages": False,
                                 "supports_inline_queries": False, "has_main_web_app": False})
+        if method == "getwebhookinfo":
+            return self.answer({"url": "", "has_custom_certificate": False, "pending_update_count": 0})
         if method == "getfile":
             path, size = FILES[f["file_id"]]
             return self.answer({"file_id": f["file_id"], "file_unique_id": "u" + f["file_id"],
