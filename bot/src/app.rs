@@ -2,8 +2,10 @@
 //! the user hears "queued"); workers claim jobs, run the engine off the async threads, and send
 //! the results, recording each sent clip so a resumed job never repeats one.
 
+use crate::budget::Running;
 use crate::clipper::{Clipper, EngineClipper};
 use crate::config::BotConfig;
+use crate::failure::{Cause, Panicked};
 use crate::format;
 use crate::settings::Settings;
 use crate::store::{Job, JobState, JobStore, NewJob, SqliteStore};
@@ -120,7 +122,8 @@ pub struct App {
     pub username: String,
     wake: Notify,
     shutdown: AtomicBool,
-    cancels: DashMap<i64, Arc<AtomicBool>>,
+    /// The jobs running now, by id: their cancel flags and budgets.
+    running: DashMap<i64, Arc<Running>>,
     training: tokio::sync::Mutex<()>,
 }
 
@@ -191,7 +194,7 @@ pub async fn run_with(config: BotConfig, clipper: Arc<dyn Clipper>) -> Result<()
         username: me.username.clone().unwrap_or_default(),
         wake: Notify::new(),
         shutdown: AtomicBool::new(false),
-        cancels: DashMap::new(),
+        running: DashMap::new(),
         training: tokio::sync::Mutex::new(()),
     });
     tracing::info!(bot = %app.username, "started");
@@ -396,6 +399,13 @@ impl App {
             .await?;
             return Ok(());
         };
+        // Telegram delivers an update again when the bot died before confirming it: the job it
+        // made is found instead of made twice (its worker sends a status message if the reply
+        // was lost).
+        if let Some(j) = self.store.by_message(msg.chat.id.0, msg.id.0 as i64)? {
+            tracing::info!(job = j.id, "an update delivered again: its job exists");
+            return Ok(());
+        }
         let limit = self.config.max_input_bytes();
         if media.size > limit {
             let text = if self.config.local_api {
@@ -533,8 +543,8 @@ async fn handle_message(app: &Arc<App>, msg: &Message) -> Result<()> {
                 if app.store.cancel(j.id)? {
                     n += 1;
                 }
-                if let Some(flag) = app.cancels.get(&j.id) {
-                    flag.store(true, Ordering::SeqCst);
+                if let Some(r) = app.running.get(&j.id) {
+                    r.cancel.store(true, Ordering::SeqCst);
                 }
             }
             app.say(msg, format!("Cancelled {n} job(s).")).await?;
@@ -687,26 +697,45 @@ async fn worker_loop(app: Arc<App>) {
         let app2 = app.clone();
         running.spawn(async move {
             let id = job.id;
-            let flag = Arc::new(AtomicBool::new(false));
-            app2.cancels.insert(id, flag.clone());
-            // A panic inside the job stays inside this task.
-            let result = tokio::spawn(process(app2.clone(), job.clone(), flag.clone())).await;
-            app2.cancels.remove(&id);
-            finish_job(&app2, &job, result, &flag).await;
+            let run = Running::new();
+            app2.running.insert(id, run.clone());
+            // A panic inside the job stays inside its task. Past its budget the job's cancel flag
+            // goes up; a job that does not stop within BUDGET_GRACE of that is abandoned, so the
+            // worker is free either way.
+            let mut task = tokio::spawn(process(app2.clone(), job.clone(), run.cancel.clone()));
+            let budget = app2.config.budget();
+            let result = tokio::select! {
+                r = &mut task => r,
+                _ = async {
+                    run.watch(budget).await;
+                    tokio::time::sleep(BUDGET_GRACE).await;
+                } => {
+                    match tokio::time::timeout(Duration::from_millis(100), &mut task).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            task.abort();
+                            tracing::warn!(job = id, "did not stop within {BUDGET_GRACE:?} of its budget; abandoned");
+                            Ok(Err(anyhow!("abandoned past its budget")))
+                        }
+                    }
+                }
+            };
+            app2.running.remove(&id);
+            finish_job(&app2, &job, result, &run).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
     }
     // Shutdown: cancel what runs (it is requeued) unless it finishes first; after the grace
     // period whatever still runs is stopped and put back in the queue without spending an attempt.
-    for c in app.cancels.iter() {
-        c.value().store(true, Ordering::SeqCst);
+    for r in app.running.iter() {
+        r.value().cancel.store(true, Ordering::SeqCst);
     }
     let grace = Duration::from_secs(app.config.shutdown_grace_secs);
     let drained = tokio::time::timeout(grace, async { while running.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         running.abort_all();
-        let stuck: Vec<i64> = app.cancels.iter().map(|e| *e.key()).collect();
+        let stuck: Vec<i64> = app.running.iter().map(|e| *e.key()).collect();
         for id in stuck {
             let _ = app.store.requeue(id);
             tracing::info!(job = id, "stopped at shutdown; requeued");
@@ -718,71 +747,58 @@ async fn finish_job(
     app: &App,
     job: &Job,
     result: std::result::Result<Result<()>, tokio::task::JoinError>,
-    flag: &AtomicBool,
+    run: &Running,
 ) {
     let cancelled_by_user = matches!(app.store.get(job.id).map(|j| j.state), Ok(JobState::Cancelled));
-    match result {
+    let exceeded = run.exceeded();
+    let error = match result {
         Ok(Ok(())) => {
             let _ = app.store.finish(job.id);
+            return;
         }
-        _ if cancelled_by_user => {}
-        _ if flag.load(Ordering::SeqCst) && app.shutdown.load(Ordering::SeqCst) => {
-            let _ = app.store.requeue(job.id);
-            tracing::info!(job = job.id, "requeued for the next start");
-        }
-        other => {
-            let (why, cause) = match other {
-                Ok(Err(e)) => {
-                    let engine = e.downcast_ref::<viralclip_engine::Error>();
-                    let cause = match engine {
-                        Some(e) if e.is_bad_input() => Cause::BadInput,
-                        Some(e) if e.is_config() => Cause::Config,
-                        _ => Cause::Other,
-                    };
-                    (redact(&format!("{e:#}")), cause)
-                }
-                Err(e) => (format!("internal error ({e})"), Cause::Other),
-                Ok(Ok(())) => unreachable!(),
-            };
-            // Retrying cannot fix the input or the installation: those fail at once.
-            let (max, why) = match cause {
-                Cause::BadInput => (0, why),
-                Cause::Config => {
-                    tracing::error!(job = job.id, "the bot's setup is broken: {why}");
-                    app.tell_admins(&format!(
-                        "Job #{} (chat {}) failed because of the bot's setup, not the user's file: {why}",
-                        job.id, job.chat_id
-                    ))
-                    .await;
-                    (0, MISCONFIGURED.to_string())
-                }
-                Cause::Other => {
-                    tracing::warn!(job = job.id, "failed: {why}");
-                    (app.config.max_attempts, why)
-                }
-            };
-            if let Ok(JobState::Failed) = app.store.fail(job.id, &why, max) {
-                app.report_failures().await;
-            } else {
-                app.wake.notify_one();
-            }
-        }
+        Ok(Err(e)) => e,
+        Err(e) => match Panicked::from_join(e) {
+            Some(p) => anyhow::Error::new(p),
+            None => anyhow!("the job's task was stopped"),
+        },
+    };
+    if cancelled_by_user {
+        return;
+    }
+    if exceeded.is_none() && run.cancel.load(Ordering::SeqCst) && app.shutdown.load(Ordering::SeqCst) {
+        let _ = app.store.requeue(job.id);
+        tracing::info!(job = job.id, "requeued for the next start");
+        return;
+    }
+    let cause = Cause::of(&error, exceeded);
+    let detail = redact(&format!("{error:#}"));
+    match &cause {
+        Cause::Other => tracing::warn!(job = job.id, "failed: {detail}"),
+        _ => tracing::error!(job = job.id, ?cause, "failed: {detail}"),
+    }
+    if cause.tells_admins() {
+        let what = match cause {
+            Cause::Config => "because of the bot's setup, not the user's file",
+            _ => "because the bot broke (a bug: please report it)",
+        };
+        app.tell_admins(&format!(
+            "Job #{} (chat {}) failed {what}: {detail}",
+            job.id, job.chat_id
+        ))
+        .await;
+    }
+    // Retrying cannot fix the input, the budget, the installation or a bug: those fail at once.
+    let max = cause.attempts(app.config.max_attempts);
+    let why = cause.user_text(job.attempts.max(1));
+    if let Ok(JobState::Failed) = app.store.fail(job.id, &why, max) {
+        app.report_failures().await;
+    } else {
+        app.wake.notify_one();
     }
 }
 
-/// Why a job failed, for deciding whether to retry it and what its user is told.
-enum Cause {
-    /// The user's file (retrying cannot help; the user is told why).
-    BadInput,
-    /// The bot's installation: a model missing or broken (retrying cannot help; the user is told
-    /// only [`MISCONFIGURED`], the admins get the details).
-    Config,
-    /// Anything else (retried).
-    Other,
-}
-
-/// What a user hears when a job fails because of the bot's setup.
-pub const MISCONFIGURED: &str = "this bot is misconfigured; the admin has been told";
+/// How long a job past its budget gets to stop by itself before it is abandoned.
+const BUDGET_GRACE: Duration = Duration::from_secs(30);
 
 /// Edits the job's status message, at most every 2 s unless the stage changes.
 struct Status {
@@ -855,6 +871,9 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
         message: p.status_message.map(MessageId),
         last: None,
     };
+    if status.message.is_none() {
+        status.message = status_message_for(&app, &job, chat, thread, reply.as_ref()).await;
+    }
     let dir = app.config.data_dir.join("jobs").join(job.id.to_string());
     std::fs::create_dir_all(&dir)?;
     let out = dir.join("out");
@@ -918,7 +937,10 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
             let mut last_stage = None;
             let report = loop {
                 tokio::select! {
-                    r = &mut work => break r.map_err(|e| anyhow!("the engine crashed: {e}"))??,
+                    r = &mut work => break r.map_err(|e| match Panicked::from_join(e) {
+                        Some(p) => anyhow::Error::new(p),
+                        None => anyhow!("the engine's thread was stopped"),
+                    })??,
                     Some((s, f)) = rx.recv() => {
                         let changed = last_stage != Some(s);
                         if changed {
@@ -966,6 +988,11 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
             let n = parts.len();
             let mut last_id = 0;
             for (k, part) in parts.iter().enumerate() {
+                // Each part of a split clip is recorded as it is confirmed, like a whole clip.
+                let key = part_key(rank, k);
+                if n > 1 && sent.contains(&key) {
+                    continue;
+                }
                 let cap = if n > 1 {
                     format!("{caption}\n(part {} of {n})", k + 1)
                 } else {
@@ -986,8 +1013,12 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                 .await
                 .map_err(|e| anyhow!("sendVideo: {}", redact(&e.to_string())))?;
                 last_id = msg.id.0;
+                // Recorded as soon as Telegram's answer is read, before anything else: a restart
+                // never sends a confirmed clip (or part) again.
+                if n > 1 {
+                    app.store.mark_sent(job.id, key, last_id as i64)?;
+                }
             }
-            // Recorded the moment Telegram confirmed it: a restart never sends it again.
             app.store.mark_sent(job.id, rank, last_id as i64)?;
         }
     }
@@ -1017,6 +1048,54 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
         )
         .await;
     Ok(())
+}
+
+/// The key under which part `k` of a split clip `rank` is recorded as sent (whole clips use
+/// their rank, the timeline 1000).
+fn part_key(rank: u32, k: usize) -> u32 {
+    10_000 + rank * 100 + k as u32
+}
+
+/// The job's status message: the one its "Queued" reply became (which may still be on its way
+/// when a worker takes the job at once), else, for a job whose reply was lost in a crash, a
+/// fresh one, recorded so later edits and the final line have somewhere to go.
+async fn status_message_for(
+    app: &App,
+    job: &Job,
+    chat: ChatId,
+    thread: Option<ThreadId>,
+    reply: Option<&ReplyParameters>,
+) -> Option<MessageId> {
+    let recorded = || {
+        app.store
+            .get(job.id)
+            .ok()
+            .and_then(|j| j.payload.get("status_message").and_then(|v| v.as_i64()))
+            .map(|id| MessageId(id as i32))
+    };
+    for _ in 0..15 {
+        if let Some(m) = recorded() {
+            return Some(m);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let text = format!("⏳ working on job #{}", job.id);
+    let sent = retrying(5, || {
+        placed!(app.bot.send_message(chat, text.clone()), thread, reply).send()
+    })
+    .await;
+    match sent {
+        Ok(m) => {
+            let _ = app
+                .store
+                .update_payload(job.id, &serde_json::json!({ "status_message": m.id.0 }));
+            Some(m.id)
+        }
+        Err(e) => {
+            tracing::warn!(job = job.id, "no status message: {}", redact(&e.to_string()));
+            None
+        }
+    }
 }
 
 /// The clip as it can be uploaded: itself, or re-cut in consecutive parts that each fit the

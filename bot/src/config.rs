@@ -53,6 +53,14 @@ pub struct BotConfig {
     /// Longest input video, minutes.
     #[arg(long, env = "VIRALCLIP_MAX_MINUTES", default_value_t = 60.0)]
     pub max_duration_mins: f64,
+    /// Wall-clock budget of one job, minutes: past it the job stops and fails with a reason (not
+    /// retried), and its worker is free again.
+    #[arg(long, env = "VIRALCLIP_JOB_MINUTES", default_value_t = 120.0)]
+    pub job_minutes: f64,
+    /// Memory budget of one job, MB: how much it may grow the bot's resident memory (decoding,
+    /// transcription, cutting); past it the job stops and fails with a reason. 0: no limit.
+    #[arg(long, env = "VIRALCLIP_JOB_MEMORY_MB", default_value_t = 4000)]
+    pub job_memory_mb: u64,
     /// Largest input, MB (default: 20 with the cloud Bot API, 2000 with --local-api).
     #[arg(long, env = "VIRALCLIP_MAX_INPUT_MB")]
     pub max_input_mb: Option<u64>,
@@ -85,6 +93,14 @@ impl BotConfig {
             .clone()
             .or_else(|| std::env::var("VIRALCLIP_API_URL").ok())
             .filter(|u| !u.trim().is_empty())
+    }
+
+    /// What each job may spend.
+    pub fn budget(&self) -> crate::budget::Budget {
+        crate::budget::Budget {
+            wall: std::time::Duration::from_secs_f64(self.job_minutes.max(0.01) * 60.0),
+            memory: (self.job_memory_mb > 0).then_some(self.job_memory_mb * 1_000_000),
+        }
     }
 
     /// Largest file the bot takes, bytes.

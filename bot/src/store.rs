@@ -118,6 +118,10 @@ pub trait JobStore: Send + Sync {
     /// A user's unfinished jobs, oldest first.
     fn pending_for(&self, user_id: i64) -> Result<Vec<Job>>;
     fn get(&self, id: JobId) -> Result<Job>;
+    /// The job made from message `message_id` of chat `chat_id` (its payload's `reply_to`), if
+    /// any: an update Telegram delivers again after a crash finds its job instead of making a
+    /// second one.
+    fn by_message(&self, chat_id: i64, message_id: i64) -> Result<Option<Job>>;
 }
 
 /// The embedded SQLite store.
@@ -356,6 +360,21 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    fn by_message(&self, chat_id: i64, message_id: i64) -> Result<Option<Job>> {
+        let c = self.conn();
+        let pair = c
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE chat_id = ?1 AND json_extract(payload, '$.reply_to') = ?2 \
+                     ORDER BY id LIMIT 1"
+                ),
+                params![chat_id, message_id],
+                Self::row,
+            )
+            .optional()?;
+        pair.map(Self::decode).transpose()
+    }
+
     fn mark_sent(&self, id: JobId, rank: u32, message_id: i64) -> Result<bool> {
         let n = self.conn().execute(
             "INSERT OR IGNORE INTO sent_clips (job_id, rank, message_id) VALUES (?1, ?2, ?3)",
@@ -535,6 +554,18 @@ mod tests {
         s.finish(id).unwrap();
         assert_eq!(s.get(id).unwrap().state, JobState::Done);
         assert!(s.claim().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_job_is_found_by_the_message_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("jobs.sqlite")).unwrap();
+        let mut j = job(1);
+        j.payload["reply_to"] = serde_json::json!(77);
+        let id = s.enqueue(&j).unwrap();
+        assert_eq!(s.by_message(j.chat_id, 77).unwrap().map(|j| j.id), Some(id));
+        assert!(s.by_message(j.chat_id, 78).unwrap().is_none(), "another message");
+        assert!(s.by_message(j.chat_id + 1, 77).unwrap().is_none(), "another chat");
     }
 
     #[test]

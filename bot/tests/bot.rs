@@ -5,46 +5,10 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
-use viralclip_bot::clipper::{Clipper, EngineClipper};
 
 const USER: i64 = 100;
 const ADMIN: i64 = 7;
-
-fn clipper(e5: &Path) -> Arc<dyn Clipper> {
-    Arc::new(
-        EngineClipper::new(
-            repo().join("assets/model"),
-            Some(e5.to_path_buf()),
-            None,
-            viralclip_engine::device::DeviceChoice::Cpu,
-            viralclip_engine::device::Precision::F32,
-        )
-        .unwrap(),
-    )
-}
-
-struct Running {
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-fn start_bot(cfg: viralclip_bot::BotConfig, c: Arc<dyn Clipper>) -> Running {
-    Running {
-        task: tokio::spawn(viralclip_bot::app::run_with(cfg, c)),
-    }
-}
-
-fn in_chat(c: &Call, chat: i64) -> bool {
-    c.fields.get("chat_id").is_some_and(|id| *id == chat.to_string())
-}
 
 fn demo() -> std::path::PathBuf {
     repo().join("assets/demo/demo.mp4")
@@ -68,7 +32,7 @@ async fn private_video_with_subtitles_gives_clips_and_a_timeline() {
         n: 1,
     });
     let cfg = config(&srv.url, &dir.path().join("data"), &e5);
-    let _bot = start_bot(cfg.clone(), clipper(&e5));
+    let _bot = start_bot(cfg.clone(), engine_clipper(&e5, None));
     let mut video = video_message(10, USER, USER, "vid", 1_300_000);
     video["caption"] = json!("2 fast");
     f.push_update(update(video.clone()));
@@ -151,7 +115,10 @@ async fn subtitles_alone_and_group_clip_replies() {
     let f = srv.fake.clone();
     let srt = demo_srt(dir.path());
     f.add_file("subs", &srt, 900);
-    let _bot = start_bot(config(&srv.url, &dir.path().join("data"), &e5), clipper(&e5));
+    let _bot = start_bot(
+        config(&srv.url, &dir.path().join("data"), &e5),
+        engine_clipper(&e5, None),
+    );
 
     f.push_update(update(document_message(5, USER, USER, "subs", "talk.srt", 900)));
     f.wait_for(60, "moments text", |c| {
@@ -213,7 +180,7 @@ async fn a_setup_failure_is_not_retried_and_the_admin_is_told() {
     let data = dir.path().join("data");
     let cfg = config(&srv.url, &data, &e5);
     assert_eq!(cfg.max_attempts, 2);
-    let _bot = start_bot(cfg, clipper(&e5));
+    let _bot = start_bot(cfg, engine_clipper(&e5, None));
 
     f.push_update(update(video_message(10, USER, USER, "vid", 1_300_000)));
     f.wait_for(120, "the failure, to the user and to the admin", |c| {
@@ -229,7 +196,7 @@ async fn a_setup_failure_is_not_retried_and_the_admin_is_told() {
         .map(|c| c.text().to_string())
         .collect();
     let failed = to_user.iter().find(|t| t.contains("failed")).unwrap();
-    assert!(failed.contains(viralclip_bot::app::MISCONFIGURED), "{failed}");
+    assert!(failed.contains(viralclip_bot::failure::MISCONFIGURED), "{failed}");
     for t in &to_user {
         assert!(
             !t.contains("Whisper") && !t.contains('/'),
@@ -268,7 +235,10 @@ async fn an_album_of_video_and_subtitles_is_one_job() {
     let size = std::fs::metadata(demo()).unwrap().len();
     f.add_file("vid", &demo(), size);
     f.add_file("subs", &demo_srt(dir.path()), 900);
-    let _bot = start_bot(config(&srv.url, &dir.path().join("data"), &e5), clipper(&e5));
+    let _bot = start_bot(
+        config(&srv.url, &dir.path().join("data"), &e5),
+        engine_clipper(&e5, None),
+    );
     let in_album = |mut m: serde_json::Value, group: &str| {
         m["media_group_id"] = json!(group);
         update(m)
@@ -335,7 +305,7 @@ async fn big_files_with_and_without_the_local_server() {
     f.add_file("big", &demo(), 25_000_000);
     f.add_file("subs", &srt, 900);
     let cfg = config(&srv.url, &dir.path().join("cloud"), &e5);
-    let c = clipper(&e5);
+    let c = engine_clipper(&e5, None);
     {
         let _bot = start_bot(cfg.clone(), c.clone());
         f.push_update(update(video_message(1, USER, USER, "big", 25_000_000)));
@@ -382,7 +352,7 @@ async fn clips_over_the_upload_limit_are_split() {
     let job = video_with_subtitles(&f, dir.path(), "1 20-30");
     let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
     cfg.max_upload_mb = Some(0.25);
-    let _bot = start_bot(cfg, clipper(&e5));
+    let _bot = start_bot(cfg, engine_clipper(&e5, None));
     f.push_update(job);
     f.wait_for(180, "the timeline", |c| c.iter().any(|c| c.method == "sendPhoto"))
         .await;
@@ -437,7 +407,7 @@ async fn train_is_for_admins_in_private() {
         format!("{}#label=0", neg.display()),
     ];
     cfg.train_unfrozen_epochs = 0;
-    let _bot = start_bot(cfg, clipper(&e5));
+    let _bot = start_bot(cfg, engine_clipper(&e5, None));
 
     f.push_update(update(text_message(1, USER, USER, "/train")));
     let mut fwd = text_message(2, ADMIN, ADMIN, "/train");
@@ -506,18 +476,13 @@ async fn interrupted_mid_job_resumes(sigterm: bool) {
     });
     let data = dir.path().join("data");
     let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_viralclip-bot"))
-            .current_dir(repo())
-            .env("TELOXIDE_TOKEN", TOKEN)
-            .env("VIRALCLIP_API_URL", &srv.url)
-            .env("VIRALCLIP_DATA_DIR", &data)
-            .env("VIRALCLIP_ENCODER", &e5)
-            .env("VIRALCLIP_WHISPER", &whisper)
-            .env("VIRALCLIP_DEVICE", "cpu")
-            .env("VIRALCLIP_SHUTDOWN_GRACE", "2")
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .unwrap()
+        spawn_bot(
+            &srv.url,
+            &data,
+            &e5,
+            &whisper,
+            &[("VIRALCLIP_SHUTDOWN_GRACE", "2")],
+        )
     };
     let mut child = spawn();
     f.push_update(job);

@@ -372,7 +372,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
         if let Some(w) = &a.whisper {
             use viralclip_engine::transcribe::Transcriber;
             let t = Instant::now();
-            let samples = viralclip_engine::media::decode_audio_16k(video, &|_| {}, &Default::default())?;
+            let samples = viralclip_engine::media::decode_audio_16k(
+                video,
+                f64::INFINITY,
+                &|_| {},
+                &Default::default(),
+            )?;
             let decode = t.elapsed().as_secs_f64();
             let mut whisper = viralclip_engine::transcribe::Whisper::load(&w.resolve()?)?;
             let t = Instant::now();

@@ -262,7 +262,7 @@ fn transcribe(
     use std::sync::{atomic::AtomicBool, Arc};
     use viralclip_engine::cue::CueSource;
     let cancel = Arc::new(AtomicBool::new(false));
-    let samples = viralclip_engine::media::decode_audio_16k(video, &|_| {}, &cancel)?;
+    let samples = viralclip_engine::media::decode_audio_16k(video, f64::INFINITY, &|_| {}, &cancel)?;
     let speech = w.transcribe(&samples, Some(lang), Arc::new(|_| {}), cancel, None)?;
     let source = CueSource::Whisper {
         model: w.name(),

@@ -75,6 +75,21 @@ impl Error {
         )
     }
 
+    /// The message for someone who sent the file from elsewhere (a chat, a web page): the same
+    /// reason without this machine's paths, and without the command-line hints.
+    pub fn for_user(&self) -> String {
+        match self {
+            Error::NotFound(_) => "the file is gone before it could be read".into(),
+            Error::NotAVideo { reason, .. } => format!("this is not a video that can be read ({reason})"),
+            Error::NoAudio(_) => {
+                "the video has no sound to transcribe; send subtitles (.srt or .vtt) with it".into()
+            }
+            Error::TooLarge { limit, .. } => format!("this file is over the limits: {limit}"),
+            Error::Io { source, .. } => format!("the file could not be read ({})", source.kind()),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the installation is at fault (a model that is missing or does not load, a feature
     /// the build lacks): retrying cannot help, and the person who runs the program must act.
     pub fn is_config(&self) -> bool {

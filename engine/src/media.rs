@@ -342,9 +342,28 @@ fn graph((source, sink): (&str, &str), args: &str, spec: &str, what: &str) -> Re
 }
 
 /// Decodes the best audio stream to 16 kHz mono f32 for Whisper. `progress` gets 0..=1.
-pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool) -> Result<Vec<f32>> {
+///
+/// `max_secs` bounds what decoding produces, not what the header claims: a file whose header
+/// says one minute but holds ten hours stops with [`Error::TooLarge`] once the decoded audio
+/// passes the limit, so memory stays within `max_secs` × 64 kB.
+pub fn decode_audio_16k(
+    path: &Path,
+    max_secs: f64,
+    progress: &dyn Fn(f32),
+    cancel: &AtomicBool,
+) -> Result<Vec<f32>> {
     let mut ictx = open_input(path)?;
     let duration = (ictx.duration().max(1) as f64) / f64::from(ff::ffi::AV_TIME_BASE);
+    let max_samples = (max_secs.max(0.0) * 16000.0) as usize;
+    let too_long = |got: usize| Error::TooLarge {
+        path: path.into(),
+        limit: format!(
+            "it holds more than {} of audio (its header says {}), the limit is {}",
+            span(got as f64 / 16000.0),
+            span(duration),
+            span(max_secs)
+        ),
+    };
     let st = ictx
         .streams()
         .best(media::Type::Audio)
@@ -361,7 +380,8 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
         "aresample=16000,aformat=sample_fmts=flt:channel_layouts=mono",
         None,
     )?;
-    let mut out: Vec<f32> = Vec::with_capacity((duration * 16000.0) as usize + 16000);
+    let mut out: Vec<f32> =
+        Vec::with_capacity(((duration * 16000.0) as usize + 16000).min(max_samples.saturating_add(16000)));
     let mut decoded = frame::Audio::empty();
     let mut filtered = frame::Audio::empty();
     let mut drain = |graph: &mut filter::Graph, out: &mut Vec<f32>| {
@@ -389,6 +409,9 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
                 .add(&decoded)
                 .map_err(media_err("audio filter"))?;
             drain(&mut graph, &mut out);
+            if out.len() > max_samples {
+                return Err(too_long(out.len()));
+            }
         }
         let done = out.len() as f64 / 16000.0 / duration;
         if done - last_report > 0.02 {
@@ -408,11 +431,23 @@ pub fn decode_audio_16k(path: &Path, progress: &dyn Fn(f32), cancel: &AtomicBool
     }
     let _ = graph.get("in").expect("in").source().flush();
     drain(&mut graph, &mut out);
+    if out.len() > max_samples {
+        return Err(too_long(out.len()));
+    }
     progress(1.0);
     if out.is_empty() {
         return Err(Error::NoAudio(path.into()));
     }
     Ok(out)
+}
+
+/// A duration as people say it: seconds under a minute and a half, else minutes.
+fn span(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("{secs:.0} s")
+    } else {
+        format!("{:.0} min", secs / 60.0)
+    }
 }
 
 /// Reads the cues of a text subtitle stream (`index` as in [`MediaInfo::subtitles`]).

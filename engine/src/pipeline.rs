@@ -471,7 +471,12 @@ impl Engine {
         self.transcriber()?;
         let t = Instant::now();
         let p = progress.clone();
-        let samples = crate::media::decode_audio_16k(&req.input, &move |f| p(Stage::DecodeAudio, f), cancel)?;
+        let samples = crate::media::decode_audio_16k(
+            &req.input,
+            req.limits.max_duration_secs,
+            &move |f| p(Stage::DecodeAudio, f),
+            cancel,
+        )?;
         timings.audio_decode = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let p: Arc<dyn Fn(f32) + Send + Sync> = {

@@ -168,8 +168,8 @@ fn normalize_srt_timing(line: &str) -> String {
 fn fix_srt_time(t: &str) -> String {
     let t = t.replace('.', ",");
     let (hms, ms) = t.split_once(',').unwrap_or((&t, "0"));
-    let ms = format!("{:0<3}", ms);
-    let ms = &ms[..3.min(ms.len())];
+    // Characters, not bytes: the fraction may hold anything a user typed.
+    let ms: String = format!("{:0<3}", ms).chars().take(3).collect();
     let hms = if hms.matches(':').count() == 1 {
         format!("0:{hms}")
     } else {
@@ -393,5 +393,62 @@ mod tests {
             Err(Error::EmptyTranscript(_))
         ));
         assert!(matches!(parse_bytes(b"\n\n"), Err(Error::EmptyTranscript(_))));
+    }
+
+    /// The file a user once sent that made the parser panic (a multibyte fraction sliced at a
+    /// byte offset): now a named error.
+    #[test]
+    fn a_multibyte_time_fraction_is_an_error_not_a_panic() {
+        let srt = "1\n00:00:01,ёё --> 00:00:02,000\nтекст\n";
+        assert!(matches!(parse_bytes(srt.as_bytes()), Err(Error::Subtitle { .. })));
+    }
+
+    mod hostile {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of real cues and the characters that break naive parsers.
+        fn piece() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("1\n".to_string()),
+                Just("00:00:01,000 --> 00:00:02,000\n".to_string()),
+                Just("00:01.000 --> 00:02.000 align:start\n".to_string()),
+                Just("WEBVTT\n\n".to_string()),
+                Just("NOTE x\n".to_string()),
+                Just("\n".to_string()),
+                Just("\r\n".to_string()),
+                Just("-->".to_string()),
+                Just(",".to_string()),
+                Just(".".to_string()),
+                Just(":".to_string()),
+                "[0-9]{1,12}",
+                "[ёЁжЖ€😀\u{0301}\u{200b}<>/ib]{1,4}",
+                "\\PC{0,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+            /// Any text, in any of the encodings users send, gives cues or a named error: never
+            /// a panic, and every cue it gives runs forward in time.
+            #[test]
+            fn any_subtitle_text_parses_or_is_refused(parts in proptest::collection::vec(piece(), 0..40), utf16 in any::<bool>()) {
+                let text: String = parts.concat();
+                let bytes = if utf16 {
+                    let mut b = vec![0xFF, 0xFE];
+                    for u in text.encode_utf16() {
+                        b.extend_from_slice(&u.to_le_bytes());
+                    }
+                    b
+                } else {
+                    text.into_bytes()
+                };
+                if let Ok(t) = parse_bytes(&bytes) {
+                    for c in &t.cues {
+                        prop_assert!(c.start.is_finite() && c.end.is_finite() && c.start <= c.end, "{c:?}");
+                    }
+                }
+            }
+        }
     }
 }

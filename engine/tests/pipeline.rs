@@ -408,6 +408,35 @@ fn bad_inputs_get_clear_errors() {
     assert!(matches!(e, Error::TooLarge { .. }), "{e}");
 }
 
+/// A Matroska file whose header says 20 s but which holds ten minutes of audio passes the probe's
+/// duration check (it reads the header) and is stopped while decoding, once the decoded audio
+/// passes the limit: what decoding produces is bounded, not what the header claims.
+#[test]
+fn a_header_that_lies_about_the_duration_is_stopped_while_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let liar = common::lying_mkv(dir.path(), 600);
+    let limits = Limits {
+        max_duration_secs: 60.0,
+        ..Default::default()
+    };
+    let info = media::probe(&liar, &limits).expect("the header passes the check");
+    assert!(info.duration < 30.0, "the header says {} s", info.duration);
+    let cancel = AtomicBool::new(false);
+    let e = media::decode_audio_16k(&liar, limits.max_duration_secs, &|_| {}, &cancel)
+        .expect_err("stopped at the limit");
+    assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+    assert!(e.is_bad_input(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("more than 60 s of audio (its header says 20 s)"),
+        "{text}"
+    );
+    // Under a limit above what it holds, the same file decodes whole.
+    let all = media::decode_audio_16k(&liar, 700.0, &|_| {}, &cancel).unwrap();
+    let secs = all.len() as f64 / 16000.0;
+    assert!((secs - 600.0).abs() < 1.0, "decoded {secs} s");
+}
+
 /// The default model (assets/model) finds the one sensational line of the demo speech: the top
 /// moment is the clip around it, not the greeting or the sign-off (which the model, left alone,
 /// rates highest: formulas are taken out before scoring).

@@ -60,6 +60,26 @@ pub enum Rule {
     RetryAfter { method: String, secs: u64, n: usize },
     /// Never answer a call of `method` whose text contains `needle` (the bot is killed meanwhile).
     Hold { method: String, needle: String },
+    /// SIGKILL the bot process ([`Fake::set_pid`]) at the `nth` call of `method` whose text
+    /// contains `needle`, counted from when the rule was set: before answering it (`after: None`:
+    /// the call is recorded, as a request Telegram may have carried out) or `after` this long
+    /// after answering it. Once. Between the answer and the kill the server takes no other call
+    /// (they wait, unrecorded): the bot has `after` for its own work, such as recording the
+    /// answer, and cannot run ahead of the kill.
+    Kill {
+        method: String,
+        needle: String,
+        nth: usize,
+        after: Option<Duration>,
+    },
+}
+
+/// A kill the fake carried out: the call that triggered it (an index into [`Fake::calls`]).
+#[derive(Debug, Clone)]
+pub struct Kill {
+    pub call: usize,
+    pub method: String,
+    pub after: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -72,6 +92,10 @@ pub struct Fake {
     files: Mutex<HashMap<String, (PathBuf, u64, String)>>,
     rules: Mutex<Vec<Rule>>,
     pub local_mode: Mutex<bool>,
+    pid: Mutex<Option<u32>>,
+    pub kills: Mutex<Vec<Kill>>,
+    /// Set between a [`Rule::Kill`]'s answer and its kill: calls wait.
+    frozen: std::sync::atomic::AtomicBool,
 }
 
 pub struct Server {
@@ -113,6 +137,12 @@ impl Fake {
         self.rules.lock().unwrap().push(r);
     }
 
+    /// The bot process that [`Rule::Kill`] kills.
+    pub fn set_pid(&self, pid: u32) {
+        *self.pid.lock().unwrap() = Some(pid);
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+
     pub fn clear_rules(&self) {
         self.rules.lock().unwrap().clear();
     }
@@ -147,6 +177,13 @@ impl Fake {
     }
 }
 
+fn sigkill(pid: u32) {
+    // SAFETY: kill(2) with a pid this test spawned; no memory is shared.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
 fn message(id: i64, chat: i64, text: &str) -> Value {
     json!({
         "message_id": id, "date": 0,
@@ -170,6 +207,10 @@ async fn api(
     req: Request,
 ) -> Json<Value> {
     assert_eq!(bot, format!("bot{TOKEN}"), "token in the URL");
+    if f.frozen.load(Ordering::SeqCst) {
+        // A kill is on its way: this call never reaches "Telegram".
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
     // Bot API method names are case-insensitive (teloxide sends "GetMe"): use Telegram's spelling.
     let mut cs = method.chars();
     let method: String = cs
@@ -188,10 +229,13 @@ async fn api(
     let mut files = HashMap::new();
     if ct.starts_with("multipart/") {
         let mut mp = Multipart::from_request(req, &()).await.unwrap();
-        while let Some(field) = mp.next_field().await.unwrap() {
+        // A body cut short (the bot was killed mid-upload) ends the call: nothing is recorded.
+        while let Some(field) = mp.next_field().await.unwrap_or(None) {
             let name = field.name().unwrap_or("").to_string();
             let file_name = field.file_name().map(str::to_string);
-            let data = field.bytes().await.unwrap().to_vec();
+            let Ok(data) = field.bytes().await.map(|b| b.to_vec()) else {
+                return Json(json!({"ok": false, "error_code": 400, "description": "cut short"}));
+            };
             match file_name {
                 Some(n) => {
                     files.insert(name, (n, data));
@@ -238,7 +282,11 @@ async fn api(
         files,
         at: Instant::now(),
     };
-    f.calls.lock().unwrap().push(call.clone());
+    let index = {
+        let mut calls = f.calls.lock().unwrap();
+        calls.push(call.clone());
+        calls.len() - 1
+    };
     // Rules: 429s and held calls.
     let rule = {
         let mut rules = f.rules.lock().unwrap();
@@ -258,6 +306,18 @@ async fn api(
                     hit = Some(r.clone());
                     break;
                 }
+                Rule::Kill {
+                    method: m,
+                    needle,
+                    nth,
+                    ..
+                } if *m == method && *nth > 0 && call.text().contains(needle.as_str()) => {
+                    *nth -= 1;
+                    if *nth == 0 {
+                        hit = Some(r.clone());
+                        break;
+                    }
+                }
                 _ => {}
             }
         }
@@ -271,6 +331,27 @@ async fn api(
         }
         Some(Rule::Hold { .. }) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Some(Rule::Kill { after, .. }) => {
+            let pid = f.pid.lock().unwrap().expect("Rule::Kill needs Fake::set_pid");
+            f.kills.lock().unwrap().push(Kill {
+                call: index,
+                method: method.clone(),
+                after,
+            });
+            match after {
+                None => {
+                    sigkill(pid);
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                }
+                Some(d) => {
+                    f.frozen.store(true, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        sigkill(pid);
+                    });
+                }
+            }
         }
         None => {}
     }
@@ -346,7 +427,8 @@ pub fn update(message: Value) -> Value {
 // The fixture helpers are the engine tests' own (fail with instructions, or skip loudly).
 #[path = "../../../engine/tests/common/mod.rs"]
 mod fixtures;
-pub use fixtures::{e5, fixture, repo};
+#[allow(unused_imports)]
+pub use fixtures::{e5, fixture, lying_mkv, repo};
 
 /// Registers the demo video ("vid") and subtitles for it ("subs") with the fake server, and returns
 /// the update of a subtitle file sent as a reply to that video (whose caption is `caption`).
@@ -378,6 +460,66 @@ pub fn demo_srt(dir: &Path) -> PathBuf {
     let p = dir.join("demo.srt");
     std::fs::write(&p, s).unwrap();
     p
+}
+
+/// Starts the `viralclip-bot` binary against the fake at `url`, on the CPU, with the e5 fixture,
+/// a local Whisper model and `env` on top.
+pub fn spawn_bot(
+    url: &str,
+    data: &Path,
+    e5: &Path,
+    whisper: &Path,
+    env: &[(&str, &str)],
+) -> std::process::Child {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_viralclip-bot"));
+    c.current_dir(repo())
+        .env("TELOXIDE_TOKEN", TOKEN)
+        .env("VIRALCLIP_API_URL", url)
+        .env("VIRALCLIP_DATA_DIR", data)
+        .env("VIRALCLIP_ENCODER", e5)
+        .env("VIRALCLIP_WHISPER", whisper)
+        .env("VIRALCLIP_DEVICE", "cpu")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+/// The real engine (assets/model over the e5 fixture) on the CPU; `whisper`: a local model for
+/// videos without subtitles.
+pub fn engine_clipper(e5: &Path, whisper: Option<&Path>) -> Arc<dyn viralclip_bot::clipper::Clipper> {
+    Arc::new(
+        viralclip_bot::clipper::EngineClipper::new(
+            repo().join("assets/model"),
+            Some(e5.to_path_buf()),
+            whisper.map(|w| viralclip_engine::whisper_model::WhisperModel::File(w.to_path_buf())),
+            viralclip_engine::device::DeviceChoice::Cpu,
+            viralclip_engine::device::Precision::F32,
+        )
+        .unwrap(),
+    )
+}
+
+/// The bot running in this process (stopped when dropped).
+pub struct Running {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn start_bot(cfg: viralclip_bot::BotConfig, c: Arc<dyn viralclip_bot::clipper::Clipper>) -> Running {
+    Running {
+        task: tokio::spawn(viralclip_bot::app::run_with(cfg, c)),
+    }
+}
+
+pub fn in_chat(c: &Call, chat: i64) -> bool {
+    c.fields.get("chat_id").is_some_and(|id| *id == chat.to_string())
 }
 
 pub fn config(url: &str, data: &Path, e5: &Path) -> viralclip_bot::BotConfig {

@@ -71,3 +71,36 @@ pub fn require_tool(name: &str) {
         "{name} is not installed (Debian: ffmpeg, festival, festvox-ru); .ci/run installs it"
     );
 }
+
+/// A Matroska file at `dir/liar.mkv` whose header says 20 s but which holds `secs` seconds of
+/// a 440 Hz tone (FLAC, 8 kHz) over a black 64×64 picture at 1 fps: the hostile input that
+/// passes a check made on the header.
+pub fn lying_mkv(dir: &Path, secs: u32) -> PathBuf {
+    require_tool("ffmpeg");
+    let honest = dir.join("honest.mkv");
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:sample_rate=8000:duration={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("color=c=black:size=64x64:rate=1:duration={secs}"))
+        .args(["-c:a", "flac", "-c:v", "mpeg4"])
+        .arg(&honest)
+        .status()
+        .unwrap();
+    assert!(st.success(), "ffmpeg made {}", honest.display());
+    // Segment Info's Duration (EBML id 0x4489, an 8-byte float in milliseconds): 20 s.
+    let mut bytes = std::fs::read(&honest).unwrap();
+    // The id's three bytes can also occur inside the coded frames: the element is the one that
+    // holds this file's duration.
+    let value = |i: usize| f64::from_be_bytes(bytes[i..i + 8].try_into().unwrap());
+    let at: Vec<usize> = (0..bytes.len().saturating_sub(11))
+        .filter(|&i| bytes[i..i + 3] == [0x44, 0x89, 0x88])
+        .map(|i| i + 3)
+        .filter(|&i| (value(i) - f64::from(secs) * 1000.0).abs() < 1_000.0)
+        .collect();
+    assert_eq!(at.len(), 1, "one Duration element of {secs} s in the file");
+    bytes[at[0]..at[0] + 8].copy_from_slice(&20_000f64.to_be_bytes());
+    let liar = dir.join("liar.mkv");
+    std::fs::write(&liar, &bytes).unwrap();
+    liar
+}
