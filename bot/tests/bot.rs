@@ -462,9 +462,7 @@ async fn sigterm_requeues_the_running_job() {
 async fn interrupted_mid_job_resumes(sigterm: bool) {
     let Some(e5) = e5() else { return };
     // The bot loads Whisper at start: the small English model is enough (this job has subtitles).
-    let Some(whisper) = fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin") else {
-        return;
-    };
+    let Some(whisper) = whisper_tiny_en() else { return };
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
     let f = srv.fake.clone();

@@ -146,9 +146,7 @@ async fn the_subtitle_file_that_made_the_parser_panic_gets_a_short_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn budgets_stop_jobs_with_a_reason_and_free_the_worker() {
     let Some(e5) = e5() else { return };
-    let Some(whisper) = fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin") else {
-        return;
-    };
+    let Some(whisper) = whisper_tiny_en() else { return };
     let dir = tempfile::tempdir().unwrap();
     let liar = lying_mkv(dir.path(), 600);
     let engine = engine_clipper(&e5, Some(&whisper));
@@ -252,9 +250,7 @@ fn in_flight(after: Option<Duration>) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_matrix_no_confirmed_clip_twice() {
     let Some(e5) = e5() else { return };
-    let Some(whisper) = fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin") else {
-        return;
-    };
+    let Some(whisper) = whisper_tiny_en() else { return };
     let dir = tempfile::tempdir().unwrap();
     let srv = start().await;
     let f = srv.fake.clone();

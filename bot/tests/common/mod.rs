@@ -428,7 +428,7 @@ pub fn update(message: Value) -> Value {
 #[path = "../../../engine/tests/common/mod.rs"]
 mod fixtures;
 #[allow(unused_imports)]
-pub use fixtures::{e5, fixture, lying_mkv, repo};
+pub use fixtures::{e5, fixture, lying_mkv, repo, whisper_tiny_en};
 
 /// Registers the demo video ("vid") and subtitles for it ("subs") with the fake server, and returns
 /// the update of a subtitle file sent as a reply to that video (whose caption is `caption`).

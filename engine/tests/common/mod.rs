@@ -58,6 +58,11 @@ pub fn whisper_base() -> Option<PathBuf> {
     fixture("VIRALCLIP_WHISPER_BASE", "whisper/ggml-base.bin")
 }
 
+/// The small English Whisper model: enough for a bot that must load one at start.
+pub fn whisper_tiny_en() -> Option<PathBuf> {
+    fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin")
+}
+
 /// Whether a command exists (ffmpeg, text2wave); if not, the test fails loudly.
 pub fn require_tool(name: &str) {
     let ok = std::process::Command::new("sh")
