@@ -7,6 +7,7 @@
 # this machine's Rust toolchain. Starts dockerd (Debian's docker.io) when none runs.
 #
 #   sudo scripts/docker-check.sh            # build, start, check, stop
+#   sudo scripts/docker-check.sh --cuda     # only the CUDA image's build stage (stand-in base)
 #
 # Needs root, the fixtures (scripts/setup.sh) and the network this machine has. Logs and the calls
 # the stand-in saw go to out/docker-check/.
@@ -64,17 +65,55 @@ if ! docker image inspect rust:1-bookworm >/dev/null 2>&1 && ! docker pull -q ru
   # This machine's CA bundle too: where the registries are reached through a proxy with its own
   # certificate, cargo inside the build needs it (the Dockerfile itself stays as it is).
   cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/host-ca.crt"
+  # The official image's layout: cargo and rustc under /usr/local/cargo/bin, RUSTUP_HOME at
+  # /usr/local/rustup (here the toolchain itself sits in /usr/local/cargo, so that stays empty),
+  # so that Dockerfile.cuda's `COPY --from=rust` finds the same paths in both.
   cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential ca-certificates \
-      curl git libssl-dev pkg-config && rm -rf /var/lib/apt/lists/*
-COPY rust /usr/local/rust
+      curl git libssl-dev pkg-config && rm -rf /var/lib/apt/lists/* && mkdir -p /usr/local/rustup
+COPY rust /usr/local/cargo
 COPY host-ca.crt /etc/ssl/host-ca.crt
-ENV PATH=/usr/local/rust/bin:$PATH CARGO_HOME=/usr/local/cargo \
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:$PATH \
     CARGO_HTTP_CAINFO=/etc/ssl/host-ca.crt SSL_CERT_FILE=/etc/ssl/host-ca.crt
 EOF
   docker build --network host -q -t rust:1-bookworm "$ctx" >"$logs/rust-image.log" 2>&1
   rm -rf "$ctx"
+fi
+
+# --cuda: the CUDA image's build stage (deploy/Dockerfile.cuda, `--target build`), then stop.
+# NVIDIA's devel image is out of reach here: its stand-in is that root plus the CUDA 13.0 toolchain
+# from PyPI (../shared/tools/cuda-env.sh) at /usr/local/cuda, with a stub libcuda as NVIDIA's has,
+# and an empty libculibos.a (a static helper NVIDIA's image ships and the wheels do not; nothing
+# in it is linked). FEATURES picks the image's features (default here `cuda`: whisper-cuda adds
+# ~45 minutes on 2 cores; FEATURES=cuda,whisper-cuda builds what the Dockerfile builds by default).
+if [[ ${1:-} == --cuda ]]; then
+  cuda_tag=nvidia/cuda:13.0.0-devel-ubuntu24.04
+  if ! docker image inspect "$cuda_tag" >/dev/null 2>&1 && ! docker pull -q "$cuda_tag" >/dev/null 2>&1; then
+    step "$cuda_tag: a stand-in from that root and the PyPI CUDA toolchain"
+    # shellcheck disable=SC1090
+    source "$(../shared/tools/cuda-env.sh)"
+    ctx=$(mktemp -d /var/tmp/viralclip-cuda.XXXX)
+    cp -a "$CUDA_HOME" "$ctx/cuda"
+    ar rcs "$ctx/cuda/lib/libculibos.a"
+    cat >"$ctx/Dockerfile" <<'EOF'
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends build-essential ca-certificates \
+      && rm -rf /var/lib/apt/lists/*
+COPY cuda /usr/local/cuda
+ENV CUDA_HOME=/usr/local/cuda CUDA_PATH=/usr/local/cuda PATH=/usr/local/cuda/bin:$PATH \
+    LIBRARY_PATH=/usr/local/cuda/lib:/usr/local/cuda/lib/stubs LD_LIBRARY_PATH=/usr/local/cuda/lib
+EOF
+    docker build --network host -q -t "$cuda_tag" "$ctx" >"$logs/cuda-base.log" 2>&1 || { tail -20 "$logs/cuda-base.log"; exit 1; }
+    rm -rf "$ctx"
+  fi
+  step "building the CUDA image's build stage (deploy/Dockerfile.cuda, FEATURES=${FEATURES:-cuda})"
+  tb=$(date +%s)
+  docker build --network host -f deploy/Dockerfile.cuda --target build --build-arg "FEATURES=${FEATURES:-cuda}" \
+    -t viralclip:cuda-build . >"$logs/cuda-build.log" 2>&1 || { tail -30 "$logs/cuda-build.log"; exit 1; }
+  docker run --rm --entrypoint ls viralclip:cuda-build -l target/release/viralclip
+  echo "docker-check: the CUDA build stage built in $(($(date +%s) - tb)) s ($(($(date +%s) - t0)) s in all)"
+  exit 0
 fi
 
 # The models the bot loads, from the fixtures (no hub here): mounted at /models as compose says.

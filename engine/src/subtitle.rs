@@ -135,8 +135,17 @@ pub fn parse_srt(text: &str) -> Result<Vec<Cue>> {
         match srtparse::from_str(block.as_bytes()) {
             Ok(items) if items.len() == 1 => {
                 let item = &items[0];
-                let start = std::time::Duration::from(item.start_time).as_secs_f64();
-                let end = std::time::Duration::from(item.end_time).as_secs_f64();
+                // srtparse's own Duration conversion multiplies without checking: a user's
+                // `100000000000:00:01,000` would overflow it, so the seconds are counted here.
+                let (Some(start), Some(end)) = (srt_secs(item.start_time), srt_secs(item.end_time)) else {
+                    return Err(Error::Subtitle {
+                        line: *first_line + 1,
+                        message: format!(
+                            "a cue time past {MAX_CUE_HOURS} hours: {:?}",
+                            lines.get(1).map(String::as_str).unwrap_or("")
+                        ),
+                    });
+                };
                 cues.push(Cue::new(start, end, item.text.clone()));
             }
             other => {
@@ -155,6 +164,22 @@ pub fn parse_srt(text: &str) -> Result<Vec<Cue>> {
         }
     }
     Ok(cues)
+}
+
+/// The latest time a cue may carry; later ones are refused as a broken file, not read.
+const MAX_CUE_HOURS: u64 = 1000;
+
+/// A cue time in seconds, or `None` past [`MAX_CUE_HOURS`] (checked, so no field can overflow).
+fn srt_secs(t: srtparse::Time) -> Option<f64> {
+    let ms = t
+        .hours
+        .checked_mul(60)?
+        .checked_add(t.minutes)?
+        .checked_mul(60)?
+        .checked_add(t.seconds)?
+        .checked_mul(1000)?
+        .checked_add(t.milliseconds)?;
+    (ms <= MAX_CUE_HOURS * 3_600_000).then_some(ms as f64 / 1000.0)
 }
 
 fn normalize_srt_timing(line: &str) -> String {
@@ -401,6 +426,22 @@ mod tests {
     fn a_multibyte_time_fraction_is_an_error_not_a_panic() {
         let srt = "1\n00:00:01,ёё --> 00:00:02,000\nтекст\n";
         assert!(matches!(parse_bytes(srt.as_bytes()), Err(Error::Subtitle { .. })));
+    }
+
+    #[test]
+    fn a_time_too_large_to_count_is_an_error_not_a_panic() {
+        // Found by the proptest below: srtparse's own conversion overflowed on this.
+        let srt = "1\n10000000000000:00:01,000 --> 00:00:02,000\ntext\n";
+        match parse_bytes(srt.as_bytes()) {
+            Err(Error::Subtitle { line: 2, message }) => {
+                assert!(message.contains("past 1000 hours"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A long but real film still parses.
+        let srt = "1\n99:59:59,500 --> 100:00:00,000\ntext\n";
+        let t = parse_bytes(srt.as_bytes()).unwrap();
+        assert_eq!(t.cues[0].start, 359_999.5);
     }
 
     mod hostile {
