@@ -33,8 +33,9 @@ fn emotions_line(m: &MomentReport) -> String {
         .join(", ")
 }
 
-/// The caption of one clip: rank, time range in the source, virality, top emotions, a quote.
-/// Telegram captions hold 1024 characters; this stays well under.
+/// The caption of one clip: rank, time range in the source, virality; its title; top emotions;
+/// a quote; its hashtags (last, as a post carries them). Telegram captions hold 1024 characters;
+/// this stays well under.
 pub fn caption(m: &MomentReport, total: usize) -> String {
     let emo = emotions_line(m);
     let mut s = format!(
@@ -44,10 +45,17 @@ pub fn caption(m: &MomentReport, total: usize) -> String {
         clock(m.end),
         m.virality * 100.0
     );
+    if !m.title.is_empty() {
+        s.push_str(&format!("\n{}", shorten(&m.title, 100)));
+    }
     if !emo.is_empty() {
         s.push_str(&format!("\n{emo}"));
     }
     s.push_str(&format!("\n«{}»", shorten(&m.quote, 300)));
+    if !m.hashtags.is_empty() {
+        let tags: Vec<&str> = m.hashtags.iter().take(5).map(|t| t.as_str()).collect();
+        s.push_str(&format!("\n{}", shorten(&tags.join(" "), 200)));
+    }
     s
 }
 
@@ -151,6 +159,8 @@ mod tests {
             text: "x".into(),
             quote: "Это невероятно!".into(),
             reasons: vec![],
+            title: "Учёные нашли сокровище под городом!".into(),
+            hashtags: vec!["#сокровище".into(), "#учёные".into(), "#удивление".into()],
             clip: None,
         }
     }
@@ -160,8 +170,13 @@ mod tests {
         let c = caption(&moment(2), 5);
         assert_eq!(
             c,
-            "#2 of 5 · 1:05–1:02:05 · virality 87%\nsurprise 41%, excitement 20%\n«Это невероятно!»"
+            "#2 of 5 · 1:05–1:02:05 · virality 87%\nУчёные нашли сокровище под городом!\nsurprise 41%, excitement 20%\n«Это невероятно!»\n#сокровище #учёные #удивление"
         );
+        // A report from before titles: no empty lines.
+        let mut old = moment(1);
+        old.title.clear();
+        old.hashtags.clear();
+        assert!(!caption(&old, 1).contains("\n\n") && !caption(&old, 1).ends_with('\n'));
     }
 
     #[test]

@@ -185,7 +185,13 @@ fn clip(a: ClipArgs) -> Result<()> {
             m.popularity,
             emos.join(", ")
         )?;
+        if !m.title.is_empty() {
+            writeln!(out, "   {}", m.title)?;
+        }
         writeln!(out, "   «{}»", viralclip_engine::pipeline::short(&m.quote, 100))?;
+        if !m.hashtags.is_empty() {
+            writeln!(out, "   {}", m.hashtags.join(" "))?;
+        }
         if let Some(c) = &m.clip {
             writeln!(
                 out,

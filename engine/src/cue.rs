@@ -8,6 +8,19 @@ pub struct Cue {
     pub start: f64,
     pub end: f64,
     pub text: String,
+    /// Its words with their own times, where the transcriber gave them (Whisper's token
+    /// timestamps); empty for subtitles ([`crate::captions::spread_words`] fills in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<Word>,
+}
+
+/// One spoken word. Times are seconds (from the media's start in a cue, from the clip's start in
+/// a clip's captions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Word {
+    pub text: String,
+    pub start: f64,
+    pub end: f64,
 }
 
 impl Cue {
@@ -16,7 +29,14 @@ impl Cue {
             start,
             end,
             text: text.into(),
+            words: Vec::new(),
         }
+    }
+
+    /// The same cue with its words.
+    pub fn with_words(mut self, words: Vec<Word>) -> Self {
+        self.words = words;
+        self
     }
 
     /// Duration in seconds.
@@ -162,6 +182,8 @@ impl Transcript {
                         let mut cue = cue;
                         cue.start = prev.start;
                         cue.text = format!("{} {}", prev.text, cue.text);
+                        let words = std::mem::take(&mut cue.words);
+                        cue.words = prev.words.into_iter().chain(words).collect();
                         repairs.empty_dropped += 1;
                         out.push(cue);
                         continue;

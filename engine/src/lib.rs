@@ -12,17 +12,23 @@
 //! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
 
 pub mod boilerplate;
+pub mod captions;
 pub mod cue;
 pub mod device;
 pub mod error;
+pub mod format;
+pub mod headline;
 #[cfg(feature = "media")]
 pub mod media;
 pub mod model;
 pub mod pipeline;
+pub mod reframe;
 pub mod report;
 pub mod score;
 pub mod scorer;
 pub mod select;
+#[cfg(feature = "media")]
+pub mod shape;
 pub mod subtitle;
 pub mod transcribe;
 pub mod whisper_model;

@@ -518,15 +518,29 @@ fn output_size(w: u32, h: u32, max_edge: u32) -> (u32, u32) {
 /// Cuts `[start, end)` seconds of `src` into an MP4 at `out` (`+faststart`).
 /// Fast mode falls back to precise when the streams cannot be copied into MP4.
 pub fn cut(src: &Path, start: f64, end: f64, mode: CutMode, out: &Path) -> Result<ClipFile> {
+    cut_shaped(src, start, end, mode, None, out)
+}
+
+/// [`cut`], shaped: cropped or filled into a delivery shape along a plan, captions burned in
+/// ([`crate::shape`]). A shape is always re-encoded (`mode` is then precise).
+pub fn cut_shaped(
+    src: &Path,
+    start: f64,
+    end: f64,
+    mode: CutMode,
+    shape: Option<crate::shape::Shape>,
+    out: &Path,
+) -> Result<ClipFile> {
     if end <= start || start < 0.0 || end.is_nan() {
         return Err(Error::Invalid(format!("cannot cut {start:.3}-{end:.3} s")));
     }
-    let res = match mode {
-        CutMode::Precise => cut_precise(src, start, end, out),
-        CutMode::Fast => match cut_fast(src, start, end, out) {
+    let res = match (mode, shape) {
+        (_, Some(shape)) => cut_precise(src, start, end, Some(shape), out),
+        (CutMode::Precise, None) => cut_precise(src, start, end, None, out),
+        (CutMode::Fast, None) => match cut_fast(src, start, end, out) {
             Err(Error::Media(why)) => {
                 tracing::warn!(%why, "stream copy impossible; re-encoding");
-                cut_precise(src, start, end, out)
+                cut_precise(src, start, end, None, out)
             }
             other => other,
         },
@@ -555,6 +569,8 @@ struct VideoPath {
     ist_tb: Rational,
     dec: codec::decoder::Video,
     graph: filter::Graph,
+    /// Set for a shaped clip: frames go through it instead of `graph`.
+    shaper: Option<crate::shape::Shaper>,
     enc: codec::encoder::video::Encoder,
     ost: usize,
     width: u32,
@@ -569,7 +585,13 @@ struct AudioPath {
     ost: usize,
 }
 
-fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
+fn cut_precise(
+    src: &Path,
+    start: f64,
+    end: f64,
+    shape: Option<crate::shape::Shape>,
+    out: &Path,
+) -> Result<ClipFile> {
     let mut ictx = open_input(src)?;
     let t0 = container_start(&ictx);
     let (abs_s, abs_e) = (start + t0, end + t0);
@@ -597,11 +619,27 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
         codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
     threading(&mut vctx);
     let vdec = vctx.decoder().video().map_err(media_err("video decoder"))?;
-    let (w, h) = output_size(vdec.width(), vdec.height(), 1920);
+    let (w, h) = match &shape {
+        Some(s) => (s.geometry.out_w, s.geometry.out_h),
+        None => output_size(vdec.width(), vdec.height(), 1920),
+    };
     let vspec = format!(
         "trim=start={abs_s:.6}:end={abs_e:.6},setpts=PTS-STARTPTS,scale={w}:{h},setsar=1,format=yuv420p"
     );
     let vgraph = video_graph(&vdec, vtb, &vspec)?;
+    let shaper = match shape {
+        None => None,
+        Some(shape) => {
+            let source = crate::shape::Source {
+                width: vdec.width(),
+                height: vdec.height(),
+                pix_fmt: vdec.format(),
+                time_base: vtb,
+                sar: vdec.aspect_ratio(),
+            };
+            Some(crate::shape::Shaper::new(shape, source, abs_s, abs_e)?)
+        }
+    };
     let h264 = codec::encoder::find_by_name("libx264")
         .or_else(|| codec::encoder::find(codec::Id::H264))
         .ok_or_else(|| Error::Media("no H.264 encoder in this FFmpeg".into()))?;
@@ -633,6 +671,7 @@ fn cut_precise(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile>
         ist_tb: vtb,
         dec: vdec,
         graph: vgraph,
+        shaper,
         enc: venc,
         ost: vost,
         width: w,
@@ -756,6 +795,14 @@ fn pump_video(
     while v.dec.receive_frame(f).is_ok() {
         let ts = f.timestamp();
         f.set_pts(ts);
+        if let Some(shaper) = v.shaper.as_mut() {
+            if let Some(mut shaped) = shaper.push(f)? {
+                shaped.set_kind(ff::picture::Type::None);
+                v.enc.send_frame(&shaped).map_err(media_err("H.264 encoder"))?;
+                write_packets(&mut v.enc, v.ost, v.ist_tb, ost_tb, octx)?;
+            }
+            continue;
+        }
         v.graph
             .get("in")
             .expect("in")

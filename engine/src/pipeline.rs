@@ -3,6 +3,7 @@
 
 use crate::cue::{format_time, Cue, CueSource, Transcript};
 use crate::error::{Error, Result};
+use crate::headline::ScoredLine;
 use crate::report::*;
 use crate::score::TextScore;
 use crate::scorer::TextScorer;
@@ -552,7 +553,7 @@ impl Engine {
             short(&quote, 90)
         )];
         let mut why = format!("popularity {:.2}", peak.popularity);
-        if let Some((label, p)) = strongest {
+        if let Some((label, p)) = &strongest {
             why.push_str(&format!(", strongest emotion {label} {p:.2}"));
         }
         reasons.push(why);
@@ -584,6 +585,25 @@ impl Engine {
             "best {} of {} candidate clips without overlap",
             m.rank, m.candidates
         ));
+        // Each line with the best virality of a window of the clip that holds it: the title is
+        // the strongest sentence, the hashtags the clip's keywords and its strongest emotion.
+        let scored: Vec<ScoredLine> = (m.first..=m.last)
+            .map(|i| ScoredLine {
+                text: &t.cues[i].text,
+                score: a
+                    .windows
+                    .iter()
+                    .zip(&a.virality)
+                    .filter(|(w, _)| w.first <= i && i <= w.last && w.first >= m.first && w.last <= m.last)
+                    .map(|(_, v)| *v)
+                    .fold(f32::MIN, f32::max),
+            })
+            .collect();
+        let lang = match &t.source {
+            CueSource::Whisper { language, .. } if language.len() == 2 => language.as_str(),
+            _ => crate::headline::guess_lang(&text),
+        };
+        let headline = crate::headline::headline(&scored, strongest.as_ref().map(|s| s.0.as_str()), lang);
         MomentReport {
             rank: m.rank,
             start: m.start,
@@ -595,6 +615,8 @@ impl Engine {
             text,
             quote,
             reasons,
+            title: headline.title,
+            hashtags: headline.hashtags,
             clip: None,
         }
     }

@@ -66,6 +66,12 @@ pub struct MomentReport {
     /// The peak window's words: the line that made the clip.
     pub quote: String,
     pub reasons: Vec<String>,
+    /// Its strongest complete sentence, at most 60 characters ([`crate::headline`]).
+    #[serde(default)]
+    pub title: String,
+    /// 3 to 5, with the `#`: keywords and the top emotion.
+    #[serde(default)]
+    pub hashtags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip: Option<crate::report::ClipFacts>,
 }

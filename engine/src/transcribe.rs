@@ -22,6 +22,44 @@ pub struct Speech {
 /// closes when `transcribe` returns: a transcriber never keeps the sender beyond that.
 pub type SegmentSink = std::sync::mpsc::Sender<Cue>;
 
+/// Whisper's tokens of one segment → words: a token whose text starts with a space starts a word;
+/// the others (word pieces, and pieces of one UTF-8 character: Whisper splits Cyrillic letters
+/// across byte-level tokens) join the word before, as bytes, decoded only once the word is whole.
+/// Special tokens (`[_BEG_]`, `<|…|>`) are left out by the caller. `(bytes, t0, t1)`, seconds.
+pub fn words_from_tokens(tokens: &[(&[u8], f64, f64)]) -> Vec<crate::cue::Word> {
+    let mut out = Vec::new();
+    let mut cur: Vec<u8> = Vec::new();
+    let (mut s, mut e) = (0.0f64, 0.0f64);
+    let flush = |cur: &mut Vec<u8>, s: f64, e: f64, out: &mut Vec<crate::cue::Word>| {
+        let text = String::from_utf8_lossy(cur).trim().to_string();
+        if text.chars().any(char::is_alphanumeric) {
+            out.push(crate::cue::Word {
+                text,
+                start: s,
+                end: e.max(s),
+            });
+        } else if let (false, Some(last)) = (text.is_empty(), out.last_mut()) {
+            // Punctuation on its own belongs to the word before.
+            last.text.push_str(&text);
+        }
+        cur.clear();
+    };
+    for &(bytes, t0, t1) in tokens {
+        if bytes.first() == Some(&b' ') && !cur.is_empty() {
+            flush(&mut cur, s, e, &mut out);
+        }
+        if cur.is_empty() {
+            s = t0;
+        }
+        cur.extend_from_slice(bytes);
+        e = t1;
+    }
+    if !cur.is_empty() {
+        flush(&mut cur, s, e, &mut out);
+    }
+    out
+}
+
 /// Turns 16 kHz mono samples into cues.
 pub trait Transcriber: Send {
     /// `language`: a Whisper code (`ru`, `en`...) or `None` to detect it. `progress` gets 0..=1.
@@ -123,6 +161,26 @@ pub mod filter {
         use super::*;
 
         #[test]
+        fn tokens_become_words_even_when_a_letter_is_split_across_two() {
+            // «Привет, мир!»: "П" is 0xD0 0x9F; split across tokens as Whisper's byte-level
+            // vocabulary does.
+            let p = "Привет".as_bytes();
+            let tokens: Vec<(&[u8], f64, f64)> = vec![
+                (b" \xD0", 0.0, 0.1),
+                (&p[1..6], 0.1, 0.3),
+                (&p[6..], 0.3, 0.5),
+                (b",", 0.5, 0.5),
+                (" мир".as_bytes(), 0.6, 0.9),
+                (b"!", 0.9, 1.0),
+            ];
+            let w = crate::transcribe::words_from_tokens(&tokens);
+            let texts: Vec<&str> = w.iter().map(|w| w.text.as_str()).collect();
+            assert_eq!(texts, ["Привет,", "мир!"]);
+            assert_eq!((w[0].start, w[0].end), (0.0, 0.5));
+            assert_eq!((w[1].start, w[1].end), (0.6, 1.0));
+        }
+
+        #[test]
         fn credits_sign_offs_and_repeats_go() {
             let cues = vec![
                 Cue::new(0.0, 2.0, "Привет всем, сегодня поговорим о погоде."),
@@ -187,6 +245,9 @@ mod whisper_impl {
             whisper_rs::install_logging_hooks();
             let mut params = WhisperContextParameters::default();
             params.use_gpu(cfg!(feature = "whisper-cuda"));
+            // Off (also whisper-rs's default), said here because whisper.cpp silently drops word
+            // timing (DTW) when it is on.
+            params.flash_attn(false);
             let ctx = WhisperContext::new_with_params(path, params)
                 .map_err(|e| Error::WhisperModel(format!("{}: not a Whisper model: {e}", path.display())))?;
             let threads = std::thread::available_parallelism()
@@ -231,6 +292,9 @@ mod whisper_impl {
             params.set_print_timestamps(false);
             params.set_suppress_blank(true);
             params.set_no_speech_thold(0.6);
+            // Word times for captions and clip edges (tokens' own timestamps: DTW would need the
+            // model's alignment heads by name, and whisper.cpp drops DTW with flash attention).
+            params.set_token_timestamps(true);
             let p = progress.clone();
             params.set_progress_callback_safe(move |pct: i32| p(pct as f32 / 100.0));
             let c = cancel.clone();
@@ -261,6 +325,7 @@ mod whisper_impl {
             }
             res.map_err(|e| Error::Transcription(e.to_string()))?;
             let mut cues = Vec::new();
+            let eot = self.ctx.token_eot();
             for seg in state.as_iter() {
                 let text = seg
                     .to_str_lossy()
@@ -272,7 +337,18 @@ mod whisper_impl {
                     seg.start_timestamp() as f64 / 100.0,
                     seg.end_timestamp() as f64 / 100.0,
                 );
-                cues.push(Cue::new(s, e, text.trim()));
+                let mut tokens = Vec::new();
+                for k in 0..seg.n_tokens() {
+                    let Some(tok) = seg.get_token(k) else { continue };
+                    let data = tok.token_data();
+                    if data.id >= eot {
+                        continue; // [_BEG_], timestamps, <|endoftext|> and the other specials
+                    }
+                    let Ok(bytes) = tok.to_bytes() else { continue };
+                    let (t0, t1) = (data.t0 as f64 / 100.0, data.t1 as f64 / 100.0);
+                    tokens.push((bytes, t0.clamp(s, e), t1.clamp(s, e)));
+                }
+                cues.push(Cue::new(s, e, text.trim()).with_words(words_from_tokens(&tokens)));
             }
             let detected = whisper_rs::get_lang_str(state.full_lang_id_from_state())
                 .unwrap_or(language.unwrap_or("unknown"))
