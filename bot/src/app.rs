@@ -139,6 +139,7 @@ pub async fn run(config: BotConfig) -> Result<()> {
                 model,
                 c.encoder.clone(),
                 Some(c.whisper.clone()),
+                c.face_model_path()?,
                 c.device,
                 c.precision,
             )
@@ -925,6 +926,11 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                     viralclip_engine::media::CutMode::Precise
                 };
                 req.limits.max_duration_secs = app.config.max_duration_mins * 60.0;
+                req.shape = viralclip_engine::pipeline::ShapeRequest {
+                    format: p.settings.format,
+                    captions: p.settings.captions,
+                    caption_style: Default::default(),
+                };
             }
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stage, f32)>();
             let progress: viralclip_engine::pipeline::Progress = Arc::new(move |s, f| {
@@ -1116,20 +1122,24 @@ fn fit_for_upload(
     }
     #[cfg(feature = "media")]
     {
-        if !input.is_file() {
-            return Err(anyhow!("the source video is gone"));
+        // The parts are cut from the clip as it was made (its shape, framing and burned-in
+        // captions), not from the source again.
+        let made = dir.join("out").join(&clip.path);
+        let _ = input;
+        if !made.is_file() {
+            return Err(anyhow!("the clip file is gone"));
         }
         let mut n = (clip.size_bytes as f64 / (limit as f64 * 0.9)).ceil().max(2.0) as usize;
         // Bitrate varies along a clip: if a part still does not fit, cut finer (a few rounds).
         for _round in 0..4 {
-            let step = (m.end - m.start) / n as f64;
+            let step = clip.duration.max(m.end - m.start).min(clip.duration) / n as f64;
             let mut parts = Vec::new();
             for k in 0..n {
                 let out = dir.join(format!("part-{}-{k}.mp4", m.rank));
                 let c = viralclip_engine::media::cut(
-                    input,
-                    m.start + step * k as f64,
-                    m.start + step * (k + 1) as f64,
+                    &made,
+                    step * k as f64,
+                    step * (k + 1) as f64,
                     viralclip_engine::media::CutMode::Precise,
                     &out,
                 )?;
@@ -1145,7 +1155,7 @@ fn fit_for_upload(
                     size_bytes: c.size_bytes,
                     thumbnail_bytes: t.size_bytes,
                     mode: "precise".into(),
-                    source_start: c.source_start,
+                    source_start: clip.source_start + c.source_start,
                 });
             }
             let biggest = parts.iter().map(|p| p.size_bytes).max().unwrap_or(0);

@@ -25,6 +25,8 @@ pub struct EngineClipper {
     model: RwLock<(PathBuf, u64)>,
     encoder: Option<PathBuf>,
     whisper: Option<WhisperModel>,
+    /// The face model that frames shaped clips (loaded with each engine; `None`: centre crops).
+    faces: Option<PathBuf>,
     device: DeviceChoice,
     precision: Precision,
     pool: Mutex<Vec<(u64, Engine)>>,
@@ -37,6 +39,7 @@ impl EngineClipper {
         model: PathBuf,
         encoder: Option<PathBuf>,
         whisper: Option<WhisperModel>,
+        faces: Option<PathBuf>,
         device: DeviceChoice,
         precision: Precision,
     ) -> anyhow::Result<Self> {
@@ -44,6 +47,7 @@ impl EngineClipper {
             model: RwLock::new((model, 0)),
             encoder,
             whisper,
+            faces,
             device,
             precision,
             pool: Mutex::new(Vec::new()),
@@ -65,6 +69,10 @@ impl EngineClipper {
         let mut e = Engine::new(Box::new(BertScorer::new(loaded))).with_whisper(self.whisper.clone());
         if self.whisper.is_some() {
             e.load_transcriber()?;
+        }
+        #[cfg(feature = "faces")]
+        if let Some(f) = &self.faces {
+            e = e.with_faces(Box::new(viralclip_engine::faces::YuNet::load(f)?));
         }
         e.model_load_secs = t.elapsed().as_secs_f64();
         Ok(e)

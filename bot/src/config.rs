@@ -34,6 +34,10 @@ pub struct BotConfig {
     /// (base, small, large-v3-turbo, ...) fetched from the Hugging Face hub once. Loaded at start.
     #[arg(long, env = "VIRALCLIP_WHISPER", default_value = viralclip_engine::whisper_model::DEFAULT_NAME)]
     pub whisper: WhisperModel,
+    /// The face detector that frames 9:16 clips (YuNet 2023mar ONNX); default: fetched from the
+    /// Hugging Face hub once. Loaded at start: a bot that cannot frame does not start.
+    #[arg(long, env = "VIRALCLIP_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
     #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
     #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
@@ -87,6 +91,18 @@ pub const CLOUD_UPLOAD_MB: u64 = 50;
 pub const LOCAL_LIMIT_MB: u64 = 2000;
 
 impl BotConfig {
+    /// The face model's file (a local path wins, else the hub); `None` in a build without face
+    /// framing (its clips get centre crops).
+    pub fn face_model_path(&self) -> anyhow::Result<Option<PathBuf>> {
+        #[cfg(feature = "faces")]
+        {
+            let p = self.face_model.as_deref().filter(|p| !p.as_os_str().is_empty());
+            Ok(Some(viralclip_engine::faces::resolve_model(p)?))
+        }
+        #[cfg(not(feature = "faces"))]
+        Ok(None)
+    }
+
     /// The Bot API server: `--api-url`/`TELOXIDE_API_URL`, else the alias `VIRALCLIP_API_URL`.
     pub fn api_url(&self) -> Option<String> {
         self.api_url

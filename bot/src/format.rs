@@ -112,11 +112,18 @@ pub fn parse_clip_args(args: &str, base: &Settings) -> Result<Settings, String> 
             s.count = n;
         } else if word == "fast" || word == "precise" {
             s.fast = word == "fast";
+        } else if let Ok(f) = word.parse::<viralclip_engine::format::Format>() {
+            s.format = f;
+        } else if let Some(c) = word
+            .strip_prefix("captions=")
+            .or(Some(word).filter(|w| *w == "nocaptions").map(|_| "off"))
+        {
+            s.captions = c.parse().map_err(|e: String| format!("{word:?}: {e}"))?;
         } else if word.len() == 2 && word.chars().all(|c| c.is_ascii_lowercase()) || word == "auto" {
             s.language = word.to_string();
         } else {
             return Err(format!(
-                "{word:?}: /clip takes a clip count, a MIN-MAX length in seconds, fast|precise and a language code, e.g. /clip 3 30-45"
+                "{word:?}: /clip takes a clip count, a MIN-MAX length in seconds, a format (9:16, 1:1, 4:5, 16:9, original), captions=words|lines|off, fast|precise and a language code, e.g. /clip 3 30-45 9:16"
             ));
         }
     }
@@ -192,6 +199,26 @@ mod tests {
             .unwrap_err()
             .contains("/clip 3 30-45"));
         assert!(parse_clip_args("0", &base).is_err());
+        let s = parse_clip_args("2 1:1 captions=lines", &base).unwrap();
+        assert_eq!(
+            (s.count, s.format, s.captions),
+            (
+                2,
+                viralclip_engine::format::Format::Square,
+                viralclip_engine::captions::Captions::Lines
+            )
+        );
+        let s = parse_clip_args("original nocaptions", &base).unwrap();
+        assert_eq!(
+            (s.format, s.captions),
+            (
+                viralclip_engine::format::Format::Original,
+                viralclip_engine::captions::Captions::Off
+            )
+        );
+        assert!(parse_clip_args("captions=loud", &base)
+            .unwrap_err()
+            .contains("off, words, lines"));
     }
 
     #[test]

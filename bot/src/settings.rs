@@ -2,6 +2,8 @@
 //! keyboard's actions.
 
 use serde::{Deserialize, Serialize};
+use viralclip_engine::captions::Captions;
+use viralclip_engine::format::Format;
 
 /// What a chat wants from its jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -15,6 +17,10 @@ pub struct Settings {
     pub fast: bool,
     /// Whisper language code, or `auto`.
     pub language: String,
+    /// The clips' shape: 9:16 by default (Shorts, Reels, TikTok).
+    pub format: Format,
+    /// Burned-in captions.
+    pub captions: Captions,
 }
 
 impl Default for Settings {
@@ -25,6 +31,8 @@ impl Default for Settings {
             max_secs: 60.0,
             fast: false,
             language: "auto".into(),
+            format: Format::Vertical,
+            captions: Captions::Words,
         }
     }
 }
@@ -45,10 +53,12 @@ impl Settings {
     /// One line for `/settings` and `/status`.
     pub fn summary(&self) -> String {
         format!(
-            "{} clips of {:.0}–{:.0} s, {} cutting, language {}",
+            "{} clips of {:.0}–{:.0} s, {}, captions {}, {} cutting, language {}",
             self.count,
             self.min_secs,
             self.max_secs,
+            self.format,
+            self.captions,
             if self.fast { "fast" } else { "precise" },
             self.language
         )
@@ -64,6 +74,18 @@ impl Settings {
             "len:medium" => (s.min_secs, s.max_secs) = (15.0, 60.0),
             "len:long" => (s.min_secs, s.max_secs) = (30.0, 90.0),
             "mode" => s.fast = !s.fast,
+            "format" => {
+                let all = Format::ALL;
+                let i = all.iter().position(|f| *f == s.format).unwrap_or(0);
+                s.format = all[(i + 1) % all.len()];
+            }
+            "captions" => {
+                s.captions = match s.captions {
+                    Captions::Words => Captions::Lines,
+                    Captions::Lines => Captions::Off,
+                    Captions::Off => Captions::Words,
+                }
+            }
             "lang:auto" | "lang:ru" | "lang:en" => s.language = action[5..].to_string(),
             _ => return None,
         }
@@ -83,6 +105,10 @@ impl Settings {
                 b("10–30 s", "len:short"),
                 b("15–60 s", "len:medium"),
                 b("30–90 s", "len:long"),
+            ],
+            vec![
+                b(&format!("format: {}", self.format), "format"),
+                b(&format!("captions: {}", self.captions), "captions"),
             ],
             vec![b(if self.fast { "mode: fast" } else { "mode: precise" }, "mode")],
             vec![b("auto", "lang:auto"), b("ru", "lang:ru"), b("en", "lang:en")],
@@ -117,6 +143,35 @@ mod tests {
         );
         assert!(s.validate().is_ok());
         assert!(s.apply("bogus").is_none());
+        // The format cycles through every shape and back; captions through their three modes.
+        let mut f = Settings::default();
+        assert_eq!((f.format, f.captions), (Format::Vertical, Captions::Words));
+        let mut seen = vec![f.format];
+        for _ in 0..Format::ALL.len() {
+            f = f.apply("format").unwrap();
+            seen.push(f.format);
+        }
+        assert_eq!(seen.first(), seen.last());
+        assert!(seen.contains(&Format::Original) && seen.contains(&Format::Square));
+        let c = Settings::default()
+            .apply("captions")
+            .unwrap()
+            .apply("captions")
+            .unwrap();
+        assert_eq!(c.captions, Captions::Off);
+        assert!(
+            c.summary().contains("captions off") && c.summary().contains("9:16"),
+            "{}",
+            c.summary()
+        );
+        // Settings stored before formats existed read as the defaults.
+        let old: Settings =
+            serde_json::from_str(r#"{"count":2,"min_secs":10,"max_secs":20,"fast":false,"language":"ru"}"#)
+                .unwrap();
+        assert_eq!(
+            (old.count, old.format, old.captions),
+            (2, Format::Vertical, Captions::Words)
+        );
         // Every button's action is known (or the no-op label).
         for row in s.keyboard() {
             for (_, data) in row {

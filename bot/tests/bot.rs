@@ -97,6 +97,25 @@ async fn private_video_with_subtitles_gives_clips_and_a_timeline() {
         assert!(w > 0 && h > 0 && (10..=75).contains(&d), "{w}x{h} {d}s");
         let mp4 = v.file("video");
         assert_eq!(&mp4[4..8], b"ftyp", "an MP4 upload");
+        // 9:16 by default, and the declared size is the file's.
+        let tmp = dir.path().join(format!("sent-{k}.mp4"));
+        std::fs::write(&tmp, mp4).unwrap();
+        let info = viralclip_engine::media::probe(&tmp, &Default::default()).unwrap();
+        let vi = info.video.expect("a video stream");
+        assert_eq!(
+            (vi.width, vi.height),
+            (w, h),
+            "declared {w}x{h}, the file is {}x{}",
+            vi.width,
+            vi.height
+        );
+        assert_eq!(w * 16, h * 9, "a 9:16 clip: {w}x{h}");
+        // A title line and a line of hashtags in the caption.
+        let last = v.text().lines().last().unwrap_or("").to_string();
+        assert!(
+            last.starts_with('#') && last.chars().nth(1).is_some_and(char::is_alphabetic),
+            "hashtags: {last:?}"
+        );
         let jpg = v.file("thumbnail");
         assert_eq!(&jpg[..2], &[0xFF, 0xD8], "a JPEG thumbnail");
         assert_eq!(v.fields["chat_id"], USER.to_string());
@@ -372,7 +391,19 @@ async fn clips_over_the_upload_limit_are_split() {
             "part {k}: {} bytes",
             p.file("video").len()
         );
-        total += p.fields["duration"].parse::<f64>().unwrap();
+        // The file's own length (Telegram is told it rounded to whole seconds).
+        let tmp = dir.path().join(format!("part-{k}.mp4"));
+        std::fs::write(&tmp, p.file("video")).unwrap();
+        let secs = viralclip_engine::media::probe(&tmp, &Default::default())
+            .unwrap()
+            .duration;
+        let declared: f64 = p.fields["duration"].parse().unwrap();
+        assert_eq!(
+            declared,
+            secs.round().max(1.0),
+            "part {k}: declared {declared} s, the file {secs} s"
+        );
+        total += secs;
     }
     assert!(total >= 19.0, "the parts cover the clip: {total} s");
 }

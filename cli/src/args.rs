@@ -87,9 +87,24 @@ pub struct ClipArgs {
     /// on, off.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub overlap: String,
-    /// Copy streams from keyframes instead of re-encoding (fast, edges on keyframes).
+    /// Copy streams from keyframes instead of re-encoding (fast, edges on keyframes; `original`
+    /// format only).
     #[arg(long)]
     pub fast: bool,
+    /// Clip shape: 9:16 (Shorts, Reels, TikTok), 1:1, 4:5, 16:9, or original (the source's
+    /// framing, no captions: the clips of earlier versions).
+    #[arg(long, env = "VIRALCLIP_FORMAT", default_value = "9:16")]
+    pub format: viralclip_engine::format::Format,
+    /// Burned-in captions: words (the spoken word highlighted), lines, off.
+    #[arg(long, env = "VIRALCLIP_CAPTIONS", default_value = "words")]
+    pub captions: viralclip_engine::captions::Captions,
+    /// Caption look: bold, boxed, minimal.
+    #[arg(long, env = "VIRALCLIP_CAPTION_STYLE", default_value = "bold")]
+    pub caption_style: viralclip_engine::captions::CaptionStyle,
+    /// The face detector that frames shaped clips (YuNet 2023mar ONNX); default: fetched from
+    /// the Hugging Face hub once.
+    #[arg(long, env = "VIRALCLIP_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
     /// Output directory (clips/ and report.json).
     #[arg(long, default_value = "out")]
     pub out: PathBuf,

@@ -148,11 +148,25 @@ fn clip(a: ClipArgs) -> Result<()> {
             viralclip_engine::media::CutMode::Precise
         };
         req.limits.max_duration_secs = a.max_duration_mins * 60.0;
+        req.shape = viralclip_engine::pipeline::ShapeRequest {
+            format: a.format,
+            captions: a.captions,
+            caption_style: a.caption_style,
+        };
     }
     req.language = a.lang.clone().filter(|l| l != "auto");
     let (scorer, load_secs) = load_scorer(&a.model)?;
     let mut engine = Engine::new(Box::new(scorer)).with_whisper(Some(a.whisper.clone()));
     engine.model_load_secs = load_secs;
+    // Shaped clips of a video are framed by faces: the detector loads now, so a missing model is
+    // said before any work.
+    #[cfg(all(feature = "media", feature = "faces"))]
+    if a.format != viralclip_engine::format::Format::Original
+        && !viralclip_engine::pipeline::is_subtitle_file(&a.input)
+    {
+        let path = viralclip_engine::faces::resolve_model(a.face_model.as_deref())?;
+        engine = engine.with_faces(Box::new(viralclip_engine::faces::YuNet::load(&path)?));
+    }
     let (bar, progress) = progress_bar(a.quiet);
     let report = engine.run(&req, progress, Arc::new(AtomicBool::new(false)));
     bar.finish_and_clear();

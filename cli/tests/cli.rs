@@ -8,6 +8,24 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_viralclip"))
 }
 
+/// YuNet, from scripts/setup.sh's face fixtures.
+fn yunet() -> Option<PathBuf> {
+    let root = std::env::var_os("VIRALCLIP_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/viralclip-fixtures")
+        });
+    let p = root.join("faces/face_detection_yunet_2023mar.onnx");
+    if p.is_file() {
+        Some(p)
+    } else if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: no YuNet fixture at {} (scripts/setup.sh)", p.display());
+        None
+    } else {
+        panic!("no YuNet fixture at {}: run scripts/setup.sh", p.display())
+    }
+}
+
 fn e5() -> Option<PathBuf> {
     let p = std::env::var_os("VIRALCLIP_ENCODER_MULTILINGUAL")
         .map(PathBuf::from)
@@ -299,9 +317,7 @@ fn fake_hub(files: Vec<(&'static str, PathBuf)>) -> FakeHub {
                 }
             }
             log.lock().unwrap().push(path.clone());
-            let file = files
-                .iter()
-                .find(|(n, _)| path == format!("/ggerganov/whisper.cpp/resolve/main/{n}"));
+            let file = files.iter().find(|(n, _)| path == format!("/{n}"));
             let head = |status: &str, extra: String, len: u64| {
                 format!("HTTP/1.1 {status}\r\nContent-Length: {len}\r\nConnection: close\r\n{extra}\r\n")
             };
@@ -356,8 +372,19 @@ fn whisper_tiny_en() -> Option<PathBuf> {
 fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
     let Some(tiny) = whisper_tiny_en() else { return };
     let Some(enc) = e5() else { return };
+    let Some(face) = yunet() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let hub = fake_hub(vec![("ggml-tiny.en.bin", tiny.clone())]);
+    let hub = fake_hub(vec![
+        (
+            "ggerganov/whisper.cpp/resolve/main/ggml-tiny.en.bin",
+            tiny.clone(),
+        ),
+        // The face model comes from the hub the same way (the bot frames 9:16 clips).
+        (
+            "opencv/face_detection_yunet/resolve/main/face_detection_yunet_2023mar.onnx",
+            face,
+        ),
+    ]);
     let bot = |whisper: Option<&str>, endpoint: &str| {
         let mut c = bin();
         c.arg("bot")
@@ -371,6 +398,7 @@ fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
             .env("HF_ENDPOINT", endpoint)
             .env("HF_HOME", dir.path().join("hf"))
             .env_remove("VIRALCLIP_WHISPER")
+            .env_remove("VIRALCLIP_FACE_MODEL")
             .env_remove("VIRALCLIP_API_URL")
             .env_remove("HF_HUB_OFFLINE");
         if let Some(w) = whisper {
@@ -387,6 +415,11 @@ fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
     let seen = hub.seen.lock().unwrap().clone();
     assert!(
         seen.iter().any(|p| p.ends_with("/resolve/main/ggml-tiny.en.bin")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|p| p == "/opencv/face_detection_yunet/resolve/main/face_detection_yunet_2023mar.onnx"),
         "{seen:?}"
     );
     assert!(

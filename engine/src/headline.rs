@@ -27,12 +27,14 @@ pub struct ScoredLine<'a> {
     pub score: f32,
 }
 
-/// The title and hashtags for a clip made of `lines`, whose strongest emotion is `emotion` (a
-/// GoEmotions label; `neutral` and `None` give no emotion tag), in language `lang` (ISO 639-1).
-pub fn headline(lines: &[ScoredLine], emotion: Option<&str>, lang: &str) -> Headline {
+/// The title and hashtags for a clip made of `lines`, from a video whose whole transcript is
+/// `context` (its keywords that the clip holds come first: what the video is about, not the
+/// clip's filler), whose strongest emotion is `emotion` (a GoEmotions label; `neutral` and `None`
+/// give no emotion tag), in language `lang` (ISO 639-1).
+pub fn headline(lines: &[ScoredLine], context: &str, emotion: Option<&str>, lang: &str) -> Headline {
     Headline {
         title: title(lines),
-        hashtags: hashtags(lines, emotion, lang),
+        hashtags: hashtags_in(lines, context, emotion, lang),
     }
 }
 
@@ -119,9 +121,9 @@ fn title(lines: &[ScoredLine]) -> String {
         .or_else(|| ranked.iter().find(|s| fits(s)));
     let best_score = ranked.first().map(|s| s.1).unwrap_or(0.0);
     match pick {
-        // A fitting sentence is used whole unless a stronger one is much stronger: then the
-        // stronger one, shortened at a word.
-        Some(s) if s.1 >= best_score - 0.15 => tidy(&s.0),
+        // A fitting sentence is used whole unless a stronger one is much stronger (by a sixth):
+        // then the stronger one, shortened at a word.
+        Some(s) if s.1 >= best_score - best_score.abs() / 6.0 => tidy(&s.0),
         _ => match ranked.first() {
             Some(s) => shorten(&s.0, TITLE_MAX_CHARS),
             None => String::new(),
@@ -164,8 +166,18 @@ fn shorten(s: &str, max: usize) -> String {
     format!("{out}…")
 }
 
+#[cfg(test)]
 fn hashtags(lines: &[ScoredLine], emotion: Option<&str>, lang: &str) -> Vec<String> {
+    hashtags_in(lines, "", emotion, lang)
+}
+
+fn hashtags_in(lines: &[ScoredLine], context: &str, emotion: Option<&str>, lang: &str) -> Vec<String> {
     let text: String = lines.iter().map(|l| l.text.trim()).collect::<Vec<_>>().join(" ");
+    let words: std::collections::HashSet<String> = text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect();
     let stop = yake_rust::StopWords::predefined(lang)
         .or_else(|| yake_rust::StopWords::predefined("en"))
         .unwrap_or_default();
@@ -180,7 +192,20 @@ fn hashtags(lines: &[ScoredLine], emotion: Option<&str>, lang: &str) -> Vec<Stri
             tags.push(tag);
         }
     };
-    for k in yake_rust::get_n_best(12, &text, &stop, &config) {
+    // The video's keywords the clip says, then the clip's own.
+    let video: Vec<yake_rust::ResultItem> = if context.trim().is_empty() {
+        Vec::new()
+    } else {
+        yake_rust::get_n_best(40, context, &stop, &config)
+            .into_iter()
+            .filter(|k| words.contains(&k.keyword.to_lowercase()))
+            .collect()
+    };
+    for k in video
+        .into_iter()
+        .take(2)
+        .chain(yake_rust::get_n_best(12, &text, &stop, &config))
+    {
         if tags.len() >= 4 {
             break;
         }
@@ -205,7 +230,11 @@ fn hashtags(lines: &[ScoredLine], emotion: Option<&str>, lang: &str) -> Vec<Stri
         push(format!("#{tag}"), &mut tags);
     }
     if let Some(e) = emotion.and_then(|e| emotion_word(e, lang)) {
-        push(format!("#{e}"), &mut tags);
+        // Not beside a keyword of the same word («#восторге» and «#восторг»).
+        let stem: String = e.chars().take(5).collect();
+        if !tags.iter().any(|t| t.contains(&stem)) {
+            push(format!("#{e}"), &mut tags);
+        }
     }
     for generic in ["#shorts", "#viral", "#clip"] {
         if tags.len() >= 3 {
@@ -351,8 +380,28 @@ mod tests {
             "{en:?}"
         );
         // Too few words for keywords: platform tags make up three; neutral adds none.
+        let dup = hashtags(
+            &lines(&[("Я в полном восторге, такого не было никогда!", 0.5)]),
+            Some("excitement"),
+            "ru",
+        );
+        assert!(
+            !(dup.contains(&"#восторг".to_string()) && dup.iter().any(|t| t.starts_with("#восторге"))),
+            "{dup:?}"
+        );
         let few = hashtags(&lines(&[("Да.", 0.5)]), Some("neutral"), "ru");
         assert_eq!(few.len(), 3, "{few:?}");
+    }
+
+    #[test]
+    fn the_videos_own_keywords_come_first_when_the_clip_says_them() {
+        let video = "Биткоин сегодня. Биткоин растёт, биткоин падает. Инвесторы спорят про биткоин. \
+                     Погода хорошая. Биткоин снова в новостях.";
+        let clip = lines(&[("Такого роста никто не ждал, биткоин удивил всех.", 0.9)]);
+        let tags = hashtags_in(&clip, video, None, "ru");
+        assert_eq!(tags.first().map(String::as_str), Some("#биткоин"), "{tags:?}");
+        // Keywords of the video that the clip does not say are not its tags.
+        assert!(!tags.iter().any(|t| t.contains("погода")), "{tags:?}");
     }
 
     #[test]
@@ -365,7 +414,7 @@ mod tests {
     #[test]
     fn a_headline_has_both() {
         let l = lines(&[("Вы не поверите, что случилось дальше!", 0.9)]);
-        let h = headline(&l, Some("surprise"), guess_lang(l[0].text));
+        let h = headline(&l, "", Some("surprise"), guess_lang(l[0].text));
         assert_eq!(h.title, "Вы не поверите, что случилось дальше!");
         assert!(h.hashtags.contains(&"#удивление".to_string()), "{h:?}");
     }

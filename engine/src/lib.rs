@@ -16,7 +16,10 @@ pub mod captions;
 pub mod cue;
 pub mod device;
 pub mod error;
+pub mod faces;
 pub mod format;
+#[cfg(feature = "media")]
+pub mod framing;
 pub mod headline;
 #[cfg(feature = "media")]
 pub mod media;

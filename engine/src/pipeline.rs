@@ -77,6 +77,28 @@ pub struct ClipRequest {
     /// Score windows while Whisper is still transcribing (`None`: when the model runs on an
     /// accelerator; on the CPU the two would only share the same cores).
     pub overlap: Option<bool>,
+    /// The clips' shape and captions (default: `original`, the source's own framing, no captions).
+    #[cfg(feature = "media")]
+    pub shape: ShapeRequest,
+}
+
+/// How clips are delivered: their shape, framed by faces when the engine has a detector
+/// ([`Engine::with_faces`]; a still centre crop otherwise), and their burned-in captions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ShapeRequest {
+    pub format: crate::format::Format,
+    pub captions: crate::captions::Captions,
+    pub caption_style: crate::captions::CaptionStyle,
+}
+
+impl ShapeRequest {
+    /// `original`: today's clips exactly (no crop, no captions).
+    pub fn original() -> Self {
+        ShapeRequest {
+            format: crate::format::Format::Original,
+            ..ShapeRequest::default()
+        }
+    }
 }
 
 impl ClipRequest {
@@ -93,6 +115,8 @@ impl ClipRequest {
             language: None,
             cut_jobs: 0,
             overlap: None,
+            #[cfg(feature = "media")]
+            shape: ShapeRequest::original(),
         }
     }
 }
@@ -131,6 +155,8 @@ pub struct Analysis {
     pub moments: Vec<Moment>,
     /// Windows whose scores came from the `known` scores (not from the model now).
     pub prefetched: usize,
+    /// The media's end, when there is media: no clip runs past it.
+    pub media_end: Option<f64>,
 }
 
 /// Scores by the text the model saw.
@@ -141,6 +167,8 @@ pub struct Engine {
     scorer: Box<dyn TextScorer>,
     transcriber: Option<Box<dyn Transcriber>>,
     whisper: Option<WhisperModel>,
+    /// Finds faces for framing shaped clips (one at a time: cutting threads share it).
+    faces: Option<std::sync::Mutex<Box<dyn crate::faces::FaceDetector>>>,
     /// Seconds it took to load the model, copied into reports.
     pub model_load_secs: f64,
 }
@@ -151,8 +179,16 @@ impl Engine {
             scorer,
             transcriber: None,
             whisper: Some(WhisperModel::default()),
+            faces: None,
             model_load_secs: 0.0,
         }
+    }
+
+    /// Frame shaped clips (9:16 and the others) by the faces this detector finds; without one
+    /// they get a still crop in the middle of the frame.
+    pub fn with_faces(mut self, detector: Box<dyn crate::faces::FaceDetector>) -> Self {
+        self.faces = Some(std::sync::Mutex::new(detector));
+        self
     }
 
     /// Transcribe with this Whisper model (a file, or a name fetched from the hub), loaded the
@@ -256,6 +292,7 @@ impl Engine {
             virality,
             moments,
             prefetched,
+            media_end,
         })
     }
 
@@ -353,6 +390,7 @@ impl Engine {
             // files. The first error stops the others and fails the job.
             use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
             let queue = std::sync::Mutex::new(moments.iter_mut());
+            let faces = self.faces.as_ref();
             let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
             let worker = || -> Result<()> {
                 while !stop.load(Relaxed) {
@@ -362,7 +400,19 @@ impl Engine {
                     let Some(m) = queue.lock().expect("clip queue").next() else {
                         break;
                     };
-                    let facts = cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode);
+                    let shaped = Self::shape_for(
+                        faces,
+                        req,
+                        info.as_ref(),
+                        &transcript,
+                        m.start,
+                        m.end,
+                        &clips_dir,
+                        m.rank,
+                    );
+                    let facts = shaped.and_then(|shape| {
+                        cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode, shape)
+                    });
                     m.clip = Some(facts.inspect_err(|_| stop.store(true, Relaxed))?);
                     let d = done.fetch_add(1, Relaxed) + 1;
                     progress(Stage::Cut, d as f32 / n as f32);
@@ -435,6 +485,12 @@ impl Engine {
         #[cfg(feature = "media")]
         {
             s["mode"] = serde_json::to_value(req.mode).expect("serialises");
+            s["shape"] = serde_json::to_value(req.shape).expect("serialises");
+            s["framing"] = match (&req.shape.format, &self.faces) {
+                (crate::format::Format::Original, _) => "none".into(),
+                (_, Some(_)) => "faces (YuNet)".into(),
+                (_, None) => "centre (no face detector)".into(),
+            };
         }
         s
     }
@@ -521,6 +577,73 @@ impl Engine {
         Ok(transcript)
     }
 
+    /// The shape of one clip: `None` for `original`; else its geometry, the framing (faces, or
+    /// the centre without a detector) and, unless captions are off, `clip-NN.ass` and
+    /// `clip-NN.srt` beside it (the ASS is burned in).
+    #[cfg(feature = "media")]
+    #[allow(clippy::too_many_arguments)]
+    fn shape_for(
+        faces: Option<&std::sync::Mutex<Box<dyn crate::faces::FaceDetector>>>,
+        req: &ClipRequest,
+        info: Option<&crate::media::MediaInfo>,
+        t: &Transcript,
+        start: f64,
+        end: f64,
+        clips_dir: &Path,
+        rank: usize,
+    ) -> Result<Option<crate::shape::Shape>> {
+        use crate::captions::{self, Captions};
+        use crate::format::Format;
+        let sr = req.shape;
+        if sr.format == Format::Original {
+            return Ok(None);
+        }
+        let Some(v) = info.and_then(|i| i.video.as_ref()) else {
+            return Ok(None);
+        };
+        let g = sr.format.geometry(v.width, v.height);
+        let mut shape = match faces {
+            Some(det) => {
+                let mut det = det.lock().unwrap_or_else(|p| p.into_inner());
+                let plan = crate::framing::plan(
+                    &req.input,
+                    start,
+                    end,
+                    g,
+                    det.as_mut(),
+                    None,
+                    &crate::reframe::Reframe::default(),
+                )?;
+                crate::shape::Shape {
+                    geometry: g,
+                    plan,
+                    captions: None,
+                    fonts_dir: None,
+                }
+            }
+            None => crate::shape::Shape::centred(g, (v.width, v.height), end - start),
+        };
+        if sr.captions != Captions::Off {
+            let words = captions::spread_words(&t.cues, start, end);
+            let name = format!("clip-{rank:02}");
+            let ass = captions::ass(
+                &words,
+                sr.captions,
+                sr.caption_style,
+                (g.out_w, g.out_h),
+                CAPTION_FONT,
+            );
+            let ass_path = clips_dir.join(format!("{name}.ass"));
+            std::fs::write(&ass_path, ass).map_err(|e| Error::io(&ass_path, e))?;
+            let lay = sr.caption_style.layout(g.out_w, g.out_h);
+            let srt_path = clips_dir.join(format!("{name}.srt"));
+            std::fs::write(&srt_path, captions::srt(&words, lay.line_chars))
+                .map_err(|e| Error::io(&srt_path, e))?;
+            shape.captions = Some(ass_path);
+        }
+        Ok(Some(shape))
+    }
+
     fn moment_report(&self, m: &Moment, t: &Transcript, a: &Analysis) -> MomentReport {
         let labels = self.scorer.labels();
         let peak = &a.scores[m.peak_window];
@@ -603,12 +726,22 @@ impl Engine {
             CueSource::Whisper { language, .. } if language.len() == 2 => language.as_str(),
             _ => crate::headline::guess_lang(&text),
         };
-        let headline = crate::headline::headline(&scored, strongest.as_ref().map(|s| s.0.as_str()), lang);
+        let context: String = t
+            .cues
+            .iter()
+            .map(|c| c.text.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let headline =
+            crate::headline::headline(&scored, &context, strongest.as_ref().map(|s| s.0.as_str()), lang);
+        // With word times (Whisper), the edges move onto word boundaries.
+        let words: Vec<crate::cue::Word> = t.cues.iter().flat_map(|c| c.words.iter().cloned()).collect();
+        let (start, end) = select::snap_to_words(m.start, m.end, &words, a.media_end);
         MomentReport {
             rank: m.rank,
-            start: m.start,
-            end: m.end,
-            duration: m.duration(),
+            start,
+            end,
+            duration: end - start,
             virality: 0.6 * m.peak + 0.4 * m.mean,
             popularity: peak.popularity,
             emotions,
@@ -688,6 +821,11 @@ fn model_text(window: &str, cfg: &SelectConfig) -> String {
     }
 }
 
+/// The captions' font: DejaVu Sans (Cyrillic, Greek, Latin; a free licence that allows
+/// embedding and redistribution), from Debian's fonts-dejavu-core, found by libass through
+/// fontconfig.
+pub const CAPTION_FONT: &str = "DejaVu Sans";
+
 /// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
 #[cfg(feature = "media")]
 fn cut_one(
@@ -697,10 +835,11 @@ fn cut_one(
     start: f64,
     end: f64,
     mode: CutMode,
+    shape: Option<crate::shape::Shape>,
 ) -> Result<ClipFacts> {
     let name = format!("clip-{rank:02}");
     let clip_path = clips_dir.join(format!("{name}.mp4"));
-    let clip = crate::media::cut(input, start, end, mode, &clip_path)?;
+    let clip = crate::media::cut_shaped(input, start, end, mode, shape, &clip_path)?;
     let thumb_path = clips_dir.join(format!("{name}.jpg"));
     let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
     Ok(ClipFacts {

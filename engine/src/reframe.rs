@@ -46,7 +46,8 @@ impl Face {
         (open, width)
     }
 
-    fn iou(&self, o: &Face) -> f32 {
+    /// Intersection over union of the two boxes.
+    pub fn iou(&self, o: &Face) -> f32 {
         let [ax, ay, aw, ah] = self.bbox;
         let [bx, by, bw, bh] = o.bbox;
         let iw = ((ax + aw).min(bx + bw) - ax.max(bx)).max(0.0);
@@ -151,6 +152,8 @@ pub struct Reframe {
     pub min_score: f32,
     /// Detections in two samples with this overlap are the same person.
     pub min_iou: f32,
+    /// Or when the new one is within this many face sizes of where the track's speed predicts.
+    pub max_jump: f32,
     /// A new speaker must lead for this long before the crop cuts to them (seconds).
     pub switch_hold: f64,
     /// Audio quieter than this is silence: mouth motion then says nothing about who speaks.
@@ -170,6 +173,7 @@ impl Default for Reframe {
             gain: 4.0,
             min_score: 0.6,
             min_iou: 0.2,
+            max_jump: 0.8,
             switch_hold: 1.0,
             min_loudness: 0.01,
             min_activity: 0.05,
@@ -184,6 +188,8 @@ struct Track {
     id: usize,
     last: Face,
     last_t: f64,
+    /// Its centre's speed, px per second.
+    velocity: (f32, f32),
     mouth: Option<(f32, f32)>,
     activity: f32,
 }
@@ -410,13 +416,25 @@ impl Reframe {
             let mut faces: Vec<&Face> = s.faces.iter().filter(|f| f.score >= self.min_score).collect();
             faces.sort_by(|a, b| b.score.total_cmp(&a.score));
             for f in faces {
+                // The same person: overlapping the last box, or near where the track's speed
+                // puts it now (a face crossing the frame moves more than its width a second).
+                let (fx, fy) = f.center();
                 let best = tracks
                     .iter()
                     .enumerate()
                     .filter(|(k, _)| !taken[*k])
-                    .map(|(k, t)| (k, t.last.iou(f)))
-                    .filter(|&(_, iou)| iou >= self.min_iou)
-                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                    .filter_map(|(k, t)| {
+                        let (lx, ly) = t.last.center();
+                        let ahead = (s.t - t.last_t) as f32;
+                        let (px, py) = (lx + t.velocity.0 * ahead, ly + t.velocity.1 * ahead);
+                        let size = t.last.bbox[2].max(t.last.bbox[3]).max(1.0);
+                        let dist = ((fx - px).powi(2) + (fy - py).powi(2)).sqrt() / size;
+                        let near = dist <= self.max_jump;
+                        let close_size = (f.bbox[2] / t.last.bbox[2].max(1.0)).clamp(0.0, 10.0);
+                        let same_size = (0.6..=1.6).contains(&close_size);
+                        (t.last.iou(f) >= self.min_iou || (near && same_size)).then_some((k, dist))
+                    })
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
                 let k = match best {
                     Some((k, _)) => k,
                     None => {
@@ -424,6 +442,7 @@ impl Reframe {
                             id: next_id,
                             last: *f,
                             last_t: s.t,
+                            velocity: (0.0, 0.0),
                             mouth: None,
                             activity: 0.0,
                         });
@@ -444,6 +463,13 @@ impl Reframe {
                     }
                 }
                 t.mouth = Some(m);
+                if s.t > t.last_t {
+                    let ((ax, ay), (bx, by)) = (t.last.center(), f.center());
+                    let dt = (s.t - t.last_t) as f32;
+                    let v = ((bx - ax) / dt, (by - ay) / dt);
+                    // Smoothed, so one noisy box does not send the prediction off.
+                    t.velocity = (t.velocity.0 * 0.5 + v.0 * 0.5, t.velocity.1 * 0.5 + v.1 * 0.5);
+                }
                 t.last = *f;
                 t.last_t = s.t;
                 seen.push((t.id, *f, t.activity));

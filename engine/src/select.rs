@@ -352,9 +352,75 @@ fn padded_edges(cues: &[Cue], f: usize, l: usize, end_limit: f64, cfg: &SelectCo
     (start, end)
 }
 
+/// The silence kept before a clip's first word and after its last (seconds).
+pub const BREATH_SECS: f64 = 0.25;
+
+/// Clip edges on word boundaries: a clip never starts or ends inside a word (one cut at the
+/// edge is taken whole), and keeps [`BREATH_SECS`] of silence around its first and last words
+/// where there is that much, else half the gap to the word outside. `words` are the source's,
+/// in time order; without any inside `[start, end)` the edges stay as they are.
+pub fn snap_to_words(start: f64, end: f64, words: &[crate::cue::Word], media_end: Option<f64>) -> (f64, f64) {
+    let Some(first) = words.iter().position(|w| w.end > start) else {
+        return (start, end);
+    };
+    let Some(last) = words.iter().rposition(|w| w.start < end) else {
+        return (start, end);
+    };
+    if last < first {
+        return (start, end);
+    }
+    let before = first.checked_sub(1).map(|i| words[i].end).unwrap_or(0.0);
+    let after = words.get(last + 1).map(|w| w.start).unwrap_or(f64::INFINITY);
+    let (a, b) = (words[first].start, words[last].end);
+    let s = (a - BREATH_SECS).max((before + a) / 2.0).max(0.0);
+    let mut e = (b + BREATH_SECS).min((b + after) / 2.0);
+    if let Some(m) = media_end {
+        e = e.min(m);
+    }
+    (s, e.max(s))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_edges_land_on_word_boundaries_with_a_breath() {
+        use crate::cue::Word;
+        let w = |text: &str, start: f64, end: f64| Word {
+            text: text.into(),
+            start,
+            end,
+        };
+        let words = vec![
+            w("раз", 0.0, 0.4),
+            w("два", 0.5, 1.0),
+            w("три", 2.0, 2.5),
+            w("четыре", 3.5, 4.2),
+        ];
+        // Starting inside «два» and ending inside «три»: both taken whole, half the 0.1 s gap
+        // before, a full breath after (the next gap is a second).
+        let (s, e) = snap_to_words(0.7, 2.2, &words, None);
+        assert!((s - 0.45).abs() < 1e-9 && (e - 2.75).abs() < 1e-9, "{s} {e}");
+        // Long silence before the first word is cut down to a breath.
+        let (s, _) = snap_to_words(1.1, 2.6, &words, None);
+        assert!((s - 1.75).abs() < 1e-9, "{s}");
+        // No edge ever falls inside a word, for any edges.
+        for i in 0..50 {
+            for j in i + 1..50 {
+                let (s, e) = snap_to_words(i as f64 * 0.1, j as f64 * 0.1, &words, Some(4.3));
+                for x in &words {
+                    assert!(
+                        !((x.start < s && s < x.end) || (x.start < e && e < x.end)),
+                        "{s} {e} cut {x:?}"
+                    );
+                }
+                assert!((e <= 4.3 || j as f64 * 0.1 > 4.3) && s <= e, "{s} {e}");
+            }
+        }
+        assert_eq!(snap_to_words(5.0, 6.0, &words, None), (5.0, 6.0));
+        assert_eq!(snap_to_words(1.0, 2.0, &[], None), (1.0, 2.0));
+    }
 
     /// Cues of `len` seconds with `gap` between them; `text(i)` names them.
     fn cues(n: usize, len: f64, gap: f64) -> Vec<Cue> {

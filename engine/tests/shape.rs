@@ -45,15 +45,8 @@ fn source(dir: &Path) -> std::path::PathBuf {
 }
 
 /// The frame at `t` as RGB rows.
-fn rgb_at(path: &Path, t: f64, (w, h): (u32, u32)) -> Vec<u8> {
-    let out = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-ss", &format!("{t:.3}"), "-i"])
-        .arg(path)
-        .args(["-frames:v", "1", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"])
-        .output()
-        .unwrap();
-    assert_eq!(out.stdout.len(), (w * h * 3) as usize, "a frame at {t}");
-    out.stdout
+fn rgb_at(path: &Path, t: f64, size: (u32, u32)) -> Vec<u8> {
+    common::rgb_frame(path, Some(t), size)
 }
 
 fn px(frame: &[u8], w: u32, x: u32, y: u32) -> (u8, u8, u8) {

