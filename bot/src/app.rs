@@ -990,7 +990,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
                 .set(format!("⏳ uploading clip {rank} of {total}"), true)
                 .await;
             let caption = format::caption(m, total);
-            let parts = fit_for_upload(&app, &dir, &report.input.path, m, clip)?;
+            let parts = fit_for_upload(&app, &dir, m, clip)?;
             let n = parts.len();
             let mut last_id = 0;
             for (k, part) in parts.iter().enumerate() {
@@ -1109,7 +1109,6 @@ async fn status_message_for(
 fn fit_for_upload(
     app: &App,
     dir: &Path,
-    input: &Path,
     m: &viralclip_engine::report::MomentReport,
     clip: &viralclip_engine::report::ClipFacts,
 ) -> Result<Vec<viralclip_engine::report::ClipFacts>> {
@@ -1125,7 +1124,6 @@ fn fit_for_upload(
         // The parts are cut from the clip as it was made (its shape, framing and burned-in
         // captions), not from the source again.
         let made = dir.join("out").join(&clip.path);
-        let _ = input;
         if !made.is_file() {
             return Err(anyhow!("the clip file is gone"));
         }

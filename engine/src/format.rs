@@ -137,7 +137,8 @@ impl Geometry {
     }
 }
 
-fn even(x: f64) -> u32 {
+/// The nearest even size, at least 2 (yuv420p needs even sides).
+pub(crate) fn even(x: f64) -> u32 {
     ((x / 2.0).round() as u32 * 2).max(2)
 }
 

@@ -366,11 +366,12 @@ impl Engine {
         timings.windows_prefetched = analysis.prefetched;
 
         std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
+        let whole = WholeText::of(&transcript);
         #[cfg_attr(not(feature = "media"), allow(unused_mut))]
         let mut moments: Vec<MomentReport> = analysis
             .moments
             .iter()
-            .map(|m| self.moment_report(m, &transcript, &analysis))
+            .map(|m| self.moment_report(m, &transcript, &analysis, &whole))
             .collect();
 
         #[cfg(feature = "media")]
@@ -644,7 +645,7 @@ impl Engine {
         Ok(Some(shape))
     }
 
-    fn moment_report(&self, m: &Moment, t: &Transcript, a: &Analysis) -> MomentReport {
+    fn moment_report(&self, m: &Moment, t: &Transcript, a: &Analysis, whole: &WholeText) -> MomentReport {
         let labels = self.scorer.labels();
         let peak = &a.scores[m.peak_window];
         let quote = a.windows[m.peak_window].text.clone();
@@ -726,17 +727,14 @@ impl Engine {
             CueSource::Whisper { language, .. } if language.len() == 2 => language.as_str(),
             _ => crate::headline::guess_lang(&text),
         };
-        let context: String = t
-            .cues
-            .iter()
-            .map(|c| c.text.as_str())
-            .collect::<Vec<_>>()
-            .join(" ");
-        let headline =
-            crate::headline::headline(&scored, &context, strongest.as_ref().map(|s| s.0.as_str()), lang);
+        let headline = crate::headline::headline(
+            &scored,
+            &whole.text,
+            strongest.as_ref().map(|s| s.0.as_str()),
+            lang,
+        );
         // With word times (Whisper), the edges move onto word boundaries.
-        let words: Vec<crate::cue::Word> = t.cues.iter().flat_map(|c| c.words.iter().cloned()).collect();
-        let (start, end) = select::snap_to_words(m.start, m.end, &words, a.media_end);
+        let (start, end) = select::snap_to_words(m.start, m.end, &whole.words, a.media_end);
         MomentReport {
             rank: m.rank,
             start,
@@ -818,6 +816,27 @@ fn model_text(window: &str, cfg: &SelectConfig) -> String {
         crate::boilerplate::strip(window)
     } else {
         window.to_string()
+    }
+}
+
+/// What every moment's report reads from the whole transcript, gathered once per job: its text
+/// (the video's keywords for hashtags) and its words with their times (clip edges).
+struct WholeText {
+    text: String,
+    words: Vec<crate::cue::Word>,
+}
+
+impl WholeText {
+    fn of(t: &Transcript) -> Self {
+        WholeText {
+            text: t
+                .cues
+                .iter()
+                .map(|c| c.text.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            words: t.cues.iter().flat_map(|c| c.words.iter().cloned()).collect(),
+        }
     }
 }
 
@@ -1040,13 +1059,13 @@ mod tests {
         let mut engine = Engine::new(Box::new(Fake(Arc::new(Mutex::new(Vec::new())))));
         let a = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
         assert!(!a.moments.is_empty());
-        let top = engine.moment_report(&a.moments[0], &transcript, &a);
+        let top = engine.moment_report(&a.moments[0], &transcript, &a, &WholeText::of(&transcript));
         assert!(
             top.text.contains("Не может быть!"),
             "the emotional line wins: {top:?}"
         );
         for m in &a.moments {
-            let r = engine.moment_report(m, &transcript, &a);
+            let r = engine.moment_report(m, &transcript, &a, &WholeText::of(&transcript));
             assert!(r.text.contains(&r.quote), "quote outside the clip: {r:?}");
             assert!(
                 r.reasons[0].contains(&format!("«{}»", r.quote)),

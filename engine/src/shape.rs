@@ -16,7 +16,7 @@ use ff::{filter, format, frame, Rational};
 use ffmpeg_next as ff;
 
 use crate::error::{Error, Result};
-use crate::format::Geometry;
+use crate::format::{even, Geometry};
 use crate::reframe::{Axis, Layout, Plan};
 
 /// How a clip is shaped: the crop and output sizes, where the crop goes, the captions.
@@ -107,10 +107,6 @@ fn graph(args: &str, spec: &str, sinks: &[&str], what: &'static str) -> Result<f
     p.parse(spec).map_err(&e)?;
     g.validate().map_err(&e)?;
     Ok(g)
-}
-
-fn even(x: f64) -> u32 {
-    ((x / 2.0).round() as u32 * 2).max(2)
 }
 
 /// A path as a filter-graph option value, quoted; `None` for a path with a character that means
