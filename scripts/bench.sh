@@ -3,11 +3,19 @@
 # side on this machine: one JSON line per case from each. Needs the fixtures, and a Python with
 # torch and transformers ($PYTHON, default python3).
 #   scripts/bench.sh [--device cuda] [--shapes 1x128,32x128,256x128,256x32,1024x32] [--dtypes f32,bf16]
+#
+# `--shorts [VIDEO]` instead: a 30 s clip of VIDEO (default the demo, 720p) the way a short is
+# made, each stage beside the tool a user would pick for it, in the same run: viralclip's 16:9
+# cut and captioned 9:16 encode beside the ffmpeg command line with the same x264 settings (a
+# fixed centre crop and the same clip.ass through its `ass` filter), the framing analysis, and
+# YuNet per frame on tract-onnx beside ONNX Runtime ($PYTHON with onnxruntime and numpy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu; shapes=1x128,8x128,32x32,32x128; dtypes=f32; secs=3
+device=cpu; shapes=1x128,8x128,32x32,32x128; dtypes=f32; secs=3; shorts=
 while (($#)); do
   case $1 in
+    --shorts) shorts=assets/demo/demo.mp4; shift
+      if (($#)) && [[ $1 != --* ]]; then shorts=$1; shift; fi;;
     --device) device=$2; shift 2;;
     --shapes) shapes=$2; shift 2;;
     --dtypes) dtypes=$2; shift 2;;
@@ -20,6 +28,35 @@ f=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env
 [[ -f $f ]] && source "$f"
 bin=${VIRALCLIP_BIN:-target/release/viralclip}
 [[ -x $bin ]] || cargo build --release -q -p viralclip
+
+if [[ -n $shorts ]]; then
+  faces=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/faces/face_detection_yunet_2023mar.onnx
+  face_model=${VIRALCLIP_FACE_MODEL:-$faces}
+  out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
+  echo "{\"case\": \"load\", \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"cpus\": $(nproc)}"
+  "$bin" bench --no-score --video "$shorts" --face-model "$face_model" --shorts-out "$out"
+  # The same clip as the bench's (from 30 % of the video, 30 s), by the ffmpeg command line.
+  dur=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$shorts")
+  read -r s e < <(python3 -c "d=$dur; s=d*0.3; print(s, s+min(30, d*0.5))")
+  x264=(-c:v libx264 -preset veryfast -crf 23 -pix_fmt yuv420p -c:a aac -b:a 128k -movflags +faststart)
+  timed() { # case, then the ffmpeg arguments
+    local case=$1 t0 t1; shift
+    t0=$(date +%s.%N)
+    ffmpeg -v error -y "$@"
+    t1=$(date +%s.%N)
+    python3 -c "import json; w=$t1-$t0; c=$e-$s; print(json.dumps({'case': '$case', 'engine': 'ffmpeg $(ffmpeg -version | head -1 | cut -d' ' -f3)', 'clip_secs': round(c, 2), 'wall_s': round(w, 2), 'share_of_clip': round(w / c, 3)}))"
+  }
+  timed cut -ss "$s" -to "$e" -i "$shorts" "${x264[@]}" "$out/cli-16x9.mp4"
+  timed shorts_encode -ss "$s" -to "$e" -i "$shorts" \
+    -vf "crop=ih*9/16:ih,scale=720:1280,ass=$out/clip.ass" "${x264[@]}" "$out/cli-9x16.mp4"
+  if "${PYTHON:-python3}" -c 'import onnxruntime, numpy' 2>/dev/null; then
+    "${PYTHON:-python3}" bench/yunet_ort.py --model "$face_model" --video "$shorts" \
+      --at "$(python3 -c "print(($s + $e) / 2)")"
+  else
+    echo "bench: no onnxruntime in ${PYTHON:-python3} (pip install onnxruntime numpy): YuNet on ONNX Runtime not timed" >&2
+  fi
+  exit 0
+fi
 "$bin" bench --device "$device" --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" --rubert-shape \
   --shapes "$shapes" --precision "$dtypes" --secs "$secs"
 "${PYTHON:-python3}" bench/pytorch_bench.py --device "$device" --encoder "$VIRALCLIP_ENCODER_MULTILINGUAL" \

@@ -23,6 +23,8 @@ pkgs=(
   ffmpeg fonts-dejavu-core
   # the tests' Russian speech; the fixtures and CUDA-toolchain scripts (venv, pip, zip files)
   festival festvox-ru python3 python3-venv python3-pip unzip xz-utils
+  # reading burned-in captions back from the picture (engine/tests/captions_ocr.rs)
+  tesseract-ocr tesseract-ocr-rus
 )
 if [[ ${1:-} == --list ]]; then
   printf '%s\n' "${pkgs[@]}"

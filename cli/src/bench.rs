@@ -31,6 +31,21 @@ pub struct BenchArgs {
     /// A video: time cutting a 30 s clip in each mode.
     #[arg(long)]
     pub video: Option<PathBuf>,
+    /// With --video: also time the shorts path on the same 30 s clip: the framing analysis (YuNet
+    /// on 5 sampled frames a second) and the captioned 9:16 encode, and YuNet alone per frame.
+    /// The face model's file; default: fetched from the hub once.
+    #[arg(long, env = "VIRALCLIP_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
+    /// With --video: caption the 9:16 clip with these subtitles' words (default: a Russian
+    /// sentence repeated at 2.5 words a second, what speech gives).
+    #[arg(long)]
+    pub subs: Option<PathBuf>,
+    /// Keep the shorts case's clip and its clip.ass here (default: a temporary directory).
+    #[arg(long)]
+    pub shorts_out: Option<PathBuf>,
+    /// Skip the shorts cases (--video then times the 16:9 cuts and Whisper only).
+    #[arg(long)]
+    pub no_shorts: bool,
     /// A Whisper model (a ggml file or a model name): real-time factor on --video's audio.
     #[arg(long)]
     pub whisper: Option<viralclip_engine::whisper_model::WhisperModel>,
@@ -368,6 +383,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 })
             );
         }
+        #[cfg(feature = "faces")]
+        if !a.no_shorts {
+            shorts(
+                video,
+                &info,
+                (s, e),
+                a.face_model.as_deref(),
+                a.subs.as_deref(),
+                a.shorts_out.as_deref(),
+            )?;
+        }
         #[cfg(feature = "whisper")]
         if let Some(w) = &a.whisper {
             use viralclip_engine::transcribe::Transcriber;
@@ -401,6 +427,149 @@ pub fn run(a: BenchArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The shorts path on the clip `(s, e)` of `video`, each stage alone as the pipeline runs it: the
+/// framing analysis (sampling, YuNet, the plan), the captioned 9:16 encode along that plan, and
+/// YuNet per frame on one 640-px sample (the figure to set beside ONNX Runtime's,
+/// `bench/yunet_ort.py`). One JSON line each, with the share of the clip's duration.
+#[cfg(all(feature = "media", feature = "faces"))]
+fn shorts(
+    video: &std::path::Path,
+    info: &viralclip_engine::media::MediaInfo,
+    (s, e): (f64, f64),
+    face_model: Option<&std::path::Path>,
+    subs: Option<&std::path::Path>,
+    keep: Option<&std::path::Path>,
+) -> Result<()> {
+    use viralclip_engine::captions::{self, CaptionStyle, Captions};
+    use viralclip_engine::faces::{FaceDetector, YuNet};
+    use viralclip_engine::format::Format;
+    use viralclip_engine::media::{self, CutMode};
+    let Some(v) = info.video.as_ref() else {
+        anyhow::bail!("{}: no video stream for the shorts cases", video.display());
+    };
+    let model = viralclip_engine::faces::resolve_model(face_model)?;
+    let mut det = YuNet::load(&model)?;
+    let g = Format::Vertical.geometry(v.width, v.height);
+    let clip = e - s;
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let line = |case: &str, secs: f64, extra: serde_json::Value| {
+        let mut j = serde_json::json!({
+            "case": case, "engine": "viralclip", "source": format!("{}x{}", v.width, v.height),
+            "clip_secs": round(clip), "wall_s": round(secs), "share_of_clip": (secs / clip * 1000.0).round() / 1000.0,
+        });
+        if let (Some(j), serde_json::Value::Object(x)) = (j.as_object_mut(), extra) {
+            j.extend(x);
+        }
+        println!("{j}");
+    };
+
+    let t = Instant::now();
+    let audio = if info.audio.is_some() {
+        Some(media::decode_audio_span(video, s, e)?)
+    } else {
+        None
+    };
+    let plan = viralclip_engine::framing::plan(
+        video,
+        s,
+        e,
+        g,
+        &mut det,
+        audio.as_deref(),
+        &viralclip_engine::reframe::Reframe::default(),
+    )?;
+    line(
+        "framing",
+        t.elapsed().as_secs_f64(),
+        serde_json::json!({ "samples_per_sec": viralclip_engine::framing::SAMPLES_PER_SEC, "segments": plan.segments.len() }),
+    );
+
+    let words = match subs {
+        Some(p) => captions::spread_words(&viralclip_engine::subtitle::read_file(p)?.cues, s, e),
+        None => {
+            let text = "Сегодня мы поговорим о том, что случилось на самом деле, и это невероятно.";
+            let per = 0.4;
+            text.split_whitespace()
+                .cycle()
+                .take((clip / per) as usize)
+                .enumerate()
+                .map(|(i, w)| captions::Word {
+                    text: w.into(),
+                    start: i as f64 * per,
+                    end: i as f64 * per + per * 0.9,
+                })
+                .collect()
+        }
+    };
+    let tmp = tempfile::tempdir()?;
+    let dir = match keep {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d
+        }
+        None => tmp.path(),
+    };
+    let ass = dir.join("clip.ass");
+    std::fs::write(
+        &ass,
+        captions::ass(
+            &words,
+            Captions::Words,
+            CaptionStyle::Bold,
+            (g.out_w, g.out_h),
+            viralclip_engine::pipeline::CAPTION_FONT,
+        ),
+    )?;
+    let shape = viralclip_engine::shape::Shape {
+        geometry: g,
+        plan,
+        captions: Some(ass),
+        fonts_dir: None,
+    };
+    let t = Instant::now();
+    let c = media::cut_shaped(video, s, e, CutMode::Precise, Some(shape), &dir.join("clip.mp4"))?;
+    line(
+        "shorts_encode",
+        t.elapsed().as_secs_f64(),
+        serde_json::json!({ "format": "9:16", "out": format!("{}x{}", c.width, c.height), "captions": "words", "words": words.len() }),
+    );
+
+    // YuNet alone: one sampled frame, the same size the framing gives it, over and over.
+    let mut frame: Option<(Vec<u8>, u32, u32)> = None;
+    media::sample_frames(
+        video,
+        s + clip / 2.0,
+        e,
+        1.0,
+        viralclip_engine::framing::SAMPLE_EDGE,
+        |_, rgb, w, h| {
+            if frame.is_none() {
+                frame = Some((rgb.to_vec(), w, h));
+            }
+            Ok(())
+        },
+    )?;
+    let Some((rgb, w, h)) = frame else {
+        anyhow::bail!("{}: no frame to time the face detector on", video.display());
+    };
+    det.detect(&rgb, w, h)?; // warm-up
+    let (t, mut n) = (Instant::now(), 0u32);
+    while n < 5 || t.elapsed() < Duration::from_secs(3) {
+        det.detect(&rgb, w, h)?;
+        n += 1;
+    }
+    let ms = t.elapsed().as_secs_f64() * 1000.0 / f64::from(n);
+    println!(
+        "{}",
+        serde_json::json!({
+            "case": "face_detect", "engine": "viralclip (tract-onnx)", "model": model.file_name().map(|f| f.to_string_lossy().into_owned()),
+            "frame": format!("{w}x{h}"), "input": format!("{0}x{0}", viralclip_engine::faces::YUNET_SIDE),
+            "ms_per_frame": (ms * 100.0).round() / 100.0, "runs": n,
+        })
+    );
     Ok(())
 }
 

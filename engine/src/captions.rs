@@ -186,6 +186,7 @@ pub fn group(words: &[Word], line_chars: usize) -> Vec<Group> {
     let mut len = 0usize;
     let flush = |lines: &mut Vec<Vec<usize>>, groups: &mut Vec<Group>| {
         lines.retain(|l| !l.is_empty());
+        balance(lines, words, line_chars);
         if let (Some(first), Some(last)) = (
             lines.first().and_then(|l| l.first()),
             lines.last().and_then(|l| l.last()),
@@ -233,6 +234,28 @@ pub fn group(words: &[Word], line_chars: usize) -> Vec<Group> {
         };
     }
     groups
+}
+
+/// The characters of a line of `words[ix]`, with single spaces.
+fn line_len(words: &[Word], ix: &[usize]) -> usize {
+    ix.iter().map(|&i| words[i].text.chars().count()).sum::<usize>() + ix.len().saturating_sub(1)
+}
+
+/// Two lines filled greedily can leave one word alone on the second: the group's words are split
+/// again where the longer line is shortest (both still fitting `line_chars`), the upper line
+/// the shorter of the two when they cannot be equal (the eye reads a pyramid more easily).
+fn balance(lines: &mut Vec<Vec<usize>>, words: &[Word], line_chars: usize) {
+    if lines.len() != 2 {
+        return;
+    }
+    let all: Vec<usize> = lines.iter().flatten().copied().collect();
+    let best = (1..all.len())
+        .map(|k| (k, line_len(words, &all[..k]), line_len(words, &all[k..])))
+        .filter(|&(_, a, b)| a <= line_chars && b <= line_chars)
+        .min_by_key(|&(_, a, b)| (a.max(b), a > b));
+    if let Some((k, _, _)) = best {
+        *lines = vec![all[..k].to_vec(), all[k..].to_vec()];
+    }
 }
 
 fn ass_time(t: f64) -> String {
@@ -430,6 +453,22 @@ mod tests {
         for p in gs.windows(2) {
             assert!(p[0].end <= p[1].start + 1e-9 && p[0].start < p[0].end, "{p:?}");
         }
+    }
+
+    #[test]
+    fn two_lines_are_balanced_not_a_full_line_and_a_lone_word() {
+        // Greedy filling at 24 characters: "Сегодня мы поговорим о" + "погоде".
+        let w = words("Сегодня мы поговорим о погоде", 0.0, 0.3);
+        let gs = group(&w, 24);
+        assert_eq!(gs.len(), 1, "{gs:?}");
+        let lens: Vec<usize> = gs[0].lines.iter().map(|l| line_len(&w, l)).collect();
+        assert_eq!(lens.len(), 2, "{gs:?}");
+        assert!(lens[0].abs_diff(lens[1]) <= 8, "unbalanced lines {lens:?}");
+        assert!(lens.iter().all(|&l| l <= 24));
+        assert!(lens[0] <= lens[1], "the upper line is the shorter: {lens:?}");
+        // Still every word once, in order.
+        let seen: Vec<usize> = gs[0].lines.iter().flatten().copied().collect();
+        assert_eq!(seen, (0..w.len()).collect::<Vec<_>>());
     }
 
     #[test]

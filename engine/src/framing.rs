@@ -57,7 +57,7 @@ pub fn scene_cuts(thumbs: &[(f64, Vec<u8>)]) -> Vec<f64> {
         .collect()
 }
 
-/// RMS of `audio` (16 kHz mono of the whole source) in 0.4 s around source second `t`.
+/// RMS of `audio` (16 kHz mono) in 0.4 s around its second `t`.
 pub fn loudness(audio: &[f32], t: f64) -> f32 {
     let rate = crate::transcribe::SAMPLE_RATE as f64;
     let (a, b) = (((t - 0.2).max(0.0) * rate) as usize, ((t + 0.2) * rate) as usize);
@@ -68,8 +68,9 @@ pub fn loudness(audio: &[f32], t: f64) -> f32 {
     (s.iter().map(|x| x * x).sum::<f32>() / s.len() as f32).sqrt()
 }
 
-/// Where the crop goes in the clip `[start, end)` of `src`, in clip time. `audio`: the source's
-/// sound at 16 kHz (mouth motion counts only while there is sound); `None` treats it as all sound.
+/// Where the crop goes in the clip `[start, end)` of `src`, in clip time. `audio`: the clip's
+/// sound at 16 kHz from `start` on ([`crate::media::decode_audio_span`]; mouth motion counts
+/// only while there is sound); `None` treats it all as sound.
 pub fn plan(
     src: &Path,
     start: f64,
@@ -85,7 +86,7 @@ pub fn plan(
     let mut detect = |t: f64, rgb: &[u8], w: u32, h: u32| -> Result<()> {
         size = (w, h);
         let faces = detector.detect(rgb, w, h)?;
-        let loud = audio.map(|a| loudness(a, start + t)).unwrap_or(1.0);
+        let loud = audio.map(|a| loudness(a, t)).unwrap_or(1.0);
         samples.push(Sample {
             t,
             faces,

@@ -35,15 +35,19 @@ impl Face {
         )
     }
 
-    /// How open the mouth is, in face heights: the nose tip to the mouth corners' midpoint, and
-    /// the mouth's width. Speech moves both.
-    fn mouth(&self) -> (f32, f32) {
-        let [_, _, nose, mr, ml] = self.landmarks;
+    /// How the lower face is set, in eye distances (which speech does not change, unlike the
+    /// box, whose bottom follows the chin): the nose tip to the mouth corners' midpoint, the
+    /// mouth's width, and the box's height (the jaw dropping). Speech moves all three.
+    fn mouth(&self) -> (f32, f32, f32) {
+        let [re, le, nose, mr, ml] = self.landmarks;
+        let eyes = ((re[0] - le[0]).powi(2) + (re[1] - le[1]).powi(2))
+            .sqrt()
+            .max(self.bbox[3] * 0.2)
+            .max(1.0);
         let mid = ((mr[0] + ml[0]) / 2.0, (mr[1] + ml[1]) / 2.0);
-        let h = self.bbox[3].max(1.0);
-        let open = ((mid.0 - nose[0]).powi(2) + (mid.1 - nose[1]).powi(2)).sqrt() / h;
-        let width = ((mr[0] - ml[0]).powi(2) + (mr[1] - ml[1]).powi(2)).sqrt() / h;
-        (open, width)
+        let open = ((mid.0 - nose[0]).powi(2) + (mid.1 - nose[1]).powi(2)).sqrt() / eyes;
+        let width = ((mr[0] - ml[0]).powi(2) + (mr[1] - ml[1]).powi(2)).sqrt() / eyes;
+        (open, width, self.bbox[3] / eyes)
     }
 
     /// Intersection over union of the two boxes.
@@ -158,7 +162,7 @@ pub struct Reframe {
     pub switch_hold: f64,
     /// Audio quieter than this is silence: mouth motion then says nothing about who speaks.
     pub min_loudness: f32,
-    /// Mouth motion (face heights per second, smoothed) above which someone is speaking.
+    /// Mouth motion (eye distances per second, smoothed) above which someone is speaking.
     pub min_activity: f32,
     /// How long mouth motion is averaged over (seconds).
     pub activity_window: f64,
@@ -176,7 +180,7 @@ impl Default for Reframe {
             max_jump: 0.8,
             switch_hold: 1.0,
             min_loudness: 0.01,
-            min_activity: 0.05,
+            min_activity: 0.15,
             activity_window: 0.8,
         }
     }
@@ -190,7 +194,7 @@ struct Track {
     last_t: f64,
     /// Its centre's speed, px per second.
     velocity: (f32, f32),
-    mouth: Option<(f32, f32)>,
+    mouth: Option<(f32, f32, f32)>,
     activity: f32,
 }
 
@@ -455,7 +459,7 @@ impl Reframe {
                 let t = &mut tracks[k];
                 let m = f.mouth();
                 if let Some(pm) = t.mouth {
-                    let motion = ((m.0 - pm.0).abs() + (m.1 - pm.1).abs()) / dt;
+                    let motion = ((m.0 - pm.0).abs() + (m.1 - pm.1).abs() + (m.2 - pm.2).abs()) / dt;
                     let a = (dt / self.activity_window as f32).min(1.0);
                     // Silence says nothing: activity holds while nobody makes a sound.
                     if s.loudness >= self.min_loudness {

@@ -89,9 +89,39 @@ pub fn parse_bytes(bytes: &[u8]) -> Result<Transcript> {
     Ok(t)
 }
 
-/// Reads a subtitle file from disk.
+/// The largest subtitle file read (an hour of dense speech is well under 1 MB).
+pub const MAX_BYTES: u64 = 20 << 20;
+
+/// Reads a subtitle file from disk: a regular file only (not a FIFO or a device, which could
+/// block or never end) of at most [`MAX_BYTES`], counted while reading, not only on the header.
 pub fn read_file(path: &std::path::Path) -> Result<Transcript> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    read_file_within(path, MAX_BYTES)
+}
+
+/// [`read_file`] with another size cap.
+pub fn read_file_within(path: &std::path::Path, max_bytes: u64) -> Result<Transcript> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let too_large = || Error::TooLarge {
+        path: path.into(),
+        limit: format!("subtitles over {} MB", max_bytes >> 20),
+    };
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "{}: subtitles must be a regular file",
+            path.display()
+        )));
+    }
+    if meta.len() > max_bytes {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large());
+    }
     if bytes.is_empty() {
         return Err(Error::EmptyTranscript(format!("{} is empty", path.display())));
     }
@@ -290,6 +320,24 @@ fn parse_vtt_time(t: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_cap_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a.srt");
+        std::fs::write(&p, "1\n00:00:01,000 --> 00:00:02,000\nПривет\n").unwrap();
+        assert_eq!(read_file(&p).unwrap().cues.len(), 1);
+        let big = read_file_within(&p, 10).unwrap_err();
+        assert!(matches!(big, Error::TooLarge { .. }), "{big}");
+        // A directory, and on Unix a device that never ends: refused before a byte is read.
+        let d = read_file(dir.path()).unwrap_err();
+        assert!(d.to_string().contains("regular file"), "{d}");
+        #[cfg(unix)]
+        {
+            let z = read_file(std::path::Path::new("/dev/zero")).unwrap_err();
+            assert!(z.to_string().contains("regular file"), "{z}");
+        }
+    }
 
     const SRT: &str = "1\n00:00:01,000 --> 00:00:03,500\nПривет, мир!\n\n2\n00:00:04,000 --> 00:00:06,000\n<i>Это</i> тест.\nВторая строка\n\n3\n00:00:06,500 --> 00:00:09,000\nЁлки-палки…\n";
 

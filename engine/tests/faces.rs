@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use viralclip_engine::faces::{FaceDetector, YuNet};
 use viralclip_engine::format::Format;
@@ -46,48 +45,29 @@ fn yunet_finds_the_astronauts_face_where_onnx_runtime_does() {
     assert!(det.detect(&grey, 320, 180).unwrap().is_empty());
 }
 
-/// 12 s at 1280×720: the photograph (360 px) gliding from the left edge to the right and back
-/// over a grey room, with Russian speech.
-fn moving_face(dir: &Path, photo: &Path) -> PathBuf {
-    common::require_tool("ffmpeg");
-    common::require_tool("text2wave");
-    let txt = dir.join("say.txt");
-    std::fs::write(
-        &txt,
-        "Добрый день. Сегодня мы поговорим о том, как камера следит за лицом. Это просто невероятно!",
-    )
-    .unwrap();
-    let wav = dir.join("say.wav");
-    let st = Command::new("text2wave")
-        .args(["-eval", "(voice_msu_ru_nsh_clunits)"])
-        .arg(&txt)
-        .arg("-o")
-        .arg(&wav)
-        .status()
-        .unwrap();
-    assert!(st.success(), "text2wave");
-    let out = dir.join("moving.mp4");
-    // x(t): 40 → 880 → 40 over 12 s, a cosine (at most ~220 px/s).
-    let (photo, wav, o) = (photo.as_os_str(), wav.as_os_str(), out.as_os_str());
-    common::ffmpeg_ok(&[
+/// 12 s of a 1280×720 room of colour `room` with `photo` put on it by the filter `graph` (inputs
+/// `[0]` the room, `[1]` the photograph; output `[v]`), and `wav` looped under it, into `out`.
+fn scene(photo: &Path, wav: &Path, room: &str, graph: &str, out: &Path) {
+    let room = format!("color=c={room}:s=1280x720:r=25:d=12");
+    let args: [&std::ffi::OsStr; 29] = [
         "-f".as_ref(),
         "lavfi".as_ref(),
         "-i".as_ref(),
-        "color=c=0x606060:s=1280x720:r=25:d=12".as_ref(),
+        room.as_ref(),
         "-loop".as_ref(),
         "1".as_ref(),
         "-i".as_ref(),
-        photo,
+        photo.as_os_str(),
+        "-stream_loop".as_ref(),
+        "3".as_ref(),
         "-i".as_ref(),
-        wav,
+        wav.as_os_str(),
         "-filter_complex".as_ref(),
-        "[1]scale=360:360[p];[0][p]overlay=x='460-420*cos(2*PI*t/12)':y=180:shortest=1[v]".as_ref(),
+        graph.as_ref(),
         "-map".as_ref(),
         "[v]".as_ref(),
         "-map".as_ref(),
-        "2".as_ref(),
-        "-af".as_ref(),
-        "apad".as_ref(),
+        "2:a".as_ref(),
         "-t".as_ref(),
         "12".as_ref(),
         "-c:v".as_ref(),
@@ -98,8 +78,29 @@ fn moving_face(dir: &Path, photo: &Path) -> PathBuf {
         "yuv420p".as_ref(),
         "-c:a".as_ref(),
         "aac".as_ref(),
-        o,
-    ]);
+        out.as_os_str(),
+    ];
+    common::ffmpeg_ok(&args);
+}
+
+/// 12 s at 1280×720: the photograph (360 px) gliding from the left edge to the right and back
+/// over a grey room, with Russian speech.
+fn moving_face(dir: &Path, photo: &Path) -> PathBuf {
+    common::require_tool("ffmpeg");
+    let wav = common::say(
+        dir,
+        "say",
+        "Добрый день. Сегодня мы поговорим о том, как камера следит за лицом. Это просто невероятно!",
+    );
+    let out = dir.join("moving.mp4");
+    // x(t): 40 → 880 → 40 over 12 s, a cosine (at most ~220 px/s).
+    scene(
+        photo,
+        &wav,
+        "0x606060",
+        "[1]scale=360:360[p];[0][p]overlay=x='460-420*cos(2*PI*t/12)':y=180:shortest=1[v]",
+        &out,
+    );
     out
 }
 
@@ -112,7 +113,30 @@ fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
     let src = moving_face(dir.path(), &photo);
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
-    let audio = media::decode_audio_16k(&src, 60.0, &|_| {}, &Default::default()).unwrap();
+    let audio = media::decode_audio_span(&src, 0.0, 12.0).unwrap();
+    assert!(
+        (audio.len() as i64 - 12 * 16000).abs() <= 16,
+        "{} samples",
+        audio.len()
+    );
+    // A span from the middle is the same sound as the whole file's decoding at that time.
+    let whole = media::decode_audio_16k(&src, 60.0, &|_| {}, &Default::default()).unwrap();
+    let part = media::decode_audio_span(&src, 4.0, 7.0).unwrap();
+    assert!(
+        (part.len() as i64 - 3 * 16000).abs() <= 16,
+        "{} samples",
+        part.len()
+    );
+    // (Away from the span's edges, where the 0.4 s window is cut short.)
+    for k in 3..27 {
+        let (t, w) = (4.0 + k as f64 * 0.1, 0.1);
+        let a = framing::loudness(&whole, t + w / 2.0);
+        let b = framing::loudness(&part, t - 4.0 + w / 2.0);
+        assert!(
+            (a - b).abs() <= 0.02 + 0.1 * a,
+            "loudness at {t:.1} s: {a} vs {b}"
+        );
+    }
     let plan = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&audio), &Reframe::default()).unwrap();
     assert!(
         plan.segments.iter().all(|s| matches!(s.layout, Layout::Track(_))),
@@ -213,4 +237,98 @@ fn no_face_gets_the_blurred_fill_and_two_faces_far_apart_never_a_crop_between_th
         }
         Layout::Fill => {}
     }
+}
+
+/// 12 s at 1280×720: two copies of the photograph at opposite sides, each "talking" in turn (the
+/// part of the face below the nose pushed down and back 3.4 times a second, out of step with the
+/// 5 samples a second; the mouth landmarks and the chin with it):
+/// the left one for the first 6 s, the right one after; festival speech throughout.
+fn two_speakers(dir: &Path, photo: &Path) -> PathBuf {
+    common::require_tool("ffmpeg");
+    let wav = common::say(
+        dir,
+        "say",
+        "Добрый день. Сегодня мы поговорим о погоде и о том, что будет завтра.",
+    );
+    let out = dir.join("two.mp4");
+    // The photograph at 500 px: the nose at y≈122, the mouth corners at y≈142; the jaw (from
+    // y=132 down) moves up to 16 px while its person speaks.
+    // The jaw's top edge sits at 110 + 132 = 242 in the frame.
+    let jaw = |on: &str| format!("242+if({on},16*abs(sin(2*PI*1.7*t)),0)");
+    let graph = format!(
+        "[1]scale=500:500,split=4[l][lj0][r][rj0];[lj0]crop=500:368:0:132[lj];[rj0]crop=500:368:0:132[rj];\
+         [0][l]overlay=x=0:y=110[v1];[v1][lj]overlay=x=0:y='{}'[v2];\
+         [v2][r]overlay=x=780:y=110[v3];[v3][rj]overlay=x=780:y='{}'[v]",
+        jaw("lt(t,6)"),
+        jaw("gte(t,6)")
+    );
+    scene(photo, &wav, "0x506070", &graph, &out);
+    out
+}
+
+#[test]
+fn the_crop_cuts_to_whoever_moves_their_mouth_while_there_is_sound() {
+    let (Some(model), Some(photo)) = (common::yunet(), common::face_photo()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = two_speakers(dir.path(), &photo);
+    let mut det = YuNet::load(&model).unwrap();
+    let g = Format::Vertical.geometry(1280, 720);
+    let audio = media::decode_audio_span(&src, 0.0, 12.0).unwrap();
+    let plan = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&audio), &Reframe::default()).unwrap();
+    let kinds: Vec<String> = plan
+        .segments
+        .iter()
+        .map(|s| {
+            format!(
+                "{:.1}-{:.1} {}",
+                s.start,
+                s.end,
+                match &s.layout {
+                    Layout::Track(p) => format!("track at {:.0}", p[0].1),
+                    Layout::Split(_) => "split".into(),
+                    Layout::Fill => "fill".into(),
+                }
+            )
+        })
+        .collect();
+    eprintln!("two speakers: {kinds:?}");
+    // The faces' centres: the photograph's face sits at x≈220 of its 500 px.
+    let (left, right) = (220.0f32, 780.0 + 220.0);
+    let centre = |t: f64| plan.crop_start_at(t).map(|l| l + plan.crop / 2.0);
+    for k in 0..(12 * 25) {
+        let t = k as f64 / 25.0;
+        if let Some(c) = centre(t) {
+            // Never a crop between them: each crop holds one whole face.
+            assert!(
+                (c - left).abs() < plan.crop / 2.0 - 60.0 || (c - right).abs() < plan.crop / 2.0 - 60.0,
+                "t={t:.2}: a crop centred at {c}, between the two"
+            );
+        }
+    }
+    // The speaker is followed: the left one while they talk, the right one after the turn
+    // (after the hold before a cut, and a little for the motion to be seen).
+    for t in [2.5, 3.5, 4.5, 5.5] {
+        let c = centre(t).unwrap_or_else(|| panic!("t={t}: not a crop: {:?}", plan.segment_at(t)));
+        assert!(
+            (c - left).abs() < plan.crop / 6.0,
+            "t={t}: the crop at {c}, the speaker at {left}"
+        );
+    }
+    for t in [8.5, 9.5, 10.5, 11.5] {
+        let c = centre(t).unwrap_or_else(|| panic!("t={t}: not a crop: {:?}", plan.segment_at(t)));
+        assert!(
+            (c - right).abs() < plan.crop / 6.0,
+            "t={t}: the crop at {c}, the speaker at {right}"
+        );
+    }
+    // The same pictures in silence: moving lips make nobody the speaker (a split, not a crop).
+    let silence = vec![0f32; audio.len()];
+    let mute = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&silence), &Reframe::default()).unwrap();
+    assert!(
+        mute.segments.iter().all(|s| matches!(s.layout, Layout::Split(_))),
+        "{:?}",
+        mute.segments
+    );
 }

@@ -110,6 +110,23 @@ pub fn ffmpeg_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) {
     );
 }
 
+/// `text` spoken in Russian by festival into `dir/name.wav`.
+pub fn say(dir: &Path, name: &str, text: &str) -> PathBuf {
+    require_tool("text2wave");
+    let txt = dir.join(format!("{name}.txt"));
+    std::fs::write(&txt, text).unwrap();
+    let wav = dir.join(format!("{name}.wav"));
+    let st = std::process::Command::new("text2wave")
+        .args(["-eval", "(voice_msu_ru_nsh_clunits)"])
+        .arg(&txt)
+        .arg("-o")
+        .arg(&wav)
+        .status()
+        .unwrap();
+    assert!(st.success(), "text2wave");
+    wav
+}
+
 /// Whether a command exists (ffmpeg, text2wave); if not, the test fails loudly.
 pub fn require_tool(name: &str) {
     let ok = std::process::Command::new("sh")
