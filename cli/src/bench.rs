@@ -467,18 +467,13 @@ fn shorts(
     };
 
     let t = Instant::now();
-    let audio = if info.audio.is_some() {
-        Some(media::decode_audio_span(video, s, e)?)
-    } else {
-        None
-    };
-    let plan = viralclip_engine::framing::plan(
+    let plan = viralclip_engine::framing::plan_clip(
         video,
         s,
         e,
+        info.audio.is_some(),
         g,
         &mut det,
-        audio.as_deref(),
         &viralclip_engine::reframe::Reframe::default(),
     )?;
     line(

@@ -125,6 +125,25 @@ pub fn plan(
     ))
 }
 
+/// [`plan`] with the clip's own sound ([`crate::media::decode_audio_span`]) when the source has
+/// an audio stream (`has_audio`, from its probe); without one, all of it counts as sound.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_clip(
+    src: &Path,
+    start: f64,
+    end: f64,
+    has_audio: bool,
+    geometry: Geometry,
+    detector: &mut dyn FaceDetector,
+    reframe: &Reframe,
+) -> Result<Plan> {
+    let audio = match has_audio {
+        true => Some(crate::media::decode_audio_span(src, start, end)?),
+        false => None,
+    };
+    plan(src, start, end, geometry, detector, audio.as_deref(), reframe)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

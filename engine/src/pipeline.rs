@@ -605,19 +605,15 @@ impl Engine {
         let g = sr.format.geometry(v.width, v.height);
         let mut shape = match faces {
             Some(det) => {
-                // The clip's loudness says when mouth motion is speech (no sound: all of it).
-                let audio = match info.and_then(|i| i.audio.as_ref()) {
-                    Some(_) => Some(crate::media::decode_audio_span(&req.input, start, end)?),
-                    None => None,
-                };
+                // The clip's loudness says when mouth motion is speech.
                 let mut det = det.lock().unwrap_or_else(|p| p.into_inner());
-                let plan = crate::framing::plan(
+                let plan = crate::framing::plan_clip(
                     &req.input,
                     start,
                     end,
+                    info.is_some_and(|i| i.audio.is_some()),
                     g,
                     det.as_mut(),
-                    audio.as_deref(),
                     &crate::reframe::Reframe::default(),
                 )?;
                 crate::shape::Shape {
