@@ -1,5 +1,6 @@
 //! The engine behind a trait, so the bot's logic is testable and the model can be switched live.
 
+use crate::error::Result;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,9 +14,9 @@ use viralclip_engine::whisper_model::WhisperModel;
 
 /// Runs clip jobs. Implementations are shared by all workers.
 pub trait Clipper: Send + Sync + 'static {
-    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> anyhow::Result<Report>;
+    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> Result<Report>;
     /// Switches to the model in `dir` for the jobs that start after this returns.
-    fn switch_model(&self, dir: &Path) -> anyhow::Result<()>;
+    fn switch_model(&self, dir: &Path) -> Result<()>;
     /// The model directory in use.
     fn model_dir(&self) -> PathBuf;
 }
@@ -42,7 +43,7 @@ impl EngineClipper {
         faces: Option<PathBuf>,
         device: DeviceChoice,
         precision: Precision,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self> {
         let c = EngineClipper {
             model: RwLock::new((model, 0)),
             encoder,
@@ -57,7 +58,7 @@ impl EngineClipper {
         Ok(c)
     }
 
-    fn build(&self, dir: &Path) -> anyhow::Result<Engine> {
+    fn build(&self, dir: &Path) -> Result<Engine> {
         let (dev, note) = device::open(self.device)?;
         if let Some(n) = note {
             tracing::warn!("{n}");
@@ -80,7 +81,7 @@ impl EngineClipper {
 }
 
 impl Clipper for EngineClipper {
-    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    fn clip(&self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> Result<Report> {
         let (dir, generation) = self.model.read().expect("model lock").clone();
         let taken = {
             let mut pool = self.pool.lock().expect("pool");
@@ -96,7 +97,7 @@ impl Clipper for EngineClipper {
         Ok(r?)
     }
 
-    fn switch_model(&self, dir: &Path) -> anyhow::Result<()> {
+    fn switch_model(&self, dir: &Path) -> Result<()> {
         let engine = self.build(dir)?; // fails before anything changes
         let mut m = self.model.write().expect("model lock");
         m.0 = dir.to_path_buf();

@@ -93,7 +93,7 @@ pub const LOCAL_LIMIT_MB: u64 = 2000;
 impl BotConfig {
     /// The face model's file (a local path wins, else the hub); `None` in a build without face
     /// framing (its clips get centre crops).
-    pub fn face_model_path(&self) -> anyhow::Result<Option<PathBuf>> {
+    pub fn face_model_path(&self) -> crate::Result<Option<PathBuf>> {
         #[cfg(feature = "faces")]
         {
             let p = self.face_model.as_deref().filter(|p| !p.as_os_str().is_empty());

@@ -3,6 +3,7 @@
 //! the log and, where the bot's side is at fault, to the admins.
 
 use crate::budget::Exceeded;
+use crate::error::Error;
 use crate::telegram::redact;
 
 /// What a user hears when a job fails because of the bot's setup.
@@ -48,19 +49,15 @@ pub enum Cause {
 impl Cause {
     /// Classifies a job's error. `exceeded`: the budget its watchdog saw run out, which wins
     /// over whatever error the cancelled job returned.
-    pub fn of(error: &anyhow::Error, exceeded: Option<Exceeded>) -> Cause {
+    pub fn of(error: &Error, exceeded: Option<Exceeded>) -> Cause {
         if let Some(e) = exceeded {
             return Cause::OverBudget(e);
         }
-        if error.chain().any(|e| e.is::<Panicked>()) {
-            return Cause::Crash;
-        }
-        match error
-            .chain()
-            .find_map(|e| e.downcast_ref::<viralclip_engine::Error>())
-        {
-            Some(e) if e.is_bad_input() => Cause::BadInput(e.for_user()),
-            Some(e) if e.is_config() => Cause::Config,
+        match error {
+            Error::Panicked(_) => Cause::Crash,
+            Error::Engine(e) if e.is_bad_input() => Cause::BadInput(e.for_user()),
+            Error::Engine(e) if e.is_config() => Cause::Config,
+            Error::Config(_) => Cause::Config,
             _ => Cause::Other,
         }
     }
@@ -95,22 +92,21 @@ impl Cause {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use viralclip_engine::Error;
+    use viralclip_engine::Error as EngineError;
 
     #[test]
     fn causes_and_what_users_read() {
-        let panic = anyhow::Error::new(Panicked("byte index 3 is not a char boundary".into()));
+        let panic = Error::from(Panicked("byte index 3 is not a char boundary".into()));
         assert_eq!(Cause::of(&panic, None), Cause::Crash);
         assert!(!Cause::Crash.user_text(3).contains("byte index"));
-        let bad = anyhow::Error::new(Error::Subtitle {
+        let bad = Error::from(EngineError::Subtitle {
             line: 5,
             message: "not an SRT cue".into(),
-        })
-        .context("clipping");
+        });
         let c = Cause::of(&bad, None);
         assert!(matches!(&c, Cause::BadInput(t) if t.contains("line 5")), "{c:?}");
         assert_eq!(c.attempts(3), 0);
-        let gone = anyhow::Error::new(Error::TooLarge {
+        let gone = Error::from(EngineError::TooLarge {
             path: "/srv/viralclip/jobs/1/input.mkv".into(),
             limit: "too long".into(),
         });
@@ -120,10 +116,10 @@ mod tests {
         }
         let over = Exceeded::Memory { limit_mb: 100 };
         assert_eq!(
-            Cause::of(&anyhow::Error::new(Error::Cancelled), Some(over)),
+            Cause::of(&Error::from(EngineError::Cancelled), Some(over)),
             Cause::OverBudget(over)
         );
-        let net = anyhow::anyhow!("sendVideo: connection reset");
+        let net = Error::Telegram("sendVideo: connection reset".into());
         assert_eq!(Cause::of(&net, None), Cause::Other);
         assert_eq!(Cause::Other.attempts(3), 3);
         assert!(!Cause::Other.user_text(3).contains("connection"));

@@ -1,12 +1,24 @@
 //! The timeline PNG: virality across the video, with the chosen moments shaded and numbered.
 
 use plotters::prelude::*;
+use plotters::style::register_font as register_font_as;
 use std::path::Path;
+use std::sync::OnceLock;
 use viralclip_engine::report::Report;
+
+/// Registers the project's font ([`viralclip_engine::font`]) as plotters' "sans-serif" (once).
+fn register_font() -> Result<(), String> {
+    static DONE: OnceLock<Result<(), String>> = OnceLock::new();
+    DONE.get_or_init(|| {
+        register_font_as("sans-serif", FontStyle::Normal, viralclip_engine::font::bytes()?)
+            .map_err(|_| "bad font file".to_string())
+    })
+    .clone()
+}
 
 /// Draws `report`'s timeline into `path` (PNG, 1200×360).
 pub fn draw(report: &Report, path: &Path) -> Result<(), String> {
-    viralclip_trainer::plot::register_font()?;
+    register_font()?;
     let e = |e: &dyn std::fmt::Display| format!("timeline: {e}");
     let end = report
         .timeline

@@ -583,3 +583,109 @@ async fn interrupted_mid_job_resumes(sigterm: bool) {
         "accepted once"
     );
 }
+
+/// A training run that writes a copy of the shipped model and reports the given validation
+/// metrics: `/train`'s decision without the trainer.
+struct FakeRun {
+    validation: serde_json::Value,
+}
+
+impl viralclip_bot::training::Trainer for FakeRun {
+    fn device_note(
+        &self,
+        _: viralclip_engine::device::DeviceChoice,
+    ) -> viralclip_bot::Result<(bool, Option<String>)> {
+        Ok((true, None))
+    }
+    fn train(
+        &self,
+        req: &viralclip_bot::training::TrainRequest,
+        progress: &mut dyn FnMut(String),
+        _: &std::sync::atomic::AtomicBool,
+    ) -> viralclip_bot::Result<viralclip_bot::training::TrainOutcome> {
+        progress("epoch 1 done".into());
+        copy_model(&repo().join("assets/model"), &req.out, None);
+        Ok(viralclip_bot::training::TrainOutcome {
+            wall_secs: 1.0,
+            best_epoch: 0,
+            validation: self.validation.clone(),
+        })
+    }
+}
+
+/// The shipped model's files in `to`, with `metrics` in its manifest where given.
+fn copy_model(from: &std::path::Path, to: &std::path::Path, metrics: Option<serde_json::Value>) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::copy(from.join("weights.safetensors"), to.join("weights.safetensors")).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("model.json")).unwrap()).unwrap();
+    if let Some(m) = metrics {
+        manifest["metrics"] = m;
+    }
+    std::fs::write(to.join("model.json"), manifest.to_string()).unwrap();
+}
+
+/// /train decides by what the run measured (a fake run through the Trainer trait): a model worse
+/// than the current one in validation macro-F1 is kept aside, `/train force` switches to it, and
+/// /rollback switches back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn train_switches_only_to_a_model_no_worse() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let current = dir.path().join("current");
+    let validation =
+        |f1: f64, auc: f64| json!({"emotions_tuned": {"macro_f1": f1}, "popularity": {"roc_auc": auc}});
+    copy_model(
+        &repo().join("assets/model"),
+        &current,
+        Some(json!({ "validation": validation(0.5, 0.9) })),
+    );
+    let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
+    cfg.model = Some(current.clone());
+    cfg.train_data = vec![format!("{}#label=1", dir.path().join("any.txt").display())];
+    let clipper = model_clipper(&current, &e5, None);
+    let trainer = std::sync::Arc::new(FakeRun {
+        validation: validation(0.1, 0.5),
+    });
+    let _bot = start_bot_with(cfg, clipper, trainer);
+
+    let texts = |f: &Fake| -> Vec<String> {
+        f.calls("sendMessage")
+            .iter()
+            .map(|c| c.text().to_string())
+            .collect()
+    };
+    f.push_update(update(text_message(1, ADMIN, ADMIN, "/train")));
+    f.wait_for(60, "the first decision", |c| {
+        c.iter().any(|c| c.text().starts_with("Training done"))
+    })
+    .await;
+    let done = texts(&f)
+        .into_iter()
+        .find(|t| t.starts_with("Training done"))
+        .unwrap();
+    assert!(done.contains("macro-F1 0.100 (current model 0.500)"), "{done}");
+    assert!(done.contains("Kept the current model"), "{done}");
+    assert!(
+        !texts(&f).iter().any(|t| t.contains("No GPU")),
+        "the run's device said it has one"
+    );
+
+    f.push_update(update(text_message(2, ADMIN, ADMIN, "/train force")));
+    f.wait_for(60, "the forced switch", |c| {
+        c.iter().any(|c| c.text().contains("(forced)"))
+    })
+    .await;
+    f.push_update(update(text_message(3, ADMIN, ADMIN, "/rollback")));
+    f.wait_for(60, "the rollback", |c| {
+        c.iter().any(|c| c.text().starts_with("Rolled back to"))
+    })
+    .await;
+    let back = texts(&f)
+        .into_iter()
+        .find(|t| t.starts_with("Rolled back to"))
+        .unwrap();
+    assert!(back.contains(&current.display().to_string()), "{back}");
+}

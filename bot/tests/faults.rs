@@ -27,11 +27,11 @@ struct Panicking {
 }
 
 impl Clipper for Panicking {
-    fn clip(&self, _: &ClipRequest, _: Progress, _: Arc<AtomicBool>) -> anyhow::Result<Report> {
+    fn clip(&self, _: &ClipRequest, _: Progress, _: Arc<AtomicBool>) -> viralclip_bot::Result<Report> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         panic!("byte index 3 is not a char boundary; it is inside 'ё' (bytes 2..4) of `ёё0`");
     }
-    fn switch_model(&self, _: &Path) -> anyhow::Result<()> {
+    fn switch_model(&self, _: &Path) -> viralclip_bot::Result<()> {
         Ok(())
     }
     fn model_dir(&self) -> PathBuf {

@@ -7,7 +7,8 @@ use candle_nn::{VarBuilder, VarMap};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use viralclip_engine::device::{self, DeviceChoice, Precision};
-use viralclip_engine::model::{artifact, kernels, BertConfig, Mode, MultiTask};
+use viralclip_engine::model::ops::{attention, ffn, layout, norm, softmax, switches};
+use viralclip_engine::model::{artifact, checks, BertConfig, Mode, MultiTask};
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -161,11 +162,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 // The experimental fused passes against candle's operations, in this dtype.
                 // A failing check is reported, not fatal: the cases after it still run.
                 for (case, check) in [
-                    ("attention_check", kernels::check_attention(&dev, dtype)),
-                    ("gemm_gelu_check", kernels::check_gemm_gelu(&dev, dtype)),
+                    ("attention_check", checks::check_attention(&dev, dtype)),
+                    ("gemm_gelu_check", checks::check_gemm_gelu(&dev, dtype)),
                     (
                         "packed_attention_check",
-                        kernels::check_packed_attention(&dev, dtype),
+                        checks::check_packed_attention(&dev, dtype),
                     ),
                 ] {
                     let mut line = serde_json::json!({
@@ -199,7 +200,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                         "dtype": format!("{prec:?}").to_lowercase(), "batch": b, "tokens": t,
                         "texts_per_s": (b as f64 / secs * 10.0).round() / 10.0,
                         "ms_per_batch": (secs * 1e5).round() / 100.0, "runs": runs,
-                        "passes": kernels::scoring_passes(&dev, dtype),
+                        "passes": switches::scoring_passes(&dev, dtype),
                     })
                 );
             }
@@ -231,7 +232,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "case": "adamw_check", "device": device::name(&dev), "in_place": in_place,
-                "max_diff": diff, "fused_cuda": kernels::fused_cuda(),
+                "max_diff": diff, "fused_cuda": switches::fused_cuda(),
             })
         );
         // The training path's fused passes against candle's operations, on this device, in f32
@@ -241,7 +242,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // and heads' taped passes, the split backward pass). A check that fails to run says so
         // in its line and the timings go on.
         Precision::F32.configure(&dev);
-        use viralclip_engine::model::checks::{self, Check};
+        use viralclip_engine::model::checks::Check;
         let step = viralclip_trainer::train::check_fused_step(&dev).map(|(max_diff, fused)| Check {
             max_diff,
             worst: String::new(),
@@ -260,7 +261,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         ] {
             let mut line = serde_json::json!({
                 "case": case, "device": device::name(&dev),
-                "fused_cuda": kernels::fused_cuda(), "fused_train_cuda": kernels::fused_train_cuda(),
+                "fused_cuda": switches::fused_cuda(), "fused_train_cuda": switches::fused_train_cuda(),
             });
             match check {
                 Ok(c) => {
@@ -600,9 +601,9 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     let inner = x.matmul(&w_i.t()?)?;
     let inner_b = inner.broadcast_add(&b_i)?;
     let gelu = inner_b.gelu_erf()?;
-    // The scoring path's fused passes (model::kernels), timed beside the ops they replace.
+    // The scoring path's fused passes (model::ops), timed beside the ops they replace.
     let mask2 = Tensor::zeros((b, t), dtype, dev)?;
-    let packed = kernels::pack_add_norm(&b_h, &ln_w, &b_h)?;
+    let packed = norm::pack_add_norm(&b_h, &ln_w, &b_h)?;
     type Op<'a> = (&'a str, Box<dyn Fn() -> candle_core::Result<Tensor> + 'a>);
     let ops: Vec<Op> = vec![
         ("qkv_gemm", Box::new(|| x.matmul(&w_qkv.t()?))),
@@ -641,17 +642,17 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
         ),
         (
             "fused_qkv_bias_split",
-            Box::new(|| kernels::qkv_split(&qkv, &b_qkv, b, t, heads, d)),
+            Box::new(|| layout::qkv_split(&qkv, &b_qkv, b, t, heads, d)),
         ),
         (
             "fused_mask_softmax",
-            Box::new(|| kernels::mask_softmax(&scores, &mask2)),
+            Box::new(|| softmax::mask_softmax(&scores, &mask2)),
         ),
-        ("fused_merge_heads", Box::new(|| kernels::merge_heads(&ctx))),
-        ("fused_bias_gelu", Box::new(|| kernels::bias_gelu(&inner, &b_i))),
+        ("fused_merge_heads", Box::new(|| layout::merge_heads(&ctx))),
+        ("fused_bias_gelu", Box::new(|| ffn::bias_gelu(&inner, &b_i))),
         (
             "fused_bias_residual_norm",
-            Box::new(|| kernels::add_norm(&x, &x, &packed, 1e-12)),
+            Box::new(|| norm::add_norm(&x, &x, &packed, 1e-12)),
         ),
     ];
     // The one-kernel attention (where it runs: bf16/f16 on a recent GPU, VIRALCLIP_FUSED_ATTN=1),
@@ -659,35 +660,35 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
     // And the FFN's first GEMM with cuBLASLt's bias + GELU epilogue (VIRALCLIP_GEMM_GELU=1),
     // replacing the plain GEMM and the fused bias + GELU.
     let mut ops = ops;
-    // A 16-bit model's scores in f32 (kernels::attention_probs): their GEMM and the softmax,
+    // A 16-bit model's scores in f32 (attention::attention_probs): their GEMM and the softmax,
     // instead of scores_gemm and fused_mask_softmax.
-    if kernels::scores_in_f32(dtype) {
+    if switches::scores_in_f32(dtype) {
         ops.push((
             "fused_scores_softmax",
-            Box::new(|| kernels::attention_probs(&q, &k, &mask2)),
+            Box::new(|| attention::attention_probs(&q, &k, &mask2)),
         ));
     }
-    let fused_attn = kernels::attention_fits(&qkv, t, d);
+    let fused_attn = attention::attention_fits(&qkv, t, d);
     if fused_attn {
         ops.push((
             "fused_attention",
-            Box::new(|| kernels::attention(&qkv, &b_qkv, &mask2, b, t, t, heads, d)),
+            Box::new(|| attention::attention(&qkv, &b_qkv, &mask2, b, t, t, heads, d)),
         ));
     }
     // Attention read in place from the packed projection (16-bit with f32 scores, CUDA): the
     // projection with its bias in the GEMM's epilogue, then both products through pointer tables.
-    if !fused_attn && kernels::packed_attention_fits(&x) {
+    if !fused_attn && attention::packed_attention_fits(&x) {
         ops.push((
             "fused_packed_attention",
             Box::new(|| {
-                let qkv = kernels::gemm_bias(&x, &w_qkv, &b_qkv)?;
-                kernels::packed_attention(&qkv, &mask2, b, t, t, heads, d)
+                let qkv = ffn::gemm_bias(&x, &w_qkv, &b_qkv)?;
+                attention::packed_attention(&qkv, &mask2, b, t, t, heads, d)
             }),
         ));
     }
-    let gemm_gelu = kernels::gemm_gelu_fits(&x);
+    let gemm_gelu = ffn::gemm_gelu_fits(&x);
     if gemm_gelu {
-        ops.push(("fused_gemm_gelu", Box::new(|| kernels::gemm_gelu(&x, &w_i, &b_i))));
+        ops.push(("fused_gemm_gelu", Box::new(|| ffn::gemm_gelu(&x, &w_i, &b_i))));
     }
     let mut rows = Vec::new();
     for (op, f) in &ops {
@@ -798,7 +799,7 @@ fn profile_layer(name: &str, c: &BertConfig, dev: &Device, dtype: DType, b: usiz
             "fused_us": fused_total.round(),
             "fused_texts_per_s_if_serial": (b as f64 / (fused_total * c.num_hidden_layers as f64 / 1e6)).round(),
             "experimental": experimental,
-            "passes": kernels::scoring_passes(dev, dtype),
+            "passes": switches::scoring_passes(dev, dtype),
             "experimental_us": experimental_total.map(f64::round),
             "experimental_texts_per_s_if_serial":
                 experimental_total.map(|us| (b as f64 / (us * c.num_hidden_layers as f64 / 1e6)).round()),

@@ -117,9 +117,9 @@ fn bot(c: viralclip_bot::BotConfig) -> Result<()> {
         .build()?
         .block_on(viralclip_bot::run(c))
         // The engine's errors keep their type (for the exit code; they never hold the token).
-        .map_err(|e| match e.downcast::<Error>() {
-            Ok(engine) => engine.into(),
-            Err(e) => anyhow::anyhow!(viralclip_bot::telegram::redact(&format!("{e:#}"))),
+        .map_err(|e| match e {
+            viralclip_bot::Error::Engine(engine) => engine.into(),
+            e => anyhow::anyhow!(viralclip_bot::telegram::redact(&format!("{e:#}"))),
         })
 }
 

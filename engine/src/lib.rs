@@ -17,6 +17,7 @@ pub mod cue;
 pub mod device;
 pub mod error;
 pub mod faces;
+pub mod font;
 pub mod format;
 #[cfg(feature = "media")]
 pub mod framing;

@@ -841,10 +841,8 @@ impl WholeText {
     }
 }
 
-/// The captions' font: DejaVu Sans (Cyrillic, Greek, Latin; a free licence that allows
-/// embedding and redistribution), from Debian's fonts-dejavu-core, found by libass through
-/// fontconfig.
-pub const CAPTION_FONT: &str = "DejaVu Sans";
+/// The captions' font ([`crate::font`]), found by libass through fontconfig.
+pub const CAPTION_FONT: &str = crate::font::NAME;
 
 /// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
 #[cfg(feature = "media")]

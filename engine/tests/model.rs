@@ -7,8 +7,9 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use std::collections::HashMap;
+use viralclip_engine::model::ops::{dropout, switches};
 use viralclip_engine::model::{
-    artifact, checks, train_ops, BaseEncoder, BertConfig, Mode, MultiTask, Pooling, WeightStore,
+    artifact, checks, BaseEncoder, BertConfig, Mode, MultiTask, Pooling, WeightStore,
 };
 
 fn tiny_config() -> BertConfig {
@@ -144,7 +145,7 @@ fn every_parameter_gets_a_gradient() {
     assert!(missing.is_empty(), "no gradient for {missing:?}");
     let missing = zero_grads(&varmap, &model, Mode::Training);
     assert!(missing.is_empty(), "no gradient with dropout for {missing:?}");
-    let missing = train_ops::without_fused(|| zero_grads(&varmap, &model, Mode::Training));
+    let missing = switches::without_fused(|| zero_grads(&varmap, &model, Mode::Training));
     assert!(
         missing.is_empty(),
         "no gradient through candle's operations for {missing:?}"
@@ -206,11 +207,11 @@ fn training_by_hand_gives_the_graphs_gradients() {
             let out = model.heads(cls, mode).unwrap();
             (out.popularity.sum_all().unwrap() + out.emotions.sqr().unwrap().sum_all().unwrap()).unwrap()
         };
-        train_ops::seed_dropout(9);
+        dropout::seed_dropout(9);
         let graph = loss(&model.bert.cls_from(&hidden, &mask, from, mode).unwrap(), mode)
             .backward()
             .unwrap();
-        train_ops::seed_dropout(9);
+        dropout::seed_dropout(9);
         let (cls, tape) = model
             .bert
             .cls_from_taped(&hidden, &mask, from, mode)
@@ -274,7 +275,7 @@ fn one_backward_pass_gives_each_tasks_gradients() {
             .hidden_before(&ids, &mask, from, Mode::Inference)
             .unwrap()
             .detach();
-        train_ops::seed_dropout(5);
+        dropout::seed_dropout(5);
         let (cls, tape) = model
             .bert
             .cls_from_taped(&hidden, &mask, from, Mode::Training)

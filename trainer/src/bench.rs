@@ -9,7 +9,8 @@ use crate::train::{apply_step, forward_layers, targets, Forwarded, StepRule};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use std::time::Instant;
-use viralclip_engine::model::{train_ops, BertConfig, Mode, MultiTask};
+use viralclip_engine::model::ops::switches;
+use viralclip_engine::model::{BertConfig, Mode, MultiTask};
 
 /// Mean time of one step of a stage.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -221,7 +222,7 @@ pub fn step_times(
     // optimiser step, no training by hand): the "before" of all three, in the same run.
     out.push(stage(
         &format!("top{top}+pcgrad/candle-ops"),
-        train_ops::without_fused(|| timed(dev, secs, || top_step(&mut opt, &hidden)))?,
+        switches::without_fused(|| timed(dev, secs, || top_step(&mut opt, &hidden)))?,
     ));
     out.push(stage(
         &format!("top{top}+pcgrad+frozen-forward"),

@@ -5,7 +5,7 @@
 use candle_core::{Device, Result, Tensor, Var};
 use std::collections::HashMap;
 use std::path::Path;
-use viralclip_engine::model::kernels;
+use viralclip_engine::model::adam::{self, AdamUpdate};
 use viralclip_engine::model::step::{self, StepConfig, StepParam, StepStats};
 
 /// One trainable tensor.
@@ -58,7 +58,7 @@ impl AdamW {
 
     /// Applies `grads[i]` to `params[i]` where present, with `lrs[group]`. f32 parameters on the
     /// CPU (and on CUDA unless `VIRALCLIP_FUSED_CUDA=0`) are updated in place: three passes over
-    /// memory and no allocation (`engine::model::kernels::adam_*`); others through candle's
+    /// memory and no allocation (`engine::model::adam`); others through candle's
     /// operations ([`AdamW::step_ops`]), which compute the same.
     pub fn step(&mut self, grads: &[Option<Tensor>], lrs: &[f64]) -> Result<()> {
         let hyper = (self.beta1, self.beta2, self.eps, self.weight_decay);
@@ -73,20 +73,20 @@ impl AdamW {
             let t = p.steps as i32;
             let w = p.var.as_tensor();
             let g = g.contiguous()?;
-            if !kernels::adam_in_place(&[w, &g, &p.m, &p.v]) {
+            if !adam::adam_in_place(&[w, &g, &p.m, &p.v]) {
                 Self::step_ops(p, &g, lr, t, hyper)?;
                 continue;
             }
-            kernels::adam_moment(&p.m, &g, b1 as f32, false)?;
-            kernels::adam_moment(&p.v, &g, b2 as f32, true)?;
-            let update = kernels::AdamUpdate {
+            adam::adam_moment(&p.m, &g, b1 as f32, false)?;
+            adam::adam_moment(&p.v, &g, b2 as f32, true)?;
+            let update = AdamUpdate {
                 lr: lr as f32,
                 bc1: (1.0 - b1.powi(t)) as f32,
                 bc2: (1.0 - b2.powi(t)) as f32,
                 eps: eps as f32,
                 decay: if p.decay { wd as f32 } else { 0.0 },
             };
-            kernels::adam_update(w, &p.m, &p.v, update)?;
+            adam::adam_update(w, &p.m, &p.v, update)?;
         }
         Ok(())
     }
@@ -131,7 +131,7 @@ impl AdamW {
                 a: grads[k].0.as_ref(),
                 b: grads[k].1.as_ref(),
                 shared: p.group == 1,
-                update: kernels::AdamUpdate {
+                update: AdamUpdate {
                     lr: lrs[p.group] as f32,
                     bc1: (1.0 - b1.powi(t)) as f32,
                     bc2: (1.0 - b2.powi(t)) as f32,
@@ -190,7 +190,7 @@ impl AdamW {
         let mut fused = AdamW::new(vars(&w, &b)?, 0.01)?;
         let mut ops = AdamW::new(vars(&w, &b)?, 0.01)?;
         let lrs = [1e-3, 2e-4];
-        let in_place = kernels::adam_in_place(&[fused.params[0].var.as_tensor()]);
+        let in_place = adam::adam_in_place(&[fused.params[0].var.as_tensor()]);
         for _ in 0..3 {
             let grads = fused
                 .params

@@ -1,34 +1,18 @@
 //! The learning-curves PNG: losses and validation metrics per epoch, and per-class F1 of the best
-//! epoch. Text is drawn with DejaVu Sans (Debian's fonts-dejavu-core), looked up at run time.
+//! epoch. Text is drawn with the project's font ([`viralclip_engine::font`]).
 
 use crate::error::{Error, Result};
-use crate::train::TrainReport;
+use crate::train::report::{EpochReport, TrainReport};
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
-const FONT_PATHS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
-
-/// Registers DejaVu Sans as plotters' "sans-serif" (once); the error says what to install.
+/// Registers the project's font ([`viralclip_engine::font`]) as plotters' "sans-serif" (once);
+/// the error says what to install.
 pub fn register_font() -> std::result::Result<(), String> {
     static DONE: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     DONE.get_or_init(|| {
-        let path = std::env::var("VIRALCLIP_FONT")
-            .ok()
-            .into_iter()
-            .chain(FONT_PATHS.iter().map(|s| s.to_string()))
-            .find(|p| Path::new(p).is_file())
-            .ok_or("no DejaVuSans.ttf (install fonts-dejavu-core or set VIRALCLIP_FONT)")?;
-        let bytes: &'static [u8] = Box::leak(
-            std::fs::read(&path)
-                .map_err(|e| e.to_string())?
-                .into_boxed_slice(),
-        );
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+        plotters::style::register_font("sans-serif", FontStyle::Normal, viralclip_engine::font::bytes()?)
             .map_err(|_| "bad font file".to_string())
     })
     .clone()
@@ -68,7 +52,7 @@ pub fn learning_curves(report: &TrainReport, path: &Path) -> Result<()> {
                 .collect(),
         ),
     ];
-    let pts = |f: &dyn Fn(&crate::train::EpochReport) -> Option<f64>| -> Vec<(f64, f64)> {
+    let pts = |f: &dyn Fn(&EpochReport) -> Option<f64>| -> Vec<(f64, f64)> {
         report
             .epochs
             .iter()

@@ -446,6 +446,12 @@ fn a_seeded_run_trains_the_same_weights_twice() {
         return;
     }
     let (a, b, c) = (run(42), run(42), run(7));
+    // For comparing builds (a refactor must not move a bit): VIRALCLIP_SEEDED_WEIGHTS_OUT=FILE
+    // keeps seed 42's weights.
+    if let Some(out) = std::env::var_os("VIRALCLIP_SEEDED_WEIGHTS_OUT") {
+        std::fs::write(&out, &a).unwrap();
+        eprintln!("seed 42's weights written to {}", PathBuf::from(out).display());
+    }
     assert!(a == b, "the same seed trained different weights");
     assert!(a != c, "another seed trained the same weights");
 }

@@ -492,9 +492,18 @@ pub fn spawn_bot(
 /// The real engine (assets/model over the e5 fixture) on the CPU; `whisper`: a local model for
 /// videos without subtitles.
 pub fn engine_clipper(e5: &Path, whisper: Option<&Path>) -> Arc<dyn viralclip_bot::clipper::Clipper> {
+    model_clipper(&repo().join("assets/model"), e5, whisper)
+}
+
+/// [`engine_clipper`] with the model in `model`.
+pub fn model_clipper(
+    model: &Path,
+    e5: &Path,
+    whisper: Option<&Path>,
+) -> Arc<dyn viralclip_bot::clipper::Clipper> {
     Arc::new(
         viralclip_bot::clipper::EngineClipper::new(
-            repo().join("assets/model"),
+            model.to_path_buf(),
             Some(e5.to_path_buf()),
             whisper.map(|w| viralclip_engine::whisper_model::WhisperModel::File(w.to_path_buf())),
             yunet(),
@@ -507,7 +516,7 @@ pub fn engine_clipper(e5: &Path, whisper: Option<&Path>) -> Arc<dyn viralclip_bo
 
 /// The bot running in this process (stopped when dropped).
 pub struct Running {
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<viralclip_bot::Result<()>>,
 }
 
 impl Drop for Running {
@@ -519,6 +528,17 @@ impl Drop for Running {
 pub fn start_bot(cfg: viralclip_bot::BotConfig, c: Arc<dyn viralclip_bot::clipper::Clipper>) -> Running {
     Running {
         task: tokio::spawn(viralclip_bot::app::run_with(cfg, c)),
+    }
+}
+
+/// [`start_bot`] with a given trainer behind /train.
+pub fn start_bot_with(
+    cfg: viralclip_bot::BotConfig,
+    c: Arc<dyn viralclip_bot::clipper::Clipper>,
+    trainer: Arc<dyn viralclip_bot::training::Trainer>,
+) -> Running {
+    Running {
+        task: tokio::spawn(viralclip_bot::app::run_with_trainer(cfg, c, trainer)),
     }
 }
 

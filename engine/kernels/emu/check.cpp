@@ -1,5 +1,5 @@
 // Runs every kernel of kernels/fused.cu, launched as the engine's launchers launch them
-// (engine/src/model/kernels.rs, train_ops.rs, step.rs), and compares each with a plain reference
+// (engine/src/model/ops/, adam.rs, step.rs), and compares each with a plain reference
 // written here in double precision. Prints one line per case and exits with 1 if any case is off.
 // Two builds: on the CPU (cuda_emu.h; engine/tests/kernels_emulated.rs builds and runs it in CI),
 // and on a GPU (cuda_real.h; `nvcc -x cu`, see README.md here; scripts/gpu-check.sh runs it).
@@ -343,7 +343,7 @@ void step_case(bool pcgrad, bool conflict, double clip) {
 }
 
 // Whether dropout keeps element i under `seed` at rate p: splitmix64 of (seed, i), as
-// train_ops.rs's dropout_uniform (written again here, not taken from fused.cu).
+// ops/dropout.rs's dropout_uniform (written again here, not taken from fused.cu).
 bool kept(uint64_t seed, uint64_t i, float p) {
   uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -505,7 +505,7 @@ void dropout_case() {
     same_elsewhere += (other[i] == 0.0f) == gone;
   }
   report("dropout_f32: kept values scaled", err, 1e-6);
-  // The mask itself: the one train_ops.rs draws on the CPU (and the fused kernels above draw).
+  // The mask itself: the one ops/dropout.rs draws on the CPU (and the fused kernels above draw).
   uint32_t other_mask = 0;
   for (uint32_t i = 0; i < n; i++) other_mask += (y[i] == 0.0f) == kept(seed, i, p);
   report("dropout_f32: the CPU's mask", other_mask, 0);
@@ -537,7 +537,7 @@ void bce_case(bool weighted) {
 
 }  // namespace
 
-// Several tensors in one launch, as train_ops.rs's `column_sums` builds the table: split and
+// Several tensors in one launch, as ops/projection.rs's `column_sums` builds the table: split and
 // not, a split at either end, columns not a multiple of 32, one row, ruBert-base's FFN width.
 void col_sums_case() {
   struct Item {

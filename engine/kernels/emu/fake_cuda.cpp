@@ -5,7 +5,7 @@
 // select and add, layer norm, softmax) are computed directly on the host from their names and
 // signatures. Device memory is host memory; every call is synchronous, so stream order holds
 // trivially. cuBLASLt's matmul is computed on the host too, for the GEMM with a bias + GELU
-// epilogue (`kernels::gemm_gelu`). What is not emulated (candle's other kernels, batched cuBLASLt
+// epilogue (`ops::ffn::gemm_gelu`). What is not emulated (candle's other kernels, batched cuBLASLt
 // layouts) fails with its name.
 //
 // scripts/cuda-emulated.sh builds it once per library a binary needs (-DFAKE_LIB=...), adds a stub

@@ -1,7 +1,9 @@
-//! The training path checked on a device against candle's operations, on a small random model:
-//! what `viralclip bench --train-steps` prints before it times anything (`train_ops_check`,
-//! `by_hand_check`), so that a GPU run's step times come with proof that the steps they time
-//! compute the right gradients there. The tests run the same checks on the CPU.
+//! Every device check `viralclip bench` prints before it times anything, so that a GPU run's
+//! times come with proof that what they time computes the right thing there. The training path
+//! against candle's operations on a small random model (`train_ops_check`, `by_hand_check`: the
+//! right gradients), and the scoring path's opt-in and default CUDA passes against candle's
+//! operations in f32 (`attention_check`, `packed_attention_check`, `gemm_gelu_check`). The tests
+//! run the same checks on the CPU.
 //!
 //! Each returns a [`Check`]: the largest difference relative to each gradient's largest value (or
 //! to a thousandth of the model's largest gradient, where that is larger: the keys' bias has a
@@ -10,7 +12,10 @@
 //! the pass to look at.
 
 use super::bert::Pooling;
-use super::train_ops::{self, usable};
+use super::ops::attention::{attention, attention_fits, packed_attention, packed_attention_fits};
+use super::ops::dropout::seed_dropout;
+use super::ops::ffn::{gemm_bias, gemm_gelu, gemm_gelu_fits};
+use super::ops::switches::{fused_training as usable, without_fused};
 use super::{BertConfig, Mode, MultiTask, ParamGrads};
 use candle_core::{DType, Device, Result, Tensor, TensorId};
 use std::collections::HashMap;
@@ -137,7 +142,7 @@ fn worse(a: (f32, String), b: (f32, String)) -> (f32, String) {
 }
 
 /// Gradients of every parameter through the fused operations in candle's graph, against
-/// candle's operations alone (`train_ops::without_fused`), for a loss over both heads:
+/// candle's operations alone (`without_fused`), for a loss over both heads:
 /// `train_ops_check`.
 pub fn training_ops(dev: &Device) -> Result<Check> {
     let Small {
@@ -151,7 +156,7 @@ pub fn training_ops(dev: &Device) -> Result<Check> {
         out.popularity.sum_all()? + out.emotions.sqr()?.sum_all()?
     };
     let fused = loss()?.backward()?;
-    let ops = train_ops::without_fused(|| loss()?.backward())?;
+    let ops = without_fused(|| loss()?.backward())?;
     let mut grads = Vec::with_capacity(vars.len());
     for (name, v) in &vars {
         let (Some(got), Some(want)) = (fused.get(v.as_tensor()), ops.get(v.as_tensor())) else {
@@ -233,7 +238,7 @@ pub fn training_by_hand(dev: &Device) -> Result<Check> {
             let case = format!("{pooling:?} pooling, {mode:?}");
             // By hand first: where it does not run, there is nothing to compare.
             let seed = 0x5EED;
-            train_ops::seed_dropout(seed);
+            seed_dropout(seed);
             let Some((cls, tape)) = model.bert.cls_from_taped(&hidden, &mask, 0, mode)? else {
                 return Ok(not_run);
             };
@@ -249,14 +254,14 @@ pub fn training_by_hand(dev: &Device) -> Result<Check> {
             let mut got = by_name(gp.into_iter().chain(ge).collect(), &case)?;
             got.extend(by_name(model.bert.backward_taped(&tape, &(&cp + &ce)?)?, &case)?);
             let graph = || -> Result<candle_core::backprop::GradStore> {
-                train_ops::seed_dropout(seed);
+                seed_dropout(seed);
                 let cls = model.bert.cls_from(&hidden, &mask, 0, mode)?;
                 let out = model.heads(&cls, mode)?;
                 ((&out.popularity * &wp)?.sum_all()? + (&out.emotions * &we)?.sum_all()?)?.backward()
             };
             let graph = match mode {
                 Mode::Training => graph()?,
-                _ => train_ops::without_fused(graph)?,
+                _ => without_fused(graph)?,
             };
             let mut pairs = Vec::with_capacity(trained.len());
             for (name, v) in &trained {
@@ -298,6 +303,189 @@ pub fn training_by_hand(dev: &Device) -> Result<Check> {
         worst: worst.1,
         fused: true,
     })
+}
+
+// ---------------------------------------------------------------- the scoring passes
+
+/// [`attention`] against candle's own operations in f32 on `dev`, over texts of 1 to 256 tokens
+/// with padding, both head sizes, and [CLS]-only queries: the largest difference relative to the
+/// largest context value, and whether the fused op ran (on CUDA where [`attention_fits`], in
+/// `dtype`; on the CPU its f32 version; else `false` and 0). The reference gets the same inputs
+/// rounded to `dtype`, so what is left is the kernel's own rounding (bf16 about 1e-2, f16 2e-3).
+pub fn check_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let dtype = if dev.is_cpu() { DType::F32 } else { dtype };
+    let mut uniform = seeded_uniform(0x9E37_79B9_7F4A_7C15);
+    let mut worst = 0f32;
+    // (texts, tokens, heads, head size, queries)
+    for (b, t, heads, d, tq) in [
+        (3, 1, 2, 32, 1),
+        (2, 7, 4, 64, 7),
+        (2, 33, 3, 32, 33),
+        (2, 33, 3, 32, 1),
+        (1, 128, 2, 64, 128),
+        (5, 70, 12, 64, 70),
+        (2, 200, 2, 64, 200),
+        (1, 256, 1, 32, 256),
+    ] {
+        let h = heads * d;
+        // Spread like N(0, sd²) (a uniform of the same variance).
+        let mut normal = |n: usize, sd: f32| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|_| uniform() * 3.46 * sd).collect();
+            Tensor::from_vec(v, n, dev)?.to_dtype(dtype)
+        };
+        let qkv = normal(b * t * 3 * h, 1.0)?.reshape((b * t, 3 * h))?;
+        let bias = normal(3 * h, 0.5)?;
+        let mask = padded_check_mask(b, t, dev, dtype)?;
+        let fused = if dev.is_cpu() || attention_fits(&qkv, t, d) {
+            attention(&qkv, &bias, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?
+        } else {
+            return Ok((0.0, false));
+        };
+        let f = |x: &Tensor| x.to_dtype(DType::F32);
+        let want = split_attention(&f(&qkv)?.broadcast_add(&f(&bias)?)?, &mask, b, t, tq, heads, d)?;
+        worst = worst.max(relative_diff(&fused, &want)?);
+    }
+    Ok((worst, true))
+}
+
+/// [`packed_attention`] (after [`gemm_bias`]) against the split path's arithmetic in f32 on `dev`
+/// (bias added, heads split, scores, mask, softmax, context, heads merged), over texts of 1 to 200
+/// tokens with padding, both head sizes and [CLS]-only queries: the largest difference relative to
+/// the largest context value, and whether it ran (on CUDA where [`packed_attention_fits`] in
+/// `dtype`; else `false` and 0). Inputs are rounded to `dtype` for both; what is left is the
+/// rounding of the projection and of the probabilities (bf16 about 1e-2).
+pub fn check_packed_attention(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let mut uniform = seeded_uniform(0x2545_F491_4F6C_DD1D);
+    let mut worst = 0f32;
+    // (texts, tokens, heads, head size, queries, input features)
+    for (b, t, heads, d, tq, k) in [
+        (3, 1, 2, 32, 1, 48),
+        (2, 7, 4, 64, 7, 64),
+        (2, 33, 3, 32, 33, 96),
+        (2, 33, 3, 32, 1, 96),
+        (5, 70, 12, 64, 70, 128),
+        (2, 200, 2, 64, 200, 64),
+    ] {
+        let h = heads * d;
+        let mut normal = |n: usize, sd: f32| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|_| uniform() * 3.46 * sd).collect();
+            Tensor::from_vec(v, n, dev)?.to_dtype(dtype)
+        };
+        let x = normal(b * t * k, 1.0)?.reshape((b * t, k))?;
+        // The query's rows scaled by 1/√d, as the scoring weights are (scores of unit spread).
+        let scale = Tensor::cat(
+            &[
+                Tensor::full(1.0 / (d as f32).sqrt(), (h, 1), dev)?,
+                Tensor::ones((2 * h, 1), DType::F32, dev)?,
+            ],
+            0,
+        )?;
+        let w = normal(3 * h * k, 1.0 / (k as f32).sqrt())?
+            .reshape((3 * h, k))?
+            .to_dtype(DType::F32)?
+            .broadcast_mul(&scale)?
+            .to_dtype(dtype)?;
+        let bias = normal(3 * h, 0.5)?
+            .to_dtype(DType::F32)?
+            .mul(&scale.flatten_all()?)?
+            .to_dtype(dtype)?;
+        let mask = padded_check_mask(b, t, dev, dtype)?;
+        if !packed_attention_fits(&x) {
+            return Ok((0.0, false));
+        }
+        let qkv = gemm_bias(&x, &w, &bias)?;
+        let got = packed_attention(&qkv, &mask, b, t, tq, heads, d)?.to_dtype(DType::F32)?;
+        let f = |x: &Tensor| x.to_dtype(DType::F32);
+        let projection = f(&x)?.matmul(&f(&w)?.t()?)?.broadcast_add(&f(&bias)?)?;
+        let want = split_attention(&projection, &mask, b, t, tq, heads, d)?;
+        worst = worst.max(relative_diff(&got, &want)?);
+    }
+    Ok((worst, true))
+}
+
+/// [`gemm_gelu`] against `gelu_erf(x · wᵀ + b)` in f32 on `dev`, in `dtype` (inputs rounded to it
+/// for both): the largest difference relative to the largest output, and whether it ran (false
+/// and 0 where it does not fit).
+pub fn check_gemm_gelu(dev: &candle_core::Device, dtype: DType) -> Result<(f32, bool)> {
+    let mut worst = 0f32;
+    for (m, k, n) in [(37, 64, 96), (130, 384, 1536), (4096, 768, 3072)] {
+        let r = |shape: (usize, usize), scale: f64| -> Result<Tensor> {
+            let v: Vec<f32> = (0..shape.0 * shape.1)
+                .map(|i| (((i * 7919 + shape.1 * 31) % 1000) as f32 / 1000.0 - 0.5) * scale as f32)
+                .collect();
+            Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)
+        };
+        let (x, w) = (r((m, k), 2.0)?, r((n, k), 4.0 / (k as f64).sqrt())?);
+        let b = r((1, n), 1.0)?.reshape(n)?;
+        if !gemm_gelu_fits(&x) {
+            return Ok((0.0, false));
+        }
+        let got = gemm_gelu(&x, &w, &b)?.to_dtype(DType::F32)?;
+        let f = |t: &Tensor| t.to_dtype(DType::F32);
+        let want = f(&x)?.matmul(&f(&w)?.t()?)?.broadcast_add(&f(&b)?)?.gelu_erf()?;
+        worst = worst.max(relative_diff(&got, &want)?);
+    }
+    Ok((worst, true))
+}
+
+/// Seeded numbers (xorshift64), uniform in [-0.5, 0.5): the checks' inputs, the same every run.
+fn seeded_uniform(seed: u64) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    }
+}
+
+/// The checks' additive mask (b, t) in `dtype`: text i keeps its first t - i·t/(b+1) tokens (at
+/// least one), the rest are -1e4.
+fn padded_check_mask(b: usize, t: usize, dev: &candle_core::Device, dtype: DType) -> Result<Tensor> {
+    let mut m = vec![0f32; b * t];
+    for bi in 0..b {
+        let keep = (t - bi * t / (b + 1)).max(1);
+        m[bi * t + keep..(bi + 1) * t].fill(-1e4);
+    }
+    Tensor::from_vec(m, (b, t), dev)?.to_dtype(dtype)
+}
+
+/// The checks' reference: attention by candle's operations in f32 from the packed projection
+/// `qkv` (b·t, 3·heads·d, f32, its bias added) under `mask` (b, t): heads split, scores, mask,
+/// softmax, context of the first `tq` queries, heads merged to (b·tq, heads·d).
+fn split_attention(
+    qkv: &Tensor,
+    mask: &Tensor,
+    b: usize,
+    t: usize,
+    tq: usize,
+    heads: usize,
+    d: usize,
+) -> Result<Tensor> {
+    let split = qkv
+        .reshape((b, t, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    let (q, k, v) = (
+        split.get(0)?.narrow(2, 0, tq)?.contiguous()?,
+        split.get(1)?,
+        split.get(2)?,
+    );
+    let scores = q
+        .matmul(&k.t()?)?
+        .broadcast_add(&mask.to_dtype(DType::F32)?.reshape((b, 1, 1, t))?)?;
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b * tq, heads * d))
+}
+
+/// The largest difference of `got` from `want`, relative to `want`'s largest magnitude (the
+/// experimental passes' checks).
+fn relative_diff(got: &Tensor, want: &Tensor) -> Result<f32> {
+    let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    Ok(diff / want.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6))
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! Every CUDA kernel of `kernels/fused.cu` through its Rust launcher (`kernels::cuda`,
-//! `train_ops`'s and `step`'s `cuda` modules), candle and cudarc, against the CPU path on the same
+//! Every CUDA kernel of `kernels/fused.cu` through its Rust launcher (each `ops` family's and
+//! `adam`'s `launch` module, `step`'s `cuda` module), candle and cudarc, against the CPU path on the same
 //! inputs: the arguments' order and types, grids, shared memory, pointer tables, the views' offsets
 //! and the output shapes, which the kernels' own checks (`kernels/emu/check.cpp`) launch by hand
 //! and so never see.
@@ -10,12 +10,10 @@
 //! except under that script (`VIRALCLIP_CUDA_EMULATED=1`), where a device that does not start is a
 //! failure.
 
-use super::kernels::{
-    self,
-    tests::{max_abs, max_diff},
-};
+use super::ops::testing::{max_abs, max_diff};
+use super::ops::{attention, dropout, ffn, layout, loss, norm, projection, softmax, switches};
 use super::step::{self, StepConfig, StepParam};
-use super::train_ops;
+use super::{adam, checks};
 use candle_core::{DType, Device, Result, Tensor};
 
 /// The CUDA device, or `None` (with the reason printed) where there is none.
@@ -36,7 +34,7 @@ pub(crate) fn cuda() -> Option<Device> {
 /// else `None` with the reason printed (a failure under `scripts/cuda-emulated.sh`).
 pub(crate) fn cuda_training() -> Option<Device> {
     let dev = cuda()?;
-    if kernels::fused_train_cuda() {
+    if switches::fused_train_cuda() {
         return Some(dev);
     }
     let why = "VIRALCLIP_FUSED_TRAIN=0 is set, so the training kernels do not run on CUDA";
@@ -119,8 +117,8 @@ fn cuda_launch_bias_gelu_and_merge_heads() {
         for (rows, d) in [(37, 100), (5, 384)] {
             let x = input(&[rows, d], 1, 3.0, dtype);
             let b = input(&[d], 2, 1.0, dtype);
-            let want = kernels::bias_gelu(&x, &b).unwrap();
-            let got = kernels::bias_gelu(&on(&x, &dev, dtype), &on(&b, &dev, dtype)).unwrap();
+            let want = ffn::bias_gelu(&x, &b).unwrap();
+            let got = ffn::bias_gelu(&on(&x, &dev, dtype), &on(&b, &dev, dtype)).unwrap();
             assert_close(
                 &format!("bias_gelu {dtype:?} {rows}×{d}"),
                 &got,
@@ -129,8 +127,8 @@ fn cuda_launch_bias_gelu_and_merge_heads() {
             );
         }
         let x = input(&[2, 3, 13, 8], 3, 1.0, dtype);
-        let want = kernels::merge_heads(&x).unwrap();
-        let got = kernels::merge_heads(&on(&x, &dev, dtype)).unwrap();
+        let want = layout::merge_heads(&x).unwrap();
+        let got = layout::merge_heads(&on(&x, &dev, dtype)).unwrap();
         assert_close(&format!("merge_heads {dtype:?}"), &got, &want, 0.0);
     }
 }
@@ -143,16 +141,16 @@ fn cuda_launch_add_norm_both_kernels() {
             let x = input(&[rows, d], 4, 2.0, dtype);
             let r = input(&[rows, d], 5, 2.0, dtype);
             // The params in f32 whatever the rows' dtype (a 16-bit model's norms, unrounded).
-            let p = kernels::pack_add_norm(
+            let p = norm::pack_add_norm(
                 &input(&[d], 6, 0.5, DType::F32),
                 &input(&[d], 7, 1.0, DType::F32),
                 &input(&[d], 8, 0.5, DType::F32),
             )
             .unwrap();
-            let want = kernels::add_norm(&x, &r, &p, 1e-12).unwrap();
+            let want = norm::add_norm(&x, &r, &p, 1e-12).unwrap();
             for vec in [false, true] {
-                let got = kernels::with_ln_vec(vec, || {
-                    kernels::add_norm(
+                let got = switches::with_ln_vec(vec, || {
+                    norm::add_norm(
                         &on(&x, &dev, dtype),
                         &on(&r, &dev, dtype),
                         &on(&p, &dev, DType::F32),
@@ -170,17 +168,17 @@ fn cuda_launch_add_norm_both_kernels() {
         let d = 384;
         let big = input(&[9, d], 9, 2.0, dtype);
         let x = input(&[8, d], 10, 2.0, dtype);
-        let p = kernels::pack_add_norm(
+        let p = norm::pack_add_norm(
             &input(&[d], 11, 0.5, DType::F32),
             &input(&[d], 12, 1.0, DType::F32),
             &input(&[d], 13, 0.5, DType::F32),
         )
         .unwrap();
-        let want = kernels::add_norm(&x, &big.narrow(0, 1, 8).unwrap(), &p, 1e-12).unwrap();
+        let want = norm::add_norm(&x, &big.narrow(0, 1, 8).unwrap(), &p, 1e-12).unwrap();
         let big_dev = on(&big, &dev, dtype);
         for vec in [false, true] {
-            let got = kernels::with_ln_vec(vec, || {
-                kernels::add_norm(
+            let got = switches::with_ln_vec(vec, || {
+                norm::add_norm(
                     &on(&x, &dev, dtype),
                     &big_dev.narrow(0, 1, 8)?,
                     &on(&p, &dev, DType::F32),
@@ -198,7 +196,7 @@ fn cuda_launch_add_norm_both_kernels() {
     }
 }
 
-/// The FFN's first GEMM with cuBLASLt's bias + GELU epilogue (`kernels::gemm_gelu`, unless
+/// The FFN's first GEMM with cuBLASLt's bias + GELU epilogue (`ffn::gemm_gelu`, unless
 /// `VIRALCLIP_GEMM_GELU=0`): the launcher's transposes, leading dimensions and the bias along the
 /// output features, against `gelu_erf(x · wᵀ + b)` on the CPU (cuBLASLt's GELU is the tanh
 /// approximation, within 5e-4 of erf's). Under `scripts/cuda-emulated.sh` the fake cuBLASLt
@@ -212,13 +210,13 @@ fn cuda_launch_gemm_gelu() {
             let w = input(&[n, k], 91, 4.0 / (k as f32).sqrt(), dtype);
             let b = input(&[n], 92, 1.0, dtype);
             let xd = on(&x, &dev, dtype);
-            if !kernels::gemm_gelu_fits(&xd) {
+            if !ffn::gemm_gelu_fits(&xd) {
                 let why = "VIRALCLIP_GEMM_GELU=0 is set, so gemm_gelu does not run";
                 assert!(std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none(), "{why}");
                 eprintln!("SKIPPED: {why}");
                 return;
             }
-            let got = kernels::gemm_gelu(&xd, &on(&w, &dev, dtype), &on(&b, &dev, dtype)).unwrap();
+            let got = ffn::gemm_gelu(&xd, &on(&w, &dev, dtype), &on(&b, &dev, dtype)).unwrap();
             let want = x
                 .matmul(&w.t().unwrap())
                 .unwrap()
@@ -243,8 +241,8 @@ fn cuda_launch_head_split_and_softmax() {
         let (b, t, heads, d) = (2, 13, 4, 16);
         let x = input(&[b * t, 3 * heads * d], 14, 1.0, dtype);
         let bias = input(&[3 * heads * d], 15, 1.0, dtype);
-        let want = kernels::qkv_split(&x, &bias, b, t, heads, d).unwrap();
-        let got = kernels::qkv_split(&on(&x, &dev, dtype), &on(&bias, &dev, dtype), b, t, heads, d).unwrap();
+        let want = layout::qkv_split(&x, &bias, b, t, heads, d).unwrap();
+        let got = layout::qkv_split(&on(&x, &dev, dtype), &on(&bias, &dev, dtype), b, t, heads, d).unwrap();
         // One addition rounded to the type: the CPU's sum in f32, the kernel's stored in `dtype`.
         assert_close(
             &format!("qkv_split {dtype:?}"),
@@ -255,8 +253,8 @@ fn cuda_launch_head_split_and_softmax() {
         // The training path's single projection (parts = 1).
         let x1 = input(&[b * t, heads * d], 16, 1.0, dtype);
         let bias1 = input(&[heads * d], 17, 1.0, dtype);
-        let want = kernels::split_parts(&x1, &bias1, 1, [b, t, heads, d]).unwrap();
-        let got = kernels::split_parts(
+        let want = layout::split_parts(&x1, &bias1, 1, [b, t, heads, d]).unwrap();
+        let got = layout::split_parts(
             &on(&x1, &dev, dtype),
             &on(&bias1, &dev, dtype),
             1,
@@ -273,8 +271,8 @@ fn cuda_launch_head_split_and_softmax() {
         for t in [1, 13, 40, 129] {
             let scores = input(&[b, heads, t, t], 18, 4.0, dtype);
             let mask = padded_mask(b, t, t.div_ceil(2));
-            let want = kernels::mask_softmax(&scores, &mask).unwrap();
-            let got = kernels::mask_softmax(&on(&scores, &dev, dtype), &on(&mask, &dev, dtype)).unwrap();
+            let want = softmax::mask_softmax(&scores, &mask).unwrap();
+            let got = softmax::mask_softmax(&on(&scores, &dev, dtype), &on(&mask, &dev, dtype)).unwrap();
             assert_close(
                 &format!("mask_softmax {dtype:?} t {t}"),
                 &got,
@@ -285,7 +283,7 @@ fn cuda_launch_head_split_and_softmax() {
     }
 }
 
-/// A 16-bit model's attention probabilities from f32 scores (`kernels::attention_probs`: one
+/// A 16-bit model's attention probabilities from f32 scores (`attention::attention_probs`: one
 /// cuBLAS product of 16-bit queries and keys into f32, then `mask_softmax_f32s_*`), against the
 /// CPU's f32 softmax of the same (rounded) inputs: within one rounding of the probabilities, which
 /// scores rounded to the type before the softmax would not be (about 1e-2 in bf16 here).
@@ -297,11 +295,11 @@ fn cuda_launch_attention_probs() {
             let q = input(&[b, heads, t, d], 21, 1.5, dtype);
             let k = input(&[b, heads, t, d], 22, 1.5, dtype);
             let mask = padded_mask(b, t, t.div_ceil(2));
-            let want = kernels::mask_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &mask).unwrap();
+            let want = softmax::mask_softmax(&q.matmul(&k.t().unwrap()).unwrap(), &mask).unwrap();
             let (k_d, mask_d) = (on(&k, &dev, dtype), on(&mask, &dev, dtype));
             for tq in [t, 1] {
                 let q_d = on(&q.narrow(2, 0, tq).unwrap().contiguous().unwrap(), &dev, dtype);
-                let got = kernels::attention_probs(&q_d, &k_d, &mask_d).unwrap();
+                let got = attention::attention_probs(&q_d, &k_d, &mask_d).unwrap();
                 assert_eq!(got.dtype(), dtype);
                 let what = format!("attention_probs {dtype:?} b {b} heads {heads} t {t} tq {tq} d {d}");
                 assert_close(&what, &got, &want.narrow(2, 0, tq).unwrap(), tol);
@@ -310,8 +308,8 @@ fn cuda_launch_attention_probs() {
     }
 }
 
-/// Attention read straight from the packed projection (`kernels::gemm_bias`, then
-/// `kernels::packed_attention`: the bias in cuBLASLt's epilogue, cuBLAS's pointer-array batched
+/// Attention read straight from the packed projection (`ffn::gemm_bias`, then
+/// `attention::packed_attention`: the bias in cuBLASLt's epilogue, cuBLAS's pointer-array batched
 /// GEMMs reading each head's queries, keys and values in the packed rows and writing the context
 /// in token order, the f32 scores' softmax between): the pointer tables, leading dimensions and
 /// the softmax's rows, against the split path's arithmetic in f32 (`check_packed_attention`: texts
@@ -322,7 +320,7 @@ fn cuda_launch_packed_attention() {
     let Some(dev) = cuda() else { return };
     let mut results = Vec::new();
     for (dtype, tol) in [(DType::BF16, 2e-2), (DType::F16, 3e-3)] {
-        let (worst, ran) = kernels::check_packed_attention(&dev, dtype).unwrap();
+        let (worst, ran) = checks::check_packed_attention(&dev, dtype).unwrap();
         results.push((dtype, tol, worst, ran));
     }
     for (dtype, tol, worst, ran) in results {
@@ -343,7 +341,7 @@ fn cuda_launch_packed_attention() {
 #[test]
 fn cuda_launch_attention_in_one_kernel() {
     let Some(dev) = cuda() else { return };
-    let tensor_cores = kernels::cuda::tensor_cores(&dev);
+    let tensor_cores = crate::model::ops::cuda::tensor_cores(&dev);
     assert!(tensor_cores || std::env::var_os("VIRALCLIP_CUDA_EMULATED").is_none());
     if !tensor_cores {
         eprintln!("SKIPPED: attention in one kernel needs compute capability 8.0 or later");
@@ -361,8 +359,8 @@ fn cuda_launch_attention_in_one_kernel() {
                 on(&mask, &dev, dtype),
             );
             for tq in [t, 1] {
-                let want = kernels::attention(&qkv, &bias, &mask, b, t, tq, heads, d).unwrap();
-                let got = kernels::attention(&qkv_d, &bias_d, &mask_d, b, t, tq, heads, d).unwrap();
+                let want = attention::attention(&qkv, &bias, &mask, b, t, tq, heads, d).unwrap();
+                let got = attention::attention(&qkv_d, &bias_d, &mask_d, b, t, tq, heads, d).unwrap();
                 let what = format!("attention {dtype:?} b {b} t {t} tq {tq} heads {heads} d {d}");
                 assert_close(&what, &got, &want, 2.0 * tolerance(dtype));
             }
@@ -378,17 +376,17 @@ fn cuda_launch_adam_in_place() {
         let t = |seed, scale| Tensor::from_vec(numbers(n, seed, scale), n, dev);
         let (w, g, m) = (t(21, 1.0)?, t(22, 0.1)?, t(23, 0.01)?);
         let v = Tensor::from_vec(numbers(n, 24, 0.01).iter().map(|x| x.abs()).collect(), n, dev)?;
-        assert!(kernels::adam_in_place(&[&w, &g, &m, &v]));
-        kernels::adam_moment(&m, &g, 0.9, false)?;
-        kernels::adam_moment(&v, &g, 0.999, true)?;
-        let u = kernels::AdamUpdate {
+        assert!(adam::adam_in_place(&[&w, &g, &m, &v]));
+        adam::adam_moment(&m, &g, 0.9, false)?;
+        adam::adam_moment(&v, &g, 0.999, true)?;
+        let u = adam::AdamUpdate {
             lr: 1e-3,
             bc1: 0.1,
             bc2: 0.001,
             eps: 1e-8,
             decay: 0.01,
         };
-        kernels::adam_update(&w, &m, &v, u)?;
+        adam::adam_update(&w, &m, &v, u)?;
         [w, m, v].iter().map(|t| t.to_vec1::<f32>()).collect()
     };
     let (want, got) = (run(&Device::Cpu).unwrap(), run(&dev).unwrap());
@@ -434,7 +432,7 @@ fn cuda_launch_fused_step() {
                     a: (i != 2).then_some(a),
                     b: (i != 3).then_some(b),
                     shared: i < 2,
-                    update: kernels::AdamUpdate {
+                    update: adam::AdamUpdate {
                         lr: 1e-3,
                         bc1: 0.19,
                         bc2: 0.002,
@@ -497,13 +495,12 @@ fn cuda_launch_training_passes() {
     let eps = 1e-12;
 
     // Layer norm, forward and backward (with and without the dropout below it).
-    let want = train_ops::layer_norm(&x, &g, &beta, eps).unwrap();
-    let got = train_ops::layer_norm(&to(&x), &to(&g), &to(&beta), eps).unwrap();
+    let want = norm::layer_norm(&x, &g, &beta, eps).unwrap();
+    let got = norm::layer_norm(&to(&x), &to(&g), &to(&beta), eps).unwrap();
     assert_close("ln_train_fwd", &got, &want, tol);
     for seed in [None, Some(77)] {
-        let want = train_ops::layer_norm_backward_rows_dropout(&x, &g, &dy, eps, 0.1, seed).unwrap();
-        let got =
-            train_ops::layer_norm_backward_rows_dropout(&to(&x), &to(&g), &to(&dy), eps, 0.1, seed).unwrap();
+        let want = norm::layer_norm_backward_rows_dropout(&x, &g, &dy, eps, 0.1, seed).unwrap();
+        let got = norm::layer_norm_backward_rows_dropout(&to(&x), &to(&g), &to(&dy), eps, 0.1, seed).unwrap();
         for (name, a, b) in [
             ("dx", &want.0, &got.0),
             ("dgx", &want.1, &got.1),
@@ -517,33 +514,33 @@ fn cuda_launch_training_passes() {
     let (b, heads, t) = (2, 3, 11);
     let scores = input(&[b, heads, t, t], 34, 4.0, f32);
     let mask = padded_mask(b, t, 7);
-    let want = train_ops::scaled_masked_softmax(&scores, &mask, 0.125).unwrap();
-    let got = train_ops::scaled_masked_softmax(&to(&scores), &to(&mask), 0.125).unwrap();
+    let want = softmax::scaled_masked_softmax(&scores, &mask, 0.125).unwrap();
+    let got = softmax::scaled_masked_softmax(&to(&scores), &to(&mask), 0.125).unwrap();
     assert_close("softmax_train_fwd", &got, &want, tol);
     let dp = input(&[b, heads, t, t], 35, 1.0, f32);
-    let want_ds = train_ops::softmax_backward(&want, &dp, 0.125).unwrap();
-    let got_ds = train_ops::softmax_backward(&got, &to(&dp), 0.125).unwrap();
+    let want_ds = softmax::softmax_backward(&want, &dp, 0.125).unwrap();
+    let got_ds = softmax::softmax_backward(&got, &to(&dp), 0.125).unwrap();
     assert_close("softmax_train_bwd", &got_ds, &want_ds, tol);
 
     // Bias + GELU forward, and its gradient.
-    let want = train_ops::bias_gelu(&x, &beta).unwrap();
-    let got = train_ops::bias_gelu(&to(&x), &to(&beta)).unwrap();
+    let want = ffn::bias_gelu_train(&x, &beta).unwrap();
+    let got = ffn::bias_gelu_train(&to(&x), &to(&beta)).unwrap();
     assert_close("bias_gelu (training)", &got, &want, tol);
-    let want = train_ops::gelu_backward(&x, &beta, &dy).unwrap();
-    let got = train_ops::gelu_backward(&to(&x), &to(&beta), &to(&dy)).unwrap();
+    let want = ffn::gelu_backward(&x, &beta, &dy).unwrap();
+    let got = ffn::gelu_backward(&to(&x), &to(&beta), &to(&dy)).unwrap();
     assert_close("gelu_train_bwd", &got, &want, tol);
 
     // A head's bias + ReLU + dropout, forward and back; dropout alone.
     for seed in [None, Some(78)] {
-        let want = train_ops::bias_relu_dropout(&x, &beta, 0.1, seed).unwrap();
-        let got = train_ops::bias_relu_dropout(&to(&x), &to(&beta), 0.1, seed).unwrap();
+        let want = ffn::bias_relu_dropout(&x, &beta, 0.1, seed).unwrap();
+        let got = ffn::bias_relu_dropout(&to(&x), &to(&beta), 0.1, seed).unwrap();
         assert_close(&format!("bias_relu_drop fwd (seed {seed:?})"), &got, &want, tol);
-        let want = train_ops::bias_relu_dropout_backward(&x, &beta, &dy, 0.1, seed).unwrap();
-        let got = train_ops::bias_relu_dropout_backward(&to(&x), &to(&beta), &to(&dy), 0.1, seed).unwrap();
+        let want = ffn::bias_relu_dropout_backward(&x, &beta, &dy, 0.1, seed).unwrap();
+        let got = ffn::bias_relu_dropout_backward(&to(&x), &to(&beta), &to(&dy), 0.1, seed).unwrap();
         assert_close(&format!("bias_relu_drop bwd (seed {seed:?})"), &got, &want, tol);
     }
-    let want = train_ops::dropout_with(&x, 0.25, Some(79)).unwrap();
-    let got = train_ops::dropout_with(&to(&x), 0.25, Some(79)).unwrap();
+    let want = dropout::dropout_with(&x, 0.25, Some(79)).unwrap();
+    let got = dropout::dropout_with(&to(&x), 0.25, Some(79)).unwrap();
     assert_close("dropout", &got, &want, tol);
 
     // The loss and its gradient, with and without the positive class's weights.
@@ -555,17 +552,16 @@ fn cuda_launch_training_passes() {
         .unwrap();
     let pw = input(&[28], 38, 4.0, f32).abs().unwrap();
     for weight in [None, Some(&pw)] {
-        let want = train_ops::bce_with_logits(&logits, &targets, weight).unwrap();
-        let got = train_ops::bce_with_logits(&to(&logits), &to(&targets), weight.map(to).as_ref()).unwrap();
+        let want = loss::bce_with_logits(&logits, &targets, weight).unwrap();
+        let got = loss::bce_with_logits(&to(&logits), &to(&targets), weight.map(to).as_ref()).unwrap();
         assert_close(
             &format!("bce_fwd (weighted {})", weight.is_some()),
             &got,
             &want,
             tol,
         );
-        let want = train_ops::bce_with_logits_grad(&logits, &targets, weight).unwrap();
-        let got =
-            train_ops::bce_with_logits_grad(&to(&logits), &to(&targets), weight.map(to).as_ref()).unwrap();
+        let want = loss::bce_with_logits_grad(&logits, &targets, weight).unwrap();
+        let got = loss::bce_with_logits_grad(&to(&logits), &to(&targets), weight.map(to).as_ref()).unwrap();
         assert_close(
             &format!("bce_grad (weighted {})", weight.is_some()),
             &got,
@@ -577,9 +573,9 @@ fn cuda_launch_training_passes() {
     // Column sums of several tensors, whole and split at a row (two tasks sharing a batch).
     let a = input(&[rows, h], 39, 1.0, f32);
     let c = input(&[300, 40], 40, 1.0, f32);
-    let want = train_ops::column_sums(&[(&a, None), (&c, Some(123)), (&x, Some(0))]).unwrap();
+    let want = projection::column_sums(&[(&a, None), (&c, Some(123)), (&x, Some(0))]).unwrap();
     let (ad, cd, xd) = (to(&a), to(&c), to(&x));
-    let got = train_ops::column_sums(&[(&ad, None), (&cd, Some(123)), (&xd, Some(0))]).unwrap();
+    let got = projection::column_sums(&[(&ad, None), (&cd, Some(123)), (&xd, Some(0))]).unwrap();
     for (k, (w, g)) in want.iter().zip(&got).enumerate() {
         assert_close(&format!("col_sums {k}"), &g.0, &w.0, 1e-5);
         assert_eq!(w.1.is_some(), g.1.is_some());
@@ -591,8 +587,8 @@ fn cuda_launch_training_passes() {
     // A residual branch in one pass: the sum and its layer norm.
     let res = input(&[rows, h], 41, 1.0, f32);
     for seed in [None, Some(80)] {
-        let want = train_ops::bias_dropout_add_norm(&x, &beta, &res, &g, &beta, 0.1, seed, eps).unwrap();
-        let got = train_ops::bias_dropout_add_norm(
+        let want = norm::bias_dropout_add_norm(&x, &beta, &res, &g, &beta, 0.1, seed, eps).unwrap();
+        let got = norm::bias_dropout_add_norm(
             &to(&x),
             &to(&beta),
             &to(&res),
@@ -621,11 +617,11 @@ fn cuda_launch_training_passes() {
     let (b, t, heads) = (2, 7, 4);
     let xh = input(&[b * t, 64], 42, 1.0, f32);
     let bh = input(&[64], 43, 1.0, f32);
-    let want = train_ops::split_heads_bias(&xh, &bh, b, t, heads).unwrap();
-    let got = train_ops::split_heads_bias(&to(&xh), &to(&bh), b, t, heads).unwrap();
+    let want = layout::split_heads_bias(&xh, &bh, b, t, heads).unwrap();
+    let got = layout::split_heads_bias(&to(&xh), &to(&bh), b, t, heads).unwrap();
     assert_close("split_heads_bias", &got, &want, tol);
-    let want = train_ops::merge_heads(&want).unwrap();
-    let got = train_ops::merge_heads(&got).unwrap();
+    let want = layout::merge_heads_train(&want).unwrap();
+    let got = layout::merge_heads_train(&got).unwrap();
     assert_close("merge_heads (training)", &got, &want, tol);
 }
 

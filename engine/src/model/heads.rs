@@ -2,7 +2,7 @@
 //! and the multitask model that joins them to the encoder.
 
 use super::bert::{Bert, BertConfig, Mode, ParamGrads, Sink};
-use super::train_ops;
+use super::ops::{dropout, ffn, projection, switches};
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
@@ -11,10 +11,10 @@ fn dropout(x: Tensor, p: f32, mode: Mode) -> Result<Tensor> {
 }
 
 /// A head's linear layer: candle's for scoring, one graph node for training
-/// ([`super::train_ops::linear`]).
+/// ([`projection::linear`]).
 fn linear(l: &Linear, x: &Tensor, mode: Mode) -> Result<Tensor> {
     if mode.differentiable() {
-        super::train_ops::linear(x, l.weight(), l.bias())
+        projection::linear(x, l.weight(), l.bias())
     } else {
         l.forward(x)
     }
@@ -91,14 +91,14 @@ fn head_taped(
     cls: &Tensor,
 ) -> Result<(Tensor, HeadTape)> {
     let lin = |l: &Linear, x: &Tensor| {
-        train_ops::linear(x, &l.weight().detach(), l.bias().map(|b| b.detach()).as_ref())
+        projection::linear(x, &l.weight().detach(), l.bias().map(|b| b.detach()).as_ref())
     };
     let mut x = cls.detach();
     let mut tape = Vec::with_capacity(hidden.len());
     for (l, &(p, seed)) in hidden.iter().zip(dropout) {
         // The product, then its bias, ReLU and dropout in one pass.
-        let z = train_ops::linear(&x, &l.weight().detach(), None)?;
-        let a = train_ops::bias_relu_dropout(&z, &hidden_bias(l)?, p, seed)?;
+        let z = projection::linear(&x, &l.weight().detach(), None)?;
+        let a = ffn::bias_relu_dropout(&z, &hidden_bias(l)?, p, seed)?;
         tape.push((x, z, p, seed));
         x = a;
     }
@@ -124,7 +124,7 @@ fn head_backward(
     let mut sink = Sink::new(&mut grads);
     let mut dx = sink.project(last, &tape.last_in, dy, 1)?;
     for (l, (x, z, p, seed)) in hidden.iter().zip(&tape.hidden).rev() {
-        let dz = train_ops::bias_relu_dropout_backward(z, &hidden_bias(l)?, &dx, *p, *seed)?;
+        let dz = ffn::bias_relu_dropout_backward(z, &hidden_bias(l)?, &dx, *p, *seed)?;
         dx = sink.project(l, x, &dz, 1)?;
     }
     sink.flush()?;
@@ -196,7 +196,7 @@ impl MultiTask {
     /// Whether the heads can train by hand on these [CLS] states ([`MultiTask::heads_taped`]):
     /// where the training path's fused passes run.
     pub fn heads_by_hand(&self, cls: &Tensor) -> bool {
-        train_ops::usable(&[cls, self.emotion.l0.weight(), self.popularity.l0.weight()])
+        switches::fused_training(&[cls, self.emotion.l0.weight(), self.popularity.l0.weight()])
     }
 
     /// The heads' training forward pass outside candle's graph, keeping what their backward
@@ -215,7 +215,7 @@ impl MultiTask {
             (
                 p,
                 (mode == Mode::Training)
-                    .then(|| train_ops::dropout_seed(p))
+                    .then(|| dropout::dropout_seed(p))
                     .flatten(),
             )
         };
@@ -288,7 +288,7 @@ pub fn init_heads(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::tests::max_diff;
+    use crate::model::ops::testing::max_diff;
     use candle_core::{DType, Device, Var};
 
     /// The heads by hand (forward, dropout masks, backward) give the graph's logits and
@@ -326,13 +326,13 @@ mod tests {
         assert_eq!(heads.len(), 10);
         assert!(model.heads_by_hand(cls.as_tensor()));
         for mode in [Mode::Training, Mode::Autograd] {
-            train_ops::seed_dropout(41);
+            dropout::seed_dropout(41);
             let logits = model.heads(cls.as_tensor(), mode).unwrap();
             let loss = ((&logits.popularity * &wp).unwrap().sum_all().unwrap()
                 + (&logits.emotions * &we).unwrap().sum_all().unwrap())
             .unwrap();
             let gs = loss.backward().unwrap();
-            train_ops::seed_dropout(41);
+            dropout::seed_dropout(41);
             let h = model.heads_taped(cls.as_tensor(), mode, true, true).unwrap();
             let (xp, tp) = h.popularity.unwrap();
             let (xe, te) = h.emotions.unwrap();

@@ -10,7 +10,7 @@
 //! `α = β = 1` otherwise. The CUDA kernels (`kernels/fused.cu`, `step_*`) compute what
 //! [`fused_step`]'s CPU passes here compute, in the same order.
 
-use super::kernels::AdamUpdate;
+use super::adam::AdamUpdate;
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Storage, Tensor};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -93,15 +93,15 @@ impl StepStats {
 }
 
 /// Whether [`fused_step`] runs on these parameters: contiguous f32 tensors, all on the CPU, or all
-/// on CUDA unless `VIRALCLIP_FUSED_TRAIN=0` ([`super::kernels::fused_train_cuda`]), unless
-/// [`super::train_ops::without_fused`] switched it off on this thread.
+/// on CUDA unless `VIRALCLIP_FUSED_TRAIN=0` ([`switches::fused_train_cuda`]), unless
+/// [`switches::without_fused`] switched it off on this thread.
 pub fn supported(params: &[StepParam]) -> bool {
     let ts: Vec<&Tensor> = params
         .iter()
         .flat_map(|p| [Some(p.w), Some(p.m), Some(p.v), p.a, p.b])
         .flatten()
         .collect();
-    ts.iter().all(|t| t.is_contiguous()) && super::train_ops::usable(&ts)
+    ts.iter().all(|t| t.is_contiguous()) && super::ops::switches::fused_training(&ts)
 }
 
 /// Applies one step to every parameter (see the module's doc) and returns its reductions. The
@@ -316,8 +316,8 @@ mod cuda {
     //! Launchers for `step_dots`, `step_norm` and `step_adamw` in `kernels/fused.cu`: a table of
     //! the tensors (device pointers and per-tensor AdamW settings) and a table of chunks (tensor,
     //! first element), one block per chunk, uploaded once per step.
-    use super::super::kernels::cuda::{address, pair};
     use super::{StepConfig, StepParam, StepStats, CHUNK};
+    use crate::model::ops::cuda::{address, function, pair};
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::cuda_backend::WrapErr;
     use candle_core::{Result, Tensor};
@@ -361,15 +361,7 @@ mod cuda {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let func = |name: &str| -> Result<_> {
-            Ok(dev
-                .get_or_load_custom_func(
-                    name,
-                    super::super::kernels::cuda::MODULE,
-                    super::super::kernels::cuda::PTX,
-                )?
-                .into_cuda_function())
-        };
+        let func = |name: &str| function(&dev, name);
         let pcgrad = cfg.pcgrad as u32;
         if cfg.pcgrad {
             let f = func("step_dots")?;
@@ -489,7 +481,7 @@ mod tests {
         (out.0, out.1, out.2, stats)
     }
 
-    use crate::model::kernels::tests::max_diff;
+    use crate::model::ops::testing::max_diff;
 
     /// The fused passes give what candle's operations give: projected (conflicting tasks) and
     /// summed (agreeing ones), clipped and not, with a tensor longer than one chunk, a head with
