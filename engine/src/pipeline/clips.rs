@@ -1,0 +1,109 @@
+//! Cutting a moment into its clip: the shape it is delivered in (framed by faces, captions
+//! burned in) and the clip and thumbnail files.
+
+use super::*;
+
+impl Engine {
+    /// The shape of one clip: `None` for `original`; else its geometry, the framing (faces, or
+    /// the centre without a detector) and, unless captions are off, `clip-NN.ass` and
+    /// `clip-NN.srt` beside it (the ASS is burned in).
+    #[cfg(feature = "media")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn shape_for(
+        faces: Option<&std::sync::Mutex<Box<dyn crate::faces::FaceDetector>>>,
+        req: &ClipRequest,
+        info: Option<&crate::media::MediaInfo>,
+        t: &Transcript,
+        start: f64,
+        end: f64,
+        clips_dir: &Path,
+        rank: usize,
+    ) -> Result<Option<crate::shape::Shape>> {
+        use crate::captions::{self, Captions};
+        use crate::format::Format;
+        let sr = req.shape;
+        if sr.format == Format::Original {
+            return Ok(None);
+        }
+        let Some(v) = info.and_then(|i| i.video.as_ref()) else {
+            return Ok(None);
+        };
+        let g = sr.format.geometry(v.width, v.height);
+        let mut shape = match faces {
+            Some(det) => {
+                // The clip's loudness says when mouth motion is speech.
+                let mut det = det.lock().unwrap_or_else(|p| p.into_inner());
+                let plan = crate::framing::plan_clip(
+                    &req.input,
+                    start,
+                    end,
+                    info.is_some_and(|i| i.audio.is_some()),
+                    g,
+                    det.as_mut(),
+                    &crate::reframe::Reframe::default(),
+                )?;
+                crate::shape::Shape {
+                    geometry: g,
+                    plan,
+                    captions: None,
+                    fonts_dir: None,
+                }
+            }
+            None => crate::shape::Shape::centred(g, (v.width, v.height), end - start),
+        };
+        if sr.captions != Captions::Off {
+            let words = captions::spread_words(&t.cues, start, end);
+            let name = format!("clip-{rank:02}");
+            let ass = captions::ass(
+                &words,
+                sr.captions,
+                sr.caption_style,
+                (g.out_w, g.out_h),
+                CAPTION_FONT,
+            );
+            let ass_path = clips_dir.join(format!("{name}.ass"));
+            std::fs::write(&ass_path, ass).map_err(|e| Error::io(&ass_path, e))?;
+            let lay = sr.caption_style.layout(g.out_w, g.out_h);
+            let srt_path = clips_dir.join(format!("{name}.srt"));
+            std::fs::write(&srt_path, captions::srt(&words, lay.line_chars))
+                .map_err(|e| Error::io(&srt_path, e))?;
+            shape.captions = Some(ass_path);
+        }
+        Ok(Some(shape))
+    }
+}
+
+/// The captions' font ([`crate::font`]), found by libass through fontconfig.
+pub const CAPTION_FONT: &str = crate::font::NAME;
+
+/// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
+#[cfg(feature = "media")]
+pub(super) fn cut_one(
+    input: &Path,
+    clips_dir: &Path,
+    rank: usize,
+    start: f64,
+    end: f64,
+    mode: CutMode,
+    shape: Option<crate::shape::Shape>,
+) -> Result<ClipFacts> {
+    let name = format!("clip-{rank:02}");
+    let clip_path = clips_dir.join(format!("{name}.mp4"));
+    let clip = crate::media::cut_shaped(input, start, end, mode, shape, &clip_path)?;
+    let thumb_path = clips_dir.join(format!("{name}.jpg"));
+    let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
+    Ok(ClipFacts {
+        path: PathBuf::from("clips").join(format!("{name}.mp4")),
+        thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),
+        width: clip.width,
+        height: clip.height,
+        duration: clip.duration,
+        size_bytes: clip.size_bytes,
+        thumbnail_bytes: thumb.size_bytes,
+        mode: match clip.mode {
+            CutMode::Precise => "precise".into(),
+            CutMode::Fast => "fast".into(),
+        },
+        source_start: clip.source_start,
+    })
+}
