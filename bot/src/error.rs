@@ -62,8 +62,15 @@ pub fn telegram(call: &'static str) -> impl Fn(teloxide::RequestError) -> Error 
 
 /// A blocking task's outcome: its panic as [`Error::Panicked`], a stop as [`Error::Stopped`].
 pub fn joined<T>(r: std::result::Result<T, tokio::task::JoinError>, what: &'static str) -> Result<T> {
-    r.map_err(|e| match Panicked::from_join(e) {
-        Some(p) => Error::Panicked(p),
-        None => Error::Stopped(what),
-    })
+    r.map_err(|e| Error::from_join(e, what))
+}
+
+impl Error {
+    /// A task's join error: its panic as [`Error::Panicked`], a stop as [`Error::Stopped`].
+    pub fn from_join(e: tokio::task::JoinError, what: &'static str) -> Self {
+        match Panicked::from_join(e) {
+            Some(p) => Error::Panicked(p),
+            None => Error::Stopped(what),
+        }
+    }
 }

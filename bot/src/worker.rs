@@ -114,10 +114,7 @@ async fn finish_job(
             return;
         }
         Ok(Err(e)) => e,
-        Err(e) => match joined(Err::<(), _>(e), "the job's task") {
-            Err(e) => e,
-            Ok(()) => unreachable!("an error goes in"),
-        },
+        Err(e) => Error::from_join(e, "the job's task"),
     };
     if cancelled_by_user {
         return;
