@@ -27,6 +27,7 @@ pub struct EngineClipper {
     encoder: Option<PathBuf>,
     whisper: Option<WhisperModel>,
     /// The face model that frames shaped clips (loaded with each engine; `None`: centre crops).
+    #[cfg_attr(not(feature = "faces"), allow(dead_code))]
     faces: Option<PathBuf>,
     device: DeviceChoice,
     precision: Precision,

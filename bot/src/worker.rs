@@ -317,22 +317,17 @@ fn request(
     req.select.min_secs = p.settings.min_secs;
     req.select.max_secs = p.settings.max_secs;
     req.language = Some(p.settings.language.clone()).filter(|l| l != "auto");
-    #[cfg(feature = "media")]
-    {
-        req.mode = if p.settings.fast {
-            viralclip_engine::media::CutMode::Fast
-        } else {
-            viralclip_engine::media::CutMode::Precise
-        };
-        req.limits.max_duration_secs = app.config.max_duration_mins * 60.0;
-        req.shape = viralclip_engine::pipeline::ShapeRequest {
-            format: p.settings.format,
-            captions: p.settings.captions,
-            caption_style: Default::default(),
-        };
-    }
-    #[cfg(not(feature = "media"))]
-    let _ = app;
+    req.mode = if p.settings.fast {
+        viralclip_engine::media::CutMode::Fast
+    } else {
+        viralclip_engine::media::CutMode::Precise
+    };
+    req.limits.max_duration_secs = app.config.max_duration_mins * 60.0;
+    req.shape = viralclip_engine::pipeline::ShapeRequest {
+        format: p.settings.format,
+        captions: p.settings.captions,
+        caption_style: Default::default(),
+    };
     req
 }
 

@@ -469,9 +469,9 @@ fn shorts(
 
     let t = Instant::now();
     let plan = viralclip_engine::framing::plan_clip(
+        &media::Ffmpeg,
         video,
-        s,
-        e,
+        (s, e),
         info.audio.is_some(),
         g,
         &mut det,

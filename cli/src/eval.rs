@@ -253,7 +253,6 @@ fn load_whisper(_: &WhisperModel) -> Result<Box<dyn viralclip_engine::transcribe
     Err(viralclip_engine::Error::Unsupported("whisper").into())
 }
 
-#[cfg(feature = "media")]
 fn transcribe(
     w: &mut dyn viralclip_engine::transcribe::Transcriber,
     video: &Path,
@@ -262,22 +261,14 @@ fn transcribe(
     use std::sync::{atomic::AtomicBool, Arc};
     use viralclip_engine::cue::CueSource;
     let cancel = Arc::new(AtomicBool::new(false));
-    let samples = viralclip_engine::media::decode_audio_16k(video, f64::INFINITY, &|_| {}, &cancel)?;
+    let media = viralclip_engine::media::built_in();
+    let samples = media.audio_16k(video, f64::INFINITY, &|_| {}, &cancel)?;
     let speech = w.transcribe(&samples, Some(lang), Arc::new(|_| {}), cancel, None)?;
     let source = CueSource::Whisper {
         model: w.name(),
         language: speech.language,
     };
     Ok(Transcript::repair(speech.cues, source))
-}
-
-#[cfg(not(feature = "media"))]
-fn transcribe(
-    _: &mut dyn viralclip_engine::transcribe::Transcriber,
-    _: &Path,
-    _: &str,
-) -> Result<Transcript> {
-    Err(viralclip_engine::Error::Unsupported("media").into())
 }
 
 #[cfg(test)]

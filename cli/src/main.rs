@@ -140,20 +140,17 @@ fn clip(a: ClipArgs) -> Result<()> {
         _ => None,
     };
     req.select.validate()?;
-    #[cfg(feature = "media")]
-    {
-        req.mode = if a.fast {
-            viralclip_engine::media::CutMode::Fast
-        } else {
-            viralclip_engine::media::CutMode::Precise
-        };
-        req.limits.max_duration_secs = a.max_duration_mins * 60.0;
-        req.shape = viralclip_engine::pipeline::ShapeRequest {
-            format: a.format,
-            captions: a.captions,
-            caption_style: a.caption_style,
-        };
-    }
+    req.mode = if a.fast {
+        viralclip_engine::media::CutMode::Fast
+    } else {
+        viralclip_engine::media::CutMode::Precise
+    };
+    req.limits.max_duration_secs = a.max_duration_mins * 60.0;
+    req.shape = viralclip_engine::pipeline::ShapeRequest {
+        format: a.format,
+        captions: a.captions,
+        caption_style: a.caption_style,
+    };
     req.language = a.lang.clone().filter(|l| l != "auto");
     let (scorer, load_secs) = load_scorer(&a.model)?;
     let mut engine = Engine::new(Box::new(scorer)).with_whisper(Some(a.whisper.clone()));

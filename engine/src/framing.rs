@@ -1,5 +1,5 @@
 //! The framing analysis of one clip: its frames sampled a few times a second and downscaled
-//! ([`crate::media::sample_frames`]), faces found in each ([`crate::faces`]), the audio's loudness
+//! ([`crate::media::Media::frames`]), faces found in each ([`crate::faces`]), the audio's loudness
 //! around each, scene cuts from the difference between samples, then the plan
 //! ([`crate::reframe`]).
 
@@ -8,6 +8,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::faces::FaceDetector;
 use crate::format::Geometry;
+use crate::media::Media;
 use crate::reframe::{Plan, Reframe, Sample};
 
 /// Samples a second: enough to follow a person, few enough to stay cheap.
@@ -68,13 +69,13 @@ pub fn loudness(audio: &[f32], t: f64) -> f32 {
     (s.iter().map(|x| x * x).sum::<f32>() / s.len() as f32).sqrt()
 }
 
-/// Where the crop goes in the clip `[start, end)` of `src`, in clip time. `audio`: the clip's
-/// sound at 16 kHz from `start` on ([`crate::media::decode_audio_span`]; mouth motion counts
-/// only while there is sound); `None` treats it all as sound.
+/// Where the crop goes in the clip `[start, end)` of `src`, in clip time, from the frames `media`
+/// samples. `audio`: the clip's sound at 16 kHz from `start` on ([`Media::audio_span`]; mouth
+/// motion counts only while there is sound); `None` treats it all as sound.
 pub fn plan(
+    media: &dyn Media,
     src: &Path,
-    start: f64,
-    end: f64,
+    (start, end): (f64, f64),
     geometry: Geometry,
     detector: &mut dyn FaceDetector,
     audio: Option<&[f32]>,
@@ -95,8 +96,7 @@ pub fn plan(
         thumbs.push((t, thumb(rgb, w, h)));
         Ok(())
     };
-    let (src_w, src_h) =
-        crate::media::sample_frames(src, start, end, SAMPLES_PER_SEC, SAMPLE_EDGE, &mut detect)?;
+    let (src_w, src_h) = media.frames(src, (start, end), SAMPLES_PER_SEC, SAMPLE_EDGE, &mut detect)?;
     // Detections are in the sampled frame's pixels: back to the source's.
     if size.0 > 0 {
         let (sx, sy) = (src_w as f32 / size.0 as f32, src_h as f32 / size.1 as f32);
@@ -125,23 +125,30 @@ pub fn plan(
     ))
 }
 
-/// [`plan`] with the clip's own sound ([`crate::media::decode_audio_span`]) when the source has
-/// an audio stream (`has_audio`, from its probe); without one, all of it counts as sound.
-#[allow(clippy::too_many_arguments)]
+/// [`plan`] with the clip's own sound ([`Media::audio_span`]) when the source has an audio
+/// stream (`has_audio`, from its probe); without one, all of it counts as sound.
 pub fn plan_clip(
+    media: &dyn Media,
     src: &Path,
-    start: f64,
-    end: f64,
+    (start, end): (f64, f64),
     has_audio: bool,
     geometry: Geometry,
     detector: &mut dyn FaceDetector,
     reframe: &Reframe,
 ) -> Result<Plan> {
     let audio = match has_audio {
-        true => Some(crate::media::decode_audio_span(src, start, end)?),
+        true => Some(media.audio_span(src, start, end)?),
         false => None,
     };
-    plan(src, start, end, geometry, detector, audio.as_deref(), reframe)
+    plan(
+        media,
+        src,
+        (start, end),
+        geometry,
+        detector,
+        audio.as_deref(),
+        reframe,
+    )
 }
 
 #[cfg(test)]

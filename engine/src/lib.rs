@@ -8,7 +8,7 @@
 //!   artifact format), [`scorer`] (tokenise, length-sorted batches, dynamic padding).
 //! - Native pieces behind traits and features: [`transcribe`] (whisper-rs, feature `whisper`;
 //!   [`whisper_model`] says which file: a path, or a name fetched from the hub),
-//!   [`media`] (ffmpeg-next, feature `media`).
+//!   [`media`] (the [`media::Media`] trait; ffmpeg-next with feature `media`).
 //! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
 
 pub mod boilerplate;
@@ -19,10 +19,8 @@ pub mod error;
 pub mod faces;
 pub mod font;
 pub mod format;
-#[cfg(feature = "media")]
 pub mod framing;
 pub mod headline;
-#[cfg(feature = "media")]
 pub mod media;
 pub mod model;
 pub mod pipeline;
@@ -31,7 +29,6 @@ pub mod report;
 pub mod score;
 pub mod scorer;
 pub mod select;
-#[cfg(feature = "media")]
 pub mod shape;
 pub mod subtitle;
 pub mod transcribe;

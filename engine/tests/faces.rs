@@ -137,7 +137,16 @@ fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
             "loudness at {t:.1} s: {a} vs {b}"
         );
     }
-    let plan = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&audio), &Reframe::default()).unwrap();
+    let plan = framing::plan(
+        &media::Ffmpeg,
+        &src,
+        (0.0, 12.0),
+        g,
+        &mut det,
+        Some(&audio),
+        &Reframe::default(),
+    )
+    .unwrap();
     assert!(
         plan.segments.iter().all(|s| matches!(s.layout, Layout::Track(_))),
         "{:?}",
@@ -220,7 +229,16 @@ fn no_face_gets_the_blurred_fill_and_two_faces_far_apart_never_a_crop_between_th
     ]);
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
-    let plan = framing::plan(&src, 0.0, 8.0, g, &mut det, None, &Reframe::default()).unwrap();
+    let plan = framing::plan(
+        &media::Ffmpeg,
+        &src,
+        (0.0, 8.0),
+        g,
+        &mut det,
+        None,
+        &Reframe::default(),
+    )
+    .unwrap();
     let at = |t: f64| &plan.segment_at(t).unwrap().layout;
     assert_eq!(at(2.0), &Layout::Fill, "{:?}", plan.segments);
     // With two faces 940 px apart and nobody speaking (no sound): a split, never one crop.
@@ -276,7 +294,16 @@ fn the_crop_cuts_to_whoever_moves_their_mouth_while_there_is_sound() {
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
     let audio = media::decode_audio_span(&src, 0.0, 12.0).unwrap();
-    let plan = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&audio), &Reframe::default()).unwrap();
+    let plan = framing::plan(
+        &media::Ffmpeg,
+        &src,
+        (0.0, 12.0),
+        g,
+        &mut det,
+        Some(&audio),
+        &Reframe::default(),
+    )
+    .unwrap();
     let kinds: Vec<String> = plan
         .segments
         .iter()
@@ -325,7 +352,16 @@ fn the_crop_cuts_to_whoever_moves_their_mouth_while_there_is_sound() {
     }
     // The same pictures in silence: moving lips make nobody the speaker (a split, not a crop).
     let silence = vec![0f32; audio.len()];
-    let mute = framing::plan(&src, 0.0, 12.0, g, &mut det, Some(&silence), &Reframe::default()).unwrap();
+    let mute = framing::plan(
+        &media::Ffmpeg,
+        &src,
+        (0.0, 12.0),
+        g,
+        &mut det,
+        Some(&silence),
+        &Reframe::default(),
+    )
+    .unwrap();
     assert!(
         mute.segments.iter().all(|s| matches!(s.layout, Layout::Split(_))),
         "{:?}",

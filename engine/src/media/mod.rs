@@ -1,32 +1,116 @@
-//! Media through ffmpeg-next: probing, 16 kHz mono audio for Whisper, text subtitle streams,
-//! cutting clips (precise re-encode or fast stream copy) and JPEG thumbnails.
+//! What the engine needs from media, as one trait ([`Media`]) over plain types: probing
+//! ([`MediaInfo`] against [`Limits`]), 16 kHz mono audio for Whisper (the whole file's, or one
+//! clip's for the framing's loudness), text subtitle streams, sampled frames for the framing,
+//! cutting a clip ([`CutMode`], shaped by a [`crate::shape::Shape`]) and its thumbnail.
 //!
-//! Inputs are untrusted: they are opened with a `file`-only protocol whitelist and a whitelist of
-//! container demuxers (no playlists, no concat), and bounded by [`Limits`] before any decoding.
-//!
-//! Here: the inputs' probing, the shared filter graphs and text subtitle streams; [`audio`]
-//! (16 kHz mono), [`cut`] (clips), [`frames`] (sampled frames, thumbnails).
+//! The pipeline holds a `Box<dyn Media>` and is not gated on the `media` feature: [`built_in`]
+//! is the one place that chooses. With the feature it is [`Ffmpeg`] (ffmpeg-next, [`ffmpeg`]);
+//! without it, [`NoMedia`], which refuses every video with [`Error::Unsupported`] (subtitle
+//! files alone still work).
 
-mod audio;
-mod cut;
-mod frames;
+#[cfg(feature = "media")]
+mod ffmpeg;
 
-pub use audio::{decode_audio_16k, decode_audio_span};
-pub use cut::{cut, cut_shaped};
-pub use frames::{sample_frames, thumbnail};
+#[cfg(feature = "media")]
+pub use ffmpeg::{
+    ass_dialogue_text, cut, cut_shaped, decode_audio_16k, decode_audio_span, open_input, probe,
+    read_subtitle_stream, sample_frames, thumbnail, Ffmpeg, DEMUXERS,
+};
 
 use crate::cue::Cue;
 use crate::error::{Error, Result};
-use ff::{codec, filter, format, frame, media, Dictionary, Packet, Rational};
-use ffmpeg_next as ff;
+use crate::shape::Shape;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Once;
+use std::sync::atomic::AtomicBool;
 
-/// Demuxers an input may be read with: real containers only.
-pub const DEMUXERS: &str =
-    "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,flv,mpegts,ogg,wav,mp3,flac,aac,asf,srt,webvtt,ass";
+/// What [`Media::frames`] calls with each frame: `(t, rgb, w, h)`; an error stops decoding.
+pub type OnFrame<'a> = dyn FnMut(f64, &[u8], u32, u32) -> Result<()> + 'a;
+
+/// Media as the pipeline uses it. Inputs are untrusted: an implementation opens regular files
+/// only, reads no other file or address than the one named, and bounds its work by [`Limits`]
+/// while decoding, not only by what a header says. Shared by the cutting threads.
+pub trait Media: Send + Sync {
+    /// Reads the container's facts and checks them against `limits`.
+    fn probe(&self, path: &Path, limits: &Limits) -> Result<MediaInfo>;
+
+    /// The cues of text subtitle stream `index` (as in [`MediaInfo::subtitles`]).
+    fn subtitle_stream(&self, path: &Path, index: usize) -> Result<Vec<Cue>>;
+
+    /// The best audio stream at 16 kHz mono f32, for Whisper; stops with [`Error::TooLarge`] once
+    /// the decoded audio passes `max_secs`. `progress` gets 0..=1.
+    fn audio_16k(
+        &self,
+        path: &Path,
+        max_secs: f64,
+        progress: &dyn Fn(f32),
+        cancel: &AtomicBool,
+    ) -> Result<Vec<f32>>;
+
+    /// The sound of `[start, end)` at 16 kHz mono, its first sample at `start`.
+    fn audio_span(&self, path: &Path, start: f64, end: f64) -> Result<Vec<f32>>;
+
+    /// Frames of `[start, end)`, `per_sec` a second, at most `max_edge` px on the long side, as
+    /// packed RGB: `each(t, rgb, w, h)` with `t` from `start`. Returns the source's size.
+    fn frames(
+        &self,
+        path: &Path,
+        span: (f64, f64),
+        per_sec: f64,
+        max_edge: u32,
+        each: &mut OnFrame,
+    ) -> Result<(u32, u32)>;
+
+    /// Cuts `span` seconds of `src` into a fast-start MP4 at `out`, in `shape` when given (then
+    /// re-encoded whatever `mode` says); no file is left at `out` when it fails.
+    fn cut(
+        &self,
+        src: &Path,
+        span: (f64, f64),
+        mode: CutMode,
+        shape: Option<Shape>,
+        out: &Path,
+    ) -> Result<ClipFile>;
+
+    /// A JPEG of the frame at `at` seconds of `src`, at most `max_edge` px on its long side.
+    fn thumbnail(&self, src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumbnail>;
+}
+
+/// The media this build has: [`Ffmpeg`] with the `media` feature, else [`NoMedia`].
+pub fn built_in() -> Box<dyn Media> {
+    #[cfg(feature = "media")]
+    return Box::new(Ffmpeg);
+    #[cfg(not(feature = "media"))]
+    return Box::new(NoMedia);
+}
+
+/// Media for a build without FFmpeg: every video is refused with [`Error::Unsupported`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoMedia;
+
+impl Media for NoMedia {
+    fn probe(&self, _: &Path, _: &Limits) -> Result<MediaInfo> {
+        Err(Error::Unsupported("media"))
+    }
+    fn subtitle_stream(&self, _: &Path, _: usize) -> Result<Vec<Cue>> {
+        Err(Error::Unsupported("media"))
+    }
+    fn audio_16k(&self, _: &Path, _: f64, _: &dyn Fn(f32), _: &AtomicBool) -> Result<Vec<f32>> {
+        Err(Error::Unsupported("media"))
+    }
+    fn audio_span(&self, _: &Path, _: f64, _: f64) -> Result<Vec<f32>> {
+        Err(Error::Unsupported("media"))
+    }
+    fn frames(&self, _: &Path, _: (f64, f64), _: f64, _: u32, _: &mut OnFrame) -> Result<(u32, u32)> {
+        Err(Error::Unsupported("media"))
+    }
+    fn cut(&self, _: &Path, _: (f64, f64), _: CutMode, _: Option<Shape>, _: &Path) -> Result<ClipFile> {
+        Err(Error::Unsupported("media"))
+    }
+    fn thumbnail(&self, _: &Path, _: f64, _: u32, _: &Path) -> Result<Thumbnail> {
+        Err(Error::Unsupported("media"))
+    }
+}
 
 /// Bounds on what an input may be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,339 +198,4 @@ pub struct Thumbnail {
     pub width: u32,
     pub height: u32,
     pub size_bytes: u64,
-}
-
-fn init() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let _ = ff::init();
-        ff::util::log::set_level(ff::util::log::Level::Error);
-    });
-}
-
-fn media_err(what: &str) -> impl Fn(ff::Error) -> Error + '_ {
-    move |e| Error::Media(format!("{what}: {e}"))
-}
-
-/// Opens an untrusted input: regular file only, whitelisted protocol and demuxers.
-pub fn open_input(path: &Path) -> Result<format::context::Input> {
-    init();
-    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-    if !meta.is_file() {
-        return Err(Error::NotAVideo {
-            path: path.into(),
-            reason: "not a regular file".into(),
-        });
-    }
-    let mut opts = Dictionary::new();
-    opts.set("protocol_whitelist", "file");
-    opts.set("format_whitelist", DEMUXERS);
-    let mut p = std::ffi::OsString::from("file:");
-    p.push(path.as_os_str());
-    format::input_with_dictionary(&PathBuf::from(p), opts).map_err(|e| Error::NotAVideo {
-        path: path.into(),
-        reason: match e {
-            ff::Error::InvalidData => "unknown or damaged format".into(),
-            other => other.to_string(),
-        },
-    })
-}
-
-fn stream_secs(ts: i64, tb: Rational) -> f64 {
-    ts as f64 * f64::from(tb)
-}
-
-fn container_start(ictx: &format::context::Input) -> f64 {
-    let st = unsafe { (*ictx.as_ptr()).start_time };
-    if st == ff::ffi::AV_NOPTS_VALUE {
-        0.0
-    } else {
-        st as f64 / f64::from(ff::ffi::AV_TIME_BASE)
-    }
-}
-
-fn codec_name(id: codec::Id) -> String {
-    format!("{id:?}").to_lowercase()
-}
-
-/// Reads the container's facts and checks them against `limits`.
-pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
-    let size_bytes = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
-    if size_bytes > limits.max_bytes {
-        return Err(Error::TooLarge {
-            path: path.into(),
-            limit: format!(
-                "{} MB is over the {} MB limit",
-                size_bytes >> 20,
-                limits.max_bytes >> 20
-            ),
-        });
-    }
-    let ictx = open_input(path)?;
-    let mut info = MediaInfo {
-        container: ictx.format().name().to_string(),
-        duration: (ictx.duration().max(0) as f64) / f64::from(ff::ffi::AV_TIME_BASE),
-        size_bytes,
-        ..Default::default()
-    };
-    if let Some(v) = ictx.streams().best(media::Type::Video) {
-        let p = v.parameters();
-        let (w, h) = unsafe { ((*p.as_ptr()).width as u32, (*p.as_ptr()).height as u32) };
-        let r = v.avg_frame_rate();
-        let r = if r.denominator() != 0 && r.numerator() > 0 {
-            r
-        } else {
-            v.rate()
-        };
-        let fps = if r.denominator() != 0 { f64::from(r) } else { 0.0 };
-        // Cover art in an audio file is a "video" stream of one picture: not a video.
-        let attached = v
-            .disposition()
-            .contains(format::stream::Disposition::ATTACHED_PIC);
-        if !attached && w > 0 && h > 0 {
-            info.video = Some(VideoInfo {
-                codec: codec_name(p.id()),
-                width: w,
-                height: h,
-                fps,
-            });
-        }
-    }
-    if let Some(a) = ictx.streams().best(media::Type::Audio) {
-        let p = a.parameters();
-        let (rate, ch) = unsafe {
-            (
-                (*p.as_ptr()).sample_rate as u32,
-                (*p.as_ptr()).ch_layout.nb_channels as u16,
-            )
-        };
-        info.audio = Some(AudioInfo {
-            codec: codec_name(p.id()),
-            sample_rate: rate,
-            channels: ch,
-        });
-    }
-    for s in ictx.streams() {
-        if s.parameters().medium() == media::Type::Subtitle {
-            let id = s.parameters().id();
-            let is_text = matches!(
-                id,
-                codec::Id::SUBRIP
-                    | codec::Id::SRT
-                    | codec::Id::MOV_TEXT
-                    | codec::Id::WEBVTT
-                    | codec::Id::ASS
-                    | codec::Id::SSA
-                    | codec::Id::TEXT
-            );
-            info.subtitles.push(SubtitleStream {
-                index: s.index(),
-                codec: codec_name(id),
-                language: s.metadata().get("language").map(str::to_string),
-                is_text,
-            });
-        }
-    }
-    if info.duration <= 0.0 {
-        // Some containers only know it per stream.
-        info.duration = ictx
-            .streams()
-            .map(|s| stream_secs(s.duration().max(0), s.time_base()))
-            .fold(0.0, f64::max);
-    }
-    if info.duration > limits.max_duration_secs {
-        return Err(Error::TooLarge {
-            path: path.into(),
-            limit: format!(
-                "{:.0} min long, the limit is {:.0} min",
-                info.duration / 60.0,
-                limits.max_duration_secs / 60.0
-            ),
-        });
-    }
-    if let Some(v) = &info.video {
-        if v.width > limits.max_width || v.height > limits.max_height {
-            return Err(Error::TooLarge {
-                path: path.into(),
-                limit: format!(
-                    "{}x{} is over the {}x{} limit",
-                    v.width, v.height, limits.max_width, limits.max_height
-                ),
-            });
-        }
-    }
-    Ok(info)
-}
-
-fn threading(ctx: &mut codec::context::Context) {
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(8);
-    ctx.set_threading(codec::threading::Config {
-        kind: codec::threading::Type::Frame,
-        count: n,
-        ..Default::default()
-    });
-}
-
-fn audio_graph(
-    dec: &codec::decoder::Audio,
-    tb: Rational,
-    spec: &str,
-    frame_size: Option<u32>,
-) -> Result<filter::Graph> {
-    let layout = if dec.channel_layout().is_empty() {
-        ff::ChannelLayout::default(dec.channels() as i32)
-    } else {
-        dec.channel_layout()
-    };
-    let args = format!(
-        "time_base={}/{}:sample_rate={}:sample_fmt={}:channel_layout=0x{:x}",
-        tb.numerator(),
-        tb.denominator(),
-        dec.rate(),
-        dec.format().name(),
-        layout.bits()
-    );
-    let mut g = graph(("abuffer", "abuffersink"), &args, spec, "audio filter")?;
-    if let Some(n) = frame_size {
-        g.get("out").expect("out").sink().set_frame_size(n);
-    }
-    Ok(g)
-}
-
-fn video_graph(dec: &codec::decoder::Video, tb: Rational, spec: &str) -> Result<filter::Graph> {
-    let sar = dec.aspect_ratio();
-    let sar = if sar.numerator() <= 0 || sar.denominator() <= 0 {
-        Rational(1, 1)
-    } else {
-        sar
-    };
-    let args = format!(
-        "video_size={}x{}:pix_fmt={}:time_base={}/{}:pixel_aspect={}/{}",
-        dec.width(),
-        dec.height(),
-        ff::ffi::AVPixelFormat::from(dec.format()) as i32,
-        tb.numerator(),
-        tb.denominator(),
-        sar.numerator(),
-        sar.denominator()
-    );
-    graph(("buffer", "buffersink"), &args, spec, "video filter")
-}
-
-/// A filter graph `in` (source with `args`) → `spec` → `out` (sink).
-fn graph((source, sink): (&str, &str), args: &str, spec: &str, what: &str) -> Result<filter::Graph> {
-    let err = media_err(what);
-    let mut g = filter::Graph::new();
-    g.add(&filter::find(source).expect("built-in filter"), "in", args)
-        .map_err(&err)?;
-    g.add(&filter::find(sink).expect("built-in filter"), "out", "")
-        .map_err(&err)?;
-    g.output("in", 0)
-        .and_then(|p| p.input("out", 0))
-        .and_then(|p| p.parse(spec))
-        .map_err(&err)?;
-    g.validate().map_err(&err)?;
-    Ok(g)
-}
-
-/// A duration as people say it: seconds under a minute and a half, else minutes.
-fn span(secs: f64) -> String {
-    if secs < 90.0 {
-        format!("{secs:.0} s")
-    } else {
-        format!("{:.0} min", secs / 60.0)
-    }
-}
-
-/// Reads the cues of a text subtitle stream (`index` as in [`MediaInfo::subtitles`]).
-pub fn read_subtitle_stream(path: &Path, index: usize) -> Result<Vec<Cue>> {
-    let mut ictx = open_input(path)?;
-    let start0 = container_start(&ictx);
-    let st = ictx
-        .stream(index)
-        .ok_or_else(|| Error::Media(format!("no stream {index}")))?;
-    let tb = st.time_base();
-    let cctx =
-        codec::context::Context::from_parameters(st.parameters()).map_err(media_err("subtitle decoder"))?;
-    let mut dec = cctx.decoder().subtitle().map_err(media_err("subtitle decoder"))?;
-    let mut cues = Vec::new();
-    for (s, packet) in ictx.packets() {
-        if s.index() != index {
-            continue;
-        }
-        let mut sub = codec::subtitle::Subtitle::new();
-        if !matches!(dec.decode(&packet, &mut sub), Ok(true)) {
-            continue;
-        }
-        let Some(pts) = packet.pts() else { continue };
-        let base = stream_secs(pts, tb) - start0;
-        let start = base + sub.start() as f64 / 1000.0;
-        let end = if sub.end() > sub.start() && sub.end() != u32::MAX {
-            base + sub.end() as f64 / 1000.0
-        } else {
-            base + stream_secs(packet.duration(), tb)
-        };
-        let mut text = String::new();
-        for rect in sub.rects() {
-            let t = match rect {
-                codec::subtitle::Rect::Text(t) => t.get().to_string(),
-                codec::subtitle::Rect::Ass(a) => ass_dialogue_text(a.get()),
-                _ => continue,
-            };
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(&t);
-        }
-        if !text.trim().is_empty() {
-            cues.push(Cue::new(start, end, text));
-        }
-    }
-    Ok(cues)
-}
-
-/// The text of an ASS event as FFmpeg hands it out:
-/// `ReadOrder,Layer,Style,Name,MarginL,MarginR,MarginV,Effect,Text` (or a `Dialogue:` line).
-pub fn ass_dialogue_text(line: &str) -> String {
-    let line = line.trim();
-    let (fields, body) = match line.strip_prefix("Dialogue:") {
-        Some(rest) => (9, rest),
-        None => (8, line),
-    };
-    body.splitn(fields + 1, ',').nth(fields).unwrap_or("").to_string()
-}
-
-/// Output size: the source's, with the long edge at most `max_edge`, both sides even.
-fn output_size(w: u32, h: u32, max_edge: u32) -> (u32, u32) {
-    let scale = (max_edge as f64 / w.max(h) as f64).min(1.0);
-    let even = |x: f64| ((x / 2.0).round() as u32 * 2).max(2);
-    (even(w as f64 * scale), even(h as f64 * scale))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ass_events_give_their_text() {
-        assert_eq!(
-            ass_dialogue_text("0,0,Default,,0,0,0,,Привет, мир"),
-            "Привет, мир"
-        );
-        assert_eq!(
-            ass_dialogue_text("Dialogue: 0,0:00:01.00,0:00:02.00,Default,,0,0,0,,{\\i1}Hi{\\i0}, there"),
-            "{\\i1}Hi{\\i0}, there"
-        );
-    }
-
-    #[test]
-    fn output_sizes_are_even_and_bounded() {
-        assert_eq!(output_size(1280, 720, 1920), (1280, 720));
-        assert_eq!(output_size(3840, 2160, 1920), (1920, 1080));
-        assert_eq!(output_size(721, 405, 320), (320, 180));
-        assert_eq!(output_size(1080, 1920, 320), (180, 320));
-    }
 }

@@ -7,12 +7,12 @@ impl Engine {
     /// The shape of one clip: `None` for `original`; else its geometry, the framing (faces, or
     /// the centre without a detector) and, unless captions are off, `clip-NN.ass` and
     /// `clip-NN.srt` beside it (the ASS is burned in).
-    #[cfg(feature = "media")]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn shape_for(
+        media: &dyn Media,
         faces: Option<&std::sync::Mutex<Box<dyn crate::faces::FaceDetector>>>,
         req: &ClipRequest,
-        info: Option<&crate::media::MediaInfo>,
+        info: Option<&MediaInfo>,
         t: &Transcript,
         start: f64,
         end: f64,
@@ -34,9 +34,9 @@ impl Engine {
                 // The clip's loudness says when mouth motion is speech.
                 let mut det = det.lock().unwrap_or_else(|p| p.into_inner());
                 let plan = crate::framing::plan_clip(
+                    media,
                     &req.input,
-                    start,
-                    end,
+                    (start, end),
                     info.is_some_and(|i| i.audio.is_some()),
                     g,
                     det.as_mut(),
@@ -77,21 +77,20 @@ impl Engine {
 pub const CAPTION_FONT: &str = crate::font::NAME;
 
 /// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
-#[cfg(feature = "media")]
 pub(super) fn cut_one(
+    media: &dyn Media,
     input: &Path,
     clips_dir: &Path,
     rank: usize,
-    start: f64,
-    end: f64,
+    span: (f64, f64),
     mode: CutMode,
     shape: Option<crate::shape::Shape>,
 ) -> Result<ClipFacts> {
     let name = format!("clip-{rank:02}");
     let clip_path = clips_dir.join(format!("{name}.mp4"));
-    let clip = crate::media::cut_shaped(input, start, end, mode, shape, &clip_path)?;
+    let clip = media.cut(input, span, mode, shape, &clip_path)?;
     let thumb_path = clips_dir.join(format!("{name}.jpg"));
-    let thumb = crate::media::thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
+    let thumb = media.thumbnail(&clip_path, (clip.duration / 2.0).min(1.0), 320, &thumb_path)?;
     Ok(ClipFacts {
         path: PathBuf::from("clips").join(format!("{name}.mp4")),
         thumbnail: PathBuf::from("clips").join(format!("{name}.jpg")),

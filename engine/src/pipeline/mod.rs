@@ -4,6 +4,7 @@
 use crate::cue::{format_time, Cue, CueSource, Transcript};
 use crate::error::{Error, Result};
 use crate::headline::ScoredLine;
+use crate::media::{Media, MediaInfo};
 use crate::report::*;
 use crate::score::TextScore;
 use crate::scorer::TextScorer;
@@ -17,7 +18,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-#[cfg(feature = "media")]
 pub use crate::media::{CutMode, Limits};
 
 mod clips;
@@ -25,7 +25,6 @@ mod moments;
 mod overlap;
 mod request;
 
-#[cfg(feature = "media")]
 use clips::cut_one;
 pub use clips::CAPTION_FONT;
 pub use moments::short;
@@ -55,6 +54,8 @@ pub struct Engine {
     scorer: Box<dyn TextScorer>,
     transcriber: Option<Box<dyn Transcriber>>,
     whisper: Option<WhisperModel>,
+    /// Probes, decodes and cuts ([`crate::media::built_in`] unless set).
+    media: Box<dyn Media>,
     /// Finds faces for framing shaped clips (one at a time: cutting threads share it).
     faces: Option<std::sync::Mutex<Box<dyn crate::faces::FaceDetector>>>,
     /// Seconds it took to load the model, copied into reports.
@@ -67,9 +68,16 @@ impl Engine {
             scorer,
             transcriber: None,
             whisper: Some(WhisperModel::default()),
+            media: crate::media::built_in(),
             faces: None,
             model_load_secs: 0.0,
         }
+    }
+
+    /// Probe, decode and cut with this media instead of the built-in one.
+    pub fn with_media(mut self, media: Box<dyn Media>) -> Self {
+        self.media = media;
+        self
     }
 
     /// Frame shaped clips (9:16 and the others) by the faces this detector finds; without one
@@ -200,20 +208,12 @@ impl Engine {
         progress(Stage::Probe, 0.0);
         let subtitle_only = is_subtitle_file(&req.input);
         let t = Instant::now();
-        #[cfg(feature = "media")]
         let info = if subtitle_only {
             None
         } else {
-            Some(crate::media::probe(&req.input, &req.limits)?)
-        };
-        #[cfg(not(feature = "media"))]
-        let _info: Option<()> = if subtitle_only {
-            None
-        } else {
-            return Err(Error::Unsupported("media"));
+            Some(self.media.probe(&req.input, &req.limits)?)
         };
         timings.probe = t.elapsed().as_secs_f64();
-        #[cfg(feature = "media")]
         if let Some(i) = &info {
             if i.video.is_none() {
                 return Err(Error::NotAVideo {
@@ -224,29 +224,20 @@ impl Engine {
         }
         progress(Stage::Probe, 1.0);
 
-        #[cfg_attr(not(feature = "media"), allow(unused_mut))]
         let mut known = Known::new();
         let transcript = if subtitle_only {
             subtitle::read_file(&req.input)?
         } else if let Some(s) = &req.subs {
             subtitle::read_file(s)?
         } else {
-            #[cfg(feature = "media")]
-            {
-                let info = info.as_ref().expect("probed");
-                self.media_transcript(req, info, &mut timings, &progress, &cancel, &mut known)?
-            }
-            #[cfg(not(feature = "media"))]
-            unreachable!()
+            let info = info.as_ref().expect("probed");
+            self.media_transcript(req, info, &mut timings, &progress, &cancel, &mut known)?
         };
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
 
-        #[cfg(feature = "media")]
         let media_end = info.as_ref().map(|i| i.duration).filter(|d| *d > 0.0);
-        #[cfg(not(feature = "media"))]
-        let media_end: Option<f64> = None;
         let t = Instant::now();
         let analysis = self.analyse_with(&transcript, media_end, &req.select, &progress, &known)?;
         timings.score = t.elapsed().as_secs_f64();
@@ -255,14 +246,12 @@ impl Engine {
 
         std::fs::create_dir_all(&req.out_dir).map_err(|e| Error::io(&req.out_dir, e))?;
         let whole = WholeText::of(&transcript);
-        #[cfg_attr(not(feature = "media"), allow(unused_mut))]
         let mut moments: Vec<MomentReport> = analysis
             .moments
             .iter()
             .map(|m| self.moment_report(m, &transcript, &analysis, &whole))
             .collect();
 
-        #[cfg(feature = "media")]
         if !subtitle_only {
             let t = Instant::now();
             let clips_dir = req.out_dir.join("clips");
@@ -279,7 +268,7 @@ impl Engine {
             // files. The first error stops the others and fails the job.
             use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
             let queue = std::sync::Mutex::new(moments.iter_mut());
-            let faces = self.faces.as_ref();
+            let (media, faces) = (self.media.as_ref(), self.faces.as_ref());
             let (stop, done) = (AtomicBool::new(false), AtomicUsize::new(0));
             let worker = || -> Result<()> {
                 while !stop.load(Relaxed) {
@@ -290,6 +279,7 @@ impl Engine {
                         break;
                     };
                     let shaped = Self::shape_for(
+                        media,
                         faces,
                         req,
                         info.as_ref(),
@@ -300,7 +290,15 @@ impl Engine {
                         m.rank,
                     );
                     let facts = shaped.and_then(|shape| {
-                        cut_one(&req.input, &clips_dir, m.rank, m.start, m.end, req.mode, shape)
+                        cut_one(
+                            media,
+                            &req.input,
+                            &clips_dir,
+                            m.rank,
+                            (m.start, m.end),
+                            req.mode,
+                            shape,
+                        )
                     });
                     m.clip = Some(facts.inspect_err(|_| stop.store(true, Relaxed))?);
                     let d = done.fetch_add(1, Relaxed) + 1;
@@ -330,12 +328,9 @@ impl Engine {
                     "video".into()
                 },
                 size_bytes: meta.len(),
-                #[cfg(feature = "media")]
                 media: info
                     .as_ref()
                     .map(|i| serde_json::to_value(i).expect("serialises")),
-                #[cfg(not(feature = "media"))]
-                media: None,
                 subtitles: req.subs.clone(),
             },
             transcript: TranscriptFacts {
@@ -369,26 +364,24 @@ impl Engine {
     }
 
     fn settings(&self, req: &ClipRequest) -> serde_json::Value {
-        #[allow(unused_mut)]
-        let mut s = serde_json::json!({ "select": req.select, "language": req.language });
-        #[cfg(feature = "media")]
-        {
-            s["mode"] = serde_json::to_value(req.mode).expect("serialises");
-            s["shape"] = serde_json::to_value(req.shape).expect("serialises");
-            s["framing"] = match (&req.shape.format, &self.faces) {
-                (crate::format::Format::Original, _) => "none".into(),
-                (_, Some(_)) => "faces (YuNet)".into(),
-                (_, None) => "centre (no face detector)".into(),
-            };
-        }
-        s
+        let framing = match (&req.shape.format, &self.faces) {
+            (crate::format::Format::Original, _) => "none",
+            (_, Some(_)) => "faces (YuNet)",
+            (_, None) => "centre (no face detector)",
+        };
+        serde_json::json!({
+            "select": req.select,
+            "language": req.language,
+            "mode": req.mode,
+            "shape": req.shape,
+            "framing": framing,
+        })
     }
 
-    #[cfg(feature = "media")]
     fn media_transcript(
         &mut self,
         req: &ClipRequest,
-        info: &crate::media::MediaInfo,
+        info: &MediaInfo,
         timings: &mut Timings,
         progress: &Progress,
         cancel: &Arc<AtomicBool>,
@@ -398,7 +391,7 @@ impl Engine {
         let mut streams: Vec<_> = info.subtitles.iter().filter(|s| s.is_text).collect();
         streams.sort_by_key(|s| (s.language.as_deref() != req.language.as_deref(), s.index));
         for s in streams {
-            let cues = crate::media::read_subtitle_stream(&req.input, s.index)?;
+            let cues = self.media.subtitle_stream(&req.input, s.index)?;
             let t = Transcript::repair(
                 cues,
                 CueSource::EmbeddedStream {
@@ -417,7 +410,7 @@ impl Engine {
         self.transcriber()?;
         let t = Instant::now();
         let p = progress.clone();
-        let samples = crate::media::decode_audio_16k(
+        let samples = self.media.audio_16k(
             &req.input,
             req.limits.max_duration_secs,
             &move |f| p(Stage::DecodeAudio, f),
@@ -468,192 +461,4 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cue::Cue;
-    use crate::score::ScoreWeights;
-    use std::sync::Mutex;
-
-    /// Rates a text by its exclamation marks and by "спасибо" (as the clickbait-trained
-    /// popularity head does a thank-you), and remembers what it was asked.
-    struct Fake(Arc<Mutex<Vec<String>>>);
-
-    impl TextScorer for Fake {
-        fn labels(&self) -> &[String] {
-            &[]
-        }
-        fn neutral(&self) -> Option<usize> {
-            None
-        }
-        fn weights(&self) -> ScoreWeights {
-            ScoreWeights::default()
-        }
-        fn describe(&self) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-        fn score(&mut self, texts: &[String], _: &mut dyn FnMut(usize, usize)) -> Result<Vec<TextScore>> {
-            self.0.lock().unwrap().extend(texts.iter().cloned());
-            Ok(texts
-                .iter()
-                .map(|t| TextScore {
-                    popularity: if t.to_lowercase().contains("спасибо") {
-                        1.0
-                    } else {
-                        (t.matches('!').count() as f32 * 0.3).min(0.9)
-                    },
-                    emotions: Vec::new(),
-                })
-                .collect())
-        }
-    }
-
-    #[test]
-    fn formulas_are_left_out_before_scoring() {
-        let cues = vec![
-            Cue::new(0.0, 10.0, "Добрый день."),
-            Cue::new(10.0, 20.0, "Сегодня облачно."),
-            Cue::new(20.0, 30.0, "Не может быть! Это невероятно!"),
-            Cue::new(30.0, 40.0, "Завтра дождь."),
-            Cue::new(40.0, 50.0, "Спасибо, что были с нами. До свидания!"),
-        ];
-        let transcript = Transcript::repair(
-            cues,
-            CueSource::SubtitleFile {
-                format: "srt".into(),
-                encoding: "utf-8".into(),
-            },
-        );
-        let cfg = SelectConfig {
-            min_secs: 5.0,
-            max_secs: 10.0,
-            count: 1,
-            window_secs: 5.0,
-            ..SelectConfig::default()
-        };
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let mut engine = Engine::new(Box::new(Fake(asked.clone())));
-        let a = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
-        let asked_now = asked.lock().unwrap().clone();
-        assert_eq!(
-            asked_now.len(),
-            3,
-            "the greeting and the sign-off are not scored: {asked_now:?}"
-        );
-        assert!(asked_now
-            .iter()
-            .all(|t| !t.contains("Спасибо") && !t.contains("Добрый")));
-        assert_eq!(a.virality[0], 0.0);
-        assert_eq!(a.virality[4], 0.0);
-        assert_eq!(a.moments[0].first, 2, "the exclamation wins: {:?}", a.moments);
-
-        // With formulas kept the thank-you wins, as it did before.
-        let keep = SelectConfig {
-            skip_formulas: false,
-            ..cfg
-        };
-        let a = engine.analyse(&transcript, None, &keep, &no_progress()).unwrap();
-        assert_eq!(a.moments[0].first, 4, "{:?}", a.moments);
-    }
-
-    #[test]
-    fn windows_scored_while_heard_are_reused() {
-        let cues = vec![
-            Cue::new(0.0, 5.0, "Добрый день."),
-            Cue::new(5.0, 10.0, "Сегодня облачно."),
-            Cue::new(10.0, 15.0, "Не может быть! Это невероятно!"),
-            Cue::new(15.0, 20.0, "Завтра дождь."),
-            Cue::new(20.0, 25.0, "Ветер стихнет!"),
-            Cue::new(25.0, 30.0, "Спасибо, что были с нами."),
-        ];
-        let cfg = SelectConfig {
-            min_secs: 10.0,
-            max_secs: 20.0,
-            count: 2,
-            window_secs: 10.0,
-            ..SelectConfig::default()
-        };
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let mut fake = Fake(asked.clone());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let known = std::thread::scope(|s| {
-            let scoring = s.spawn(|| score_as_heard(&mut fake, rx, &cfg));
-            for c in &cues {
-                tx.send(c.clone()).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            drop(tx);
-            scoring.join().unwrap()
-        });
-        let during = std::mem::take(&mut *asked.lock().unwrap());
-        // Only windows no later segment can change, each text once: the window that starts at
-        // the fifth cue still ran into the end of what had been heard.
-        let mut unique = during.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), during.len(), "a text scored twice: {during:?}");
-        assert!(!during.is_empty());
-        assert!(!during.iter().any(|t| t == "Ветер стихнет!"), "{during:?}");
-        assert_eq!(known.len(), during.len());
-
-        let source = CueSource::Whisper {
-            model: "test".into(),
-            language: "ru".into(),
-        };
-        let transcript = Transcript::repair(cues, source);
-        let mut engine = Engine::new(Box::new(Fake(asked.clone())));
-        let reused = engine
-            .analyse_with(&transcript, None, &cfg, &no_progress(), &known)
-            .unwrap();
-        let after = std::mem::take(&mut *asked.lock().unwrap());
-        assert_eq!(after, ["Ветер стихнет!"], "only the last window is left to score");
-        assert_eq!(reused.prefetched, 4);
-        let fresh = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
-        assert_eq!(fresh.prefetched, 0);
-        assert_eq!(reused.virality, fresh.virality);
-        assert_eq!(reused.moments, fresh.moments);
-    }
-
-    /// Issue #22's defect: with `--min-secs 5 --max-secs 14`, a plain sentence standing just
-    /// before the emotional line took the score of the window running on into that line, and
-    /// its quote and reasons showed a line the clip did not hold.
-    #[test]
-    fn a_clip_is_scored_quoted_and_explained_by_what_it_holds() {
-        let cues = vec![
-            Cue::new(0.0, 6.0, "Сегодня мы поговорим о погоде."),
-            Cue::new(6.5, 12.0, "Не может быть! Это невероятно!"),
-            Cue::new(12.5, 18.0, "Завтра будет дождь."),
-            Cue::new(18.5, 24.0, "В субботу сухо."),
-        ];
-        let source = CueSource::SubtitleFile {
-            format: "srt".into(),
-            encoding: "utf-8".into(),
-        };
-        let transcript = Transcript::repair(cues, source);
-        let cfg = SelectConfig {
-            min_secs: 5.0,
-            max_secs: 14.0,
-            count: 3,
-            ..SelectConfig::default()
-        };
-        let mut engine = Engine::new(Box::new(Fake(Arc::new(Mutex::new(Vec::new())))));
-        let a = engine.analyse(&transcript, None, &cfg, &no_progress()).unwrap();
-        assert!(!a.moments.is_empty());
-        let top = engine.moment_report(&a.moments[0], &transcript, &a, &WholeText::of(&transcript));
-        assert!(
-            top.text.contains("Не может быть!"),
-            "the emotional line wins: {top:?}"
-        );
-        for m in &a.moments {
-            let r = engine.moment_report(m, &transcript, &a, &WholeText::of(&transcript));
-            assert!(r.text.contains(&r.quote), "quote outside the clip: {r:?}");
-            assert!(
-                r.reasons[0].contains(&format!("«{}»", r.quote)),
-                "{:?}",
-                r.reasons
-            );
-            if !r.text.contains('!') {
-                assert!(r.virality < 0.1, "a plain clip scored by a line it lacks: {r:?}");
-            }
-        }
-    }
-}
+mod tests;

@@ -48,9 +48,7 @@ pub struct ClipRequest {
     /// Where `clips/` and `report.json` go.
     pub out_dir: PathBuf,
     pub select: SelectConfig,
-    #[cfg(feature = "media")]
     pub mode: CutMode,
-    #[cfg(feature = "media")]
     pub limits: Limits,
     /// Whisper language code, `None` to detect.
     pub language: Option<String>,
@@ -61,7 +59,6 @@ pub struct ClipRequest {
     /// accelerator; on the CPU the two would only share the same cores).
     pub overlap: Option<bool>,
     /// The clips' shape and captions (default: `original`, the source's own framing, no captions).
-    #[cfg(feature = "media")]
     pub shape: ShapeRequest,
 }
 
@@ -91,14 +88,11 @@ impl ClipRequest {
             subs: None,
             out_dir: out_dir.into(),
             select: SelectConfig::default(),
-            #[cfg(feature = "media")]
             mode: CutMode::Precise,
-            #[cfg(feature = "media")]
             limits: Limits::default(),
             language: None,
             cut_jobs: 0,
             overlap: None,
-            #[cfg(feature = "media")]
             shape: ShapeRequest::original(),
         }
     }

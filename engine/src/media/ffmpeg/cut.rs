@@ -10,7 +10,7 @@ pub fn cut(src: &Path, start: f64, end: f64, mode: CutMode, out: &Path) -> Resul
 }
 
 /// [`cut`], shaped: cropped or filled into a delivery shape along a plan, captions burned in
-/// ([`crate::shape`]). A shape is always re-encoded (`mode` is then precise).
+/// ([`super::shaper`]). A shape is always re-encoded (`mode` is then precise).
 pub fn cut_shaped(
     src: &Path,
     start: f64,
@@ -58,7 +58,7 @@ struct VideoPath {
     dec: codec::decoder::Video,
     graph: filter::Graph,
     /// Set for a shaped clip: frames go through it instead of `graph`.
-    shaper: Option<crate::shape::Shaper>,
+    shaper: Option<super::shaper::Shaper>,
     enc: codec::encoder::video::Encoder,
     ost: usize,
     width: u32,
@@ -118,14 +118,14 @@ fn cut_precise(
     let shaper = match shape {
         None => None,
         Some(shape) => {
-            let source = crate::shape::Source {
+            let source = super::shaper::Source {
                 width: vdec.width(),
                 height: vdec.height(),
                 pix_fmt: vdec.format(),
                 time_base: vtb,
                 sar: vdec.aspect_ratio(),
             };
-            Some(crate::shape::Shaper::new(shape, source, abs_s, abs_e)?)
+            Some(super::shaper::Shaper::new(shape, source, abs_s, abs_e)?)
         }
     };
     let h264 = codec::encoder::find_by_name("libx264")
