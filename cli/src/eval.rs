@@ -176,6 +176,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
             let video = a.corpus.join(format!("{}.mp4", truth.name));
             transcripts.push(("whisper", transcribe(w.as_mut(), &video, &a.lang)?));
         }
+        // As `Engine::run` does: no cue past the video, short cues folded into lines.
+        for (_, t) in &mut transcripts {
+            viralclip_engine::pipeline::bound(t, Some(truth.duration), &cfg)?;
+        }
         talks.push(Talk { truth, transcripts });
     }
 

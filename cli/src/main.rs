@@ -152,6 +152,8 @@ fn clip(a: ClipArgs) -> Result<()> {
         caption_style: a.caption_style,
     };
     req.language = a.lang.clone().filter(|l| l != "auto");
+    // The input is checked before any model loads: a bad file is refused in milliseconds.
+    viralclip_engine::pipeline::inspect(&req, viralclip_engine::media::built_in().as_ref())?;
     let (scorer, load_secs) = load_scorer(&a.model)?;
     let mut engine = Engine::new(Box::new(scorer)).with_whisper(Some(a.whisper.clone()));
     engine.model_load_secs = load_secs;

@@ -91,7 +91,26 @@ fn bad_inputs_exit_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr_line(&o).contains("line 5"));
+    let line = stderr_line(&o);
+    assert!(
+        line.contains("line 5") && line.contains("bad.srt"),
+        "the file is named: {line}"
+    );
+
+    // Inputs are checked before any model loads: a bad input with a missing model is a bad input.
+    let fake = dir.path().join("fake.mp4");
+    std::fs::write(&fake, "just text, not a video").unwrap();
+    for (input, says) in [(&bad, "line 5"), (&fake, "fake.mp4: not a video")] {
+        let o = bin()
+            .arg("clip")
+            .arg(input)
+            .arg("--model")
+            .arg(dir.path().join("no-model"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stderr_line(&o).contains(says));
+    }
 
     let o = bin()
         .arg("clip")

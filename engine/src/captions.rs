@@ -98,41 +98,15 @@ impl std::fmt::Display for CaptionStyle {
 /// where the cue has them, else (subtitle input) the cue's words spread over its span in
 /// proportion to their length.
 pub fn spread_words(cues: &[Cue], from: f64, to: f64) -> Vec<Word> {
-    let mut out = Vec::new();
-    for c in cues {
-        if !c.words.is_empty() {
-            // The transcriber's own times.
-            for w in c.words.iter().filter(|w| w.end > from && w.start < to) {
-                out.push(Word {
-                    text: w.text.clone(),
-                    start: w.start.max(from) - from,
-                    end: w.end.min(to) - from,
-                });
-            }
-            continue;
-        }
-        let words: Vec<&str> = c.text.split_whitespace().collect();
-        let chars: usize = words.iter().map(|w| w.chars().count() + 1).sum();
-        if words.is_empty() || chars == 0 || c.end <= c.start {
-            continue;
-        }
-        let per = (c.end - c.start) / chars as f64;
-        let mut t = c.start;
-        for w in words {
-            let d = (w.chars().count() + 1) as f64 * per;
-            let (s, e) = (t, t + d);
-            t = e;
-            if e <= from || s >= to {
-                continue;
-            }
-            out.push(Word {
-                text: w.to_string(),
-                start: s.max(from) - from,
-                end: e.min(to) - from,
-            });
-        }
-    }
-    out
+    cues.iter()
+        .flat_map(Cue::timed_words)
+        .filter(|w| w.end > from && w.start < to)
+        .map(|w| Word {
+            start: w.start.max(from) - from,
+            end: w.end.min(to) - from,
+            text: w.text,
+        })
+        .collect()
 }
 
 /// A caption group: up to [`MAX_LINES`] lines of whole words, shown from its first word's start
@@ -269,7 +243,8 @@ fn ass_time(t: f64) -> String {
     )
 }
 
-fn srt_time(t: f64) -> String {
+/// `HH:MM:SS,mmm`, as SRT writes a time.
+pub(crate) fn srt_time(t: f64) -> String {
     let ms = (t.max(0.0) * 1000.0).round() as u64;
     format!(
         "{:02}:{:02}:{:02},{:03}",

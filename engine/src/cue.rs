@@ -39,6 +39,33 @@ impl Cue {
         self
     }
 
+    /// Its words with times: the transcriber's where it gave them, else (subtitles) its words
+    /// spread over its span in proportion to their length (a space counted with each word).
+    pub fn timed_words(&self) -> Vec<Word> {
+        if !self.words.is_empty() {
+            return self.words.clone();
+        }
+        let words: Vec<&str> = self.text.split_whitespace().collect();
+        let chars: usize = words.iter().map(|w| w.chars().count() + 1).sum();
+        if words.is_empty() || self.end <= self.start {
+            return Vec::new();
+        }
+        let per = (self.end - self.start) / chars as f64;
+        let mut t = self.start;
+        words
+            .into_iter()
+            .map(|w| {
+                let start = t;
+                t += (w.chars().count() + 1) as f64 * per;
+                Word {
+                    text: w.to_string(),
+                    start,
+                    end: t,
+                }
+            })
+            .collect()
+    }
+
     /// Duration in seconds.
     pub fn duration(&self) -> f64 {
         self.end - self.start
@@ -122,6 +149,13 @@ pub struct Repairs {
     pub empty_dropped: usize,
     /// Whisper segments dropped as hallucinations (credits, repeats on silence).
     pub hallucinations_dropped: usize,
+    /// Cues folded into the one before them by [`Transcript::merge_short`] (a dense transcript:
+    /// many short cues).
+    #[serde(default)]
+    pub short_merged: usize,
+    /// Cues dropped because they start at or after the video's end.
+    #[serde(default)]
+    pub past_end_dropped: usize,
 }
 
 /// Where the cues came from.
@@ -203,6 +237,43 @@ impl Transcript {
         }
     }
 
+    /// Folds runs of short cues into lines of at most `span` seconds (first start to last end),
+    /// so that the work done per cue (one scored window each, candidates from each) grows with
+    /// the transcript's duration, not with its cue count: two consecutive lines always span more
+    /// than `span` together, so there are at most `2·duration/span + 1` of them, whatever the
+    /// count. A cue that alone spans more than `span` stays as it is. A merged line keeps every word with its time ([`Cue::timed_words`]),
+    /// so captions and word snapping see what they saw before. Returns how many cues were folded.
+    pub fn merge_short(&mut self, span: f64) -> usize {
+        if !(span > 0.0) || self.cues.len() < 2 {
+            return 0;
+        }
+        let mut out: Vec<Cue> = Vec::with_capacity(self.cues.len());
+        let mut parts = 0usize;
+        let mut folded = 0usize;
+        for cue in std::mem::take(&mut self.cues) {
+            match out.last_mut() {
+                Some(line) if cue.end - line.start <= span => {
+                    if parts == 1 {
+                        line.words = line.timed_words();
+                    }
+                    line.words.extend(cue.timed_words());
+                    line.text.push(' ');
+                    line.text.push_str(&cue.text);
+                    line.end = line.end.max(cue.end);
+                    parts += 1;
+                    folded += 1;
+                }
+                _ => {
+                    out.push(cue);
+                    parts = 1;
+                }
+            }
+        }
+        self.cues = out;
+        self.repairs.short_merged += folded;
+        folded
+    }
+
     /// Time from the first cue's start to the last cue's end.
     pub fn span(&self) -> f64 {
         match (self.cues.first(), self.cues.last()) {
@@ -271,6 +342,49 @@ pub fn format_time(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_cues_fold_into_lines_that_keep_every_word_and_its_time() {
+        let mut cues: Vec<Cue> = (0..20)
+            .map(|i| Cue::new(i as f64 * 0.5, i as f64 * 0.5 + 0.5, format!("слово{i} ещё")))
+            .collect();
+        cues.push(Cue::new(10.0, 13.0, "Длинная строка остаётся собой."));
+        cues.push(Cue::new(13.0, 13.4, "Да.").with_words(vec![Word {
+            text: "Да.".into(),
+            start: 13.1,
+            end: 13.3,
+        }]));
+        let source = CueSource::SubtitleFile {
+            format: "srt".into(),
+            encoding: "utf-8".into(),
+        };
+        let before = Transcript::repair(cues, source);
+        let mut t = before.clone();
+        let folded = t.merge_short(2.0);
+        // 0.5 s cues: four to a 2 s line; the 3 s cue alone; «Да.» joins nothing it fits with.
+        assert_eq!(t.cues.len(), 5 + 1 + 1, "{:?}", t.cues);
+        assert_eq!(folded, 15);
+        assert_eq!(t.repairs.short_merged, 15);
+        assert_eq!(t.cues[0].text, "слово0 ещё слово1 ещё слово2 ещё слово3 ещё");
+        assert_eq!((t.cues[0].start, t.cues[0].end), (0.0, 2.0));
+        assert_eq!(t.cues[5], before.cues[20], "a long cue stays as it is");
+        assert!(
+            t.cues[6].words[0].start == 13.1,
+            "the transcriber's word times are kept"
+        );
+        // Every word, in order, at the time it had in its own cue.
+        let words = |cues: &[Cue]| -> Vec<Word> { cues.iter().flat_map(Cue::timed_words).collect() };
+        assert_eq!(words(&t.cues), words(&before.cues));
+        assert_eq!(t.words(), before.words());
+        for w in t.cues.windows(2) {
+            assert!(
+                w[1].end - w[0].start > 2.0,
+                "two lines in a row span more than 2 s: {w:?}"
+            );
+        }
+        // Already lines: nothing more to fold.
+        assert_eq!(t.clone().merge_short(2.0), 0);
+    }
 
     #[test]
     fn a_clip_may_open_on_a_sentence_that_stands_on_its_own() {

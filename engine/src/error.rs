@@ -16,9 +16,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A subtitle file could not be read; `line` is 1-based in the decoded text.
-    #[error("subtitles, line {line}: {message}")]
-    Subtitle { line: usize, message: String },
+    /// A subtitle file could not be read; `line` is 1-based in the decoded text, `path` the file
+    /// when it came from one ([`crate::subtitle::read_file`]).
+    #[error("{}subtitles, line {line}: {message}", in_file(.path))]
+    Subtitle {
+        path: Option<PathBuf>,
+        line: usize,
+        message: String,
+    },
     /// Subtitles (or a transcript) with no usable cue.
     #[error("no usable subtitle cues: {0}")]
     EmptyTranscript(String),
@@ -85,6 +90,7 @@ impl Error {
                 "the video has no sound to transcribe; send subtitles (.srt or .vtt) with it".into()
             }
             Error::TooLarge { limit, .. } => format!("this file is over the limits: {limit}"),
+            Error::Subtitle { line, message, .. } => format!("subtitles, line {line}: {message}"),
             Error::Io { source, .. } => format!("the file could not be read ({})", source.kind()),
             other => other.to_string(),
         }
@@ -105,6 +111,28 @@ impl Error {
             Error::NotFound(path)
         } else {
             Error::Io { path, source }
+        }
+    }
+}
+
+/// `"PATH: "` for an error that names its file, else nothing.
+fn in_file(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map(|p| format!("{}: ", p.display()))
+        .unwrap_or_default()
+}
+
+impl Error {
+    /// This error as one about the input `path` that FFmpeg failed on (decoding it, filtering
+    /// it, cutting it): a failure inside an untrusted file is the file's fault, said with its
+    /// name ([`Error::NotAVideo`]). Other errors are unchanged.
+    pub fn on_input(self, path: &std::path::Path) -> Self {
+        match self {
+            Error::Media(reason) => Error::NotAVideo {
+                path: path.into(),
+                reason,
+            },
+            e => e,
         }
     }
 }

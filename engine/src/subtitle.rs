@@ -125,7 +125,15 @@ pub fn read_file_within(path: &std::path::Path, max_bytes: u64) -> Result<Transc
     if bytes.is_empty() {
         return Err(Error::EmptyTranscript(format!("{} is empty", path.display())));
     }
-    parse_bytes(&bytes)
+    parse_bytes(&bytes).map_err(|e| match e {
+        Error::Subtitle { line, message, .. } => Error::Subtitle {
+            path: Some(path.into()),
+            line,
+            message,
+        },
+        Error::EmptyTranscript(why) => Error::EmptyTranscript(format!("{}: {why}", path.display())),
+        e => e,
+    })
 }
 
 /// SRT through `srtparse`, after normalising what it is strict about: runs of blank lines, blank
@@ -169,6 +177,7 @@ pub fn parse_srt(text: &str) -> Result<Vec<Cue>> {
                 // `100000000000:00:01,000` would overflow it, so the seconds are counted here.
                 let (Some(start), Some(end)) = (srt_secs(item.start_time), srt_secs(item.end_time)) else {
                     return Err(Error::Subtitle {
+                        path: None,
                         line: *first_line + 1,
                         message: format!(
                             "a cue time past {MAX_CUE_HOURS} hours: {:?}",
@@ -185,6 +194,7 @@ pub fn parse_srt(text: &str) -> Result<Vec<Cue>> {
                 };
                 let shown: String = lines.join(" / ").chars().take(60).collect();
                 return Err(Error::Subtitle {
+                        path: None,
                     line: *first_line,
                     message: format!(
                         "not an SRT cue ({why}): {shown:?}; expected a number, then `00:00:01,000 --> 00:00:02,000`, then text"
@@ -243,6 +253,7 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         .is_some_and(|l| l.trim_start().starts_with("WEBVTT"))
     {
         return Err(Error::Subtitle {
+            path: None,
             line: 1,
             message: "a WebVTT file must start with WEBVTT".into(),
         });
@@ -270,6 +281,7 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         }
         let Some(t) = block.iter().position(|l| l.contains("-->")) else {
             return Err(Error::Subtitle {
+                path: None,
                 line: block_start + 1,
                 message: format!(
                     "expected a cue timing `00:01.000 --> 00:02.000`, found {:?}",
@@ -279,6 +291,7 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         };
         if t > 1 {
             return Err(Error::Subtitle {
+                path: None,
                 line: block_start + t + 1,
                 message: "a cue may have one identifier line before its timing".into(),
             });
@@ -288,10 +301,12 @@ pub fn parse_vtt(text: &str) -> Result<Vec<Cue>> {
         let b = rest.split_whitespace().next().unwrap_or("");
         let line = block_start + t + 1;
         let start = parse_vtt_time(a.trim()).ok_or_else(|| Error::Subtitle {
+            path: None,
             line,
             message: format!("bad start time {:?}", a.trim()),
         })?;
         let end = parse_vtt_time(b).ok_or_else(|| Error::Subtitle {
+            path: None,
             line,
             message: format!("bad end time {b:?}"),
         })?;
@@ -444,7 +459,7 @@ mod tests {
     fn garbage_names_the_line() {
         let srt = "1\n00:00:01,000 --> 00:00:02,000\nok\n\n2\nnot a time\nfoo\n";
         match parse_bytes(srt.as_bytes()) {
-            Err(Error::Subtitle { line, message }) => {
+            Err(Error::Subtitle { line, message, .. }) => {
                 assert_eq!(line, 5, "{message}");
                 assert!(message.contains("not a time"), "{message}");
             }
@@ -481,7 +496,7 @@ mod tests {
         // Found by the proptest below: srtparse's own conversion overflowed on this.
         let srt = "1\n10000000000000:00:01,000 --> 00:00:02,000\ntext\n";
         match parse_bytes(srt.as_bytes()) {
-            Err(Error::Subtitle { line: 2, message }) => {
+            Err(Error::Subtitle { line: 2, message, .. }) => {
                 assert!(message.contains("past 1000 hours"), "{message}")
             }
             other => panic!("{other:?}"),

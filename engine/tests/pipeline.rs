@@ -437,6 +437,43 @@ fn a_header_that_lies_about_the_duration_is_stopped_while_decoding() {
     assert!((secs - 600.0).abs() < 1.0, "decoded {secs} s");
 }
 
+/// A Matroska file with sound and a video track that holds no frame (issue 25: it ended with
+/// exit 1 and "media: video filter: Invalid argument" after the model had loaded) is refused at
+/// the probe, as a bad input that names the file.
+#[test]
+fn a_video_track_without_frames_is_refused_at_the_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("novideo.mkv");
+    let e = empty.to_str().unwrap();
+    common::ffmpeg_ok(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=d=3",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=s=320x240:d=3",
+        "-map",
+        "0:a",
+        "-map",
+        "1:v",
+        "-c:v",
+        "libx264",
+        "-frames:v",
+        "0",
+        "-c:a",
+        "aac",
+        e,
+    ]);
+    let info = media::probe(&empty, &Limits::default()).unwrap();
+    assert!(info.video.is_none() && info.audio.is_some(), "{info:?}");
+    let req = ClipRequest::new(&empty, dir.path().join("out"));
+    let err = viralclip_engine::pipeline::inspect(&req, &media::Ffmpeg).unwrap_err();
+    assert!(err.is_bad_input(), "{err}");
+    assert!(err.to_string().contains("novideo.mkv: not a video"), "{err}");
+}
+
 /// The default model (assets/model) finds the one sensational line of the demo speech: the top
 /// moment is the clip around it, not the greeting or the sign-off (which the model, left alone,
 /// rates highest: formulas are taken out before scoring).

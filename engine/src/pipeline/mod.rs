@@ -21,12 +21,14 @@ use std::time::Instant;
 pub use crate::media::{CutMode, Limits};
 
 mod clips;
+mod input;
 mod moments;
 mod overlap;
 mod request;
 
 use clips::cut_one;
 pub use clips::CAPTION_FONT;
+pub use input::{bound, inspect, Input};
 pub use moments::short;
 use moments::WholeText;
 use overlap::model_text;
@@ -200,44 +202,32 @@ impl Engine {
             model_load: self.model_load_secs,
             ..Default::default()
         };
-        req.select.validate()?;
-        let meta = std::fs::metadata(&req.input).map_err(|e| Error::io(&req.input, e))?;
-        if let Some(s) = &req.subs {
-            std::fs::metadata(s).map_err(|e| Error::io(s, e))?;
-        }
         progress(Stage::Probe, 0.0);
-        let subtitle_only = is_subtitle_file(&req.input);
-        let t = Instant::now();
-        let info = if subtitle_only {
-            None
-        } else {
-            Some(self.media.probe(&req.input, &req.limits)?)
-        };
-        timings.probe = t.elapsed().as_secs_f64();
-        if let Some(i) = &info {
-            if i.video.is_none() {
-                return Err(Error::NotAVideo {
-                    path: req.input.clone(),
-                    reason: "it has no video stream".into(),
-                });
-            }
-        }
+        let Input {
+            subtitle_only,
+            size_bytes,
+            info,
+            subtitles,
+            probe_secs,
+        } = inspect(req, self.media.as_ref())?;
+        timings.probe = probe_secs;
         progress(Stage::Probe, 1.0);
 
         let mut known = Known::new();
-        let transcript = if subtitle_only {
-            subtitle::read_file(&req.input)?
-        } else if let Some(s) = &req.subs {
-            subtitle::read_file(s)?
-        } else {
-            let info = info.as_ref().expect("probed");
-            self.media_transcript(req, info, &mut timings, &progress, &cancel, &mut known)?
+        let mut transcript = match subtitles {
+            Some(t) => t,
+            None => {
+                let info = info.as_ref().expect("probed");
+                self.media_transcript(req, info, &mut timings, &progress, &cancel, &mut known)
+                    .map_err(|e| e.on_input(&req.input))?
+            }
         };
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
 
         let media_end = info.as_ref().map(|i| i.duration).filter(|d| *d > 0.0);
+        bound(&mut transcript, media_end, &req.select)?;
         let t = Instant::now();
         let analysis = self.analyse_with(&transcript, media_end, &req.select, &progress, &known)?;
         timings.score = t.elapsed().as_secs_f64();
@@ -312,7 +302,8 @@ impl Engine {
                 workers
                     .into_iter()
                     .try_for_each(|w| w.join().expect("a cutting thread panicked"))
-            })?;
+            })
+            .map_err(|e| e.on_input(&req.input))?;
             progress(Stage::Cut, 1.0);
             timings.cut = t.elapsed().as_secs_f64();
         }
@@ -327,7 +318,7 @@ impl Engine {
                 } else {
                     "video".into()
                 },
-                size_bytes: meta.len(),
+                size_bytes,
                 media: info
                     .as_ref()
                     .map(|i| serde_json::to_value(i).expect("serialises")),

@@ -348,3 +348,98 @@ fn a_clip_is_scored_quoted_and_explained_by_what_it_holds() {
         }
     }
 }
+
+/// An SRT of `n` cues over `secs` seconds, each cue `words` words long.
+fn srt(n: usize, secs: f64, words: usize) -> String {
+    let per = secs / n as f64;
+    let time = crate::captions::srt_time;
+    (0..n)
+        .map(|i| {
+            let text: Vec<String> = (0..words).map(|k| format!("слово{}", i * words + k)).collect();
+            let start = i as f64 * per;
+            format!(
+                "{}\n{} --> {}\n{}.\n\n",
+                i + 1,
+                time(start),
+                time(start + per),
+                text.join(" ")
+            )
+        })
+        .collect()
+}
+
+/// Issue 25: scoring work follows the duration, not the cue count. The same 1,000 seconds of
+/// words as 250 cues of 4 s and as 2,000 cues of 0.5 s: the dense file asks the model for about
+/// as much text as the plain one (before, eight times as much: one 8 s window per cue).
+#[test]
+fn a_dense_transcript_costs_about_what_a_plain_one_costs() {
+    let dir = scratch("dense");
+    let mut asked_chars = Vec::new();
+    for (name, n, words) in [("plain", 250, 8), ("dense", 2000, 1)] {
+        let path = dir.join(format!("{name}.srt"));
+        std::fs::write(&path, srt(n, 1000.0, words)).unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mut engine = Engine::new(Box::new(Fake(asked.clone())));
+        let report = engine
+            .run(
+                &ClipRequest::new(&path, dir.join(name)),
+                no_progress(),
+                Arc::new(AtomicBool::new(false)),
+            )
+            .unwrap();
+        assert_eq!(report.transcript.words, 2000, "{name}: every word is kept");
+        assert!(!report.moments.is_empty());
+        let chars: usize = asked.lock().unwrap().iter().map(|t| t.chars().count()).sum();
+        asked_chars.push(chars);
+    }
+    let ratio = asked_chars[1] as f64 / asked_chars[0] as f64;
+    assert!(
+        ratio < 2.5,
+        "dense/plain text scored: {asked_chars:?} ({ratio:.2}×)"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Subtitles alone that run past the duration limit are refused by name, before any scoring;
+/// subtitles given with a video lose the cues that start after the video ends.
+#[test]
+fn subtitles_are_bounded_by_the_limit_and_by_the_video() {
+    let dir = scratch("bounded-subs");
+    let long = dir.join("long.srt");
+    std::fs::write(
+        &long,
+        "1\n00:00:00,000 --> 00:00:05,000\nНачало.\n\n2\n05:00:00,000 --> 05:00:05,000\nКонец.\n",
+    )
+    .unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let mut engine = Engine::new(Box::new(Fake(asked.clone()))).with_media(Box::new(Scripted::default()));
+    let no = Arc::new(AtomicBool::new(false));
+    let e = engine
+        .run(&ClipRequest::new(&long, dir.join("a")), no_progress(), no.clone())
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }) && e.is_bad_input(), "{e}");
+    assert!(
+        e.to_string().contains("long.srt") && e.to_string().contains("300 min"),
+        "{e}"
+    );
+    assert!(asked.lock().unwrap().is_empty(), "refused before scoring");
+
+    // The scripted video is 60 s long; these subtitles run to 120 s.
+    let video = dir.join("talk.mp4");
+    std::fs::write(&video, b"not really a video").unwrap();
+    let subs = dir.join("talk.srt");
+    std::fs::write(&subs, srt(24, 120.0, 6)).unwrap();
+    let mut req = ClipRequest::new(&video, dir.join("b"));
+    req.subs = Some(subs);
+    req.select.min_secs = 5.0;
+    req.select.max_secs = 10.0;
+    let report = engine.run(&req, no_progress(), no).unwrap();
+    assert_eq!(report.transcript.cues, 12);
+    assert_eq!(report.transcript.repairs.past_end_dropped, 12);
+    assert!(report.transcript.lines.iter().all(|c| c.start < 60.0));
+    assert!(
+        asked.lock().unwrap().iter().all(|t| !t.contains("слово72")),
+        "nothing past the end is scored"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -39,7 +39,13 @@ fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = ff::init();
-        ff::util::log::set_level(ff::util::log::Level::Error);
+        // FFmpeg's own log lines would break the one-line error a failure ends with: they are
+        // shown only when debugging (RUST_LOG=debug); its errors come back as `Error`s anyway.
+        let level = match tracing::enabled!(tracing::Level::DEBUG) {
+            true => ff::util::log::Level::Error,
+            false => ff::util::log::Level::Fatal,
+        };
+        ff::util::log::set_level(level);
     });
 }
 
@@ -111,6 +117,9 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
     if let Some(v) = ictx.streams().best(media::Type::Video) {
         let p = v.parameters();
         let (w, h) = unsafe { ((*p.as_ptr()).width as u32, (*p.as_ptr()).height as u32) };
+        // No pixel format: the stream never gave a frame to learn it from (a video track with no
+        // frames): nothing to cut.
+        let decodable = unsafe { (*p.as_ptr()).format } >= 0;
         let r = v.avg_frame_rate();
         let r = if r.denominator() != 0 && r.numerator() > 0 {
             r
@@ -122,7 +131,7 @@ pub fn probe(path: &Path, limits: &Limits) -> Result<MediaInfo> {
         let attached = v
             .disposition()
             .contains(format::stream::Disposition::ATTACHED_PIC);
-        if !attached && w > 0 && h > 0 {
+        if !attached && decodable && w > 0 && h > 0 {
             info.video = Some(VideoInfo {
                 codec: codec_name(p.id()),
                 width: w,
