@@ -244,7 +244,7 @@ impl Transcript {
     /// count. A cue that alone spans more than `span` stays as it is. A merged line keeps every word with its time ([`Cue::timed_words`]),
     /// so captions and word snapping see what they saw before. Returns how many cues were folded.
     pub fn merge_short(&mut self, span: f64) -> usize {
-        if !(span > 0.0) || self.cues.len() < 2 {
+        if span.is_nan() || span <= 0.0 || self.cues.len() < 2 {
             return 0;
         }
         let mut out: Vec<Cue> = Vec::with_capacity(self.cues.len());
