@@ -51,13 +51,6 @@ impl SelectConfig {
         self.window_secs.min(self.min_secs)
     }
 
-    /// The longest line a run of short cues is folded into before windows are made
-    /// ([`crate::cue::Transcript::merge_short`]): a quarter of [`Self::window_span`], so a window
-    /// still holds several lines and a clip's edges move by at most that much.
-    pub fn line_span(&self) -> f64 {
-        self.window_span() / 4.0
-    }
-
     /// Rejects settings that cannot produce a clip.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(Error::Invalid(m.into()));

@@ -72,10 +72,16 @@ pub fn inspect(req: &ClipRequest, media: &dyn Media) -> Result<Input> {
     })
 }
 
+/// Seconds of transcript per cue in speech as people say it (Whisper's segments, a film's
+/// subtitles): a transcript with more cues than one per this many seconds is dense.
+pub const SECS_PER_LINE: f64 = 3.0;
+
 /// Bounds a transcript by what the job can use, so that the scoring work follows the input's
 /// duration: cues that start at or after the media's end are dropped (no clip can hold them),
-/// and runs of short cues are folded into lines of [`SelectConfig::line_span`]
-/// ([`Transcript::merge_short`]). An empty result is an [`Error::EmptyTranscript`].
+/// and a dense transcript (more than one cue per [`SECS_PER_LINE`] seconds) has its runs of short
+/// cues folded into lines ([`Transcript::merge_short`]) of a quarter window, then if still dense
+/// of half a window, so that a window still holds two lines or more. A transcript that is not
+/// dense is left as it is. An empty result is an [`Error::EmptyTranscript`].
 pub fn bound(t: &mut Transcript, media_end: Option<f64>, cfg: &SelectConfig) -> Result<()> {
     if let Some(end) = media_end {
         let before = t.cues.len();
@@ -88,6 +94,12 @@ pub fn bound(t: &mut Transcript, media_end: Option<f64>, cfg: &SelectConfig) -> 
             )));
         }
     }
-    t.merge_short(cfg.line_span());
+    let dense = |t: &Transcript| t.cues.len() as f64 > t.span() / SECS_PER_LINE + 1.0;
+    for span in [cfg.window_span() / 4.0, cfg.window_span() / 2.0] {
+        if !dense(t) {
+            break;
+        }
+        t.merge_short(span);
+    }
     Ok(())
 }
