@@ -153,7 +153,7 @@ fn clip(a: ClipArgs) -> Result<()> {
     };
     req.language = a.lang.clone().filter(|l| l != "auto");
     // The input is checked before any model loads: a bad file is refused in milliseconds.
-    viralclip_engine::pipeline::inspect(&req, viralclip_engine::media::built_in().as_ref())?;
+    let input = viralclip_engine::pipeline::inspect(&req, viralclip_engine::media::built_in().as_ref())?;
     let (scorer, load_secs) = load_scorer(&a.model)?;
     let mut engine = Engine::new(Box::new(scorer)).with_whisper(Some(a.whisper.clone()));
     engine.model_load_secs = load_secs;
@@ -167,7 +167,7 @@ fn clip(a: ClipArgs) -> Result<()> {
         engine = engine.with_faces(Box::new(viralclip_engine::faces::YuNet::load(&path)?));
     }
     let (bar, progress) = progress_bar(a.quiet);
-    let report = engine.run(&req, progress, Arc::new(AtomicBool::new(false)));
+    let report = engine.run_inspected(&req, input, progress, Arc::new(AtomicBool::new(false)));
     bar.finish_and_clear();
     let report = report?;
     let mut out = std::io::stdout().lock();

@@ -23,7 +23,8 @@ pub struct Input {
 /// a video probes within `req.limits` and has a video stream, subtitles parse within their
 /// caps, and subtitles alone end within `req.limits.max_duration_secs`. Every refusal is a
 /// bad-input error ([`Error::is_bad_input`]) that names the file. Cheap (no decoding): a caller
-/// runs it before loading models, and [`Engine::run`] runs it again.
+/// runs it before loading models and hands the result to [`Engine::run_inspected`];
+/// [`Engine::run`] runs it first.
 pub fn inspect(req: &ClipRequest, media: &dyn Media) -> Result<Input> {
     req.select.validate()?;
     let meta = std::fs::metadata(&req.input).map_err(|e| Error::io(&req.input, e))?;

@@ -197,19 +197,32 @@ impl Engine {
     /// Runs the whole job. Writes `clips/clip-NN.mp4`, `clips/clip-NN.jpg` and `report.json` in
     /// `req.out_dir`.
     pub fn run(&mut self, req: &ClipRequest, progress: Progress, cancel: Arc<AtomicBool>) -> Result<Report> {
+        progress(Stage::Probe, 0.0);
+        let input = inspect(req, self.media.as_ref())?;
+        self.run_inspected(req, input, progress, cancel)
+    }
+
+    /// [`Engine::run`] on an input its caller has already checked with [`inspect`] (before
+    /// loading the models), so it is not probed and parsed twice.
+    pub fn run_inspected(
+        &mut self,
+        req: &ClipRequest,
+        input: Input,
+        progress: Progress,
+        cancel: Arc<AtomicBool>,
+    ) -> Result<Report> {
         let t_all = Instant::now();
         let mut timings = Timings {
             model_load: self.model_load_secs,
             ..Default::default()
         };
-        progress(Stage::Probe, 0.0);
         let Input {
             subtitle_only,
             size_bytes,
             info,
             subtitles,
             probe_secs,
-        } = inspect(req, self.media.as_ref())?;
+        } = input;
         timings.probe = probe_secs;
         progress(Stage::Probe, 1.0);
 
