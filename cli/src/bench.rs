@@ -404,6 +404,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 f64::INFINITY,
                 &|_| {},
                 &Default::default(),
+                &Default::default(),
             )?;
             let decode = t.elapsed().as_secs_f64();
             let mut whisper = viralclip_engine::transcribe::Whisper::load(&w.resolve()?)?;
@@ -469,7 +470,7 @@ fn shorts(
 
     let t = Instant::now();
     let plan = viralclip_engine::framing::plan_clip(
-        &media::Ffmpeg,
+        &media::Ffmpeg::default(),
         video,
         (s, e),
         info.audio.is_some(),
@@ -526,7 +527,14 @@ fn shorts(
         fonts_dir: None,
     };
     let t = Instant::now();
-    let c = media::cut_shaped(video, s, e, CutMode::Precise, Some(shape), &dir.join("clip.mp4"))?;
+    let c = media::cut_shaped(
+        video,
+        (s, e),
+        CutMode::Precise,
+        Some(shape),
+        &dir.join("clip.mp4"),
+        &Default::default(),
+    )?;
     line(
         "shorts_encode",
         t.elapsed().as_secs_f64(),
@@ -537,10 +545,10 @@ fn shorts(
     let mut frame: Option<(Vec<u8>, u32, u32)> = None;
     media::sample_frames(
         video,
-        s + clip / 2.0,
-        e,
+        (s + clip / 2.0, e),
         1.0,
         viralclip_engine::framing::SAMPLE_EDGE,
+        &Default::default(),
         |_, rgb, w, h| {
             if frame.is_none() {
                 frame = Some((rgb.to_vec(), w, h));

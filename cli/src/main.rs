@@ -41,10 +41,21 @@ fn main() -> ExitCode {
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("viralclip: error: {e:#}");
+            eprintln!("viralclip: error: {}", one_line(&format!("{e:#}")));
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `text` on one line: control characters (a newline in a file's name) written as escapes,
+/// so an error is always the one line scripts and the bot's logs expect.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| match c.is_control() {
+            true => c.escape_default().collect::<Vec<char>>(),
+            false => vec![c],
+        })
+        .collect()
 }
 
 /// 2: the input is bad; 3: the model or Whisper is missing or broken; 1: anything else.

@@ -324,11 +324,16 @@ fn parse_vtt_time(t: &str) -> Option<f64> {
     let parts: Vec<&str> = hms.split(':').collect();
     let nums: Option<Vec<u64>> = parts.iter().map(|p| p.parse().ok()).collect();
     let nums = nums?;
+    // Checked: a user's `099999999999999999999:00.000` must not overflow (found by the webvtt
+    // fuzz target); past MAX_CUE_HOURS it is refused as SRT's are.
     let secs = match nums.as_slice() {
-        [m, s] if *s < 60 => m * 60 + s,
-        [h, m, s] if *m < 60 && *s < 60 => h * 3600 + m * 60 + s,
+        [m, s] if *s < 60 => m.checked_mul(60)?.checked_add(*s)?,
+        [h, m, s] if *m < 60 && *s < 60 => h.checked_mul(3600)?.checked_add(m * 60 + s)?,
         _ => return None,
     };
+    if secs > MAX_CUE_HOURS * 3600 {
+        return None;
+    }
     Some(secs as f64 + frac.parse::<f64>().ok()? / 1000.0)
 }
 
@@ -505,6 +510,18 @@ mod tests {
         let srt = "1\n99:59:59,500 --> 100:00:00,000\ntext\n";
         let t = parse_bytes(srt.as_bytes()).unwrap();
         assert_eq!(t.cues[0].start, 359_999.5);
+    }
+
+    /// The input the webvtt fuzz target found: an hour count that overflowed `u64` arithmetic
+    /// (a panic in a debug build, a wrong time in a release one). Now a named error.
+    #[test]
+    fn a_vtt_time_too_large_to_count_is_an_error_not_a_panic() {
+        let vtt = "WEBVTT\n\n0999999999999999999999:00.000 -->EB\u{bf}\n";
+        assert!(matches!(parse_bytes(vtt.as_bytes()), Err(Error::Subtitle { .. })));
+        let vtt = "WEBVTT\n\n1000000:00:00.000 --> 1000000:00:01.000\nx\n";
+        assert!(matches!(parse_bytes(vtt.as_bytes()), Err(Error::Subtitle { .. })));
+        let vtt = "WEBVTT\n\n99:59:59.500 --> 100:00:00.000\nx\n";
+        assert_eq!(parse_bytes(vtt.as_bytes()).unwrap().cues[0].start, 359_999.5);
     }
 
     mod hostile {

@@ -113,15 +113,16 @@ fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
     let src = moving_face(dir.path(), &photo);
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
-    let audio = media::decode_audio_span(&src, 0.0, 12.0).unwrap();
+    let audio = media::decode_audio_span(&src, 0.0, 12.0, &Default::default()).unwrap();
     assert!(
         (audio.len() as i64 - 12 * 16000).abs() <= 16,
         "{} samples",
         audio.len()
     );
     // A span from the middle is the same sound as the whole file's decoding at that time.
-    let whole = media::decode_audio_16k(&src, 60.0, &|_| {}, &Default::default()).unwrap();
-    let part = media::decode_audio_span(&src, 4.0, 7.0).unwrap();
+    let whole =
+        media::decode_audio_16k(&src, 60.0, &|_| {}, &Default::default(), &Default::default()).unwrap();
+    let part = media::decode_audio_span(&src, 4.0, 7.0, &Default::default()).unwrap();
     assert!(
         (part.len() as i64 - 3 * 16000).abs() <= 16,
         "{} samples",
@@ -138,7 +139,7 @@ fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
         );
     }
     let plan = framing::plan(
-        &media::Ffmpeg,
+        &media::Ffmpeg::default(),
         &src,
         (0.0, 12.0),
         g,
@@ -195,7 +196,15 @@ fn a_moving_face_stays_in_the_middle_third_of_a_smooth_9_16_crop() {
         captions: None,
         fonts_dir: None,
     };
-    let clip = media::cut_shaped(&src, 0.0, 12.0, CutMode::Precise, Some(shape), &out).unwrap();
+    let clip = media::cut_shaped(
+        &src,
+        (0.0, 12.0),
+        CutMode::Precise,
+        Some(shape),
+        &out,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!((clip.width, clip.height), (720, 1280));
     let mut found = 0;
     for t in [1.0, 3.0, 5.0, 7.0, 9.0, 11.0] {
@@ -230,7 +239,7 @@ fn no_face_gets_the_blurred_fill_and_two_faces_far_apart_never_a_crop_between_th
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
     let plan = framing::plan(
-        &media::Ffmpeg,
+        &media::Ffmpeg::default(),
         &src,
         (0.0, 8.0),
         g,
@@ -293,9 +302,9 @@ fn the_crop_cuts_to_whoever_moves_their_mouth_while_there_is_sound() {
     let src = two_speakers(dir.path(), &photo);
     let mut det = YuNet::load(&model).unwrap();
     let g = Format::Vertical.geometry(1280, 720);
-    let audio = media::decode_audio_span(&src, 0.0, 12.0).unwrap();
+    let audio = media::decode_audio_span(&src, 0.0, 12.0, &Default::default()).unwrap();
     let plan = framing::plan(
-        &media::Ffmpeg,
+        &media::Ffmpeg::default(),
         &src,
         (0.0, 12.0),
         g,
@@ -353,7 +362,7 @@ fn the_crop_cuts_to_whoever_moves_their_mouth_while_there_is_sound() {
     // The same pictures in silence: moving lips make nobody the speaker (a split, not a crop).
     let silence = vec![0f32; audio.len()];
     let mute = framing::plan(
-        &media::Ffmpeg,
+        &media::Ffmpeg::default(),
         &src,
         (0.0, 12.0),
         g,

@@ -422,8 +422,14 @@ fn a_header_that_lies_about_the_duration_is_stopped_while_decoding() {
     let info = media::probe(&liar, &limits).expect("the header passes the check");
     assert!(info.duration < 30.0, "the header says {} s", info.duration);
     let cancel = AtomicBool::new(false);
-    let e = media::decode_audio_16k(&liar, limits.max_duration_secs, &|_| {}, &cancel)
-        .expect_err("stopped at the limit");
+    let e = media::decode_audio_16k(
+        &liar,
+        limits.max_duration_secs,
+        &|_| {},
+        &cancel,
+        &Default::default(),
+    )
+    .expect_err("stopped at the limit");
     assert!(matches!(e, Error::TooLarge { .. }), "{e}");
     assert!(e.is_bad_input(), "{e}");
     let text = e.to_string();
@@ -432,9 +438,97 @@ fn a_header_that_lies_about_the_duration_is_stopped_while_decoding() {
         "{text}"
     );
     // Under a limit above what it holds, the same file decodes whole.
-    let all = media::decode_audio_16k(&liar, 700.0, &|_| {}, &cancel).unwrap();
+    let all = media::decode_audio_16k(&liar, 700.0, &|_| {}, &cancel, &Default::default()).unwrap();
     let secs = all.len() as f64 / 16000.0;
     assert!((secs - 600.0).abs() < 1.0, "decoded {secs} s");
+}
+
+/// A file whose header says 64×64 and whose stream turns into frames over the decoding budget
+/// (issue 25: 16384×8192 frames behind a 64×64 header took 11 GB and 50 s to cut) is refused
+/// while decoding, by every pass that decodes it, as a bad input naming the file; under a budget
+/// above its frames the same file cuts, so it is the budget that refused it.
+#[test]
+fn frames_bigger_than_the_header_said_are_refused_while_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let liar = common::size_liar_mkv(dir.path(), (1280, 720));
+    let info = media::probe(&liar, &Limits::default()).expect("the header passes the check");
+    let v = info.video.expect("a video stream");
+    assert_eq!((v.width, v.height), (64, 64), "the header");
+    let tight = media::Ffmpeg {
+        budget: media::DecodeBudget {
+            max_pixels: 640 * 480,
+            ..Default::default()
+        },
+    };
+    use viralclip_engine::media::Media;
+    let out = dir.path().join("clip.mp4");
+    for mode in [CutMode::Precise, CutMode::Fast] {
+        let e = tight.cut(&liar, (0.0, 2.5), mode, None, &out);
+        match mode {
+            // A stream copy decodes nothing: the frames go out as they came in.
+            CutMode::Fast => assert!(e.is_ok(), "{e:?}"),
+            CutMode::Precise => {
+                let e = e.expect_err("refused");
+                assert!(e.is_bad_input(), "{e}");
+                assert!(
+                    e.to_string().contains("size-liar.mkv: not a video we can read"),
+                    "{e}"
+                );
+                assert!(e.to_string().contains("frames would not decode"), "{e}");
+                assert!(!out.exists(), "no clip is left behind");
+            }
+        }
+    }
+    let e = tight
+        .frames(&liar, (0.0, 2.5), 2.0, 320, &mut |_, _, _, _| Ok(()))
+        .unwrap_err();
+    assert!(
+        e.is_bad_input() && e.to_string().contains("frames would not decode"),
+        "{e}"
+    );
+    let roomy = media::Ffmpeg::default();
+    let clip = roomy
+        .cut(&liar, (0.0, 2.5), CutMode::Precise, None, &out)
+        .unwrap();
+    assert!((clip.duration - 2.5).abs() < 0.2, "{clip:?}");
+}
+
+/// A small file that decodes into 2,000 frames a second is stopped within its first second of
+/// frames (the budget's 240 a second), however long the cut asked for: the work is counted on
+/// the frames that come out, not on the header's duration.
+#[test]
+fn a_flood_of_frames_is_stopped_while_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let flood = common::frame_flood_mkv(dir.path(), 2000, 8);
+    let info = media::probe(&flood, &Limits::default()).expect("the header passes the check");
+    assert!((info.duration - 8.0).abs() < 0.5, "{info:?}");
+    use viralclip_engine::media::Media;
+    let ff = media::Ffmpeg::default();
+    let out = dir.path().join("clip.mp4");
+    let e = ff
+        .cut(&flood, (2.0, 7.0), CutMode::Precise, None, &out)
+        .unwrap_err();
+    assert!(matches!(e, Error::TooLarge { .. }) && e.is_bad_input(), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{}: it decodes into ", flood.display())),
+        "{text}"
+    );
+    assert!(text.contains("more than 240 a second"), "{text}");
+    let frames: u32 = text
+        .split("decodes into ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a frame count in {text}"));
+    assert!(frames < 400, "stopped after {frames} frames");
+    let mut seen = 0;
+    let e = ff.frames(&flood, (0.0, 8.0), 2.0, 320, &mut |_, _, _, _| {
+        seen += 1;
+        Ok(())
+    });
+    assert!(e.unwrap_err().to_string().contains("more than 240 a second"));
+    assert!(seen <= 2, "{seen} frames sampled before the stop");
 }
 
 /// A Matroska file with sound and a video track that holds no frame (issue 25: it ended with
@@ -469,7 +563,7 @@ fn a_video_track_without_frames_is_refused_at_the_probe() {
     let info = media::probe(&empty, &Limits::default()).unwrap();
     assert!(info.video.is_none() && info.audio.is_some(), "{info:?}");
     let req = ClipRequest::new(&empty, dir.path().join("out"));
-    let err = viralclip_engine::pipeline::inspect(&req, &media::Ffmpeg).unwrap_err();
+    let err = viralclip_engine::pipeline::inspect(&req, &media::Ffmpeg::default()).unwrap_err();
     assert!(err.is_bad_input(), "{err}");
     assert!(err.to_string().contains("novideo.mkv: not a video"), "{err}");
 }

@@ -90,7 +90,15 @@ fn a_9_16_clip_follows_its_plan_frame_by_frame() {
         fonts_dir: None,
     };
     let out = dir.path().join("clip.mp4");
-    let clip = media::cut_shaped(&src, 0.0, 6.0, CutMode::Fast, Some(shape), &out).unwrap();
+    let clip = media::cut_shaped(
+        &src,
+        (0.0, 6.0),
+        CutMode::Fast,
+        Some(shape),
+        &out,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!((clip.width, clip.height), (720, 1280));
     assert!((clip.duration - 6.0).abs() < 0.15, "{}", clip.duration);
     let info = media::probe(&out, &Limits::default()).unwrap();
@@ -155,7 +163,15 @@ fn captions_are_burned_in_by_libass_inside_the_safe_zone() {
     let mut shape = Shape::centred(g, (1280, 720), 3.0);
     shape.captions = Some(ass_path);
     let out = dir.path().join("captioned.mp4");
-    media::cut_shaped(&src, 0.0, 3.0, CutMode::Precise, Some(shape), &out).unwrap();
+    media::cut_shaped(
+        &src,
+        (0.0, 3.0),
+        CutMode::Precise,
+        Some(shape),
+        &out,
+        &Default::default(),
+    )
+    .unwrap();
     let f = rgb_at(&out, 0.7, (720, 1280));
     // White text (R, G and B all high) somewhere in the caption band, none in the bottom band or
     // in the top half.

@@ -94,6 +94,11 @@ pub struct Fake {
     pub local_mode: Mutex<bool>,
     pid: Mutex<Option<u32>>,
     pub kills: Mutex<Vec<Kill>>,
+    /// Uploaded files are not kept (their bytes dropped once read), so a load test measures the
+    /// bot's memory, not the fake's record of 600 clips.
+    pub forget_files: std::sync::atomic::AtomicBool,
+    /// The calls answered with 429 (indexes into [`Fake::calls`]) and their retry_after.
+    pub throttled: Mutex<Vec<(usize, u64)>>,
     /// Set between a [`Rule::Kill`]'s answer and its kill: calls wait.
     frozen: std::sync::atomic::AtomicBool,
 }
@@ -238,6 +243,10 @@ async fn api(
             };
             match file_name {
                 Some(n) => {
+                    let data = match f.forget_files.load(Ordering::SeqCst) {
+                        true => Vec::new(),
+                        false => data,
+                    };
                     files.insert(name, (n, data));
                 }
                 None => {
@@ -325,9 +334,10 @@ async fn api(
     };
     match rule {
         Some(Rule::RetryAfter { secs, .. }) => {
+            f.throttled.lock().unwrap().push((index, secs));
             return Json(json!({"ok": false, "error_code": 429,
                 "description": format!("Too Many Requests: retry after {secs}"),
-                "parameters": {"retry_after": secs}}))
+                "parameters": {"retry_after": secs}}));
         }
         Some(Rule::Hold { .. }) => {
             tokio::time::sleep(Duration::from_secs(3600)).await;

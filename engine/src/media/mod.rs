@@ -8,8 +8,11 @@
 //! without it, [`NoMedia`], which refuses every video with [`Error::Unsupported`] (subtitle
 //! files alone still work).
 
+mod budget;
 #[cfg(feature = "media")]
 mod ffmpeg;
+
+pub use budget::{DecodeBudget, Meter};
 
 #[cfg(feature = "media")]
 pub use ffmpeg::{
@@ -28,8 +31,9 @@ use std::sync::atomic::AtomicBool;
 pub type OnFrame<'a> = dyn FnMut(f64, &[u8], u32, u32) -> Result<()> + 'a;
 
 /// Media as the pipeline uses it. Inputs are untrusted: an implementation opens regular files
-/// only, reads no other file or address than the one named, and bounds its work by [`Limits`]
-/// while decoding, not only by what a header says. Shared by the cutting threads.
+/// only, reads no other file or address than the one named, and bounds its work while decoding
+/// ([`DecodeBudget`], counted by a [`Meter`] per pass), not only by what a header says.
+/// Shared by the cutting threads.
 pub trait Media: Send + Sync {
     /// Reads the container's facts and checks them against `limits`.
     fn probe(&self, path: &Path, limits: &Limits) -> Result<MediaInfo>;
@@ -79,7 +83,7 @@ pub trait Media: Send + Sync {
 /// The media this build has: [`Ffmpeg`] with the `media` feature, else [`NoMedia`].
 pub fn built_in() -> Box<dyn Media> {
     #[cfg(feature = "media")]
-    return Box::new(Ffmpeg);
+    return Box::new(Ffmpeg::default());
     #[cfg(not(feature = "media"))]
     return Box::new(NoMedia);
 }

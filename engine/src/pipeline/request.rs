@@ -108,6 +108,10 @@ pub fn is_subtitle_file(path: &Path) -> bool {
     if matches!(ext.as_str(), "srt" | "vtt" | "webvtt") {
         return true;
     }
+    // Only a regular file is sniffed: opening a FIFO would block, a device never end.
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return false;
+    }
     let Ok(mut f) = std::fs::File::open(path) else {
         return false;
     };

@@ -173,3 +173,65 @@ pub fn lying_mkv(dir: &Path, secs: u32) -> PathBuf {
     std::fs::write(&liar, &bytes).unwrap();
     liar
 }
+
+/// `dir/size-liar.mkv`: H.264 whose header (and first second) says 64×64, then two seconds of
+/// `w`×`h` frames in the same stream: the hostile input whose frames are far bigger than the
+/// probe was told.
+pub fn size_liar_mkv(dir: &Path, (w, h): (u32, u32)) -> PathBuf {
+    let part = |name: &str, size: String, secs: u32| {
+        let p = dir.join(name);
+        ffmpeg_ok(&[
+            "-f".into(),
+            "lavfi".into(),
+            "-i".into(),
+            format!("testsrc=size={size}:rate=25:duration={secs}"),
+            "-c:v".into(),
+            "libx264".into(),
+            "-preset".into(),
+            "ultrafast".into(),
+            "-f".into(),
+            "h264".into(),
+            p.to_str().unwrap().to_owned(),
+        ]);
+        std::fs::read(p).unwrap()
+    };
+    let mut both = part("small.h264", "64x64".into(), 1);
+    both.extend(part("big.h264", format!("{w}x{h}"), 2));
+    let raw = dir.join("both.h264");
+    std::fs::write(&raw, both).unwrap();
+    let out = dir.join("size-liar.mkv");
+    ffmpeg_ok(&[
+        "-r",
+        "25",
+        "-i",
+        raw.to_str().unwrap(),
+        "-c",
+        "copy",
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// `dir/flood.mkv`: a 64×64 picture at `fps` frames a second for `secs` seconds, with a tone:
+/// a small file that decodes into far more frames than its duration should hold.
+pub fn frame_flood_mkv(dir: &Path, fps: u32, secs: u32) -> PathBuf {
+    let out = dir.join("flood.mkv");
+    ffmpeg_ok(&[
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("color=c=black:size=64x64:rate={fps}:duration={secs}"),
+        "-f".into(),
+        "lavfi".into(),
+        "-i".into(),
+        format!("sine=duration={secs}"),
+        "-c:v".into(),
+        "libx264".into(),
+        "-preset".into(),
+        "ultrafast".into(),
+        "-c:a".into(),
+        "aac".into(),
+        out.to_str().unwrap().to_owned(),
+    ]);
+    out
+}

@@ -49,13 +49,16 @@ fn feed_16k(
 ///
 /// `max_secs` bounds what decoding produces, not what the header claims: a file whose header
 /// says one minute but holds ten hours stops with [`Error::TooLarge`] once the decoded audio
-/// passes the limit, so memory stays within `max_secs` × 64 kB.
+/// passes the limit, so memory stays within `max_secs` × 64 kB; the wall clock of `budget`
+/// bounds its time.
 pub fn decode_audio_16k(
     path: &Path,
     max_secs: f64,
     progress: &dyn Fn(f32),
     cancel: &AtomicBool,
+    budget: &DecodeBudget,
 ) -> Result<Vec<f32>> {
+    let meter = Meter::new(*budget, path);
     let mut ictx = open_input(path)?;
     let duration = (ictx.duration().max(1) as f64) / f64::from(ff::ffi::AV_TIME_BASE);
     let max_samples = (max_secs.max(0.0) * 16000.0) as usize;
@@ -75,6 +78,7 @@ pub fn decode_audio_16k(
     let mut filtered = frame::Audio::empty();
     let mut last_report = 0.0;
     for (s, packet) in ictx.packets() {
+        meter.tick()?;
         if s.index() != idx {
             continue;
         }
@@ -117,8 +121,9 @@ pub fn decode_audio_16k(
 /// The sound of `[start, end)` seconds of `path` at 16 kHz mono, for the framing's loudness: the
 /// first sample is at `start` (silence where the stream starts later). Decodes from the packet
 /// before `start` to `end` only, so a clip's sound costs what the clip's length does. A file with
-/// no audio stream gives [`Error::NoAudio`].
-pub fn decode_audio_span(path: &Path, start: f64, end: f64) -> Result<Vec<f32>> {
+/// no audio stream gives [`Error::NoAudio`]. The wall clock of `budget` bounds it.
+pub fn decode_audio_span(path: &Path, start: f64, end: f64, budget: &DecodeBudget) -> Result<Vec<f32>> {
+    let meter = Meter::new(*budget, path);
     let mut ictx = open_input(path)?;
     let t0 = container_start(&ictx);
     let (idx, tb, mut dec, mut graph) = audio_16k(&ictx, path)?;
@@ -135,6 +140,7 @@ pub fn decode_audio_span(path: &Path, start: f64, end: f64) -> Result<Vec<f32>> 
         first.is_some_and(|f| f + got.len() as f64 / 16000.0 >= end + t0)
     };
     for (s, packet) in ictx.packets() {
+        meter.tick()?;
         if s.index() != idx || dec.send_packet(&packet).is_err() {
             continue;
         }

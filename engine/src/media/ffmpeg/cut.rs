@@ -4,31 +4,33 @@
 use super::*;
 
 /// Cuts `[start, end)` seconds of `src` into an MP4 at `out` (`+faststart`).
-/// Fast mode falls back to precise when the streams cannot be copied into MP4.
+/// Fast mode falls back to precise when the streams cannot be copied into MP4. Decodes within
+/// the default [`DecodeBudget`].
 pub fn cut(src: &Path, start: f64, end: f64, mode: CutMode, out: &Path) -> Result<ClipFile> {
-    cut_shaped(src, start, end, mode, None, out)
+    cut_shaped(src, (start, end), mode, None, out, &DecodeBudget::default())
 }
 
 /// [`cut`], shaped: cropped or filled into a delivery shape along a plan, captions burned in
-/// ([`super::shaper`]). A shape is always re-encoded (`mode` is then precise).
+/// ([`super::shaper`]). A shape is always re-encoded (`mode` is then precise). Decoding stops
+/// with the budget's error when the input's frames cross `budget`.
 pub fn cut_shaped(
     src: &Path,
-    start: f64,
-    end: f64,
+    (start, end): (f64, f64),
     mode: CutMode,
     shape: Option<crate::shape::Shape>,
     out: &Path,
+    budget: &DecodeBudget,
 ) -> Result<ClipFile> {
     if end <= start || start < 0.0 || end.is_nan() {
         return Err(Error::Invalid(format!("cannot cut {start:.3}-{end:.3} s")));
     }
     let res = match (mode, shape) {
-        (_, Some(shape)) => cut_precise(src, start, end, Some(shape), out),
-        (CutMode::Precise, None) => cut_precise(src, start, end, None, out),
-        (CutMode::Fast, None) => match cut_fast(src, start, end, out) {
+        (_, Some(shape)) => cut_precise(src, (start, end), Some(shape), out, budget),
+        (CutMode::Precise, None) => cut_precise(src, (start, end), None, out, budget),
+        (CutMode::Fast, None) => match cut_fast(src, (start, end), out, budget) {
             Err(Error::Media(why)) => {
                 tracing::warn!(%why, "stream copy impossible; re-encoding");
-                cut_precise(src, start, end, None, out)
+                cut_precise(src, (start, end), None, out, budget)
             }
             other => other,
         },
@@ -63,6 +65,8 @@ struct VideoPath {
     ost: usize,
     width: u32,
     height: u32,
+    /// The decoding's count against the budget.
+    meter: Meter,
 }
 
 struct AudioPath {
@@ -75,10 +79,10 @@ struct AudioPath {
 
 fn cut_precise(
     src: &Path,
-    start: f64,
-    end: f64,
+    (start, end): (f64, f64),
     shape: Option<crate::shape::Shape>,
     out: &Path,
+    budget: &DecodeBudget,
 ) -> Result<ClipFile> {
     let mut ictx = open_input(src)?;
     let t0 = container_start(&ictx);
@@ -103,10 +107,7 @@ fn cut_precise(
             Rational(25, 1)
         }
     };
-    let mut vctx =
-        codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
-    threading(&mut vctx);
-    let vdec = vctx.decoder().video().map_err(media_err("video decoder"))?;
+    let vdec = video_decoder(vst.parameters(), true, budget)?;
     let (w, h) = match &shape {
         Some(s) => (s.geometry.out_w, s.geometry.out_h),
         None => output_size(vdec.width(), vdec.height(), 1920),
@@ -164,6 +165,7 @@ fn cut_precise(
         ost: vost,
         width: w,
         height: h,
+        meter: Meter::new(*budget, src),
     };
 
     let mut audio = match ictx.streams().best(media::Type::Audio) {
@@ -224,15 +226,15 @@ fn cut_precise(
     let mut video_done = false;
     let mut audio_done = audio.is_none();
     for (s, packet) in ictx.packets() {
+        video.meter.tick()?;
         let idx = s.index();
         let secs = packet
             .pts()
             .or(packet.dts())
             .map(|t| stream_secs(t, s.time_base()));
         if idx == video.ist && !video_done {
-            if video.dec.send_packet(&packet).is_ok() {
-                pump_video(&mut video, &mut vframe, &mut octx, vost_tb)?;
-            }
+            send_video(&mut video.dec, &packet, &mut video.meter)?;
+            pump_video(&mut video, &mut vframe, &mut octx, vost_tb)?;
             if secs.is_some_and(|t| t > abs_e + 2.0) {
                 video_done = true;
             }
@@ -280,7 +282,7 @@ fn pump_video(
     octx: &mut format::context::Output,
     ost_tb: Rational,
 ) -> Result<()> {
-    while v.dec.receive_frame(f).is_ok() {
+    while receive_video(&mut v.dec, f, v.ist_tb, &mut v.meter)? {
         let ts = f.timestamp();
         f.set_pts(ts);
         if let Some(shaper) = v.shaper.as_mut() {
@@ -371,7 +373,8 @@ fn write_packets(
     Ok(())
 }
 
-fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
+fn cut_fast(src: &Path, (start, end): (f64, f64), out: &Path, budget: &DecodeBudget) -> Result<ClipFile> {
+    let meter = Meter::new(*budget, src);
     let mut ictx = open_input(src)?;
     let t0 = container_start(&ictx);
     let (abs_s, abs_e) = (start + t0, end + t0);
@@ -417,6 +420,7 @@ fn cut_fast(src: &Path, start: f64, end: f64, out: &Path) -> Result<ClipFile> {
     let mut base: Option<f64> = None;
     let mut done = vec![false; map.len()];
     for (s, mut packet) in ictx.packets() {
+        meter.tick()?;
         let i = s.index();
         let Some(o) = map[i] else { continue };
         let tb = in_tbs[i];

@@ -26,7 +26,7 @@ impl VideoInput {
     }
 }
 
-fn open_video(src: &Path, threaded: bool) -> Result<VideoInput> {
+fn open_video(src: &Path, threaded: bool, budget: &DecodeBudget) -> Result<VideoInput> {
     let ictx = open_input(src)?;
     let t0 = container_start(&ictx);
     let vst = ictx
@@ -37,12 +37,7 @@ fn open_video(src: &Path, threaded: bool) -> Result<VideoInput> {
             reason: "no video stream".into(),
         })?;
     let (vidx, vtb) = (vst.index(), vst.time_base());
-    let mut cctx =
-        codec::context::Context::from_parameters(vst.parameters()).map_err(media_err("video decoder"))?;
-    if threaded {
-        threading(&mut cctx);
-    }
-    let dec = cctx.decoder().video().map_err(media_err("video decoder"))?;
+    let dec = video_decoder(vst.parameters(), threaded, budget)?;
     Ok(VideoInput {
         ictx,
         t0,
@@ -55,16 +50,18 @@ fn open_video(src: &Path, threaded: bool) -> Result<VideoInput> {
 /// Frames of `src` between `start` and `end` seconds, `per_sec` of them a second (the first at
 /// or after `start`, then the next one due), scaled to at most `max_edge` px on the long side, as
 /// packed RGB: `each(t, rgb, w, h)` with `t` from `start`. Returns the source's size. Decoding
-/// stops at `end`; `each` may stop it early with an error (e.g. [`Error::Cancelled`]).
+/// stops at `end`, or with the budget's error; `each` may stop it early with an error (e.g.
+/// [`Error::Cancelled`]).
 pub fn sample_frames(
     src: &Path,
-    start: f64,
-    end: f64,
+    (start, end): (f64, f64),
     per_sec: f64,
     max_edge: u32,
+    budget: &DecodeBudget,
     mut each: impl FnMut(f64, &[u8], u32, u32) -> Result<()>,
 ) -> Result<(u32, u32)> {
-    let (mut ictx, t0, vidx, vtb, mut dec) = open_video(src, true)?.parts();
+    let (mut ictx, t0, vidx, vtb, mut dec) = open_video(src, true, budget)?.parts();
+    let mut meter = Meter::new(*budget, src);
     let (src_w, src_h) = (dec.width(), dec.height());
     let (w, h) = output_size(src_w, src_h, max_edge);
     let mut graph = video_graph(&dec, vtb, &format!("scale={w}:{h}:flags=area,format=rgb24"))?;
@@ -112,17 +109,19 @@ pub fn sample_frames(
         Ok(false)
     };
     'read: for (s, packet) in ictx.packets() {
-        if s.index() != vidx || dec.send_packet(&packet).is_err() {
+        meter.tick()?;
+        if s.index() != vidx {
             continue;
         }
-        while dec.receive_frame(&mut decoded).is_ok() {
+        send_video(&mut dec, &packet, &mut meter)?;
+        while receive_video(&mut dec, &mut decoded, vtb, &mut meter)? {
             if take(&mut decoded, &mut next)? {
                 break 'read;
             }
         }
     }
     let _ = dec.send_eof();
-    while dec.receive_frame(&mut decoded).is_ok() {
+    while receive_video(&mut dec, &mut decoded, vtb, &mut meter)? {
         if take(&mut decoded, &mut next)? {
             break;
         }
@@ -131,9 +130,10 @@ pub fn sample_frames(
 }
 
 /// Writes a JPEG of the frame at `at` seconds of `src` (a clip), at most `max_edge` px on its
-/// long side.
-pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumbnail> {
-    let (mut ictx, t0, vidx, vtb, mut dec) = open_video(src, false)?.parts();
+/// long side, decoding within `budget`.
+pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path, budget: &DecodeBudget) -> Result<Thumbnail> {
+    let (mut ictx, t0, vidx, vtb, mut dec) = open_video(src, false, budget)?.parts();
+    let mut meter = Meter::new(*budget, src);
     let (w, h) = output_size(dec.width(), dec.height(), max_edge);
     let mut graph = video_graph(&dec, vtb, &format!("scale={w}:{h},format=yuvj420p"))?;
     let target = at + t0;
@@ -144,13 +144,12 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
     let mut decoded = frame::Video::empty();
     let mut picked: Option<frame::Video> = None;
     'read: for (s, packet) in ictx.packets() {
+        meter.tick()?;
         if s.index() != vidx {
             continue;
         }
-        if dec.send_packet(&packet).is_err() {
-            continue;
-        }
-        while dec.receive_frame(&mut decoded).is_ok() {
+        send_video(&mut dec, &packet, &mut meter)?;
+        while receive_video(&mut dec, &mut decoded, vtb, &mut meter)? {
             let t = decoded.timestamp().map(|t| stream_secs(t, vtb)).unwrap_or(target);
             picked = Some(decoded.clone());
             if t >= target {
@@ -160,7 +159,7 @@ pub fn thumbnail(src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumb
     }
     if picked.is_none() {
         let _ = dec.send_eof();
-        while dec.receive_frame(&mut decoded).is_ok() {
+        while receive_video(&mut dec, &mut decoded, vtb, &mut meter)? {
             picked = Some(decoded.clone());
         }
     }

@@ -3,7 +3,8 @@
 //! [`shaper`]) and JPEG thumbnails.
 //!
 //! Inputs are untrusted: they are opened with a `file`-only protocol whitelist and a whitelist of
-//! container demuxers (no playlists, no concat), and bounded by [`Limits`] before any decoding.
+//! container demuxers (no playlists, no concat), bounded by [`Limits`] before any decoding and
+//! by a [`DecodeBudget`] while decoding (every pass keeps a [`Meter`]).
 //!
 //! Here: the inputs' probing, the shared filter graphs and text subtitle streams; [`audio`]
 //! (16 kHz mono), [`cut`] (clips), [`frames`] (sampled frames, thumbnails), [`shaper`] (frames in
@@ -28,7 +29,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
 
 use super::{
-    AudioInfo, ClipFile, CutMode, Limits, Media, MediaInfo, OnFrame, SubtitleStream, Thumbnail, VideoInfo,
+    AudioInfo, ClipFile, CutMode, DecodeBudget, Limits, Media, MediaInfo, Meter, OnFrame, SubtitleStream,
+    Thumbnail, VideoInfo,
 };
 
 /// Demuxers an input may be read with: real containers only.
@@ -218,6 +220,59 @@ fn threading(ctx: &mut codec::context::Context) {
     });
 }
 
+/// A decoder for the video stream with `params`, told the budget's largest picture
+/// (`max_pixels`: a bigger frame is refused before it is allocated, whatever the header said).
+fn video_decoder(
+    params: codec::Parameters,
+    threaded: bool,
+    budget: &DecodeBudget,
+) -> Result<codec::decoder::Video> {
+    let mut cctx = codec::context::Context::from_parameters(params).map_err(media_err("video decoder"))?;
+    if threaded {
+        threading(&mut cctx);
+    }
+    // SAFETY: the context is ours and not opened yet; max_pixels is a plain field read when the
+    // decoder sets a frame's dimensions.
+    unsafe {
+        (*cctx.as_mut_ptr()).max_pixels = budget.max_pixels.min(i64::MAX as u64) as i64;
+    }
+    cctx.decoder().video().map_err(media_err("video decoder"))
+}
+
+/// Gives `packet` to a video decoder; a packet it fails on counts as a broken frame.
+fn send_video(dec: &mut codec::decoder::Video, packet: &Packet, meter: &mut Meter) -> Result<()> {
+    match dec.send_packet(packet) {
+        Ok(()) => Ok(()),
+        Err(e) => meter.broken(&e),
+    }
+}
+
+/// The next decoded frame into `f`, counted by `meter`: `false` when the decoder wants more
+/// input or is done. A frame the decoder fails on counts as broken; a frame past the budget
+/// (too big, too many for its time) ends the pass with the budget's error.
+fn receive_video(
+    dec: &mut codec::decoder::Video,
+    f: &mut frame::Video,
+    tb: Rational,
+    meter: &mut Meter,
+) -> Result<bool> {
+    match dec.receive_frame(f) {
+        Ok(()) => {
+            let t = f.timestamp().map(|ts| stream_secs(ts, tb));
+            meter.frame(t, f.width(), f.height())?;
+            Ok(true)
+        }
+        Err(ff::Error::Eof)
+        | Err(ff::Error::Other {
+            errno: ff::util::error::EAGAIN,
+        }) => Ok(false),
+        Err(e) => {
+            meter.broken(&e)?;
+            Ok(false)
+        }
+    }
+}
+
 fn audio_graph(
     dec: &codec::decoder::Audio,
     tb: Rational,
@@ -355,9 +410,11 @@ fn output_size(w: u32, h: u32, max_edge: u32) -> (u32, u32) {
 }
 
 /// The engine's media through FFmpeg (ffmpeg-next): every method is the free function of the
-/// same job in this module.
+/// same job in this module, decoding within `budget`.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Ffmpeg;
+pub struct Ffmpeg {
+    pub budget: DecodeBudget,
+}
 
 impl Media for Ffmpeg {
     fn probe(&self, path: &Path, limits: &Limits) -> Result<MediaInfo> {
@@ -375,11 +432,11 @@ impl Media for Ffmpeg {
         progress: &dyn Fn(f32),
         cancel: &AtomicBool,
     ) -> Result<Vec<f32>> {
-        decode_audio_16k(path, max_secs, progress, cancel)
+        decode_audio_16k(path, max_secs, progress, cancel, &self.budget)
     }
 
     fn audio_span(&self, path: &Path, start: f64, end: f64) -> Result<Vec<f32>> {
-        decode_audio_span(path, start, end)
+        decode_audio_span(path, start, end, &self.budget)
     }
 
     fn frames(
@@ -390,7 +447,7 @@ impl Media for Ffmpeg {
         max_edge: u32,
         each: &mut OnFrame,
     ) -> Result<(u32, u32)> {
-        sample_frames(path, start, end, per_sec, max_edge, each)
+        sample_frames(path, (start, end), per_sec, max_edge, &self.budget, each)
     }
 
     fn cut(
@@ -401,11 +458,11 @@ impl Media for Ffmpeg {
         shape: Option<Shape>,
         out: &Path,
     ) -> Result<ClipFile> {
-        cut_shaped(src, start, end, mode, shape, out)
+        cut_shaped(src, (start, end), mode, shape, out, &self.budget)
     }
 
     fn thumbnail(&self, src: &Path, at: f64, max_edge: u32, out: &Path) -> Result<Thumbnail> {
-        thumbnail(src, at, max_edge, out)
+        thumbnail(src, at, max_edge, out, &self.budget)
     }
 }
 
