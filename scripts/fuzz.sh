@@ -20,19 +20,16 @@ work=${FUZZ_WORK:-$HOME/.cache/viralclip-fuzz}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/viralclip-fuzz-target}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-(cd fuzz && cargo fuzz build -s none "${targets[@]/#/}" >/dev/null 2>&1 || cargo fuzz build -s none)
+(cd fuzz && cargo fuzz build -s none)
 mkdir -p "$work"
 run() {
-  local t=$1
+  local t=$1 rc=0 runs crashes
   mkdir -p "$work/$t"
   (cd fuzz && cargo fuzz run -s none "$t" "$work/$t" "corpus/$t" -- \
     -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1) \
-    >"$work/$t.log" 2>&1
-  local rc=$?
-  local runs
+    >"$work/$t.log" 2>&1 || rc=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$t.log" | grep -o '[0-9]*$' || echo '?')
-  local crashes
-  crashes=$(find "fuzz/artifacts/$t" -type f 2>/dev/null | wc -l)
+  crashes=$({ find "fuzz/artifacts/$t" -type f 2>/dev/null || true; } | wc -l)
   echo "fuzz $t: rc $rc, $runs runs in $secs s, corpus $(find "$work/$t" -type f | wc -l) inputs, $crashes crash files"
   return $rc
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the malformed-media corpus: files an attacker could send the bot or give the command
+# Builds the malformed-media corpus (31 cases): files an attacker could send the bot or give the command
 # line, each with what `viralclip clip` must answer. cli/tests/hostile.rs runs every case (exit
 # code, one line of error, no panic, bounded memory and time, no file outside the output
 # directory, no network open); a person can run the cases by hand from the list.
@@ -142,6 +142,12 @@ printf 'WEBVTT\n\n00:00.000 --> 00:00:02.000 line:0%%\n<c.yellow><b>Привет
 case_ webvtt-odd odd.vtt - 0,2
 # The same dense subtitles stand alone: a moment list, bounded by the duration, not the count.
 case_ dense-subtitles dense.srt - 0
+
+# Honest but unusual: AVI (MPEG-4 and MP3, time base 1/25), cut to 9:16 from half a frame off
+# its grid (the subtitles start at 0.5 s): two frames on one tick once failed the MP4 muxer.
+ff -f lavfi -i testsrc=size=320x240:rate=25:duration=6 -f lavfi -i sine=duration=6 \
+  -c:v mpeg4 -c:a libmp3lame coarse.avi
+case_ avi-coarse-time-base coarse.avi honest.srt 0
 
 # Odd file names: a leading dash, shell syntax, a newline (an honest video under each).
 cp honest.mp4 ./-rf.mp4

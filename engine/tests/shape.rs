@@ -197,3 +197,54 @@ fn captions_are_burned_in_by_libass_inside_the_safe_zone() {
         cols.last()
     );
 }
+
+/// An AVI (MPEG-4 video and MP3, time base 1/25) cut to 9:16 from half a frame off its grid: two
+/// frames rounded to one tick once made the MP4 muxer refuse the clip ("non monotonically
+/// increasing dts"; found running the hostile corpus's AVI in 9:16). Every frame is kept, in
+/// order.
+#[test]
+fn a_coarse_time_base_cut_off_the_frame_grid_keeps_every_frame_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("coarse.avi");
+    common::ffmpeg_ok(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=25:duration=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=8",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "libmp3lame",
+        src.to_str().unwrap(),
+    ]);
+    let g = Format::Vertical.geometry(640, 360);
+    for start in [1.02, 2.7, 3.3] {
+        let shape = Shape::centred(g, (640, 360), 3.0);
+        let out = dir.path().join(format!("clip-{start}.mp4"));
+        let clip = media::cut_shaped(
+            &src,
+            (start, start + 3.0),
+            CutMode::Precise,
+            Some(shape),
+            &out,
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("from {start} s: {e}"));
+        assert!((clip.duration - 3.0).abs() < 0.1, "from {start} s: {clip:?}");
+        let frames = Command::new("ffprobe")
+            .args(["-v", "error", "-select_streams", "v", "-count_frames"])
+            .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let n: u32 = String::from_utf8_lossy(&frames.stdout).trim().parse().unwrap();
+        assert!(
+            (74..=76).contains(&n),
+            "from {start} s: {n} frames in 3 s at 25 fps"
+        );
+    }
+}

@@ -124,6 +124,9 @@ pub(crate) struct Shaper {
     /// The split's window size in the source.
     split_win: (u32, u32),
     last_cmd: Option<(usize, String)>,
+    /// The least pts the next shaped frame may have: pts strictly increase, whatever rounding a
+    /// coarse time base (AVI's 1/25) or a stream's own disorder gives.
+    next_pts: i64,
     /// Seconds of the source at which it ends.
     end: f64,
     /// The captions under a plain name, while the graph reads them.
@@ -230,6 +233,7 @@ impl Shaper {
             fg: (fw, fh, fx, fy),
             split_win: (sw, sh),
             last_cmd: None,
+            next_pts: 0,
             end,
             _plain_copy: plain_copy,
         })
@@ -275,7 +279,10 @@ impl Shaper {
         }
         let t = t.max(0.0);
         let mut input = f.clone();
-        let pts = (t / f64::from(tb)).round() as i64;
+        // Two frames may round to one tick in a coarse time base (a start half a frame off the
+        // grid): the muxer refuses equal timestamps ("non monotonically increasing dts").
+        let pts = ((t / f64::from(tb)).round() as i64).max(self.next_pts);
+        self.next_pts = pts + 1;
         input.set_pts(Some(pts));
         let plan = &self.shape.plan;
         let layout = plan.segment_at(t).map(|s| &s.layout).unwrap_or(&Layout::Fill);
