@@ -20,7 +20,7 @@ work=${FUZZ_WORK:-$HOME/.cache/viralclip-fuzz}
 export CARGO_TARGET_DIR=${FUZZ_TARGET_DIR:-$HOME/.cache/viralclip-fuzz-target}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
-(cd fuzz && cargo fuzz build -s none)
+for t in "${targets[@]}"; do (cd fuzz && cargo fuzz build -s none "$t"); done
 mkdir -p "$work"
 run() {
   local t=$1 rc=0 runs crashes
@@ -30,7 +30,9 @@ run() {
     >"$work/$t.log" 2>&1 || rc=$?
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$work/$t.log" | grep -o '[0-9]*$' || echo '?')
   crashes=$({ find "fuzz/artifacts/$t" -type f 2>/dev/null || true; } | wc -l)
-  echo "fuzz $t: rc $rc, $runs runs in $secs s, corpus $(find "$work/$t" -type f | wc -l) inputs, $crashes crash files"
+  local took
+  took=$(grep -o 'Done [0-9]* runs in [0-9]* second' "$work/$t.log" | grep -o '[0-9]* second' | grep -o '[0-9]*' || echo '?')
+  echo "fuzz $t: rc $rc, $runs runs in $took s (of $secs), corpus $(find "$work/$t" -type f | wc -l) inputs, $crashes crash files"
   return $rc
 }
 jobs=${FUZZ_JOBS:-1}

@@ -205,22 +205,21 @@ impl Transcript {
         }
         cues.sort_by(|a, b| a.start.total_cmp(&b.start).then(a.end.total_cmp(&b.end)));
         let mut out: Vec<Cue> = Vec::with_capacity(cues.len());
-        for cue in cues {
+        for mut cue in cues {
             if let Some(prev) = out.last_mut() {
                 if cue.start < prev.end {
                     prev.end = cue.start;
                     repairs.overlaps_trimmed += 1;
                     if prev.end - prev.start <= 1e-3 {
-                        // The earlier cue vanished: keep its words by prefixing them to this one.
+                        // The earlier cue vanished: keep its words by prefixing them to this one
+                        // (which is then held to the same length as any other: the webvtt fuzz
+                        // target found a merged cue of a millisecond).
                         let prev = out.pop().expect("checked above");
-                        let mut cue = cue;
                         cue.start = prev.start;
                         cue.text = format!("{} {}", prev.text, cue.text);
                         let words = std::mem::take(&mut cue.words);
                         cue.words = prev.words.into_iter().chain(words).collect();
                         repairs.empty_dropped += 1;
-                        out.push(cue);
-                        continue;
                     }
                 }
             }
@@ -342,6 +341,24 @@ pub fn format_time(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A cue that vanishes under the next one is merged into it, and the merged cue is held to
+    /// the same millisecond as any other (the webvtt fuzz target found one of 1 ms kept).
+    #[test]
+    fn a_merged_cue_is_as_long_as_any_other_or_dropped() {
+        let src = || CueSource::SubtitleFile {
+            format: "srt".into(),
+            encoding: "utf-8".into(),
+        };
+        let t = Transcript::repair(vec![Cue::new(1.0, 5.0, "a"), Cue::new(1.0005, 1.001, "b")], src());
+        assert!(t.cues.iter().all(|c| c.end - c.start > 1e-3), "{:?}", t.cues);
+        let t = Transcript::repair(vec![Cue::new(1.0, 5.0, "a"), Cue::new(1.0005, 3.0, "b")], src());
+        assert_eq!(t.cues.len(), 1);
+        assert_eq!(
+            (t.cues[0].start, t.cues[0].end, t.cues[0].text.as_str()),
+            (1.0, 3.0, "a b")
+        );
+    }
 
     #[test]
     fn short_cues_fold_into_lines_that_keep_every_word_and_its_time() {

@@ -40,8 +40,11 @@ pub fn decode(bytes: &[u8]) -> (String, &'static str) {
         let (t, _) = encoding_rs::WINDOWS_1252.decode_without_bom_handling(bytes);
         (t.into_owned(), "windows-1252")
     };
+    // NULs out before the BOM is trimmed: NULs ahead of a BOM once left it in, and the format
+    // was then guessed wrong (found by the encoding fuzz target).
+    let text = text.replace('\0', "");
     let text = text.trim_start_matches('\u{feff}');
-    let text = text.replace("\r\n", "\n").replace('\r', "\n").replace('\0', "");
+    let text = text.replace("\r\n", "\n").replace('\r', "\n");
     (text, encoding)
 }
 
@@ -522,6 +525,17 @@ mod tests {
         assert!(matches!(parse_bytes(vtt.as_bytes()), Err(Error::Subtitle { .. })));
         let vtt = "WEBVTT\n\n99:59:59.500 --> 100:00:00.000\nx\n";
         assert_eq!(parse_bytes(vtt.as_bytes()).unwrap().cues[0].start, 359_999.5);
+    }
+
+    /// The input the encoding fuzz target found: NULs ahead of a BOM ahead of `WEBVTT`.
+    #[test]
+    fn nuls_before_a_bom_do_not_hide_the_format() {
+        let mut bytes = vec![0u8; 11];
+        bytes.extend_from_slice(&[0xEF, 0xBB, 0xBF]);
+        bytes.extend_from_slice(b"WEBVTT\n\n00:01.000 --> 00:02.000\nx\n");
+        let (text, _) = decode(&bytes);
+        assert!(text.starts_with("WEBVTT"), "{text:?}");
+        assert_eq!(parse_bytes(&bytes).unwrap().cues.len(), 1);
     }
 
     mod hostile {
