@@ -57,6 +57,9 @@ pub struct BotConfig {
     /// Longest input video, minutes.
     #[arg(long, env = "VIRALCLIP_MAX_MINUTES", default_value_t = 60.0)]
     pub max_duration_mins: f64,
+    /// Largest subtitle file read, MB (counted while reading).
+    #[arg(long, env = "VIRALCLIP_MAX_SUBS_MB", default_value_t = 20)]
+    pub max_subs_mb: u64,
     /// Wall-clock budget of one job, minutes: past it the job stops and fails with a reason (not
     /// retried), and its worker is free again.
     #[arg(long, env = "VIRALCLIP_JOB_MINUTES", default_value_t = 120.0)]

@@ -323,6 +323,7 @@ fn request(
         viralclip_engine::media::CutMode::Precise
     };
     req.limits.max_duration_secs = app.config.max_duration_mins * 60.0;
+    req.limits.max_subtitle_bytes = app.config.max_subs_mb << 20;
     req.shape = viralclip_engine::pipeline::ShapeRequest {
         format: p.settings.format,
         captions: p.settings.captions,

@@ -111,6 +111,9 @@ pub struct ClipArgs {
     /// Longest input accepted, minutes.
     #[arg(long, env = "VIRALCLIP_MAX_DURATION_MINS", default_value_t = 240.0)]
     pub max_duration_mins: f64,
+    /// Largest subtitle file read, MB.
+    #[arg(long, env = "VIRALCLIP_MAX_SUBS_MB", default_value_t = 20)]
+    pub max_subs_mb: u64,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,

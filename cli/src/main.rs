@@ -157,6 +157,7 @@ fn clip(a: ClipArgs) -> Result<()> {
         viralclip_engine::media::CutMode::Precise
     };
     req.limits.max_duration_secs = a.max_duration_mins * 60.0;
+    req.limits.max_subtitle_bytes = a.max_subs_mb << 20;
     req.shape = viralclip_engine::pipeline::ShapeRequest {
         format: a.format,
         captions: a.captions,

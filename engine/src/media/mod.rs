@@ -118,11 +118,14 @@ impl Media for NoMedia {
 
 /// Bounds on what an input may be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Limits {
     pub max_duration_secs: f64,
     pub max_width: u32,
     pub max_height: u32,
     pub max_bytes: u64,
+    /// The largest subtitle file read, counted while reading ([`crate::subtitle::MAX_BYTES`]).
+    pub max_subtitle_bytes: u64,
 }
 
 impl Default for Limits {
@@ -132,6 +135,7 @@ impl Default for Limits {
             max_width: 7680,
             max_height: 4320,
             max_bytes: 4 << 30,
+            max_subtitle_bytes: crate::subtitle::MAX_BYTES,
         }
     }
 }

@@ -47,8 +47,11 @@ pub fn inspect(req: &ClipRequest, media: &dyn Media) -> Result<Input> {
     };
     let probe_secs = t.elapsed().as_secs_f64();
     let subtitles = match (subtitle_only, &req.subs) {
-        (true, _) => Some(subtitle::read_file(&req.input)?),
-        (false, Some(s)) => Some(subtitle::read_file(s)?),
+        (true, _) => Some(subtitle::read_file_within(
+            &req.input,
+            req.limits.max_subtitle_bytes,
+        )?),
+        (false, Some(s)) => Some(subtitle::read_file_within(s, req.limits.max_subtitle_bytes)?),
         (false, None) => None,
     };
     if let (true, Some(t)) = (subtitle_only, &subtitles) {

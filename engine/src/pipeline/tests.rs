@@ -430,6 +430,14 @@ fn subtitles_are_bounded_by_the_limit_and_by_the_video() {
         "{e}"
     );
     assert!(asked.lock().unwrap().is_empty(), "refused before scoring");
+    // The subtitle size cap is the request's (`--max-subs-mb`): this 80-byte file is over 64.
+    let mut req = ClipRequest::new(&long, dir.join("a"));
+    req.limits.max_subtitle_bytes = 64;
+    let e = inspect(&req, &Scripted::default()).unwrap_err();
+    assert!(
+        matches!(e, Error::TooLarge { .. }) && e.to_string().contains("long.srt"),
+        "{e}"
+    );
 
     // The scripted video is 60 s long; these subtitles run to 120 s.
     let video = dir.join("talk.mp4");
