@@ -1,6 +1,6 @@
 //! The malformed-media corpus (scripts/hostile-media.sh) through `viralclip clip`, as an attacker
 //! would send it: each case answers with an allowed exit code; a refusal is one line that names
-//! the reason; nothing panics or hangs; memory stays bounded; no file appears outside the output
+//! the file and the reason; nothing panics or hangs; memory stays bounded; no file appears outside the output
 //! directory; nothing connects to the canary server the playlists point at.
 
 use std::io::Read;
@@ -173,6 +173,17 @@ fn the_malformed_media_corpus_is_refused_cleanly() {
         }
         if code != Some(0) && (err.lines().count() != 1 || !err.starts_with("viralclip: error: ")) {
             why.push(format!("not one error line: {err:?}"));
+        }
+        // A refusal names the file it is about (the input or its subtitles), escaped as the
+        // one line writes it.
+        let named = |p: &str| {
+            let name = Path::new(p).file_name().map(|n| n.to_string_lossy().into_owned());
+            name.is_some_and(|n| err.contains(&n.replace('\n', "\\n")))
+        };
+        if code == Some(2) && !named(&input) && !named(subs) {
+            why.push(format!(
+                "the refusal names neither {input:?} nor {subs:?}: {err:?}"
+            ));
         }
         if err.contains("panicked") || code == Some(101) {
             why.push("a panic".into());

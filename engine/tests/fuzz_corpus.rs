@@ -57,6 +57,8 @@ fn piece() -> impl Strategy<Value = String> {
         Just("WEBVTT\n\n".to_string()),
         Just("NOTE x\n".to_string()),
         Just("\n".to_string()),
+        Just("\r\n".to_string()),
+        Just(",".to_string()),
         Just("-->".to_string()),
         Just(":".to_string()),
         Just(".".to_string()),
