@@ -66,11 +66,6 @@ impl Meter {
         }
     }
 
-    /// The budget this meter counts against.
-    pub fn budget(&self) -> &DecodeBudget {
-        &self.budget
-    }
-
     /// Frames decoded so far.
     pub fn frames(&self) -> u64 {
         self.frames
