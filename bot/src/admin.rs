@@ -127,7 +127,7 @@ async fn train(app: &Arc<App>, msg: &Message, force: bool) -> Result<()> {
         .await?;
         return Ok(());
     }
-    let Some(encoder) = app.config.encoder.clone() else {
+    let Some(encoder) = app.config.engine.encoder.clone() else {
         app.say(
             msg,
             "Training needs the base encoder's directory (--encoder / VIRALCLIP_ENCODER).",
@@ -143,9 +143,9 @@ async fn train(app: &Arc<App>, msg: &Message, force: bool) -> Result<()> {
         data: sources.clone(),
         test: app.config.train_test.clone(),
         unfrozen_epochs: app.config.train_unfrozen_epochs,
-        device: app.config.device,
+        device: app.config.engine.device,
     };
-    let (gpu, note) = app.trainer.device_note(app.config.device)?;
+    let (gpu, note) = app.trainer.device_note(app.config.engine.device)?;
     let mut head = String::new();
     if let Some(n) = note {
         head = format!("{n}\n");

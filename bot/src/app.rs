@@ -3,7 +3,7 @@
 //! Ctrl-C stop taking updates and let the running jobs finish or go back to the queue.
 
 use crate::budget::Running;
-use crate::clipper::{Clipper, EngineClipper};
+use crate::clipper::Clipper;
 use crate::config::BotConfig;
 use crate::error::{joined, telegram, Error, Result};
 use crate::settings::Settings;
@@ -41,16 +41,7 @@ pub async fn run(config: BotConfig) -> Result<()> {
     let model = current_model(&config)?;
     let clipper = {
         let c = config.clone();
-        let clipper = tokio::task::spawn_blocking(move || {
-            EngineClipper::new(
-                model,
-                c.encoder.clone(),
-                Some(c.whisper.clone()),
-                c.face_model_path()?,
-                c.device,
-                c.precision,
-            )
-        });
+        let clipper = tokio::task::spawn_blocking(move || c.engine.clipper(model));
         joined(clipper.await, "loading the engine")??
     };
     run_with(config, Arc::new(clipper)).await
@@ -70,6 +61,7 @@ fn current_model(config: &BotConfig) -> Result<PathBuf> {
         }
     }
     config
+        .engine
         .model
         .clone()
         .or_else(default_model)
@@ -119,6 +111,11 @@ pub async fn run_with_trainer(
     tracing::info!(bot = %app.username, "started");
     app.report_failures().await;
     let workers = tokio::spawn(crate::worker::worker_loop(app.clone()));
+    let sweeper = tokio::spawn(crate::retention::sweeper(
+        app.config.data_dir.clone(),
+        app.store.clone(),
+        app.config.keep(),
+    ));
 
     let mut dispatcher = Dispatcher::builder(bot, crate::handlers::schema())
         .dependencies(dptree::deps![app.clone()])
@@ -140,6 +137,7 @@ pub async fn run_with_trainer(
     app.shutdown.store(true, Ordering::SeqCst);
     app.wake.notify_waiters();
     let _ = workers.await;
+    sweeper.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use viralclip_engine::device::{self, DeviceChoice, Precision};
 use viralclip_engine::model::artifact;
-use viralclip_engine::pipeline::{ClipRequest, Engine, Progress};
-use viralclip_engine::report::Report;
+use viralclip_engine::pipeline::{ClipRequest, Engine, Progress, Recut};
+use viralclip_engine::report::{ClipFacts, Report};
 use viralclip_engine::scorer::BertScorer;
 use viralclip_engine::whisper_model::WhisperModel;
 
@@ -19,6 +19,11 @@ pub trait Clipper: Send + Sync + 'static {
     fn switch_model(&self, dir: &Path) -> Result<()>;
     /// The model directory in use.
     fn model_dir(&self) -> PathBuf;
+    /// Cuts one moment of an earlier job again ([`Engine::recut`]): no transcription, no scoring.
+    fn recut(&self, input: &Path, out_dir: &Path, report: &Report, r: &Recut) -> Result<ClipFacts> {
+        let _ = (input, out_dir, report, r);
+        Err(crate::error::Error::Job("this clipper cannot re-cut".into()))
+    }
 }
 
 /// The real engine: a pool of loaded engines (one per concurrent job), rebuilt on a model switch.
@@ -111,5 +116,20 @@ impl Clipper for EngineClipper {
 
     fn model_dir(&self) -> PathBuf {
         self.model.read().expect("model lock").0.clone()
+    }
+
+    fn recut(&self, input: &Path, out_dir: &Path, report: &Report, r: &Recut) -> Result<ClipFacts> {
+        // Any engine cuts (the model is not used); it goes back with the generation it had.
+        let taken = self.pool.lock().expect("pool").pop();
+        let (generation, engine) = match taken {
+            Some(t) => t,
+            None => {
+                let (dir, g) = self.model.read().expect("model lock").clone();
+                (g, self.build(&dir)?)
+            }
+        };
+        let made = engine.recut(input, out_dir, report, r);
+        self.pool.lock().expect("pool").push((generation, engine));
+        Ok(made?)
     }
 }

@@ -24,24 +24,8 @@ pub struct BotConfig {
     /// User ids allowed to run /train (comma-separated).
     #[arg(long, env = "VIRALCLIP_ADMINS", value_delimiter = ',')]
     pub admins: Vec<i64>,
-    /// Model directory (default: assets/model).
-    #[arg(long, env = "VIRALCLIP_MODEL")]
-    pub model: Option<PathBuf>,
-    /// Base encoder directory (else the model's own, else the Hugging Face hub).
-    #[arg(long, env = "VIRALCLIP_ENCODER")]
-    pub encoder: Option<PathBuf>,
-    /// Whisper model for videos without subtitles: a ggml .bin file, or a whisper.cpp model name
-    /// (base, small, large-v3-turbo, ...) fetched from the Hugging Face hub once. Loaded at start.
-    #[arg(long, env = "VIRALCLIP_WHISPER", default_value = viralclip_engine::whisper_model::DEFAULT_NAME)]
-    pub whisper: WhisperModel,
-    /// The face detector that frames 9:16 clips (YuNet 2023mar ONNX); default: fetched from the
-    /// Hugging Face hub once. Loaded at start: a bot that cannot frame does not start.
-    #[arg(long, env = "VIRALCLIP_FACE_MODEL")]
-    pub face_model: Option<PathBuf>,
-    #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
-    pub device: DeviceChoice,
-    #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
-    pub precision: Precision,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Jobs processed at once across all chats (the heavy-work cap).
     #[arg(long, env = "VIRALCLIP_WORKERS", default_value_t = 1)]
     pub workers: usize,
@@ -87,13 +71,39 @@ pub struct BotConfig {
     /// Extra `viralclip train` settings for /train: epochs with layers unfrozen (0 = heads only).
     #[arg(long, env = "VIRALCLIP_TRAIN_UNFROZEN_EPOCHS", default_value_t = 3)]
     pub train_unfrozen_epochs: usize,
+    /// Hours a finished job's files (its input, transcript and clips) are kept, so the buttons
+    /// under its clips can re-cut them; then they are deleted and the buttons say so.
+    #[arg(long, env = "VIRALCLIP_KEEP_HOURS", default_value_t = 48.0)]
+    pub keep_hours: f64,
+    #[command(flatten)]
+    pub links: LinkArgs,
 }
 
-pub const CLOUD_DOWNLOAD_MB: u64 = 20;
-pub const CLOUD_UPLOAD_MB: u64 = 50;
-pub const LOCAL_LIMIT_MB: u64 = 2000;
+/// The engine a service runs (the bot's, the web page's): its model, encoder, Whisper, face
+/// model and device.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Model directory (default: assets/model).
+    #[arg(long, env = "VIRALCLIP_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Base encoder directory (else the model's own, else the Hugging Face hub).
+    #[arg(long, env = "VIRALCLIP_ENCODER")]
+    pub encoder: Option<PathBuf>,
+    /// Whisper model for videos without subtitles: a ggml .bin file, or a whisper.cpp model name
+    /// (base, small, large-v3-turbo, ...) fetched from the Hugging Face hub once. Loaded at start.
+    #[arg(long, env = "VIRALCLIP_WHISPER", default_value = viralclip_engine::whisper_model::DEFAULT_NAME)]
+    pub whisper: WhisperModel,
+    /// The face detector that frames 9:16 clips (YuNet 2023mar ONNX); default: fetched from the
+    /// Hugging Face hub once. Loaded at start: a bot that cannot frame does not start.
+    #[arg(long, env = "VIRALCLIP_FACE_MODEL")]
+    pub face_model: Option<PathBuf>,
+    #[arg(long, env = "VIRALCLIP_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+    #[arg(long, env = "VIRALCLIP_PRECISION", default_value = "auto")]
+    pub precision: Precision,
+}
 
-impl BotConfig {
+impl EngineArgs {
     /// The face model's file (a local path wins, else the hub); `None` in a build without face
     /// framing (its clips get centre crops).
     pub fn face_model_path(&self) -> crate::Result<Option<PathBuf>> {
@@ -106,12 +116,83 @@ impl BotConfig {
         Ok(None)
     }
 
+    /// Loads the engine with the model in `model` (every model it needs, now).
+    pub fn clipper(&self, model: PathBuf) -> crate::Result<crate::clipper::EngineClipper> {
+        crate::clipper::EngineClipper::new(
+            model,
+            self.encoder.clone(),
+            Some(self.whisper.clone()),
+            self.face_model_path()?,
+            self.device,
+            self.precision,
+        )
+    }
+}
+
+/// Where links may come from and how they are fetched (yt-dlp); the bot and `viralclip clip`
+/// share these flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LinkArgs {
+    /// Hosts links are taken from, comma-separated (subdomains included; `*`: any host).
+    #[arg(
+        long = "link-hosts",
+        env = "VIRALCLIP_LINK_HOSTS",
+        value_delimiter = ',',
+        default_values_t = viralclip_engine::link::DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect::<Vec<_>>()
+    )]
+    pub hosts: Vec<String>,
+    /// Fetch links whose host is a private, loopback or link-local address (off: a server's own
+    /// network is not fetched for strangers).
+    #[arg(long, env = "VIRALCLIP_ALLOW_PRIVATE_LINKS")]
+    pub allow_private_links: bool,
+    /// A cookies file (Netscape format, as browsers' "export cookies" write it) for sites that
+    /// want a login; handed to yt-dlp, never logged.
+    #[arg(long, env = "VIRALCLIP_COOKIES")]
+    pub cookies: Option<PathBuf>,
+    /// The yt-dlp program.
+    #[arg(long = "yt-dlp", env = "VIRALCLIP_YT_DLP", default_value = "yt-dlp")]
+    pub yt_dlp: PathBuf,
+    /// Largest video fetched from a link, MB.
+    #[arg(long, env = "VIRALCLIP_MAX_LINK_MB", default_value_t = 2000)]
+    pub max_link_mb: u64,
+}
+
+impl LinkArgs {
+    /// The engine's policy for one fetch: these flags, the job's longest video and language.
+    pub fn policy(
+        &self,
+        max_duration_secs: f64,
+        language: Option<String>,
+    ) -> viralclip_engine::link::LinkPolicy {
+        viralclip_engine::link::LinkPolicy {
+            hosts: self.hosts.clone(),
+            allow_private: self.allow_private_links,
+            cookies: self.cookies.clone(),
+            program: self.yt_dlp.clone(),
+            max_bytes: self.max_link_mb * 1_000_000,
+            max_duration_secs,
+            language,
+            ..Default::default()
+        }
+    }
+}
+
+pub const CLOUD_DOWNLOAD_MB: u64 = 20;
+pub const CLOUD_UPLOAD_MB: u64 = 50;
+pub const LOCAL_LIMIT_MB: u64 = 2000;
+
+impl BotConfig {
     /// The Bot API server: `--api-url`/`TELOXIDE_API_URL`, else the alias `VIRALCLIP_API_URL`.
     pub fn api_url(&self) -> Option<String> {
         self.api_url
             .clone()
             .or_else(|| std::env::var("VIRALCLIP_API_URL").ok())
             .filter(|u| !u.trim().is_empty())
+    }
+
+    /// How long a finished job's files are kept.
+    pub fn keep(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.keep_hours.max(0.0) * 3600.0)
     }
 
     /// What each job may spend.
@@ -172,6 +253,6 @@ mod tests {
         );
         std::env::remove_var("TELOXIDE_API_URL");
         std::env::remove_var("VIRALCLIP_API_URL");
-        assert_eq!(parse(&[]).whisper, WhisperModel::Hub("base".into()));
+        assert_eq!(parse(&[]).engine.whisper, WhisperModel::Hub("base".into()));
     }
 }

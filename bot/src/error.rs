@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{0}")]
     Job(String),
     /// A job's stored payload does not read back.
+    /// What a job needs is no longer there (a re-cut after its files' retention): the user's
+    /// to know, not worth retrying.
+    #[error("{0}")]
+    Gone(String),
     #[error("job payload: {0}")]
     Payload(serde_json::Error),
     #[error(transparent)]

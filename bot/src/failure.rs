@@ -58,6 +58,7 @@ impl Cause {
             Error::Engine(e) if e.is_bad_input() => Cause::BadInput(e.for_user()),
             Error::Engine(e) if e.is_config() => Cause::Config,
             Error::Config(_) => Cause::Config,
+            Error::Gone(why) => Cause::BadInput(why.clone()),
             _ => Cause::Other,
         }
     }

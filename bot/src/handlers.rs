@@ -8,6 +8,8 @@ use crate::commands::Command;
 use crate::error::{telegram, Error, Result};
 use crate::format;
 use crate::job::{media_of, InputKind, Media, Payload, ALBUM_WAIT_SECS};
+use crate::recut::{Action, ClipState};
+use crate::retention;
 use crate::settings::Settings;
 use crate::store::{JobState, NewJob};
 use crate::telegram::redact;
@@ -16,6 +18,7 @@ use std::sync::Arc;
 use teloxide::dispatching::UpdateHandler;
 use teloxide::prelude::*;
 use teloxide::types::{ChatKind, InlineKeyboardButton, InlineKeyboardMarkup};
+use viralclip_engine::link::{check_url, find_link};
 
 /// Every update the bot answers, by kind: a command of ours, a mention of the bot in a reply
 /// (`/clip` in other words), a file or text in a private chat, a press on the settings keyboard.
@@ -58,7 +61,9 @@ async fn answering(
 const HELP: &str = "Send me a video (as a video or a file) and I send back its most viral moments as clips, \
 with scores and reasons. A subtitle file (.srt/.vtt) alone gets the moments as text; a subtitle file sent as a \
 reply to a video is used instead of speech recognition.\n\n\
-In groups, reply /clip to a message with a video or subtitles (or mention me in the reply). /clip takes \
+A link to a video (YouTube, VK, Rutube, ...) works too: send it, or /clip LINK in groups; the site's \
+own subtitles are used when it has them.\n\n\
+In groups, reply /clip to a message with a video, subtitles or a link (or mention me in the reply). /clip takes \
 options: /clip 3 30-45 (3 clips of 30-45 s), fast|precise, a language code (ru, en).\n\n\
 /settings: clip count, length, cutting mode, language\n/status: your queue\n/cancel: cancel your jobs";
 
@@ -143,10 +148,22 @@ async fn private(app: &Arc<App>, msg: &Message) -> Result<()> {
     let Some(media) = media_of(msg) else {
         let text = msg.text().or(msg.caption()).unwrap_or("");
         // Another bot's command, or one this bot does not have: not ours to answer.
-        if !text.trim_start().starts_with('/') {
-            app.say(msg, "Send me a video or a subtitle file (/help).")
-                .await?;
+        if text.trim_start().starts_with('/') {
+            return Ok(());
         }
+        // A link, with options around it ("https://… 2 fast") among other words (ignored).
+        if let Some(link) = find_link(text) {
+            let rest = text.replacen(link, " ", 1);
+            let settings = rest.split_whitespace().fold(app.settings_for(chat), |s, w| {
+                format::parse_clip_args(w, &s).unwrap_or(s)
+            });
+            return enqueue_link(app, msg, link, settings).await;
+        }
+        app.say(
+            msg,
+            "Send me a video, a subtitle file or a link to a video (/help).",
+        )
+        .await?;
         return Ok(());
     };
     let base = app.settings_for(chat);
@@ -160,7 +177,7 @@ async fn private(app: &Arc<App>, msg: &Message) -> Result<()> {
         if let Some(parent) = msg.reply_to_message() {
             if let Some(video) = media_of(parent).filter(|v| v.kind == InputKind::Video) {
                 let settings = with_caption(msg).or_else(|| with_caption(parent)).unwrap_or(base);
-                return enqueue(app, msg, video, Some(media), settings).await;
+                return enqueue(app, msg, video, Some(media), settings, None).await;
             }
         }
     }
@@ -172,28 +189,60 @@ async fn private(app: &Arc<App>, msg: &Message) -> Result<()> {
         }
     }
     let settings = with_caption(msg).unwrap_or(base);
-    enqueue(app, msg, media, None, settings).await
+    enqueue(app, msg, media, None, settings, None).await
 }
 
+/// `/clip [URL] [options]`: the link it names, else the message it replies to (a video, a
+/// subtitle file, or a text with a link in it).
 async fn clip_reply(app: &Arc<App>, msg: &Message, args: &str) -> Result<()> {
-    let Some(target) = msg.reply_to_message() else {
-        app.say(msg, "Reply /clip to a message with a video or a subtitle file.")
-            .await?;
-        return Ok(());
+    let own_link = find_link(args).map(str::to_string);
+    let args = match &own_link {
+        Some(l) => args.replacen(l.as_str(), " ", 1),
+        None => args.to_string(),
     };
-    let Some(media) = media_of(target) else {
-        app.say(msg, "That message has no video or subtitle file.")
-            .await?;
-        return Ok(());
-    };
-    let settings = match format::parse_clip_args(args, &app.settings_for(msg.chat.id.0)) {
+    let settings = match format::parse_clip_args(args.trim(), &app.settings_for(msg.chat.id.0)) {
         Ok(s) => s,
         Err(e) => {
             app.say(msg, e).await?;
             return Ok(());
         }
     };
-    enqueue(app, msg, media, None, settings).await
+    if let Some(link) = own_link {
+        return enqueue_link(app, msg, &link, settings).await;
+    }
+    let Some(target) = msg.reply_to_message() else {
+        app.say(
+            msg,
+            "Reply /clip to a message with a video, a subtitle file or a link, or write /clip LINK.",
+        )
+        .await?;
+        return Ok(());
+    };
+    let Some(media) = media_of(target) else {
+        if let Some(link) = find_link(target.text().or(target.caption()).unwrap_or("")) {
+            return enqueue_link(app, msg, link, settings).await;
+        }
+        app.say(msg, "That message has no video, subtitle file or link.")
+            .await?;
+        return Ok(());
+    };
+    enqueue(app, msg, media, None, settings, None).await
+}
+
+/// A link's job: the link checked at once (scheme, allowed host, public address), so a refused
+/// one is answered now; its probe and download run in the worker.
+async fn enqueue_link(app: &Arc<App>, msg: &Message, link: &str, settings: Settings) -> Result<()> {
+    let policy = app.config.links.policy(app.config.max_duration_mins * 60.0, None);
+    let l = link.to_string();
+    let checked = tokio::task::spawn_blocking(move || check_url(&l, &policy))
+        .await
+        .map_err(|e| Error::from_join(e, "checking a link"))?;
+    if let Err(e) = checked {
+        app.say(msg, format!("I can't take this link: {}", e.for_user()))
+            .await?;
+        return Ok(());
+    }
+    enqueue(app, msg, Media::link(), None, settings, Some(link)).await
 }
 
 async fn send_settings(app: &App, msg: &Message, s: &Settings) -> Result<()> {
@@ -216,6 +265,22 @@ fn keyboard(s: &Settings) -> InlineKeyboardMarkup {
 
 async fn on_callback(app: Arc<App>, q: CallbackQuery) -> Result<()> {
     let data = q.data.clone().unwrap_or_default();
+    if let Some((clip, action)) = ClipState::parse(&data) {
+        let text = match recut_pressed(&app, &q, clip, action).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("re-cut button: {}", redact(&format!("{e:#}")));
+                format!("Sorry, that failed: {}", redact(&e.to_string()))
+            }
+        };
+        let _ = app
+            .bot
+            .answer_callback_query(q.id.clone())
+            .text(text)
+            .show_alert(true)
+            .await;
+        return Ok(());
+    }
     let Some(action) = data.strip_prefix("set:") else {
         return Ok(());
     };
@@ -290,13 +355,15 @@ async fn join_album(
     Ok(true)
 }
 
-/// Validates and stores a job, then says "queued".
+/// Validates and stores a job, then says "queued". `url`: a link the worker fetches (then
+/// `media` is [`Media::link`]).
 pub(crate) async fn enqueue(
     app: &App,
     msg: &Message,
     media: Media,
     subs: Option<Media>,
     settings: Settings,
+    url: Option<&str>,
 ) -> Result<()> {
     let Some(user) = msg.from.as_ref() else {
         app.say(
@@ -358,6 +425,9 @@ pub(crate) async fn enqueue(
         reply_to: Some(msg.id.0),
         status_message: None,
         media_group: msg.media_group_id().map(|g| g.0.clone()),
+        url: url.map(str::to_string),
+        upload: None,
+        recut: None,
     };
     let id = app.store.enqueue(&NewJob {
         chat_id: msg.chat.id.0,
@@ -380,4 +450,77 @@ pub(crate) async fn enqueue(
         .update_payload(id, &serde_json::json!({ "status_message": status.id.0 }))?;
     app.wake.notify_one();
     Ok(())
+}
+
+/// A button under a delivered clip: the clip moved, re-shaped or re-captioned as a job of its own
+/// (queued like any job; only the cut runs), from the original job's kept files. Returns what the
+/// button's press is answered with.
+async fn recut_pressed(app: &Arc<App>, q: &CallbackQuery, clip: ClipState, action: Action) -> Result<String> {
+    let Some(msg) = q.regular_message() else {
+        return Ok("That clip's message is too old to re-cut from.".into());
+    };
+    let job = match app.store.get(clip.job) {
+        Ok(j) if j.chat_id == msg.chat.id.0 => j,
+        _ => return Ok("That clip is not from this chat.".into()),
+    };
+    let dir = retention::job_dir(&app.config.data_dir, job.id);
+    let keep = app.config.keep();
+    let Some((report, _)) = tokio::task::spawn_blocking(move || retention::kept(&dir, keep))
+        .await
+        .map_err(|e| Error::from_join(e, "reading a job's files"))?
+    else {
+        return Ok(format!(
+            "The files of job #{} are gone (they are kept {} h after the job); send the video again to clip it anew.",
+            job.id, app.config.keep_hours
+        ));
+    };
+    let p: Payload = serde_json::from_value(job.payload.clone()).map_err(Error::Payload)?;
+    let media_end = report
+        .input
+        .media
+        .as_ref()
+        .and_then(|m| m.get("duration"))
+        .and_then(|d| d.as_f64())
+        .unwrap_or(f64::MAX);
+    let Some(next) = clip.after(action, &report.transcript.lines, media_end, p.settings.format) else {
+        return Ok(format!(
+            "It can't move that way: a clip stays within the video and {}–{} s long.",
+            viralclip_engine::adjust::MIN_SECS,
+            viralclip_engine::adjust::MAX_SECS
+        ));
+    };
+    let user = q.from.id.0 as i64;
+    if app.store.pending_for(user)?.len() >= app.config.per_user_queue {
+        return Ok("You have jobs waiting; press again when one is done (/status).".into());
+    }
+    let (thread, _) = reply_target(msg);
+    let payload = Payload {
+        kind: InputKind::Video,
+        file_id: String::new(),
+        file_size: 0,
+        ext: p.ext.clone(),
+        subs_file_id: None,
+        subs_ext: None,
+        settings: p.settings.clone(),
+        thread_id: thread.map(|t| t.0 .0),
+        reply_to: Some(msg.id.0),
+        status_message: None,
+        media_group: None,
+        url: None,
+        upload: None,
+        recut: Some(next),
+    };
+    let id = app.store.enqueue(&NewJob {
+        chat_id: msg.chat.id.0,
+        user_id: user,
+        payload: serde_json::to_value(&payload)?,
+        hold_secs: 0,
+    })?;
+    app.wake.notify_one();
+    Ok(format!(
+        "Re-cutting clip #{} as job #{id}: {}–{}.",
+        clip.rank,
+        viralclip_engine::cue::format_time(next.start),
+        viralclip_engine::cue::format_time(next.end)
+    ))
 }

@@ -36,13 +36,51 @@ pub struct Payload {
     /// together become one job.
     #[serde(default)]
     pub media_group: Option<String>,
+    /// A link to fetch (yt-dlp) instead of a Telegram file (`file_id` is empty then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A folder holding the input already (a web upload: `input.<ext>`, `subs.<ext>`), written
+    /// whole before the job was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<std::path::PathBuf>,
+    /// A re-cut of a delivered clip (a button under it): the clip as it is to be cut again from
+    /// job `recut.job`'s files. Only the cut runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recut: Option<crate::recut::ClipState>,
+}
+
+/// A link's video (and the site's subtitles) in `into`: fetched by yt-dlp with `links`, the
+/// longest video and the job's language (`auto`: the video's own), unless an earlier attempt
+/// did (`fetched.json`, written once the fetch is whole).
+pub fn link_input(
+    links: &crate::config::LinkArgs,
+    max_duration_secs: f64,
+    language: &str,
+    url: &str,
+    into: &std::path::Path,
+    progress: &dyn Fn(f32),
+    cancel: &std::sync::atomic::AtomicBool,
+) -> crate::Result<viralclip_engine::link::Fetched> {
+    let record = into.join("fetched.json");
+    if let Some(f) = std::fs::read(&record)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<viralclip_engine::link::Fetched>(&b).ok())
+        .filter(|f| f.video.is_file())
+    {
+        return Ok(f);
+    }
+    let language = Some(language.to_string()).filter(|l| l != "auto");
+    let policy = links.policy(max_duration_secs, language);
+    let f = viralclip_engine::link::ytdlp::fetch(url, &policy, into, progress, cancel)?;
+    std::fs::write(&record, serde_json::to_vec(&f)?).map_err(|e| crate::Error::file(&record, e))?;
+    Ok(f)
 }
 
 /// How long a job from an album waits for the album's other files before a worker may take it.
 pub(crate) const ALBUM_WAIT_SECS: u32 = 3;
 
-pub(crate) const VIDEO_EXTS: &[&str] = &["mp4", "mkv", "webm", "mov", "avi", "m4v"];
-pub(crate) const SUB_EXTS: &[&str] = &["srt", "vtt"];
+pub const VIDEO_EXTS: &[&str] = &["mp4", "mkv", "webm", "mov", "avi", "m4v"];
+pub const SUB_EXTS: &[&str] = &["srt", "vtt"];
 pub(crate) const TRAIN_EXTS: &[&str] = &["csv", "tsv", "txt", "gz"];
 
 /// A file in a message that the bot can work on.
@@ -54,8 +92,20 @@ pub(crate) struct Media {
     pub(crate) ext: &'static str,
 }
 
+impl Media {
+    /// A link's video, as a job's input (fetched by the worker, not by Telegram).
+    pub(crate) fn link() -> Media {
+        Media {
+            kind: InputKind::Video,
+            file_id: String::new(),
+            size: 0,
+            ext: "mp4",
+        }
+    }
+}
+
 /// The allowed extension `name` ends with (any case), from `allowed`.
-pub(crate) fn ext_of(name: Option<&str>, allowed: &[&'static str]) -> Option<&'static str> {
+pub fn ext_of(name: Option<&str>, allowed: &[&'static str]) -> Option<&'static str> {
     let lower = name?.rsplit('.').next()?.to_ascii_lowercase();
     allowed.iter().copied().find(|e| *e == lower)
 }

@@ -29,6 +29,8 @@ pub mod failure;
 pub mod format;
 pub mod handlers;
 pub mod job;
+pub mod recut;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod telegram;

@@ -2,8 +2,11 @@
 //! keyboard's actions.
 
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 use viralclip_engine::captions::Captions;
 use viralclip_engine::format::Format;
+use viralclip_engine::media::CutMode;
+use viralclip_engine::pipeline::{ClipRequest, ShapeRequest};
 
 /// What a chat wants from its jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +51,37 @@ impl Settings {
             return Err("clip length must be MIN-MAX seconds with 3 ≤ MIN ≤ MAX ≤ 180".into());
         }
         Ok(())
+    }
+
+    /// The engine's request for a job with these settings, within the service's limits (the
+    /// longest video, the largest subtitle file).
+    pub fn request(
+        &self,
+        input: &Path,
+        subs: Option<PathBuf>,
+        out: &Path,
+        max_duration_secs: f64,
+        max_subtitle_bytes: u64,
+    ) -> ClipRequest {
+        let mut req = ClipRequest::new(input, out);
+        req.subs = subs;
+        req.select.count = self.count;
+        req.select.min_secs = self.min_secs;
+        req.select.max_secs = self.max_secs;
+        req.language = Some(self.language.clone()).filter(|l| l != "auto");
+        req.mode = if self.fast {
+            CutMode::Fast
+        } else {
+            CutMode::Precise
+        };
+        req.limits.max_duration_secs = max_duration_secs;
+        req.limits.max_subtitle_bytes = max_subtitle_bytes;
+        req.shape = ShapeRequest {
+            format: self.format,
+            captions: self.captions,
+            caption_style: Default::default(),
+        };
+        req
     }
 
     /// One line for `/settings` and `/status`.

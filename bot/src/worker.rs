@@ -8,6 +8,8 @@ use crate::error::{joined, telegram, Error, Result};
 use crate::failure::Cause;
 use crate::format;
 use crate::job::{InputKind, Payload};
+use crate::recut::ClipState;
+use crate::retention;
 use crate::store::{Job, JobState};
 use crate::telegram::{redact, retrying};
 use crate::upload::{fit_for_upload, part_key};
@@ -16,10 +18,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use teloxide::prelude::*;
-use teloxide::types::{InputFile, MessageId, ReplyParameters, ThreadId};
+use teloxide::types::{
+    InlineKeyboardButton, InlineKeyboardMarkup, InputFile, MessageId, ReplyParameters, ThreadId,
+};
 use tokio::sync::Semaphore;
-use viralclip_engine::pipeline::{ClipRequest, Stage};
-use viralclip_engine::report::Report;
+use viralclip_engine::captions::Captions;
+use viralclip_engine::pipeline::{ClipRequest, Recut, Stage};
+use viralclip_engine::report::{ClipFacts, Report};
 
 /// Runs jobs until shutdown, at most `workers` at once; at shutdown cancels what runs (it goes
 /// back to the queue) and waits out the grace period.
@@ -201,6 +206,9 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
             .reply_to
             .map(|r| ReplyParameters::new(MessageId(r)).allow_sending_without_reply()),
     };
+    if let Some(clip) = p.recut {
+        return recut_job(&app, &job, &p, clip, &place).await;
+    }
     let mut status = Status {
         bot: app.bot.clone(),
         chat,
@@ -210,7 +218,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
     if status.message.is_none() {
         status.message = status_message_for(&app, &job, &place).await;
     }
-    let dir = app.config.data_dir.join("jobs").join(job.id.to_string());
+    let dir = retention::job_dir(&app.config.data_dir, job.id);
     std::fs::create_dir_all(&dir).map_err(|e| Error::file(&dir, e))?;
     let report = match resumed_report(&dir.join("out")) {
         Some(r) => r,
@@ -221,6 +229,7 @@ async fn process(app: Arc<App>, job: Job, cancel: Arc<AtomicBool>) -> Result<()>
     }
     let _ = app.store.set_stage(job.id, "uploading");
     send_results(&app, &job, &p, &dir, &report, &place, &mut status, &cancel).await?;
+    retention::touch(&dir);
     status
         .set(
             format!(
@@ -265,19 +274,45 @@ async fn clip(
 ) -> Result<Report> {
     status.set("⏳ downloading".into(), true).await;
     let _ = app.store.set_stage(job.id, "downloading");
-    let input = fetched(app, &p.file_id, dir.join(format!("input.{}", p.ext))).await?;
+    let (input, site_subs, source) = match &p.url {
+        Some(url) => {
+            let f = fetched_link(app, job, p, url, dir, status, cancel).await?;
+            (f.video, f.subs, Some(f.source))
+        }
+        None => (
+            fetched(app, &p.file_id, dir.join(format!("input.{}", p.ext))).await?,
+            None,
+            None,
+        ),
+    };
     let subs = match (&p.subs_file_id, &p.subs_ext) {
         (Some(id), Some(ext)) => Some(fetched(app, id, dir.join(format!("subs.{ext}"))).await?),
-        _ => None,
+        _ => site_subs,
     };
-    let req = request(app, p, &input, subs, &dir.join("out"));
+    let mut req = request(app, p, &input, subs, &dir.join("out"));
+    req.source = source;
+    let clipper = app.clipper.clone();
+    with_progress(app, job, status, cancel, move |progress, cancel| {
+        clipper.clip(&req, progress, cancel)
+    })
+    .await
+}
+
+/// Runs `work` off the async threads, showing its progress in the status message and recording
+/// each new stage in the store.
+async fn with_progress<T: Send + 'static>(
+    app: &App,
+    job: &Job,
+    status: &mut Status,
+    cancel: &Arc<AtomicBool>,
+    work: impl FnOnce(viralclip_engine::pipeline::Progress, Arc<AtomicBool>) -> Result<T> + Send + 'static,
+) -> Result<T> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stage, f32)>();
     let progress: viralclip_engine::pipeline::Progress = Arc::new(move |s, f| {
         let _ = tx.send((s, f));
     });
-    let clipper = app.clipper.clone();
     let c2 = cancel.clone();
-    let mut work = tokio::task::spawn_blocking(move || clipper.clip(&req, progress, c2));
+    let mut work = tokio::task::spawn_blocking(move || work(progress, c2));
     let mut last_stage = None;
     loop {
         tokio::select! {
@@ -292,6 +327,33 @@ async fn clip(
             }
         }
     }
+}
+
+/// A link's video (and the site's subtitles), fetched into `dir/link/` with the bot's link
+/// policy and the job's language, its progress in the status message.
+async fn fetched_link(
+    app: &App,
+    job: &Job,
+    p: &Payload,
+    url: &str,
+    dir: &Path,
+    status: &mut Status,
+    cancel: &Arc<AtomicBool>,
+) -> Result<viralclip_engine::link::Fetched> {
+    let (links, max) = (app.config.links.clone(), app.config.max_duration_mins * 60.0);
+    let (url, language, into) = (url.to_string(), p.settings.language.clone(), dir.join("link"));
+    with_progress(app, job, status, cancel, move |progress, cancel| {
+        crate::job::link_input(
+            &links,
+            max,
+            &language,
+            &url,
+            &into,
+            &|f| progress(Stage::Download, f),
+            &cancel,
+        )
+    })
+    .await
 }
 
 /// The file `id` at `dest`: downloaded there unless an earlier attempt did.
@@ -311,25 +373,13 @@ fn request(
     subs: Option<std::path::PathBuf>,
     out: &Path,
 ) -> ClipRequest {
-    let mut req = ClipRequest::new(input, out);
-    req.subs = subs;
-    req.select.count = p.settings.count;
-    req.select.min_secs = p.settings.min_secs;
-    req.select.max_secs = p.settings.max_secs;
-    req.language = Some(p.settings.language.clone()).filter(|l| l != "auto");
-    req.mode = if p.settings.fast {
-        viralclip_engine::media::CutMode::Fast
-    } else {
-        viralclip_engine::media::CutMode::Precise
-    };
-    req.limits.max_duration_secs = app.config.max_duration_mins * 60.0;
-    req.limits.max_subtitle_bytes = app.config.max_subs_mb << 20;
-    req.shape = viralclip_engine::pipeline::ShapeRequest {
-        format: p.settings.format,
-        captions: p.settings.captions,
-        caption_style: Default::default(),
-    };
-    req
+    p.settings.request(
+        input,
+        subs,
+        out,
+        app.config.max_duration_mins * 60.0,
+        app.config.max_subs_mb << 20,
+    )
 }
 
 /// The part of the timeline's record among the sent messages.
@@ -391,20 +441,18 @@ async fn send_results(
                 } else {
                     caption.clone()
                 };
-                let msg = retrying(6, || {
-                    let r = app
-                        .bot
-                        .send_video(chat, InputFile::file(&part.path))
-                        .caption(cap.clone())
-                        .width(part.width)
-                        .height(part.height)
-                        .duration(part.duration.round().max(1.0) as u32)
-                        .thumbnail(InputFile::file(&part.thumbnail))
-                        .supports_streaming(true);
-                    placed!(r, thread, reply.as_ref()).send()
-                })
-                .await
-                .map_err(telegram("sendVideo: "))?;
+                // The buttons that re-cut the clip go under its last part.
+                let buttons = (k + 1 == n).then(|| {
+                    buttons(&ClipState {
+                        job: job.id,
+                        rank: m.rank,
+                        start: m.start,
+                        end: m.end,
+                        format: p.settings.format,
+                        captions: p.settings.captions != Captions::Off,
+                    })
+                });
+                let msg = send_clip(app, place, part, &cap, buttons).await?;
                 last_id = msg.id.0;
                 // Recorded as soon as Telegram's answer is read, before anything else: a restart
                 // never sends a confirmed clip (or part) again.
@@ -471,4 +519,95 @@ async fn status_message_for(app: &App, job: &Job, place: &Place) -> Option<Messa
             None
         }
     }
+}
+
+/// The keyboard of a clip's re-cut buttons.
+fn buttons(clip: &ClipState) -> InlineKeyboardMarkup {
+    InlineKeyboardMarkup::new(clip.keyboard().into_iter().map(|row| {
+        row.into_iter()
+            .map(|(l, d)| InlineKeyboardButton::callback(l, d))
+            .collect::<Vec<_>>()
+    }))
+}
+
+/// Sends one clip file with everything sendVideo should have (width, height, duration,
+/// thumbnail, streaming), retrying; `buttons` under it.
+async fn send_clip(
+    app: &App,
+    place: &Place,
+    part: &ClipFacts,
+    caption: &str,
+    buttons: Option<InlineKeyboardMarkup>,
+) -> Result<Message> {
+    let Place { chat, thread, reply } = place;
+    retrying(6, || {
+        let mut r = app
+            .bot
+            .send_video(*chat, InputFile::file(&part.path))
+            .caption(caption.to_string())
+            .width(part.width)
+            .height(part.height)
+            .duration(part.duration.round().max(1.0) as u32)
+            .thumbnail(InputFile::file(&part.thumbnail))
+            .supports_streaming(true);
+        if let Some(b) = &buttons {
+            r = r.reply_markup(b.clone());
+        }
+        placed!(r, *thread, reply.as_ref()).send()
+    })
+    .await
+    .map_err(telegram("sendVideo: "))
+}
+
+/// A re-cut job: one clip of job `clip.job` cut again from its kept files (no transcription, no
+/// scoring) and sent with its own buttons, recorded as sent like any clip.
+async fn recut_job(app: &Arc<App>, job: &Job, p: &Payload, clip: ClipState, place: &Place) -> Result<()> {
+    if app.store.sent(job.id)?.contains(&0) {
+        return Ok(());
+    }
+    let dir = retention::job_dir(&app.config.data_dir, clip.job);
+    let keep = app.config.keep();
+    let d2 = dir.clone();
+    let kept = tokio::task::spawn_blocking(move || retention::kept(&d2, keep));
+    let Some((report, input)) = joined(kept.await, "reading a job's files")? else {
+        return Err(Error::Gone(format!(
+            "the files of job #{} are gone (they are kept {} h after the job); send the video again",
+            clip.job, app.config.keep_hours
+        )));
+    };
+    retention::touch(&dir);
+    let r = Recut {
+        rank: clip.rank,
+        start: clip.start,
+        end: clip.end,
+        shape: viralclip_engine::pipeline::ShapeRequest {
+            format: clip.format,
+            captions: clip.captions_mode(),
+            caption_style: Default::default(),
+        },
+        mode: if p.settings.fast && clip.format == viralclip_engine::format::Format::Original {
+            viralclip_engine::media::CutMode::Fast
+        } else {
+            viralclip_engine::media::CutMode::Precise
+        },
+        name: format!("clip-{:02}-r{}", clip.rank, job.id),
+    };
+    let clipper = app.clipper.clone();
+    let (out, rep) = (dir.join("out"), report.clone());
+    let made = tokio::task::spawn_blocking(move || clipper.recut(&input, &out, &rep, &r));
+    let mut facts = joined(made.await, "the engine's thread")??;
+    facts.path = dir.join("out").join(&facts.path);
+    facts.thumbnail = dir.join("out").join(&facts.thumbnail);
+    let caption = format!(
+        "#{} re-cut: {}–{} ({:.0} s), {}, captions {}",
+        clip.rank,
+        viralclip_engine::cue::format_time(clip.start),
+        viralclip_engine::cue::format_time(clip.end),
+        clip.end - clip.start,
+        clip.format,
+        if clip.captions { "on" } else { "off" }
+    );
+    let msg = send_clip(app, place, &facts, &caption, Some(buttons(&clip))).await?;
+    app.store.mark_sent(job.id, 0, msg.id.0 as i64)?;
+    Ok(())
 }

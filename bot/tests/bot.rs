@@ -2,6 +2,8 @@
 //! SQLite store, real clips.
 
 mod common;
+#[path = "../../cli/tests/site/mod.rs"]
+mod site;
 
 use common::*;
 use serde_json::json;
@@ -184,6 +186,173 @@ async fn subtitles_alone_and_group_clip_replies() {
     }
     assert!(in_group[0].fields["reply_parameters"].contains("22"));
     assert!(in_group[1].text().contains("2 moments"), "{}", in_group[1].text());
+}
+
+/// Links: one in a private chat (options beside it) is fetched by yt-dlp from a site on
+/// 127.0.0.1, its own subtitles used (no Whisper here), and clipped; a host off the list is
+/// refused at once; in a group `/clip LINK` of a dead link ends in its own answer, and `/clip`
+/// as a reply to a message with a link takes that link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn links_are_fetched_checked_and_clipped() {
+    let (Some(e5), Some(y)) = (e5(), site::yt_dlp()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let web = site::start(&repo());
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
+    cfg.links.hosts = vec!["127.0.0.1".into()];
+    cfg.links.allow_private_links = true;
+    cfg.links.yt_dlp = y;
+    let _bot = start_bot(cfg, engine_clipper(&e5, None));
+
+    let page = web.url("/page.html");
+    f.push_update(update(text_message(
+        5,
+        USER,
+        USER,
+        &format!("вот видео {page} 1 10-30"),
+    )));
+    f.wait_for(240, "a clip from the link", |c| {
+        c.iter().any(|c| c.method == "sendVideo" && in_chat(c, USER))
+    })
+    .await;
+    assert!(web.hits("/demo.mp4") >= 1 && web.hits("/demo.ru.vtt") >= 1);
+    let queued = f
+        .calls("sendMessage")
+        .into_iter()
+        .find(|c| c.text().starts_with("Queued as job"))
+        .expect("queued");
+    assert!(queued.text().contains("1 clips of 10–30 s"), "{}", queued.text());
+    let edits: Vec<String> = f
+        .calls("editMessageText")
+        .iter()
+        .map(|c| c.text().to_string())
+        .collect();
+    assert!(edits.iter().any(|t| t.contains("downloading")), "{edits:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("data/jobs/1/out/report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["input"]["source"]["subtitles"], "ru");
+    assert_eq!(report["transcript"]["source"]["kind"], "subtitle_file");
+
+    f.push_update(update(text_message(6, USER, USER, "https://example.org/v.mp4")));
+    f.wait_for(30, "the refusal", |c| {
+        c.iter().any(|c| {
+            c.text()
+                .contains("I can't take this link: links from example.org")
+        })
+    })
+    .await;
+
+    let group = -600;
+    f.push_update(update(text_message(
+        7,
+        group,
+        USER,
+        &format!("/clip {}", web.url("/gone.mp4")),
+    )));
+    f.wait_for(60, "the dead link's answer", |c| {
+        c.iter()
+            .any(|c| in_chat(c, group) && c.text().contains("failed: the link leads nowhere"))
+    })
+    .await;
+    let with_link = text_message(8, group, 200, &format!("look {page}"));
+    let mut cmd = text_message(9, group, USER, "/clip 1 10-30");
+    cmd["reply_to_message"] = with_link;
+    f.push_update(update(cmd));
+    f.wait_for(240, "a clip in the group", |c| {
+        c.iter().any(|c| c.method == "sendVideo" && in_chat(c, group))
+    })
+    .await;
+}
+
+/// The buttons under a clip re-cut it from the job's kept files: "end +5 s" sends a clip 5 s
+/// longer (only the cut runs: no Whisper here, and the job's transcript is not made again), with
+/// its own buttons; past the retention a button says the files are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buttons_under_a_clip_recut_it_until_its_files_are_gone() {
+    let Some(e5) = e5() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let srv = start().await;
+    let f = srv.fake.clone();
+    let data = dir.path().join("data");
+    let _bot = start_bot(config(&srv.url, &data, &e5), engine_clipper(&e5, None));
+    f.push_update(video_with_subtitles(&f, dir.path(), "1 10-30"));
+    f.wait_for(240, "the clip", |c| c.iter().any(|c| c.method == "sendVideo"))
+        .await;
+    let first = f.calls("sendVideo").remove(0);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("jobs/1/out/report.json")).unwrap()).unwrap();
+    let (start, end) = (
+        report["moments"][0]["start"].as_f64().unwrap(),
+        report["moments"][0]["end"].as_f64().unwrap(),
+    );
+    let lines_before = std::fs::metadata(data.join("jobs/1/out/report.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let later = button_data(&first, "end +5 s ▶");
+    // The fake numbers the bot's messages; the clip is one of them (its id does not matter here).
+    f.push_update(button_press("q1", USER, USER, 900, &later));
+    f.wait_for(240, "the re-cut clip", |c| {
+        c.iter().filter(|c| c.method == "sendVideo").count() == 2
+    })
+    .await;
+    let answer = f
+        .calls("answerCallbackQuery")
+        .into_iter()
+        .find(|c| c.fields.get("callback_query_id").map(String::as_str) == Some("q1"))
+        .expect("the press is answered");
+    assert!(
+        answer.fields["text"].contains("Re-cutting clip #1"),
+        "{:?}",
+        answer.fields
+    );
+    let second = f.calls("sendVideo").remove(1);
+    let d0: f64 = first.fields["duration"].parse().unwrap();
+    let d1: f64 = second.fields["duration"].parse().unwrap();
+    let want = (end + 5.0).min(report["input"]["media"]["duration"].as_f64().unwrap()) - start;
+    assert!(
+        (d1 - want).abs() <= 1.0 && d1 > d0,
+        "re-cut {d1} s, wanted {want} (was {d0})"
+    );
+    assert!(second.text().contains("re-cut"), "{}", second.text());
+    assert!(data.join("jobs/1/out/clips/clip-01-r2.mp4").is_file());
+    // Only the cut ran: the job's report (and its transcript) is the one the job made.
+    assert_eq!(
+        std::fs::metadata(data.join("jobs/1/out/report.json"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        lines_before
+    );
+    // The new clip's buttons move the new clip.
+    let again = button_data(&second, "end +5 s ▶");
+    assert_ne!(again, later);
+
+    // Past the retention (48 h by default): the files are as good as gone.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 24 * 3600);
+    for p in ["jobs/1/last-used", "jobs/1/out/report.json"] {
+        std::fs::File::options()
+            .write(true)
+            .open(data.join(p))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    f.push_update(button_press("q2", USER, USER, 901, &again));
+    f.wait_for(30, "the files-gone answer", |c| {
+        c.iter().any(|c| {
+            c.method == "answerCallbackQuery"
+                && c.fields
+                    .get("text")
+                    .is_some_and(|t| t.contains("The files of job #1 are gone"))
+        })
+    })
+    .await;
+    assert_eq!(f.calls("sendVideo").len(), 2);
 }
 
 /// A job that fails on the bot's setup (here: a video with no subtitles, and no Whisper model
@@ -643,7 +812,7 @@ async fn train_switches_only_to_a_model_no_worse() {
         Some(json!({ "validation": validation(0.5, 0.9) })),
     );
     let mut cfg = config(&srv.url, &dir.path().join("data"), &e5);
-    cfg.model = Some(current.clone());
+    cfg.engine.model = Some(current.clone());
     cfg.train_data = vec![format!("{}#label=1", dir.path().join("any.txt").display())];
     let clipper = model_clipper(&current, &e5, None);
     let trainer = std::sync::Arc::new(FakeRun {

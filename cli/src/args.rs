@@ -32,6 +32,8 @@ pub enum Command {
     Eval(crate::eval::EvalArgs),
     /// Run the Telegram bot (token from TELOXIDE_TOKEN; see README "The Telegram bot").
     Bot(viralclip_bot::BotConfig),
+    /// Serve the web page (http://127.0.0.1:8080/ by default; see README "The web page").
+    Serve(viralclip_web::WebConfig),
 }
 
 /// Which model, on which device.
@@ -54,7 +56,8 @@ pub struct ModelOpts {
 
 #[derive(Debug, Args)]
 pub struct ClipArgs {
-    /// A video (mp4, mkv, webm, mov) or a subtitle file (srt, vtt).
+    /// A video (mp4, mkv, webm, mov), a subtitle file (srt, vtt), or a link to a video (fetched
+    /// with yt-dlp; hosts from --link-hosts).
     pub input: PathBuf,
     /// Subtitles for the video (used instead of transcribing).
     #[arg(long)]
@@ -117,6 +120,8 @@ pub struct ClipArgs {
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub links: viralclip_bot::config::LinkArgs,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => eval::run(a),
         Command::Train(a) => train::run(a),
         Command::Bot(c) => bot(c),
+        Command::Serve(c) => serve(c),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -134,12 +135,46 @@ fn bot(c: viralclip_bot::BotConfig) -> Result<()> {
         })
 }
 
+fn serve(c: viralclip_web::WebConfig) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(viralclip_web::serve(c))
+        .map_err(|e| match e {
+            viralclip_web::Error::Bot(viralclip_bot::Error::Engine(engine)) => engine.into(),
+            e => anyhow::anyhow!("{e}"),
+        })
+}
+
 fn clip(a: ClipArgs) -> Result<()> {
-    if !a.input.exists() {
-        return Err(Error::NotFound(a.input.clone()).into());
+    // A link is fetched first (into OUT/source/), checked against the limits before any byte of
+    // video comes; the site's subtitles are used unless --subs gives others.
+    let link = a.input.to_str().filter(|s| viralclip_engine::link::is_link(s));
+    let (input_path, site_subs, source) = match link {
+        Some(link) => {
+            let policy = a
+                .links
+                .policy(a.max_duration_mins * 60.0, a.lang.clone().filter(|l| l != "auto"));
+            let (bar, progress) = progress_bar(a.quiet);
+            let fetched = viralclip_engine::link::ytdlp::fetch(
+                link,
+                &policy,
+                &a.out.join("source"),
+                &|f| progress(Stage::Download, f),
+                &AtomicBool::new(false),
+            );
+            bar.finish_and_clear();
+            let f = fetched?;
+            (f.video, f.subs, Some(f.source))
+        }
+        None => (a.input.clone(), None, None),
+    };
+    if !input_path.exists() {
+        return Err(Error::NotFound(input_path).into());
     }
-    let mut req = ClipRequest::new(&a.input, &a.out);
-    req.subs = a.subs.clone();
+    let mut req = ClipRequest::new(&input_path, &a.out);
+    req.subs = a.subs.clone().or(site_subs);
+    req.source = source;
     req.select.count = a.count;
     req.select.min_secs = a.min_secs;
     req.select.max_secs = a.max_secs;
@@ -173,7 +208,7 @@ fn clip(a: ClipArgs) -> Result<()> {
     // said before any work.
     #[cfg(all(feature = "media", feature = "faces"))]
     if a.format != viralclip_engine::format::Format::Original
-        && !viralclip_engine::pipeline::is_subtitle_file(&a.input)
+        && !viralclip_engine::pipeline::is_subtitle_file(&input_path)
     {
         let path = viralclip_engine::faces::resolve_model(a.face_model.as_deref())?;
         engine = engine.with_faces(Box::new(viralclip_engine::faces::YuNet::load(&path)?));

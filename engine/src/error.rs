@@ -60,6 +60,16 @@ pub enum Error {
     /// A feature this build lacks.
     #[error("this build has no {0} support (rebuild with --features {0})")]
     Unsupported(&'static str),
+    /// A link that is refused or cannot be fetched for good (dead, private, live, over the
+    /// limits, a host or address not allowed): the user's to fix.
+    #[error("{url}: {reason}")]
+    Link { url: String, reason: String },
+    /// A link that failed for a passing reason (the network, the site's server): worth retrying.
+    #[error("fetching {0}")]
+    LinkNetwork(String),
+    /// yt-dlp is missing or misbehaves (the installation's fault).
+    #[error("downloader: {0}")]
+    Downloader(String),
     /// The caller asked to stop.
     #[error("cancelled")]
     Cancelled,
@@ -77,6 +87,7 @@ impl Error {
                 | Error::NoAudio(_)
                 | Error::TooLarge { .. }
                 | Error::Invalid(_)
+                | Error::Link { .. }
         )
     }
 
@@ -91,6 +102,7 @@ impl Error {
             }
             Error::TooLarge { limit, .. } => format!("this file is over the limits: {limit}"),
             Error::Subtitle { line, message, .. } => format!("subtitles, line {line}: {message}"),
+            Error::Link { reason, .. } => reason.clone(),
             Error::Io { source, .. } => format!("the file could not be read ({})", source.kind()),
             other => other.to_string(),
         }
@@ -101,7 +113,11 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(
             self,
-            Error::Model(_) | Error::Tokenizer(_) | Error::WhisperModel(_) | Error::Unsupported(_)
+            Error::Model(_)
+                | Error::Tokenizer(_)
+                | Error::WhisperModel(_)
+                | Error::Unsupported(_)
+                | Error::Downloader(_)
         )
     }
 

@@ -11,6 +11,7 @@
 //!   [`media`] (the [`media::Media`] trait; ffmpeg-next with feature `media`).
 //! - [`pipeline`]: the whole job, from a request to a [`report::Report`] and clip files.
 
+pub mod adjust;
 pub mod boilerplate;
 pub mod captions;
 pub mod cue;
@@ -21,6 +22,7 @@ pub mod font;
 pub mod format;
 pub mod framing;
 pub mod headline;
+pub mod link;
 pub mod media;
 pub mod model;
 pub mod pipeline;

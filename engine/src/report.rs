@@ -30,6 +30,9 @@ pub struct InputFacts {
     pub media: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subtitles: Option<PathBuf>,
+    /// The link the video was fetched from (yt-dlp's version among its facts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::link::SourceFacts>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

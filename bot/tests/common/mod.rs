@@ -432,6 +432,29 @@ pub fn update(message: Value) -> Value {
     json!({"message": message})
 }
 
+/// A press of the inline button with `data` under the bot's message `message_id` in `chat`.
+pub fn button_press(id: &str, from: i64, chat_id: i64, message_id: i64, data: &str) -> Value {
+    json!({"callback_query": {
+        "id": id, "from": user(from), "chat_instance": "ci", "data": data,
+        "message": {"message_id": message_id, "date": 1, "chat": chat(chat_id), "text": "clip"},
+    }})
+}
+
+/// The callback data of the button labelled `label` in a sent message's `reply_markup`.
+pub fn button_data(call: &Call, label: &str) -> String {
+    let markup: Value = serde_json::from_str(&call.fields["reply_markup"]).expect("a keyboard");
+    markup["inline_keyboard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap().iter())
+        .find(|b| b["text"] == label)
+        .unwrap_or_else(|| panic!("no button {label:?} in {markup}"))["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 // ---- fixtures -----------------------------------------------------------------------------
 
 // The fixture helpers are the engine tests' own (fail with instructions, or skip loudly).

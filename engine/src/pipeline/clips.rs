@@ -17,7 +17,7 @@ impl Engine {
         start: f64,
         end: f64,
         clips_dir: &Path,
-        rank: usize,
+        name: &str,
     ) -> Result<Option<crate::shape::Shape>> {
         use crate::captions::{self, Captions};
         use crate::format::Format;
@@ -53,7 +53,6 @@ impl Engine {
         };
         if sr.captions != Captions::Off {
             let words = captions::spread_words(&t.cues, start, end);
-            let name = format!("clip-{rank:02}");
             let ass = captions::ass(
                 &words,
                 sr.captions,
@@ -76,17 +75,21 @@ impl Engine {
 /// The captions' font ([`crate::font`]), found by libass through fontconfig.
 pub const CAPTION_FONT: &str = crate::font::NAME;
 
-/// Cuts one moment into `clips_dir/clip-NN.mp4` with its thumbnail `clip-NN.jpg`.
+/// The files of moment `rank`: `clip-NN`.
+pub(super) fn clip_name(rank: usize) -> String {
+    format!("clip-{rank:02}")
+}
+
+/// Cuts one moment into `clips_dir/<name>.mp4` with its thumbnail `<name>.jpg`.
 pub(super) fn cut_one(
     media: &dyn Media,
     input: &Path,
     clips_dir: &Path,
-    rank: usize,
+    name: &str,
     span: (f64, f64),
     mode: CutMode,
     shape: Option<crate::shape::Shape>,
 ) -> Result<ClipFacts> {
-    let name = format!("clip-{rank:02}");
     let clip_path = clips_dir.join(format!("{name}.mp4"));
     let clip = media.cut(input, span, mode, shape, &clip_path)?;
     let thumb_path = clips_dir.join(format!("{name}.jpg"));
@@ -105,4 +108,61 @@ pub(super) fn cut_one(
         },
         source_start: clip.source_start,
     })
+}
+
+/// One moment of an earlier run cut again with another range, shape or cutting mode: no new
+/// transcription or scoring (the captions come from the report's own transcript).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recut {
+    pub rank: usize,
+    pub start: f64,
+    pub end: f64,
+    pub shape: ShapeRequest,
+    pub mode: CutMode,
+    /// The files' name in `clips/` (`<name>.mp4`, `.jpg`): never the original's.
+    pub name: String,
+}
+
+impl Engine {
+    /// Cuts `r` from `input` (the video `report` was made from) into `out_dir/clips/`.
+    pub fn recut(&self, input: &Path, out_dir: &Path, report: &Report, r: &Recut) -> Result<ClipFacts> {
+        if r.name.is_empty() || r.name.contains(['/', '\\', '.']) || r.name == clip_name(r.rank) {
+            return Err(Error::Invalid(format!(
+                "a re-cut's name must be new and plain: {:?}",
+                r.name
+            )));
+        }
+        if !(r.start >= 0.0 && r.end > r.start) {
+            return Err(Error::Invalid(format!(
+                "no such range: {:.2}–{:.2} s",
+                r.start, r.end
+            )));
+        }
+        let info = self.media.probe(input, &Limits::default())?;
+        let transcript = Transcript {
+            cues: report.transcript.lines.clone(),
+            repairs: Default::default(),
+            source: report.transcript.source.clone(),
+        };
+        let mut req = ClipRequest::new(input, out_dir);
+        req.shape = r.shape;
+        req.mode = r.mode;
+        let clips_dir = out_dir.join("clips");
+        std::fs::create_dir_all(&clips_dir).map_err(|e| Error::io(&clips_dir, e))?;
+        let media = self.media.as_ref();
+        let shape = Self::shape_for(
+            media,
+            self.faces.as_ref(),
+            &req,
+            Some(&info),
+            &transcript,
+            r.start,
+            r.end,
+            &clips_dir,
+            &r.name,
+        );
+        shape
+            .and_then(|shape| cut_one(media, input, &clips_dir, &r.name, (r.start, r.end), r.mode, shape))
+            .map_err(|e| e.on_input(input))
+    }
 }

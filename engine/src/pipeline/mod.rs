@@ -26,8 +26,8 @@ mod moments;
 mod overlap;
 mod request;
 
-use clips::cut_one;
-pub use clips::CAPTION_FONT;
+use clips::{clip_name, cut_one};
+pub use clips::{Recut, CAPTION_FONT};
 pub use input::{bound, inspect, Input};
 pub use moments::short;
 use moments::WholeText;
@@ -290,14 +290,14 @@ impl Engine {
                         m.start,
                         m.end,
                         &clips_dir,
-                        m.rank,
+                        &clip_name(m.rank),
                     );
                     let facts = shaped.and_then(|shape| {
                         cut_one(
                             media,
                             &req.input,
                             &clips_dir,
-                            m.rank,
+                            &clip_name(m.rank),
                             (m.start, m.end),
                             req.mode,
                             shape,
@@ -336,6 +336,7 @@ impl Engine {
                     .as_ref()
                     .map(|i| serde_json::to_value(i).expect("serialises")),
                 subtitles: req.subs.clone(),
+                source: req.source.clone(),
             },
             transcript: TranscriptFacts {
                 source: transcript.source.clone(),

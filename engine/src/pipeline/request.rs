@@ -7,6 +7,8 @@ use super::*;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Stage {
+    /// Fetching a link ([`crate::link`]), before the engine runs.
+    Download,
     Probe,
     DecodeAudio,
     Transcribe,
@@ -19,6 +21,7 @@ pub enum Stage {
 impl Stage {
     pub fn label(self) -> &'static str {
         match self {
+            Stage::Download => "downloading",
             Stage::Probe => "reading the input",
             Stage::DecodeAudio => "decoding audio",
             Stage::Transcribe => "transcribing",
@@ -60,6 +63,8 @@ pub struct ClipRequest {
     pub overlap: Option<bool>,
     /// The clips' shape and captions (default: `original`, the source's own framing, no captions).
     pub shape: ShapeRequest,
+    /// Where the input was fetched from, when it came from a link ([`crate::link`]).
+    pub source: Option<crate::link::SourceFacts>,
 }
 
 /// How clips are delivered: their shape, framed by faces when the engine has a detector
@@ -94,6 +99,7 @@ impl ClipRequest {
             cut_jobs: 0,
             overlap: None,
             shape: ShapeRequest::original(),
+            source: None,
         }
     }
 }
