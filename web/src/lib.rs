@@ -73,6 +73,16 @@ impl WebConfig {
     }
 }
 
+/// Beyond loopback the page needs an access token.
+fn needs_token(addr: SocketAddr, config: &WebConfig) -> Result<()> {
+    if !addr.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
+        return Err(Error::Config(format!(
+            "listening on {addr}, beyond this machine, needs an access token (--token or VIRALCLIP_WEB_TOKEN)"
+        )));
+    }
+    Ok(())
+}
+
 /// What every request and the job runner share.
 pub(crate) struct State {
     pub(crate) config: WebConfig,
@@ -83,6 +93,8 @@ pub(crate) struct State {
 
 /// Loads the engine (every model, now: a missing one stops the start) and serves until Ctrl-C.
 pub async fn serve(config: WebConfig) -> Result<()> {
+    // The address is checked before any model loads: a refusal is said at once.
+    needs_token(config.listen, &config)?;
     let model = config
         .engine
         .model
@@ -106,11 +118,7 @@ pub async fn serve_on(
     listener: tokio::net::TcpListener,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    if !addr.ip().is_loopback() && config.token.as_deref().is_none_or(str::is_empty) {
-        return Err(Error::Config(format!(
-            "listening on {addr}, beyond this machine, needs an access token (--token or VIRALCLIP_WEB_TOKEN)"
-        )));
-    }
+    needs_token(addr, &config)?;
     let dir = config.web_dir();
     std::fs::create_dir_all(dir.join("uploads")).map_err(|e| Error::File {
         path: dir.clone(),
