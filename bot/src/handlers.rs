@@ -475,14 +475,7 @@ async fn recut_pressed(app: &Arc<App>, q: &CallbackQuery, clip: ClipState, actio
         ));
     };
     let p: Payload = serde_json::from_value(job.payload.clone()).map_err(Error::Payload)?;
-    let media_end = report
-        .input
-        .media
-        .as_ref()
-        .and_then(|m| m.get("duration"))
-        .and_then(|d| d.as_f64())
-        .unwrap_or(f64::MAX);
-    let Some(next) = clip.after(action, &report.transcript.lines, media_end, p.settings.format) else {
+    let Some(next) = clip.after_in(action, &report, p.settings.format) else {
         return Ok(format!(
             "It can't move that way: a clip stays within the video and {}–{} s long.",
             viralclip_engine::adjust::MIN_SECS,

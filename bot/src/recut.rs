@@ -7,6 +7,7 @@ use viralclip_engine::adjust::{adjust, Move, Step};
 use viralclip_engine::captions::Captions;
 use viralclip_engine::cue::Cue;
 use viralclip_engine::format::Format;
+use viralclip_engine::report::Report;
 
 /// Seconds one press of a "±5 s" button moves an edge.
 pub const STEP_SECS: f64 = 5.0;
@@ -131,6 +132,19 @@ impl ClipState {
             }
         }
         Some(s)
+    }
+
+    /// [`ClipState::after`] within the video `report` was made from: its transcript's lines and
+    /// its end. What the bot's buttons and the web page's both call.
+    pub fn after_in(&self, action: Action, report: &Report, shaped: Format) -> Option<ClipState> {
+        let media_end = report
+            .input
+            .media
+            .as_ref()
+            .and_then(|m| m.get("duration"))
+            .and_then(|d| d.as_f64())
+            .unwrap_or(f64::MAX);
+        self.after(action, &report.transcript.lines, media_end, shaped)
     }
 
     /// The captions this clip is cut with: `words` when on (the bot's default look).

@@ -31,7 +31,6 @@ use viralclip_bot::retention;
 use viralclip_bot::settings::Settings;
 use viralclip_bot::store::{Job, JobState, NewJob};
 use viralclip_engine::captions::Captions;
-use viralclip_engine::format::Format;
 
 pub(crate) fn router(state: Arc<State>) -> Router {
     let limit = (state.config.max_upload_mb + 1) << 20;
@@ -474,19 +473,7 @@ async fn recut(
     let Ok(p) = serde_json::from_value::<Payload>(j.payload.clone()) else {
         return bad(StatusCode::INTERNAL_SERVER_ERROR, "a job without its payload");
     };
-    let end = report
-        .input
-        .media
-        .as_ref()
-        .and_then(|m| m.get("duration"))
-        .and_then(|d| d.as_f64())
-        .unwrap_or(f64::MAX);
-    let shaped = if p.settings.format == Format::Original {
-        Format::Vertical
-    } else {
-        p.settings.format
-    };
-    let Some(next) = clip.after(action, &report.transcript.lines, end, shaped) else {
+    let Some(next) = clip.after_in(action, &report, p.settings.format) else {
         return maud::html! { p.error { "It can't move that way: a clip stays within the video and 3–180 s long." } }.into_response();
     };
     let payload = Payload {
