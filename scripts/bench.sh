@@ -9,11 +9,22 @@
 # cut and captioned 9:16 encode beside the ffmpeg command line with the same x264 settings (a
 # fixed centre crop and the same clip.ass through its `ass` filter), the framing analysis, and
 # YuNet per frame on tract-onnx beside ONNX Runtime ($PYTHON with onnxruntime and numpy).
+#
+# `--whisper [VIDEO [REFERENCE]]` instead: Whisper base on VIDEO's audio (default the demo, with
+# its script as the reference; bench/long-video.sh makes the 10-minute one and its srt), viralclip
+# with the fixture's f16 file and its q8_0 copy (made once by `viralclip model whisper-quantize`)
+# beside faster-whisper int8 and float32 on the same weights and threads, each with its word error
+# against REFERENCE (bench/whisper_bench.py; $PYTHON with faster-whisper and jiwer).
+# `--neighbour` with it: the same runs again with one busy process on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-device=cpu; shapes=1x128,8x128,32x32,32x128; dtypes=f32; secs=3; shorts=
+device=cpu; shapes=1x128,8x128,32x32,32x128; dtypes=f32; secs=3; shorts=; whisper=; ref=; neighbour=
 while (($#)); do
   case $1 in
+    --whisper) whisper=assets/demo/demo.mp4; ref=assets/demo/script.ru.txt; shift
+      if (($#)) && [[ $1 != --* ]]; then whisper=$1; ref=${whisper%.*}.srt; shift; fi
+      if (($#)) && [[ $1 != --* ]]; then ref=$1; shift; fi;;
+    --neighbour) neighbour=1; shift;;
     --shorts) shorts=assets/demo/demo.mp4; shift
       if (($#)) && [[ $1 != --* ]]; then shorts=$1; shift; fi;;
     --device) device=$2; shift 2;;
@@ -26,8 +37,33 @@ done
 f=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/fixtures.env
 # shellcheck disable=SC1090
 [[ -f $f ]] && source "$f"
-bin=${VIRALCLIP_BIN:-target/release/viralclip}
+bin=${VIRALCLIP_BIN:-${CARGO_TARGET_DIR:-target}/release/viralclip}
 [[ -x $bin ]] || cargo build --release -q -p viralclip
+
+if [[ -n $whisper ]]; then
+  base=${VIRALCLIP_WHISPER_BASE:?no Whisper fixture: run scripts/setup.sh}
+  q8=${base%.bin}-q8_0.bin
+  [[ -s $q8 ]] || "$bin" model whisper-quantize "$base" "$q8" --type q8_0 >&2
+  "${PYTHON:-python3}" -c 'import faster_whisper, jiwer' 2>/dev/null || {
+    echo "bench: ${PYTHON:-python3} lacks faster-whisper or jiwer (pip install faster-whisper jiwer)" >&2; exit 1; }
+  runs() {
+    echo "{\"case\": \"load\", \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"cpus\": $(nproc), \"neighbour\": ${1:-false}}"
+    lines=$(mktemp)
+    for m in "$base" "$q8"; do
+      "$bin" bench --no-score --no-shorts --video "$whisper" --lang ru --whisper "$m" | grep '"whisper"' >> "$lines"
+    done
+    "${PYTHON:-python3}" bench/whisper_bench.py --audio "$whisper" --reference "$ref" --viralclip "$lines"
+    rm -f "$lines"
+  }
+  runs false
+  if [[ -n $neighbour ]]; then
+    # One busy process (a shell loop on one core), as another tenant would be.
+    (while :; do :; done) & busy=$!
+    trap 'kill $busy 2>/dev/null' EXIT
+    runs true
+  fi
+  exit 0
+fi
 
 if [[ -n $shorts ]]; then
   faces=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/faces/face_detection_yunet_2023mar.onnx

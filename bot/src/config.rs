@@ -253,6 +253,6 @@ mod tests {
         );
         std::env::remove_var("TELOXIDE_API_URL");
         std::env::remove_var("VIRALCLIP_API_URL");
-        assert_eq!(parse(&[]).engine.whisper, WhisperModel::Hub("base".into()));
+        assert_eq!(parse(&[]).engine.whisper, WhisperModel::Hub("base-q8_0".into()));
     }
 }

@@ -376,6 +376,21 @@ fn model_cmd(a: ModelArgs) -> Result<()> {
             let m = model::artifact::average(&dirs, &out)?;
             println!("{}: {}", out.display(), m.name);
         }
+        #[cfg(feature = "whisper")]
+        ModelCommand::WhisperQuantize { whisper, out, quant } => {
+            let input = whisper.resolve()?;
+            let t0 = std::time::Instant::now();
+            let q = viralclip_engine::whisper_quant::quantize(&input, &out, quant)?;
+            println!(
+                "{}: {quant}, {} of {} tensors quantized, {:.1} MB → {:.1} MB in {:.1} s",
+                out.display(),
+                q.quantized,
+                q.tensors,
+                q.bytes_in as f64 / 1e6,
+                q.bytes_out as f64 / 1e6,
+                t0.elapsed().as_secs_f64()
+            );
+        }
         ModelCommand::Curves { report, out } => {
             let text = std::fs::read_to_string(&report).with_context(|| format!("{}", report.display()))?;
             let r: viralclip_trainer::TrainReport = serde_json::from_str(&text)

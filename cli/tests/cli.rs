@@ -456,12 +456,12 @@ fn the_bot_gets_whisper_from_the_hub_and_checks_its_models_at_start() {
         std::fs::metadata(&tiny).unwrap().len()
     );
 
-    // The default (base) cannot be fetched: the bot does not start, and says why in one line.
+    // The default (base in q8_0) cannot be fetched: the bot does not start, and says why in one line.
     let o = bot(None, "http://127.0.0.1:9");
     assert_eq!(o.status.code(), Some(3), "{o:?}");
     let err = stderr_line(&o);
     assert!(
-        err.contains("ggml-base.bin") && err.contains("--whisper FILE"),
+        err.contains("ggml-base-q8_0.bin") && err.contains("--whisper FILE"),
         "{err}"
     );
 

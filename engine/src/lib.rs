@@ -35,5 +35,7 @@ pub mod shape;
 pub mod subtitle;
 pub mod transcribe;
 pub mod whisper_model;
+#[cfg(feature = "whisper")]
+pub mod whisper_quant;
 
 pub use error::{Error, Result};

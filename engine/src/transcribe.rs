@@ -245,20 +245,50 @@ mod whisper_impl {
             whisper_rs::install_logging_hooks();
             let mut params = WhisperContextParameters::default();
             params.use_gpu(cfg!(feature = "whisper-cuda"));
-            // Off (also whisper-rs's default), said here because whisper.cpp silently drops word
-            // timing (DTW) when it is on.
-            params.flash_attn(false);
+            // Flash attention: off by default (whisper.cpp's CPU path was 1.5× slower with it on
+            // the demo, 2 cores), and whisper.cpp drops DTW word timing when it is on (the word
+            // times here are the tokens' own timestamps, which it keeps). VIRALCLIP_WHISPER_FLASH=1
+            // turns it on, for comparison or a GPU.
+            let flash = switch("VIRALCLIP_WHISPER_FLASH", false);
+            params.flash_attn(flash);
             let ctx = WhisperContext::new_with_params(path, params)
                 .map_err(|e| Error::WhisperModel(format!("{}: not a Whisper model: {e}", path.display())))?;
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-                .min(8) as i32;
+            // One thread per core, up to 8 (whisper.cpp gains little beyond); VIRALCLIP_WHISPER_THREADS
+            // sets it.
+            let threads = std::env::var("VIRALCLIP_WHISPER_THREADS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                        .min(8)
+                }) as i32;
+            tracing::debug!(flash, threads, model = %path.display(), "whisper loaded");
             Ok(Whisper {
                 ctx,
                 path: path.to_path_buf(),
                 threads,
             })
+        }
+    }
+
+    impl Whisper {
+        /// The threads whisper.cpp computes with.
+        pub fn threads(&self) -> i32 {
+            self.threads
+        }
+    }
+
+    /// An on/off switch from the environment (`0`/`off`/`false` is off), `default` when unset.
+    fn switch(name: &str, default: bool) -> bool {
+        match std::env::var(name) {
+            Ok(v) => !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "off" | "false" | "no"
+            ),
+            Err(_) => default,
         }
     }
 

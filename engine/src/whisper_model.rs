@@ -8,8 +8,9 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-/// The model used when none is given: multilingual Whisper base (148 MB; Russian works).
-pub const DEFAULT_NAME: &str = "base";
+/// The model used when none is given: multilingual Whisper base in q8_0 (82 MB instead of 148,
+/// the same word error on Russian speech and faster on a CPU; Russian works).
+pub const DEFAULT_NAME: &str = "base-q8_0";
 /// The hub repository whisper.cpp publishes its ggml models in.
 pub const HUB_REPO: &str = "ggerganov/whisper.cpp";
 
@@ -150,7 +151,8 @@ mod tests {
 
     #[test]
     fn names_go_to_the_hub_and_paths_stay_local() {
-        assert_eq!(parse("").unwrap(), WhisperModel::Hub("base".into()));
+        assert_eq!(parse("").unwrap(), WhisperModel::Hub("base-q8_0".into()));
+        assert_eq!(parse("base").unwrap(), WhisperModel::Hub("base".into()));
         assert_eq!(
             parse("large-v3-turbo").unwrap(),
             WhisperModel::Hub("large-v3-turbo".into())
