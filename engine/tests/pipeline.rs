@@ -128,20 +128,7 @@ fn russian_speech_end_to_end() {
     let all: String = std::fs::read_to_string(out.path().join("report.json"))
         .unwrap()
         .to_lowercase();
-    let stems = [
-        "понедельн",
-        "вторник",
-        "сред",
-        "четверг",
-        "пятниц",
-        "суббот",
-        "воскресен",
-        "погод",
-        "температур",
-        "сокровищ",
-        "невероятн",
-        "облачн",
-    ];
+    let stems = common::DEMO_STEMS;
     let found = stems.iter().filter(|s| text.contains(*s)).count();
     assert!(
         found >= 9,

@@ -46,6 +46,23 @@ pub fn shared_data(rel: &str) -> PathBuf {
     p
 }
 
+/// Stems of words in the demo's script (`assets/demo/script.ru.txt`) that Whisper base hears in
+/// festival's reading of it: a transcript test counts how many came back.
+pub const DEMO_STEMS: [&str; 12] = [
+    "понедельн",
+    "вторник",
+    "сред",
+    "четверг",
+    "пятниц",
+    "суббот",
+    "воскресен",
+    "погод",
+    "температур",
+    "сокровищ",
+    "невероятн",
+    "облачн",
+];
+
 pub fn e5() -> Option<PathBuf> {
     fixture("VIRALCLIP_ENCODER_MULTILINGUAL", "encoders/multilingual-e5-small")
 }
