@@ -7,8 +7,9 @@
 # `--shorts [VIDEO]` instead: a 30 s clip of VIDEO (default the demo, 720p) the way a short is
 # made, each stage beside the tool a user would pick for it, in the same run: viralclip's 16:9
 # cut and captioned 9:16 encode beside the ffmpeg command line with the same x264 settings (a
-# fixed centre crop and the same clip.ass through its `ass` filter), the framing analysis, and
-# YuNet per frame on tract-onnx beside ONNX Runtime ($PYTHON with onnxruntime and numpy).
+# fixed centre crop and the same clip.ass through its `ass` filter), the framing analysis and
+# YuNet per frame with viralclip's detector on tract-onnx and on ONNX Runtime, beside ONNX
+# Runtime from Python ($PYTHON with onnxruntime and numpy).
 #
 # `--whisper [VIDEO [REFERENCE]]` instead: Whisper base on VIDEO's audio (default the demo, with
 # its script as the reference; bench/long-video.sh makes the 10-minute one and its srt), viralclip
@@ -70,7 +71,15 @@ if [[ -n $shorts ]]; then
   face_model=${VIRALCLIP_FACE_MODEL:-$faces}
   out=$(mktemp -d); trap 'rm -rf "$out"' EXIT
   echo "{\"case\": \"load\", \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"cpus\": $(nproc)}"
-  "$bin" bench --no-score --video "$shorts" --face-model "$face_model" --shorts-out "$out"
+  # viralclip's stages with YuNet on tract, then on ONNX Runtime (the fixture's library, or
+  # $VIRALCLIP_ONNXRUNTIME) where there is one.
+  ort_lib=${VIRALCLIP_ONNXRUNTIME:-${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/onnxruntime/libonnxruntime.so.1.32.0}
+  VIRALCLIP_ONNXRUNTIME= ORT_DYLIB_PATH= "$bin" bench --no-score --video "$shorts" --face-model "$face_model" --shorts-out "$out"
+  if [[ -f $ort_lib ]]; then
+    VIRALCLIP_ONNXRUNTIME=$ort_lib "$bin" bench --no-score --video "$shorts" --face-model "$face_model" --shorts-out "$out"
+  else
+    echo "bench: no ONNX Runtime library at $ort_lib (scripts/setup.sh): YuNet timed on tract only" >&2
+  fi
   # The same clip as the bench's (from 30 % of the video, 30 s), by the ffmpeg command line.
   dur=$(ffprobe -v error -show_entries format=duration -of csv=p=0 "$shorts")
   read -r s e < <(python3 -c "d=$dur; s=d*0.3; print(s, s+min(30, d*0.5))")

@@ -87,6 +87,34 @@ PY
   }
 fi
 
+# ONNX Runtime for the face detector (`faces::onnxruntime`, loaded at run time): the library
+# inside the onnxruntime wheel on PyPI, pinned, into $VIRALCLIP_FIXTURES/onnxruntime/, once. The
+# tests run YuNet on it beside tract; `VIRALCLIP_ONNXRUNTIME=<that file>` makes viralclip use it.
+ort_version=1.32.0
+ort_dir=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/onnxruntime
+if [[ ! -s $ort_dir/libonnxruntime.so.$ort_version ]]; then
+  echo "setup: fetching ONNX Runtime $ort_version (the onnxruntime wheel)" >&2
+  mkdir -p "$ort_dir"
+  wheels=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$wheels" \
+    "onnxruntime==$ort_version" >&2
+  python3 - "$wheels" "$ort_dir" "$ort_version" <<'PY'
+import glob, sys, zipfile
+wheels, out, version = sys.argv[1:]
+for w in glob.glob(f"{wheels}/onnxruntime-*.whl"):
+    z = zipfile.ZipFile(w)
+    name = f"onnxruntime/capi/libonnxruntime.so.{version}"
+    if name in z.namelist():
+        open(f"{out}/libonnxruntime.so.{version}.part", "wb").write(z.read(name))
+PY
+  rm -rf "$wheels"
+  [[ -s $ort_dir/libonnxruntime.so.$ort_version.part ]] || {
+    echo "setup: no libonnxruntime.so.$ort_version in the onnxruntime wheel" >&2
+    exit 1
+  }
+  mv "$ort_dir/libonnxruntime.so.$ort_version.part" "$ort_dir/libonnxruntime.so.$ort_version"
+fi
+
 # yt-dlp for links (PyPI; with yt-dlp-ejs, the JavaScript part YouTube's player needs, run by
 # Node.js where there is one): a venv of its own in $VIRALCLIP_FIXTURES/yt-dlp, pinned; the link
 # tests and `VIRALCLIP_YT_DLP=$VIRALCLIP_FIXTURES/yt-dlp/bin/yt-dlp` use it.

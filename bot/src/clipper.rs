@@ -79,7 +79,7 @@ impl EngineClipper {
         }
         #[cfg(feature = "faces")]
         if let Some(f) = &self.faces {
-            e = e.with_faces(Box::new(viralclip_engine::faces::YuNet::load(f)?));
+            e = e.with_faces(viralclip_engine::faces::load(f)?);
         }
         e.model_load_secs = t.elapsed().as_secs_f64();
         Ok(e)

@@ -448,14 +448,13 @@ fn shorts(
     keep: Option<&std::path::Path>,
 ) -> Result<()> {
     use viralclip_engine::captions::{self, CaptionStyle, Captions};
-    use viralclip_engine::faces::{FaceDetector, YuNet};
     use viralclip_engine::format::Format;
     use viralclip_engine::media::{self, CutMode};
     let Some(v) = info.video.as_ref() else {
         anyhow::bail!("{}: no video stream for the shorts cases", video.display());
     };
     let model = viralclip_engine::faces::resolve_model(face_model)?;
-    let mut det = YuNet::load(&model)?;
+    let mut det = viralclip_engine::faces::load(&model)?;
     let g = Format::Vertical.geometry(v.width, v.height);
     let clip = e - s;
     let round = |x: f64| (x * 100.0).round() / 100.0;
@@ -477,13 +476,13 @@ fn shorts(
         (s, e),
         info.audio.is_some(),
         g,
-        &mut det,
+        det.as_mut(),
         &viralclip_engine::reframe::Reframe::default(),
     )?;
     line(
         "framing",
         t.elapsed().as_secs_f64(),
-        serde_json::json!({ "samples_per_sec": viralclip_engine::framing::SAMPLES_PER_SEC, "segments": plan.segments.len() }),
+        serde_json::json!({ "samples_per_sec": viralclip_engine::framing::SAMPLES_PER_SEC, "segments": plan.segments.len(), "detector": det.engine() }),
     );
 
     let words = match subs {
@@ -571,7 +570,7 @@ fn shorts(
     println!(
         "{}",
         serde_json::json!({
-            "case": "face_detect", "engine": "viralclip (tract-onnx)", "model": model.file_name().map(|f| f.to_string_lossy().into_owned()),
+            "case": "face_detect", "engine": format!("viralclip ({})", det.engine()), "model": model.file_name().map(|f| f.to_string_lossy().into_owned()),
             "frame": format!("{w}x{h}"), "input": format!("{0}x{0}", viralclip_engine::faces::YUNET_SIDE),
             "ms_per_frame": (ms * 100.0).round() / 100.0, "runs": n,
         })

@@ -211,7 +211,7 @@ fn clip(a: ClipArgs) -> Result<()> {
         && !viralclip_engine::pipeline::is_subtitle_file(&input_path)
     {
         let path = viralclip_engine::faces::resolve_model(a.face_model.as_deref())?;
-        engine = engine.with_faces(Box::new(viralclip_engine::faces::YuNet::load(&path)?));
+        engine = engine.with_faces(viralclip_engine::faces::load(&path)?);
     }
     let (bar, progress) = progress_bar(a.quiet);
     let report = engine.run_inspected(&req, input, progress, Arc::new(AtomicBool::new(false)));

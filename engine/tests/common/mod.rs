@@ -85,6 +85,11 @@ pub fn yunet() -> Option<PathBuf> {
     fixture("VIRALCLIP_YUNET", "faces/face_detection_yunet_2023mar.onnx")
 }
 
+/// ONNX Runtime's library (from the onnxruntime wheel on PyPI; scripts/setup.sh).
+pub fn onnxruntime() -> Option<PathBuf> {
+    fixture("VIRALCLIP_ONNXRUNTIME", "onnxruntime/libonnxruntime.so.1.32.0")
+}
+
 /// A real photograph of a face, 512×512 (scikit-image's astronaut, public domain).
 pub fn face_photo() -> Option<PathBuf> {
     fixture("VIRALCLIP_FACE_PHOTO", "faces/astronaut.png")
