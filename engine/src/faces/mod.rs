@@ -80,15 +80,16 @@ pub fn load(model: &Path) -> Result<Box<dyn FaceDetector>> {
     Ok(Box::new(YuNet::load(model)?))
 }
 
-/// The picture a detector is given: `w`×`h` RGB, at least `w·h·3` bytes.
-fn check_picture(rgb: &[u8], w: u32, h: u32) -> Result<()> {
+/// The model's input for a picture a detector is given (`w`×`h` RGB, at least `w·h·3` bytes):
+/// its letterboxed planes ([`letterbox`] to [`YUNET_SIDE`]) and the scale.
+fn model_input(rgb: &[u8], w: u32, h: u32) -> Result<(Vec<f32>, f32)> {
     if w == 0 || h == 0 || rgb.len() < (w as usize) * (h as usize) * 3 {
         return Err(Error::Invalid(format!(
             "a {w}x{h} picture of {} bytes",
             rgb.len()
         )));
     }
-    Ok(())
+    Ok(letterbox(rgb, w, h, YUNET_SIDE))
 }
 
 #[cfg(feature = "faces")]
@@ -257,9 +258,8 @@ mod yunet {
         }
 
         fn detect(&mut self, rgb: &[u8], w: u32, h: u32) -> Result<Vec<Face>> {
-            check_picture(rgb, w, h)?;
+            let (planes, scale) = model_input(rgb, w, h)?;
             let side = YUNET_SIDE;
-            let (planes, scale) = letterbox(rgb, w, h, side);
             let input = Tensor::from_shape(&[1, 3, side as usize, side as usize], &planes)
                 .map_err(|e| Error::Model(format!("face model input: {e}")))?;
             let out =

@@ -14,7 +14,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{check_picture, decode, letterbox, FaceDetector, StrideOutput, YUNET_SIDE};
+use super::{decode, model_input, FaceDetector, StrideOutput, YUNET_SIDE};
 use crate::error::{Error, Result};
 use crate::reframe::Face;
 
@@ -121,9 +121,8 @@ impl FaceDetector for YuNetOrt {
     }
 
     fn detect(&mut self, rgb: &[u8], w: u32, h: u32) -> Result<Vec<Face>> {
-        check_picture(rgb, w, h)?;
+        let (planes, scale) = model_input(rgb, w, h)?;
         let side = YUNET_SIDE;
-        let (planes, scale) = letterbox(rgb, w, h, side);
         let input = Tensor::from_array(([1usize, 3, side as usize, side as usize], planes))
             .map_err(|e| Error::Model(format!("face model input: {e}")))?;
         let out = self
