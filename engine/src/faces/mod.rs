@@ -82,6 +82,7 @@ pub fn load(model: &Path) -> Result<Box<dyn FaceDetector>> {
 
 /// The model's input for a picture a detector is given (`w`×`h` RGB, at least `w·h·3` bytes):
 /// its letterboxed planes ([`letterbox`] to [`YUNET_SIDE`]) and the scale.
+#[cfg(feature = "faces")]
 fn model_input(rgb: &[u8], w: u32, h: u32) -> Result<(Vec<f32>, f32)> {
     if w == 0 || h == 0 || rgb.len() < (w as usize) * (h as usize) * 3 {
         return Err(Error::Invalid(format!(
@@ -90,6 +91,24 @@ fn model_input(rgb: &[u8], w: u32, h: u32) -> Result<(Vec<f32>, f32)> {
         )));
     }
     Ok(letterbox(rgb, w, h, YUNET_SIDE))
+}
+
+/// An error unless the face model `path` is a file: what is wanted, and how to give it.
+#[cfg(feature = "faces")]
+fn model_file(path: &Path) -> Result<()> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(Error::Model(format!(
+        "{}: face model not found (YuNet 2023mar ONNX; --face-model FILE)",
+        path.display()
+    )))
+}
+
+/// The threads a detector's runtime is given: one per core.
+#[cfg(feature = "faces")]
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[cfg(feature = "faces")]
@@ -211,12 +230,7 @@ mod yunet {
             let bad = |e: &dyn std::fmt::Display| {
                 Error::Model(format!("{}: not the YuNet face model: {e}", path.display()))
             };
-            if !path.is_file() {
-                return Err(Error::Model(format!(
-                    "{}: face model not found (YuNet 2023mar ONNX; --face-model FILE)",
-                    path.display()
-                )));
-            }
+            model_file(path)?;
             let proto = tract_onnx::onnx()
                 .proto_model_for_path(path)
                 .map_err(|e| bad(&e))?;
@@ -242,10 +256,9 @@ mod yunet {
                 .and_then(|m| m.into_optimized())
                 .and_then(|m| m.into_runnable())
                 .map_err(|e| bad(&e))?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             Ok(YuNet {
                 model,
-                pool: Executor::multithread_with_name(threads, "yunet"),
+                pool: Executor::multithread_with_name(threads(), "yunet"),
                 order,
                 min_score: 0.6,
             })

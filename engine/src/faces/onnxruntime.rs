@@ -14,7 +14,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::{decode, model_input, FaceDetector, StrideOutput, YUNET_SIDE};
+use super::{decode, model_file, model_input, threads, FaceDetector, StrideOutput, YUNET_SIDE};
 use crate::error::{Error, Result};
 use crate::reframe::Face;
 
@@ -72,20 +72,14 @@ pub struct YuNetOrt {
 impl YuNetOrt {
     /// Loads `face_detection_yunet_2023mar.onnx` (`model`) on the runtime in `lib`.
     pub fn load(model: &Path, lib: &Path) -> Result<YuNetOrt> {
-        if !model.is_file() {
-            return Err(Error::Model(format!(
-                "{}: face model not found (YuNet 2023mar ONNX; --face-model FILE)",
-                model.display()
-            )));
-        }
+        model_file(model)?;
         let env = environment(lib)?;
         let bad = |e: &dyn std::fmt::Display| {
             Error::Model(format!("{}: not the YuNet face model: {e}", model.display()))
         };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let session = Session::builder(&env)
             .map_err(|e| bad(&e))?
-            .with_intra_threads(threads)
+            .with_intra_threads(threads())
             .map_err(|e| bad(&e))?
             .with_inter_threads(1)
             .map_err(|e| bad(&e))?
