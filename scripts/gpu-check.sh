@@ -12,11 +12,17 @@
 #   ptsteps  PyTorch's training step times;
 #   unfused  scoring with candle's own operations (the "before" of the profile);
 #   seed     the seed's 5-epoch schedule as a real training run (fused kernels where the checks passed);
-#   train    the default model's candidates (and the seed's schedule), in parallel.
+#   train    the default model's candidates (and the seed's schedule), in parallel;
+#   whisper  Whisper on the card against the same binary on the CPU (VIRALCLIP_WHISPER_GPU=0): the
+#            demo's words from both, each one's real-time factor;
+#   hour     the one-hour video end to end (bench/hour-video.sh): Whisper, 5 clips, precise cut,
+#            16:9 and the captioned 9:16, then with its subtitles; each stage's seconds from report.json.
 # Modes: no flag = kernels demo ru bench exp pytorch unfused train; `--quick` = kernels demo ru
 # bench exp pytorch; `--steps` = kernels demo ru steps steps0 ptsteps; `--short` (one call of a
 # 15-minute lease) = kernels demo ru bench exp pytorch steps ptsteps seed steps0, under a deadline
-# of $DEADLINE s (default 520) that every section's timeout is cut to; `--no-train` and
+# of $DEADLINE s (default 520) that every section's timeout is cut to; `--video` = whisper hour,
+# then kernels demo ru bench pytorch while the deadline (540 s) allows (the whole video, issue 27;
+# needs `scripts/prepare-device.sh --video`); `--receive` only keeps the part it carries; `--no-train` and
 # `--train-only` drop the training or the scoring sections; SECTIONS="..." picks any list.
 # Prepared on a build machine (`scripts/prepare-device.sh`; README, "GPU (CUDA)"): a
 # `--no-default-features --features cuda` release binary at .device/viralclip, the shrunk e5-small
@@ -24,6 +30,10 @@
 # checks at .device/kernels-gpu (engine/kernels/emu/README.md). Results: $OUT/results.tgz (logs,
 # JSON lines, reports, manifests), and the candidates' weights as $OUT/weights-{a,b}.safetensors
 # (default $OUT: /tmp/gpu-check).
+# The whole video (`--video`) runs the full binary (media, Whisper on CUDA, the model on CUDA) at
+# .device/video/viralclip with the FFmpeg libraries beside it (.device/video/lib,
+# scripts/build-ffmpeg-device.sh), the font, the face model and the hour's video, the Whisper model
+# at .device/whisper: all of it in parts, one call each (`--receive`, then `--video` with the last).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEST=${OUT:-/tmp/gpu-check}
@@ -49,11 +59,14 @@ VARIANTS=${VARIANTS:-a b seed}                      # which training candidates 
 B_EPOCHS=${B_EPOCHS:-4}
 sections="kernels demo ru bench exp pytorch unfused train"
 deadline=${DEADLINE:-100000}
+receive=0
 for a in "$@"; do
   case $a in
     --quick) sections="kernels demo ru bench exp pytorch" ;;
     --steps) sections="kernels demo ru steps steps0 ptsteps" ;;
     --short) sections="kernels demo ru bench exp pytorch steps ptsteps seed steps0" deadline=${DEADLINE:-520} ;;
+    --video) sections="whisper hour kernels demo ru bench pytorch" deadline=${DEADLINE:-540} ;;
+    --receive) receive=1 ;;
     --no-train) sections=$(sed -E 's/\b(steps0|steps|ptsteps|seed|train)\b//g' <<<"$sections") ;;
     --train-only) sections=$(sed -E 's/\b(bench|exp|pytorch|unfused)\b//g' <<<"$sections") ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
@@ -81,11 +94,55 @@ start() {
 EXPERIMENTS=("packed0:VIRALCLIP_PACKED_ATTN=0" "attn:VIRALCLIP_FUSED_ATTN=1"
   "before:VIRALCLIP_LN_VEC=0 VIRALCLIP_GEMM_GELU=0 VIRALCLIP_PACKED_ATTN=0" "scores16:VIRALCLIP_F32_SCORES=0")
 
+# The whole video's files come in parts (scripts/prepare-device.sh --video: one call carries
+# 64 MiB, the tree included): each call leaves its part in /root/.vc-device (the lease's machine
+# keeps it between calls); once every part is there they are joined, checked and unpacked there,
+# and .device/{video,whisper,e5,data,kernels-gpu} point at what they hold.
+keep=${KEEP:-/root/.vc-device}
+for f in .device/part-*-of-*; do
+  [[ -f $f ]] || continue
+  mkdir -p "$keep/parts" && cp "$f" "$keep/parts/" && echo "part $(basename "$f") kept in $keep/parts"
+done
+# part-K-of-N-SUM: SUM is the first 12 hex digits of the whole bundle's sha256.
+last=$(ls -t "$keep"/parts/part-*-of-* 2>/dev/null | head -1)
+if [[ $last =~ part-[0-9]+-of-([0-9]+)-([0-9a-f]{12})$ ]]; then
+  n=${BASH_REMATCH[1]} want=${BASH_REMATCH[2]}
+  have=$(ls "$keep"/parts/part-*-of-"$n-$want" | wc -l)
+  if ((have == n)); then
+    for k in $(seq 1 "$n"); do cat "$keep/parts/part-$k-of-$n-$want"; done >"$keep/bundle.tar"
+    sum=$(sha256sum "$keep/bundle.tar" | cut -c1-12)
+    if [[ $sum == "$want" ]] && tar -C "$keep" -xf "$keep/bundle.tar"; then
+      echo "bundle: $n parts joined and unpacked ($sum)"
+      for d in video whisper e5 data kernels-gpu; do
+        [[ -e $keep/$d && ! -e .device/$d ]] && mkdir -p .device && ln -s "$keep/$d" ".device/$d"
+      done
+    else
+      echo "bundle: the $n parts joined give $sum, not $want: not unpacked" >&2
+    fi
+    rm -f "$keep/bundle.tar"
+  else
+    echo "bundle: $have of $n parts here; the next call brings the rest"
+  fi
+fi
+((receive)) && exit 0
+V=${VIDEO:-.device/video}
+[[ -f $V/lib.tar.xz ]] && tar -C "$V" -xJf "$V/lib.tar.xz"
+for f in .device/whisper/*.bin.xz; do
+  [[ -f $f ]] && xz -dkf "$f"
+done
+VBIN=${VBIN:-$V/viralclip}
+[[ -f $VBIN.xz ]] && xz -dkf "$VBIN.xz"
+[[ -f $VBIN ]] && chmod +x "$VBIN"
+# Without the scoring binary the full one does its sections too.
+[[ ! -f $BIN && ! -f $BIN.xz && -f $VBIN ]] && BIN=$VBIN
 [[ -f $BIN.xz ]] && xz -dkf "$BIN.xz"
 chmod +x "$BIN"
 # cuBLAS, cuRAND and the CUDA runtime: from the system, else from the Python wheels (PyTorch's).
 libs=$("${PYTHON:-python3}" -c 'import glob, site; print(":".join(sorted({p.rsplit("/", 1)[0] for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/lib*.so*", recursive=True)})))' 2>/dev/null)
 export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}/usr/local/cuda/lib64${libs:+:$libs}
+# The full binary's FFmpeg and its few libraries (the image has none), first.
+[[ -d $V/lib ]] && export LD_LIBRARY_PATH=$V/lib:$LD_LIBRARY_PATH
+[[ -f $VBIN ]] && ldd "$VBIN" | grep -E "libav|x264|ass|cuda|cublas|gomp|not found" | tee "$OUT/ldd-video.txt"
 ldd "$BIN" | grep -E "cuda|cublas|curand|not found" | tee "$OUT/ldd.txt"
 log "gpu; sections: $sections; deadline ${deadline}s"
 cat "$D/VERSION" 2>/dev/null | tee "$OUT/version.txt"  # which commit scripts/prepare-device.sh built
@@ -292,6 +349,83 @@ if start train 60; then
     tail -n 25 "$OUT/train-$v.log"
   done
   pack
+fi
+# The whole video: the full binary, its FFmpeg, the font (fontconfig reads only our folder), the
+# face model on the image's ONNX Runtime where it has one (else tract), Whisper from .device/whisper.
+WHISPER=${WHISPER:-$(ls .device/whisper/ggml-*.bin 2>/dev/null | head -1)}
+video_env() {
+  export VIRALCLIP_FONT=$V/fonts/DejaVuSans.ttf FONTCONFIG_FILE=$V/fonts/fonts.conf
+  export VIRALCLIP_FACE_MODEL=$V/face_detection_yunet_2023mar.onnx
+  sed "s|@DIR@|$(cd "$V/fonts" && pwd)|" "$V/fonts/fonts.conf.in" >"$V/fonts/fonts.conf"
+  local ort
+  ort=$("${PYTHON:-python3}" -c 'import glob, onnxruntime, os; print(sorted(glob.glob(os.path.dirname(onnxruntime.__file__) + "/capi/libonnxruntime.so*"))[-1])' 2>/dev/null)
+  [[ -n $ort ]] && export VIRALCLIP_ONNXRUNTIME=$ort
+  echo "whisper model: $WHISPER; onnxruntime: ${ort:-none (tract)}; $(nproc) cores" | tee -a "$OUT/video-env.txt"
+}
+video_ready() {
+  [[ -f $VBIN && -n $WHISPER && -f $V/hour.mp4 ]] && return 0
+  log "$1: skipped: needs $VBIN, $V/hour.mp4 and .device/whisper/ggml-*.bin (scripts/prepare-device.sh --video)"
+  return 1
+}
+
+# Whisper on the card and on the CPU, the same binary and model: the demo's words from both, the
+# word error between them and each one's real-time factor (the hour's is in the hour section).
+if start whisper 40 && video_ready whisper; then
+  video_env
+  for g in 1 0; do
+    VIRALCLIP_WHISPER_GPU=$g timeout "$(secs 120)" "$VBIN" bench --no-score --no-shorts --video assets/demo/demo.mp4 \
+      --whisper "$WHISPER" --lang ru 2>"$OUT/whisper-demo-gpu$g.log" | tee "$OUT/whisper-demo-gpu$g.jsonl"
+  done
+  "${PYTHON:-python3}" - "$OUT" <<'PY' | tee "$OUT/whisper-words.txt"
+import json, os, re, sys
+out = sys.argv[1]
+def words(name):
+    for line in open(os.path.join(out, name)):
+        if line.startswith("{") and json.loads(line).get("case") == "whisper":
+            return re.findall(r"\w+", json.loads(line)["text"].lower())
+    return None
+g, c = words("whisper-demo-gpu1.jsonl"), words("whisper-demo-gpu0.jsonl")
+if g is None or c is None:
+    print("whisper words: a run gave no text"); sys.exit()
+d = list(range(len(c) + 1))
+for i, w in enumerate(g, 1):
+    prev, d[0] = d[0], i
+    for j, v in enumerate(c, 1):
+        prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (w != v))
+print(f"whisper words, GPU against CPU on the demo: {len(g)} and {len(c)} words, {d[-1]} edits"
+      f" (word error {d[-1] / max(1, len(c)):.3f}){', the same words' if g == c else ''}")
+PY
+  pack
+fi
+
+# The hour end to end, as a user runs it: Whisper, 5 clips, the precise cut; the 16:9 source
+# framing, then the captioned 9:16 (faces, word captions), then 16:9 from the hour's subtitles.
+# report.json's timings, one JSON line per run, in hour.jsonl.
+if start hour 60 && video_ready hour; then
+  video_env
+  runs=("whisper-original:--format original" "whisper-shorts:--format 9:16" "subs-original:--format original --subs $V/hour.srt")
+  for r in "${runs[@]}"; do
+    name=${r%%:*}
+    read -r -a flags <<<"${r#*:}"
+    log "hour $name"
+    t0=$SECONDS
+    timeout "$(secs 200)" "$VBIN" clip "$V/hour.mp4" --model assets/model --encoder "$E5" --device "$DEV" --whisper "$WHISPER" \
+      --lang ru --count 5 -q "${flags[@]}" --out "$OUT/hour-$name" >"$OUT/hour-$name.log" 2>&1
+    echo "exit $? after $((SECONDS - t0)) s" | tee -a "$OUT/hour-$name.log"
+    "${PYTHON:-python3}" - "$OUT/hour-$name/report.json" "$name" "$((SECONDS - t0))" <<'PY' | tee -a "$OUT/hour.jsonl"
+import json, sys
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:
+    print(json.dumps({"case": "hour", "run": sys.argv[2], "error": str(e)})); sys.exit()
+print(json.dumps({"case": "hour", "run": sys.argv[2], "wall_s": int(sys.argv[3]),
+                  "clips": len(r.get("moments", [])), "timings": r.get("timings"),
+                  "input_s": ((r.get("input") or {}).get("media") or {}).get("duration"),
+                  "transcript": (r.get("transcript") or {}).get("source")}))
+PY
+    rm -f "$OUT/hour-$name"/clips/*.mp4 "$OUT/hour-$name"/clips/*.jpg  # only the facts travel back
+    pack
+  done
 fi
 log done
 pack

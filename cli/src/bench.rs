@@ -424,7 +424,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
                     "case": "whisper", "model": whisper.name(), "audio_s": (audio * 10.0).round() / 10.0,
                     "decode_s": (decode * 100.0).round() / 100.0, "transcribe_s": (secs * 100.0).round() / 100.0,
                     "real_time_factor": (secs / audio * 1000.0).round() / 1000.0, "cues": speech.cues.len(),
-                    "language": speech.language, "threads": whisper.threads(),
+                    "language": speech.language, "threads": whisper.threads(), "gpu": whisper.gpu(),
                     // For the word error beside faster-whisper's (bench/whisper_bench.py).
                     "text": speech.cues.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join(" "),
                 })

@@ -231,6 +231,7 @@ mod whisper_impl {
         ctx: WhisperContext,
         path: PathBuf,
         threads: i32,
+        gpu: bool,
     }
 
     impl Whisper {
@@ -244,7 +245,10 @@ mod whisper_impl {
             }
             whisper_rs::install_logging_hooks();
             let mut params = WhisperContextParameters::default();
-            params.use_gpu(cfg!(feature = "whisper-cuda"));
+            // On the GPU where built with it (`whisper-cuda`); VIRALCLIP_WHISPER_GPU=0 keeps such a
+            // build on the CPU (the same binary's words and times, side by side).
+            let gpu = cfg!(feature = "whisper-cuda") && switch("VIRALCLIP_WHISPER_GPU", true);
+            params.use_gpu(gpu);
             // Flash attention: off by default (whisper.cpp's CPU path was 1.5× slower with it on
             // the demo, 2 cores), and whisper.cpp drops DTW word timing when it is on (the word
             // times here are the tokens' own timestamps, which it keeps). VIRALCLIP_WHISPER_FLASH=1
@@ -265,11 +269,12 @@ mod whisper_impl {
                         .unwrap_or(2)
                         .min(8)
                 }) as i32;
-            tracing::debug!(flash, threads, model = %path.display(), "whisper loaded");
+            tracing::debug!(gpu, flash, threads, model = %path.display(), "whisper loaded");
             Ok(Whisper {
                 ctx,
                 path: path.to_path_buf(),
                 threads,
+                gpu,
             })
         }
     }
@@ -278,6 +283,12 @@ mod whisper_impl {
         /// The threads whisper.cpp computes with.
         pub fn threads(&self) -> i32 {
             self.threads
+        }
+
+        /// Whether whisper.cpp was asked to run on the GPU (a `whisper-cuda` build, unless
+        /// VIRALCLIP_WHISPER_GPU=0); whisper.cpp itself falls back to the CPU where no card is found.
+        pub fn gpu(&self) -> bool {
+            self.gpu
         }
     }
 
