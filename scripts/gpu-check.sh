@@ -353,7 +353,9 @@ fi
 # The whole video: the full binary, its FFmpeg, the font (fontconfig reads only our folder), the
 # face model on the image's ONNX Runtime where it has one (else tract), Whisper from .device/whisper.
 WHISPER=${WHISPER:-$(ls .device/whisper/ggml-*.bin 2>/dev/null | head -1)}
-video_env() {
+video_env() { # once: both sections call it
+  [[ -n ${VIDEO_ENV:-} ]] && return
+  VIDEO_ENV=1
   export VIRALCLIP_FONT=$V/fonts/DejaVuSans.ttf FONTCONFIG_FILE=$V/fonts/fonts.conf
   export VIRALCLIP_FACE_MODEL=$V/face_detection_yunet_2023mar.onnx
   sed "s|@DIR@|$(cd "$V/fonts" && pwd)|" "$V/fonts/fonts.conf.in" >"$V/fonts/fonts.conf"

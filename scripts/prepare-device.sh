@@ -65,17 +65,18 @@ prepare_video() {
   cuda_stub=$(source "$cuda_env" && echo "$CUDA_HOME/lib")
   mkdir -p .device/stub && ln -sf "$cuda_stub/stubs/libcuda.so" .device/stub/libcuda.so.1
   cuda_stub=$cuda_stub:$PWD/.device/stub
-  LD_LIBRARY_PATH=$V/lib:$cuda_stub ldd "$V/viralclip" | awk '$3 ~ /^\// { print $1, $3 }' \
-    | grep -v -E '^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcu[a-zA-Z]*|libnv[a-zA-Z]*)\.so|ld-linux' \
-    | while read -r name path; do
-      [[ -f $V/lib/$name ]] || cp -L "$path" "$V/lib/$name"
-    done
-  if LD_LIBRARY_PATH=$V/lib:$cuda_stub ldd "$V/viralclip" | grep "not found" | grep -v -E "lib(cu|nv)[a-zA-Z]*\.so"; then
+  local host='^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|libcu[a-zA-Z]*|libnv[a-zA-Z]*)\.so|ld-linux'
+  local linked
+  linked=$(LD_LIBRARY_PATH=$V/lib:$cuda_stub ldd "$V/viralclip")
+  if grep "not found" <<<"$linked" | grep -v -E "$host"; then
     echo "a library above is missing" >&2
     exit 1
   fi
+  awk '$3 ~ /^\// { print $1, $3 }' <<<"$linked" | grep -v -E "$host" | while read -r name path; do
+    [[ -f $V/lib/$name ]] || cp -L "$path" "$V/lib/$name"
+  done
   cp "$VIRALCLIP_FIXTURES/faces/face_detection_yunet_2023mar.onnx" "$V/"
-  cp -L /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf "$V/fonts/"
+  cp -L "${VIRALCLIP_FONT:-/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf}" "$V/fonts/DejaVuSans.ttf"
   cat >"$V/fonts/fonts.conf.in" <<'XML'
 <?xml version="1.0"?>
 <!DOCTYPE fontconfig SYSTEM "fonts.dtd">
